@@ -1,0 +1,229 @@
+"""The result store (DESIGN.md §4): a local folder, a shared filesystem or a cloud URI.
+
+```
+<root>/stages/<kind>-<hash>/   config.json, metrics.jsonl, weights.pt (output), error.txt,
+                               train/ (Ray Train run: epoch checkpoints), result.json (atomic, last)
+<root>/studies/<name>/         study.yaml as run, plan.json, results.csv, tune/ (Ray Tune state)
+```
+`result.json`'s presence means the stage is finished. Every write of a JSON or weights file is
+atomic (temp file + rename; object stores write whole objects), so a reader never sees half a file.
+Paths go through pyarrow filesystems, as Ray's do, so `s3://` / `gs://` roots work unchanged.
+Stage ids and study names are validated so no key can produce a path outside the root.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow.fs as pafs
+import torch
+
+log = logging.getLogger(__name__)
+
+STAGE_KINDS = ("pretrain", "finetune")
+_STAGE_ID = re.compile(r"^(pretrain|finetune)-[0-9a-f]{8,64}$")
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class StoreError(RuntimeError):
+    """A store path or file is invalid; the message names it."""
+
+
+def check_stage_id(stage_id: str) -> str:
+    if not isinstance(stage_id, str) or not _STAGE_ID.match(stage_id):
+        raise StoreError(f"invalid stage id {stage_id!r}: expected '<pretrain|finetune>-<hex hash>'")
+    return stage_id
+
+
+def check_study_name(name: str) -> str:
+    if not isinstance(name, str) or not _STUDY_NAME.match(name) or ".." in name:
+        raise StoreError(f"invalid study name {name!r}: use letters, digits, '_', '-', '.' (no '..', "
+                         "not starting with '.' or '-'; at most 100 characters)")
+    return name
+
+
+class Store:
+    """Read / write access to one store root (local path or URI)."""
+
+    def __init__(self, root: str | os.PathLike):
+        root = str(root)
+        if "://" in root:
+            self.fs, self.base = pafs.FileSystem.from_uri(root)
+            self.uri = root.rstrip("/")
+        else:
+            self.fs, self.base = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(root))
+            self.uri = self.base
+        self.base = self.base.rstrip("/")
+        self.fs.create_dir(self.base, recursive=True)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    # ----------------------------------------------------------------------------------- paths
+    def path(self, *parts: str) -> str:
+        """Path inside the filesystem (no scheme)."""
+        return "/".join([self.base, *parts])
+
+    def uri_of(self, *parts: str) -> str:
+        """URI (or local path) of a location, as Ray's `storage_path` takes it."""
+        return "/".join([self.uri, *parts])
+
+    def stage_path(self, stage_id: str, *parts: str) -> str:
+        return self.path("stages", check_stage_id(stage_id), *parts)
+
+    def study_path(self, name: str, *parts: str) -> str:
+        return self.path("studies", check_study_name(name), *parts)
+
+    # ----------------------------------------------------------------------------------- bytes
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Atomic write: temp file in the same folder, then rename."""
+        parent = path.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self.fs.move(tmp, path)
+
+    def read_bytes(self, path: str) -> bytes | None:
+        if not self.exists(path):
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
+    def write_json(self, path: str, obj: Any) -> None:
+        self.write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def read_json(self, path: str) -> Any | None:
+        """The parsed file, None when absent. A corrupt file raises StoreError naming it."""
+        data = self.read_bytes(path)
+        if data is None:
+            return None
+        try:
+            return json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path}: corrupt JSON ({exc})") from exc
+
+    def append_line(self, path: str, line: str) -> None:
+        """Append a line (local: O_APPEND; object stores: read-modify-write of the whole object)."""
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a") as f:
+                f.write(line.rstrip("\n") + "\n")
+        else:
+            old = self.read_bytes(path) or b""
+            self.write_bytes(path, old + line.rstrip("\n").encode() + b"\n")
+
+    def remove(self, path: str) -> None:
+        info = self.fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(path)
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(path)
+
+    # ---------------------------------------------------------------------------------- stages
+    def write_stage_config(self, stage_id: str, config: dict) -> None:
+        self.write_json(self.stage_path(stage_id, "config.json"), config)
+
+    def read_stage_config(self, stage_id: str) -> dict | None:
+        return self.read_json(self.stage_path(stage_id, "config.json"))
+
+    def append_metrics(self, stage_id: str, metrics: dict) -> None:
+        self.append_line(self.stage_path(stage_id, "metrics.jsonl"), json.dumps(metrics, default=str))
+
+    def read_metrics(self, stage_id: str) -> list[dict]:
+        data = self.read_bytes(self.stage_path(stage_id, "metrics.jsonl")) or b""
+        rows = []
+        for i, line in enumerate(data.decode(errors="replace").splitlines()):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s line %d: unreadable metrics row skipped",
+                            self.stage_path(stage_id, "metrics.jsonl"), i + 1)
+        return rows
+
+    def save_weights(self, stage_id: str, state_dict: dict[str, torch.Tensor]) -> str:
+        buf = io.BytesIO()
+        torch.save(state_dict, buf)
+        path = self.stage_path(stage_id, "weights.pt")
+        self.write_bytes(path, buf.getvalue())
+        return path
+
+    def load_weights(self, stage_id: str) -> dict[str, torch.Tensor]:
+        path = self.stage_path(stage_id, "weights.pt")
+        data = self.read_bytes(path)
+        if data is None:
+            raise StoreError(f"{path}: output weights missing")
+        try:
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise StoreError(f"{path}: unreadable weights ({exc})") from exc
+
+    def write_result(self, stage_id: str, result: dict) -> None:
+        """Publish a finished stage: result.json, written last and atomically."""
+        result = {**result, "stage_id": stage_id, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                               time.gmtime())}
+        self.write_json(self.stage_path(stage_id, "result.json"), result)
+
+    def read_result(self, stage_id: str) -> dict | None:
+        """result.json of a stage; None when not finished. A corrupt result counts as not finished
+        (with a warning naming the file), so the stage is redone rather than trusted."""
+        try:
+            return self.read_json(self.stage_path(stage_id, "result.json"))
+        except StoreError as exc:
+            log.warning("%s — the stage will be recomputed", exc)
+            return None
+
+    def is_done(self, stage_id: str) -> bool:
+        return self.read_result(stage_id) is not None
+
+    def record_error(self, stage_id: str, text: str) -> None:
+        self.write_bytes(self.stage_path(stage_id, "error.txt"), text.encode())
+
+    def read_error(self, stage_id: str) -> str | None:
+        data = self.read_bytes(self.stage_path(stage_id, "error.txt"))
+        return data.decode(errors="replace") if data is not None else None
+
+    def clear_error(self, stage_id: str) -> None:
+        self.remove(self.stage_path(stage_id, "error.txt"))
+
+    def list_stages(self) -> list[str]:
+        root = self.path("stages")
+        if not self.exists(root):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=False))
+        return sorted(i.base_name for i in infos
+                      if i.type == pafs.FileType.Directory and _STAGE_ID.match(i.base_name))
+
+    def iter_results(self) -> Iterator[dict]:
+        for stage_id in self.list_stages():
+            res = self.read_result(stage_id)
+            if res is not None:
+                yield res
+
+    # --------------------------------------------------------------------------------- studies
+    def write_study(self, name: str, study_text: str, plan: dict) -> None:
+        self.write_bytes(self.study_path(name, "study.yaml"), study_text.encode())
+        self.write_json(self.study_path(name, "plan.json"), plan)
+
+    def read_plan(self, name: str) -> dict | None:
+        return self.read_json(self.study_path(name, "plan.json"))
+
+    def list_studies(self) -> list[str]:
+        root = self.path("studies")
+        if not self.exists(root):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=False))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
+                      and self.exists(self.path("studies", i.base_name, "plan.json")))

@@ -1,0 +1,458 @@
+"""The typed config tree shared by both workloads and the orchestrator.
+
+Frozen dataclasses with a docstring per field (unit, paper symbol, section). Defaults are the
+paper's / the official code's values and live here only. `from_dict` builds a config from plain
+data strictly: an unknown key (with the nearest valid one suggested), a wrong type or an
+out-of-range value raises `ConfigError` naming the dotted key, the value and what is allowed.
+`to_dict` gives the plain data used for hashing and for `config.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKBONES = ("hrnet_w32", "simplebaseline_r50")
+PRETRAIN_METHODS = ("hsjp", "scratch", "imagenet")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong. The message names where (file / dotted key), the value and what is allowed."""
+
+
+# --------------------------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "hrnet_w32"
+    """Backbone name, one of BACKBONES: `hrnet_w32` (HRNet paper / official pose_hrnet) or
+    `simplebaseline_r50` (SimpleBaseline: torchvision ResNet-50 + 3 deconvolutions)."""
+    width: int = 32
+    """HRNet: channels of the highest-resolution branch (32 = W32; branches use width·(1,2,4,8)).
+    Smaller values build narrow variants for CPU tests and the smoke study. Ignored by SimpleBaseline."""
+    num_blocks: int = 4
+    """HRNet: BasicBlocks per branch in stages 2-4 and Bottlenecks in layer1 (official W32: 4)."""
+    num_modules: tuple[int, int, int] = (1, 4, 3)
+    """HRNet: HighResolutionModules in stages 2, 3, 4 (official W32: 1, 4, 3)."""
+    resnet_layers: tuple[int, int, int, int] = (3, 4, 6, 3)
+    """SimpleBaseline: Bottleneck blocks in layer1..layer4 (ResNet-50: 3, 4, 6, 3)."""
+    deconv_channels: int = 256
+    """SimpleBaseline: channels of each of the three 4×4 stride-2 deconvolutions (official: 256)."""
+
+    def validate(self, where: str = "model") -> None:
+        _choice(self.backbone, BACKBONES, f"{where}.backbone")
+        _at_least(self.width, 1, f"{where}.width")
+        _at_least(self.num_blocks, 1, f"{where}.num_blocks")
+        _at_least(self.deconv_channels, 1, f"{where}.deconv_channels")
+        for i, m in enumerate(self.num_modules):
+            _at_least(m, 1, f"{where}.num_modules[{i}]")
+        for i, m in enumerate(self.resnet_layers):
+            _at_least(m, 1, f"{where}.resnet_layers[{i}]")
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class DataConfig:
+    coco_root: str = ""
+    """Folder laid out as the COCO 2017 release: annotations/person_keypoints_{train,val}2017.json,
+    train2017/, val2017/. The orchestrator fills it with a generated synthetic set when the study
+    asks for `synthetic`."""
+    detection_file: str | None = None
+    """Person detection results for val (HRNet's COCO_val2017_detections_AP_H_56_person.json format).
+    None → evaluate with ground-truth boxes."""
+    train_split: str = "train2017"
+    """Split used for training (pretext: all persons; finetune: persons with keypoints)."""
+    val_split: str = "val2017"
+    """Split used for HSJP precision P (paper §3.5) and pose evaluation (paper §4.1)."""
+    max_train_instances: int | None = None
+    """Cap on training instances (first K after a seeded shuffle); None = all. For small runs only."""
+    max_val_instances: int | None = None
+    """Cap on validation instances / images (first K by id); None = all (the paper's setting)."""
+    loader_workers: int = 2
+    """DataLoader worker processes per training worker (0 = load in the training process)."""
+
+    def validate(self, where: str = "data") -> None:
+        if self.max_train_instances is not None:
+            _at_least(self.max_train_instances, 1, f"{where}.max_train_instances")
+        if self.max_val_instances is not None:
+            _at_least(self.max_val_instances, 1, f"{where}.max_val_instances")
+        _at_least(self.loader_workers, 0, f"{where}.loader_workers")
+
+
+# ------------------------------------------------------------------------------------------- runtime
+@dataclass(frozen=True)
+class RuntimeConfig:
+    amp: str = "auto"
+    """Mixed precision: `bf16`, `off`, or `auto` (bf16 autocast on CUDA, off on CPU)."""
+    channels_last: str = "auto"
+    """Memory format: `on`, `off`, or `auto` (on for CUDA)."""
+    compile: bool = False
+    """Wrap the model in torch.compile (GPU only; slower start-up, faster steps)."""
+
+    def validate(self, where: str = "runtime") -> None:
+        _choice(self.amp, ("auto", "bf16", "off"), f"{where}.amp")
+        _choice(self.channels_last, ("auto", "on", "off"), f"{where}.channels_last")
+
+
+# ------------------------------------------------------------------------------------------- pretext
+@dataclass(frozen=True)
+class HSJPAugConfig:
+    """Augmentations of the shuffled composite (paper §3.2). Probabilities are per sample."""
+
+    scale: float = 0.35
+    """Spatial scale range ±scale (paper §3.2: ±35 %)."""
+    translate: float = 0.10
+    """Spatial translation range ±translate of the input size (paper §3.2: ±10 %)."""
+    rotate_deg: float = 45.0
+    """Rotation range ±rotate_deg degrees (paper §3.2: ±45°)."""
+    spatial_prob: float = 1.0
+    """Probability of applying the spatial affine (the paper applies it to every training sample)."""
+    color_jitter_prob: float = 0.8
+    """Probability of the colour adjustment (brightness, contrast, saturation, hue) — BYOL/SimCLR value."""
+    brightness: float = 0.4
+    """Brightness jitter strength (BYOL [17]: 0.4)."""
+    contrast: float = 0.4
+    """Contrast jitter strength (BYOL [17]: 0.4)."""
+    saturation: float = 0.2
+    """Saturation jitter strength (BYOL [17]: 0.2)."""
+    hue: float = 0.1
+    """Hue jitter strength (BYOL [17]: 0.1)."""
+    distortion_prob: float = 0.2
+    """Probability of 'colour distortion' (a random channel permutation; SimCLR [6] style)."""
+    grayscale_prob: float = 0.2
+    """Probability of random grayscale (SimCLR [6] / BYOL [17]: 0.2)."""
+    blur_prob: float = 0.5
+    """Probability of Gaussian blur (BYOL [17] uses 1.0 / 0.1 for its two views; 0.5 here)."""
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    """Gaussian blur σ range in input px (SimCLR [6]: 0.1–2.0)."""
+    solarize_prob: float = 0.2
+    """Probability of solarisation (BYOL [17]: 0.2 on its second view)."""
+
+    def validate(self, where: str = "aug") -> None:
+        for name in ("spatial_prob", "color_jitter_prob", "distortion_prob", "grayscale_prob", "blur_prob",
+                     "solarize_prob"):
+            _in_range(getattr(self, name), 0.0, 1.0, f"{where}.{name}")
+        _in_range(self.scale, 0.0, 0.95, f"{where}.scale")
+        _in_range(self.translate, 0.0, 0.5, f"{where}.translate")
+        _in_range(self.rotate_deg, 0.0, 180.0, f"{where}.rotate_deg")
+        _in_range(self.hue, 0.0, 0.5, f"{where}.hue")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    method: str = "hsjp"
+    """`hsjp` (the paper's pretext), `scratch` (no pretraining: a stage with no work), or `imagenet`
+    (the user's ImageNet checkpoint file, `checkpoint`: a stage with no work)."""
+    checkpoint: str | None = None
+    """`imagenet` only: path of the ImageNet checkpoint (official hrnet_w32-36af842e.pth or torchvision
+    resnet50-19c8e357.pth / resnet50-0676ba61.pth)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The backbone being pretrained (the head has N² channels)."""
+    n: int = 6
+    """N in the paper, §3.1: the crop is split into N×N patches of ceil(input/N) px (best N = 6, §5.2)."""
+    input_size: int = 224
+    """Side of the square person crop in px (paper §3.1: 224, as ImageNet)."""
+    heatmap_size: int = 56
+    """Side of the N² target heatmaps (paper §3.3: 56 = input/4)."""
+    sigma_px: float | None = None
+    """Gaussian σ of the targets in input px (paper eq. 1); must be < input/(6N) (paper §3.1, 3σ rule).
+    None → 0.75 of that bound."""
+    concat_original: bool = False
+    """Paper §5.3 / Fig. 7: give the unshuffled crop beside the shuffled composite (side by side)."""
+    epochs: int = 240
+    """Pretext epochs (paper §3.4: 240; Table 2 also 120 and 480)."""
+    lr: float = 1e-3
+    """Adam learning rate (paper §3.4: 1e-3; Table 2 also 3e-4 and 2e-3)."""
+    lr_steps: tuple[int, ...] = (190, 220)
+    """Epochs at which lr drops by lr_factor, given for 240 epochs (paper §3.4) and scaled
+    proportionally when `epochs` differs."""
+    lr_factor: float = 0.1
+    """LR drop factor (paper §3.4: 1e-3 → 1e-4 → 1e-5)."""
+    batch_size: int = 256
+    """Global batch size (paper §3.4: 256 on 4 GPUs); per-worker = batch_size / world_size."""
+    eps_px: float | None = None
+    """ε of paper eq. (3) in input px: a patch is located when its predicted peak is within ε of its
+    true centre. None → half a patch side, ceil(input/N)/2."""
+    eval_every: int = 10
+    """Evaluate HSJP precision P every k epochs (and always after the last epoch)."""
+    collapse_loss: float = 1.0
+    """A mean epoch loss above this (or NaN/Inf) ends the stage as collapsed (paper Table 2, lr 2e-3).
+    Eq. (2) of heatmaps in [0, 1] stays well below 1 unless training diverged."""
+    seed: int = 0
+    """Seed of model init, sampling order, shuffles and augmentations."""
+    aug: HSJPAugConfig = field(default_factory=HSJPAugConfig)
+    """Training augmentations (paper §3.2)."""
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    """Precision / memory-format switches."""
+
+    @property
+    def patch_px(self) -> int:
+        """Patch side in px: ceil(input/N) (paper §3.1)."""
+        return math.ceil(self.input_size / self.n)
+
+    @property
+    def sigma_bound_px(self) -> float:
+        """Paper §3.1: σ < input/(6N)."""
+        return self.input_size / (6 * self.n)
+
+    @property
+    def sigma(self) -> float:
+        return self.sigma_px if self.sigma_px is not None else 0.75 * self.sigma_bound_px
+
+    @property
+    def eps(self) -> float:
+        return self.eps_px if self.eps_px is not None else self.patch_px / 2
+
+    @property
+    def milestones(self) -> list[int]:
+        return scale_milestones(self.lr_steps, 240, self.epochs)
+
+    def validate(self, where: str = "pretrain") -> None:
+        _choice(self.method, PRETRAIN_METHODS, f"{where}.method")
+        self.model.validate(f"{where}.model")
+        self.aug.validate(f"{where}.aug")
+        self.runtime.validate(f"{where}.runtime")
+        if self.method == "imagenet" and not self.checkpoint:
+            raise ConfigError(f"{where}.checkpoint: method 'imagenet' needs the path of an ImageNet checkpoint "
+                              "file (official HRNet: hrnet_w32-36af842e.pth from HRNet/HRNet-Image-Classification; "
+                              "SimpleBaseline: torchvision's resnet50 weights)")
+        _at_least(self.input_size, 8, f"{where}.input_size")
+        _at_least(self.n, 1, f"{where}.n")
+        if self.n > self.input_size // 4:
+            raise ConfigError(f"{where}.n = {self.n}: too large for input_size {self.input_size} "
+                              f"(patches would be under 4 px); allowed 1..{self.input_size // 4}")
+        _at_least(self.heatmap_size, 1, f"{where}.heatmap_size")
+        if self.sigma_px is not None and not (0 < self.sigma_px < self.sigma_bound_px):
+            raise ConfigError(f"{where}.sigma_px = {self.sigma_px}: must be in (0, input_size/(6N)) = "
+                              f"(0, {self.sigma_bound_px:.3f}) px (paper §3.1, 3σ rule)")
+        _at_least(self.epochs, 1, f"{where}.epochs")
+        _in_range(self.lr, 1e-8, 1.0, f"{where}.lr")
+        _in_range(self.lr_factor, 0.0, 1.0, f"{where}.lr_factor")
+        _at_least(self.batch_size, 1, f"{where}.batch_size")
+        _at_least(self.eval_every, 1, f"{where}.eval_every")
+        if self.eps_px is not None and self.eps_px <= 0:
+            raise ConfigError(f"{where}.eps_px = {self.eps_px}: must be > 0 px")
+
+
+# ------------------------------------------------------------------------------------------ finetune
+@dataclass(frozen=True)
+class PoseAugConfig:
+    """Top-down training augmentations (official HRNet w32_256x192 config; paper §4.2)."""
+
+    flip: bool = True
+    """Horizontal flip with p = 0.5, COCO left/right pairs swapped."""
+    scale_factor: float = 0.35
+    """s ← s·clip(randn·sf + 1, 1 − sf, 1 + sf) (HRNet config: 0.35; paper §4.2: ±35 %)."""
+    rotate_deg: float = 45.0
+    """r = clip(randn·rf, −2rf, 2rf) (HRNet config: 45; paper §4.2: ±45°)."""
+    rotate_prob: float = 0.6
+    """Probability of rotating (official code: 0.6)."""
+    half_body_prob: float = 0.3
+    """Half-body probability (HRNet config: 0.3; SimpleBaseline configs have none)."""
+    half_body_min_joints: int = 8
+    """Half-body needs more than this many visible joints (official NUM_JOINTS_HALF_BODY: 8)."""
+
+    def validate(self, where: str = "aug") -> None:
+        _in_range(self.scale_factor, 0.0, 0.95, f"{where}.scale_factor")
+        _in_range(self.rotate_deg, 0.0, 90.0, f"{where}.rotate_deg")
+        _in_range(self.rotate_prob, 0.0, 1.0, f"{where}.rotate_prob")
+        _in_range(self.half_body_prob, 0.0, 1.0, f"{where}.half_body_prob")
+
+
+# HRNet w32_256x192_adam_lr1e-3.yaml: 210 epochs, drops at 170/200;
+# SimpleBaseline res50_256x192_d256x3_adam_lr1e-3.yaml: 140 epochs, drops at 90/120.
+BACKBONE_SCHEDULES: dict[str, tuple[int, tuple[int, ...]]] = {
+    "hrnet_w32": (210, (170, 200)),
+    "simplebaseline_r50": (140, (90, 120)),
+}
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The pose network; its backbone must equal the pretrain's."""
+    input_hw: tuple[int, int] = (256, 192)
+    """Input (height, width) in px (paper §4.2: 256×192)."""
+    heatmap_hw: tuple[int, int] = (64, 48)
+    """Heatmap (height, width) (official: input/4)."""
+    sigma: float = 2.0
+    """Gaussian σ of keypoint targets in heatmap px (official config: 2 at 64×48)."""
+    epochs: int | None = None
+    """Finetune epochs; None → the backbone's official schedule (HRNet 210, SimpleBaseline 140;
+    Table 3 also has a 450-epoch scratch run)."""
+    lr: float = 1e-3
+    """Adam learning rate (official configs: 1e-3, no weight decay)."""
+    lr_steps: tuple[int, ...] | None = None
+    """LR drop epochs for the official schedule length; None → backbone's (HRNet 170, 200; SB 90, 120).
+    Scaled proportionally when `epochs` differs from the official length."""
+    lr_factor: float = 0.1
+    """LR drop factor (official: 0.1)."""
+    batch_size: int = 128
+    """Global batch size (official: 32 per GPU × 4 GPUs)."""
+    freeze: int | None = None
+    """Paper Fig. 5: keep backbone stages 0..freeze fixed (weights and BN statistics); None = train all.
+    Stages: 0 stem, 1 layer1, 2 (transition1+)stage2 / layer2, 3 stage3 / layer3, 4 stage4 / layer4."""
+    label_fraction: float = 1.0
+    """Paper Fig. 6: train on a seeded random subset of this share of the training persons, 0 < f ≤ 1."""
+    eval_every: int = 10
+    """Evaluate AP every k epochs (and always after the last epoch)."""
+    use_gt_boxes: bool = False
+    """Evaluate with ground-truth boxes instead of the detection file."""
+    flip_test: bool = True
+    """Average with the flipped image's heatmaps (official TEST.FLIP_TEST)."""
+    shift_heatmap: bool = True
+    """Shift the flipped heatmap 1 px right (official TEST.SHIFT_HEATMAP)."""
+    image_thre: float = 0.0
+    """Detection boxes kept with score ≥ this (HRNet config TEST.IMAGE_THRE: 0.0)."""
+    in_vis_thre: float = 0.2
+    """Joints with score above this count in rescoring (HRNet config TEST.IN_VIS_THRE: 0.2)."""
+    oks_thre: float = 0.9
+    """OKS-NMS threshold (HRNet config TEST.OKS_THRE: 0.9)."""
+    collapse_loss: float = 1.0
+    """A mean epoch loss above this (or NaN/Inf) ends the stage as collapsed."""
+    seed: int = 0
+    """Seed of head init, sampling order, label subset and augmentations."""
+    aug: PoseAugConfig = field(default_factory=PoseAugConfig)
+    """Training augmentations (official top-down pipeline)."""
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    """Precision / memory-format switches."""
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else BACKBONE_SCHEDULES[self.model.backbone][0]
+
+    @property
+    def milestones(self) -> list[int]:
+        base_epochs, base_steps = BACKBONE_SCHEDULES[self.model.backbone]
+        steps = self.lr_steps if self.lr_steps is not None else base_steps
+        return scale_milestones(steps, base_epochs, self.total_epochs)
+
+    def validate(self, where: str = "finetune") -> None:
+        self.model.validate(f"{where}.model")
+        self.aug.validate(f"{where}.aug")
+        self.runtime.validate(f"{where}.runtime")
+        if self.epochs is not None:
+            _at_least(self.epochs, 1, f"{where}.epochs")
+        _in_range(self.lr, 1e-8, 1.0, f"{where}.lr")
+        _at_least(self.batch_size, 1, f"{where}.batch_size")
+        _at_least(self.eval_every, 1, f"{where}.eval_every")
+        if not (0.0 < self.label_fraction <= 1.0):
+            raise ConfigError(f"{where}.label_fraction = {self.label_fraction!r}: must be in (0, 1] "
+                              "(share of the training persons, paper Fig. 6: 0.1 .. 0.9)")
+        if self.freeze is not None and not (0 <= self.freeze <= 4):
+            raise ConfigError(f"{where}.freeze = {self.freeze!r}: must be a backbone stage index 0..4 "
+                              "(0 stem, 1 layer1, 2 stage2, 3 stage3, 4 stage4) or null")
+        _at_least(self.sigma, 1e-3, f"{where}.sigma")
+        for v, name in ((self.input_hw, "input_hw"), (self.heatmap_hw, "heatmap_hw")):
+            if len(v) != 2 or min(v) < 1:
+                raise ConfigError(f"{where}.{name} = {v!r}: must be [height, width] of positive ints")
+
+
+def scale_milestones(steps: tuple[int, ...] | list[int], base_epochs: int, epochs: int) -> list[int]:
+    """LR drop epochs given for `base_epochs`, scaled to `epochs` (e.g. 190/220 of 240 → 95/110 of 120)."""
+    return [max(1, round(s * epochs / base_epochs)) for s in steps]
+
+
+# ------------------------------------------------------------------------------------- strict loader
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass `cls` from plain data, rejecting unknown keys and wrong types.
+
+    `where` is the dotted key prefix (optionally `file.yaml: key`) used in error messages.
+    """
+    if dataclasses.is_dataclass(data) and isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping of {cls.__name__} fields, "
+                          f"got {type(data).__name__} {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(key, list(fields), where))
+        kwargs[key] = _coerce(hints[key], value, _join(where, key))
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain JSON-able data (tuples → lists) of a config tree."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def _unknown_key_message(key: str, valid: list[str], where: str) -> str:
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"{_join(where, str(key))}: unknown key{hint}; valid keys: {', '.join(sorted(valid))}"
+
+
+def _join(where: str, key: str) -> str:
+    if not where:
+        return key
+    return f"{where}{key}" if where.endswith(": ") else f"{where}.{key}"
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(inner[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} = {value!r}: expected a list, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where} = {value!r}: expected a list of {len(args)} values")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} = {value!r}: expected true or false, got {type(value).__name__}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} = {value!r}: expected an integer, got {type(value).__name__}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} = {value!r}: expected a number, got {type(value).__name__}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} = {value!r}: expected a string, got {type(value).__name__}")
+        return value
+    return value
+
+
+def _choice(value: Any, allowed: tuple[str, ...], where: str) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{where} = {value!r}: unknown{hint}; allowed: {', '.join(allowed)}")
+
+
+def _at_least(value: float, low: float, where: str) -> None:
+    if value < low:
+        raise ConfigError(f"{where} = {value!r}: must be ≥ {low}")
+
+
+def _in_range(value: float, low: float, high: float, where: str) -> None:
+    if not (low <= value <= high) or (isinstance(value, float) and math.isnan(value)):
+        raise ConfigError(f"{where} = {value!r}: must be in [{low}, {high}]")

@@ -1,0 +1,241 @@
+"""The training engine shared by both workloads (pretext and pose finetune).
+
+One epoch loop with: exact resume from the latest epoch checkpoint, per-epoch metrics, evaluation
+every k epochs and at the end, best-metric model as the stage output, and collapse detection
+(NaN/Inf or exploding loss → a result, not a crash). Also: deterministic sharded sampling whose
+order depends only on (seed, epoch), per-sample RNGs keyed by (seed, epoch, index) so a resumed
+run sees exactly the batches and augmentations of an uninterrupted one, Adam + MultiStepLR,
+and the bf16 / channels_last switches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from workloads.config import RuntimeConfig
+from workloads.context import StageContext
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ sampling
+class EpochSampler(Sampler):
+    """Yields `(epoch, index)` keys: a permutation that depends only on (seed, epoch), sharded over
+    ranks (padded by wrapping so every rank gets the same count, as DistributedSampler does).
+
+    Datasets take the key in `__getitem__` and derive the sample's RNG from it (`sample_rng`), so
+    augmentations do not depend on loader workers, and a resumed epoch repeats exactly.
+    """
+
+    def __init__(self, num_items: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        if num_items < 1:
+            raise ValueError("EpochSampler: the dataset is empty")
+        self.num_items, self.seed, self.rank, self.world_size, self.shuffle = (
+            num_items, seed, rank, world_size, shuffle)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_items / self.world_size)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.num_items, generator=g).tolist()
+        else:
+            order = list(range(self.num_items))
+        total = len(self) * self.world_size
+        order = (order * math.ceil(total / len(order)))[:total]
+        for idx in order[self.rank::self.world_size]:
+            yield (self.epoch, idx)
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The RNG of one sample in one epoch (independent of loader workers and resume points)."""
+    return np.random.default_rng([seed, epoch, index])
+
+
+def make_loader(dataset: Dataset, batch_size_global: int, ctx: StageContext, seed: int, workers: int,
+                shuffle: bool = True, drop_last: bool = True) -> tuple[DataLoader, EpochSampler]:
+    """A loader over `dataset` (whose __getitem__ takes an `(epoch, index)` key) for this rank.
+
+    Per-worker batch = global batch / world size (at least 1); with fewer items than a batch,
+    the batch shrinks to the shard so tiny data sets still train.
+    """
+    per_rank = max(1, batch_size_global // max(1, ctx.world_size))
+    sampler = EpochSampler(len(dataset), seed, ctx.rank, ctx.world_size, shuffle)
+    per_rank = min(per_rank, len(sampler))
+    loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
+                        drop_last=drop_last, pin_memory=ctx.device.type == "cuda",
+                        persistent_workers=workers > 0)
+    return loader, sampler
+
+
+# ------------------------------------------------------------------------------ optimiser / runtime
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam over the trainable parameters, no weight decay (official HRNet/SimpleBaseline; paper §3.4)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    kwargs: dict[str, Any] = {}
+    if params and params[0].is_cuda:
+        kwargs["fused"] = True
+    return torch.optim.Adam(params, lr=lr, **kwargs)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, milestones: list[int], factor: float):
+    """MultiStepLR stepped once per epoch after training it (epoch e uses the lr of e's interval)."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=factor)
+
+
+def use_bf16(runtime: RuntimeConfig, device: torch.device) -> bool:
+    return runtime.amp == "bf16" or (runtime.amp == "auto" and device.type == "cuda")
+
+
+def autocast(runtime: RuntimeConfig, device: torch.device):
+    """bf16 autocast context when enabled, else a no-op context."""
+    if use_bf16(runtime, device):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def apply_memory_format(model: nn.Module, runtime: RuntimeConfig, device: torch.device) -> nn.Module:
+    if runtime.channels_last == "on" or (runtime.channels_last == "auto" and device.type == "cuda"):
+        return model.to(memory_format=torch.channels_last)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model under DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in unwrap(model).state_dict().items()}
+
+
+# -------------------------------------------------------------------------------------- epoch loop
+@dataclass
+class LoopSpec:
+    epochs: int
+    """Total epochs of the stage."""
+    eval_every: int
+    """Evaluate every k epochs and after the last one."""
+    select_key: str
+    """Metric (from `evaluate`) whose maximum selects the output model: `precision` / `AP`."""
+    collapse_loss: float
+    """Mean epoch loss above this (or non-finite) = collapsed."""
+    config: dict
+    """The stage's config as plain data (stored in every checkpoint)."""
+
+
+@dataclass
+class LoopOutcome:
+    best_value: float | None
+    best_epoch: int | None
+    best_model: dict[str, torch.Tensor] | None
+    best_eval: dict[str, Any]
+    history: list[dict] = field(default_factory=list)
+    trained: list[int] = field(default_factory=list)
+    collapsed: bool = False
+    collapsed_epoch: int | None = None
+
+
+TrainEpochFn = Callable[[int], dict]   # epoch -> {"loss": float, "images": int, ...}
+EvaluateFn = Callable[[], dict]        # -> metrics incl. spec.select_key (rank 0; others may return {})
+
+
+def run_epochs(ctx: StageContext, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+               train_epoch: TrainEpochFn, evaluate: EvaluateFn, spec: LoopSpec) -> LoopOutcome:
+    """Train epochs [start, spec.epochs) where start follows the latest checkpoint of this stage."""
+    out = LoopOutcome(best_value=None, best_epoch=None, best_model=None, best_eval={})
+    start = 0
+    state = ctx.resume_state()
+    if state is not None:
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
+        best = state.get("best") or {}
+        out.best_value, out.best_epoch = best.get("value"), best.get("epoch")
+        out.best_model, out.best_eval = best.get("model"), best.get("eval") or {}
+        out.history = list(state.get("history") or [])
+        start = int(state["epoch"]) + 1
+        if state.get("collapsed"):
+            out.collapsed, out.collapsed_epoch = True, int(state["epoch"])
+            return out
+        log.info("resuming at epoch %d of %d", start, spec.epochs)
+    for epoch in range(start, spec.epochs):
+        lr = optimizer.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        stats = train_epoch(epoch)
+        seconds = time.perf_counter() - t0
+        scheduler.step()
+        loss = float(stats["loss"])
+        collapsed = not math.isfinite(loss) or loss > spec.collapse_loss
+        metrics = {"epoch": epoch, "epochs": spec.epochs, "loss": loss, "lr": lr, "seconds": seconds,
+                   "img_per_s": stats.get("images", 0) * ctx.world_size / max(seconds, 1e-9)}
+        metrics.update({k: v for k, v in stats.items() if k not in metrics})
+        if not collapsed and ((epoch + 1) % spec.eval_every == 0 or epoch == spec.epochs - 1):
+            ev = evaluate()
+            metrics.update(ev)
+            value = ev.get(spec.select_key)
+            if value is not None and (out.best_value is None or value > out.best_value):
+                out.best_value, out.best_epoch, out.best_eval = float(value), epoch, dict(ev)
+                out.best_model = cpu_state_dict(model)
+        out.history.append({k: metrics[k] for k in ("epoch", "loss", "lr") if k in metrics}
+                           | ({spec.select_key: metrics[spec.select_key]} if spec.select_key in metrics else {}))
+        out.trained.append(epoch)
+        if collapsed:
+            out.collapsed, out.collapsed_epoch = True, epoch
+            metrics["collapsed"] = True
+            log.warning("loss %.4g at epoch %d: collapsed (bound %.3g)", loss, epoch, spec.collapse_loss)
+        ctx.save_epoch(_checkpoint(model, optimizer, scheduler, epoch, out, spec, collapsed), metrics)
+        if collapsed:
+            break
+    return out
+
+
+def _checkpoint(model, optimizer, scheduler, epoch: int, out: LoopOutcome, spec: LoopSpec,
+                collapsed: bool) -> dict:
+    return {
+        "model": cpu_state_dict(model),
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "rng": torch.get_rng_state(),
+        "best": {"value": out.best_value, "epoch": out.best_epoch, "model": out.best_model,
+                 "eval": out.best_eval},
+        "history": out.history,
+        "collapsed": collapsed,
+        "config": spec.config,
+    }
+
+
+def loss_summary(history: list[dict]) -> dict[str, Any]:
+    """First / last / min epoch loss of a run (what result.json keeps of the loss curve)."""
+    losses = [h["loss"] for h in history if "loss" in h]
+    if not losses:
+        return {}
+    finite = [x for x in losses if math.isfinite(x)]
+    return {"loss_first": losses[0], "loss_last": losses[-1], "loss_min": min(finite) if finite else None,
+            "loss_curve": losses}
