@@ -1,0 +1,323 @@
+"""COCO 2017 person instances for the pretext (paper §3, all persons) and top-down pose (paper §4.1).
+
+Reads a folder laid out as the COCO release (`annotations/person_keypoints_{split}.json`, `{split}/`)
+with pycocotools and turns every usable person into a `PersonInstance` with HRNet's box convention
+(center + scale in units of pixel_std = 200, aspect-fixed, padded ×1.25). Detection boxes in HRNet's
+`COCO_val2017_detections_AP_H_56_person.json` format go through the same conversion.
+
+Sample selection follows the official HRNet code (lib/dataset/coco.py `_load_coco_keypoint_annotation_kernal`):
+non-crowd persons, a "clean" box clipped to the image, `area > 0` and at least one labelled keypoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pycocotools.coco import COCO
+
+from workloads.data.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY_ID
+
+log = logging.getLogger(__name__)
+
+PIXEL_STD = 200.0  # HRNet _xywh2cs: scale is expressed in units of 200 px
+BOX_PADDING = 1.25  # HRNet _xywh2cs: the box is enlarged by 25 %
+EXPECTED_LAYOUT = "annotations/person_keypoints_{split}.json and {split}/ (images) under the COCO root"
+
+
+class CocoDataError(RuntimeError):
+    """A COCO root, annotation, detection or image file is missing or malformed (the message names it)."""
+
+
+@dataclass(frozen=True, eq=False)
+class PersonInstance:
+    """One person box to crop: a GT annotation or a detection.
+
+    `keypoints[:, 2]` keeps the raw COCO visibility v ∈ {0, 1, 2} (0 = not labelled, 1 = labelled but
+    occluded, 2 = visible); the training weight of HRNet (`joints_vis`, v > 1 → 1) is `joints_vis`.
+    Detections carry zero keypoints, `ann_id=None` and the detector's score.
+    """
+
+    image_id: int
+    ann_id: int | None
+    image_path: str
+    image_wh: tuple[int, int]
+    bbox_xywh: np.ndarray  # [4] clean box (GT) or raw detector box, x, y, w, h in image px
+    center_xy: np.ndarray  # [2] box centre, image px
+    scale_wh: np.ndarray  # [2] aspect-fixed padded box size / PIXEL_STD
+    keypoints: np.ndarray  # [17, 3] x, y, v (raw COCO visibility)
+    num_keypoints: int
+    area: float
+    score: float
+
+    @property
+    def joints_vis(self) -> np.ndarray:
+        """[17] float 0/1: HRNet's joint weight (COCO v > 1 clipped to 1)."""
+        return np.minimum(self.keypoints[:, 2], 1.0).astype(np.float32)
+
+
+def box_to_center_scale(
+    box_xywh, aspect_ratio: float, padding: float = BOX_PADDING
+) -> tuple[np.ndarray, np.ndarray]:
+    """HRNet `_xywh2cs`: box → (center_xy [2], scale_wh [2]) with w/h = aspect_ratio, ×padding, /200."""
+    x, y, w, h = (float(v) for v in box_xywh)
+    if aspect_ratio <= 0:
+        raise ValueError(
+            f"aspect_ratio must be > 0 (width / height of the network input), got {aspect_ratio}"
+        )
+    center = np.array([x + w * 0.5, y + h * 0.5], dtype=np.float64)
+    if w > aspect_ratio * h:
+        h = w / aspect_ratio
+    elif w < aspect_ratio * h:
+        w = h * aspect_ratio
+    scale = np.array([w, h], dtype=np.float64) / PIXEL_STD * padding
+    return center, scale
+
+
+def clean_box(bbox_xywh, image_wh: tuple[int, int]) -> np.ndarray | None:
+    """HRNet's clipped box [x, y, w, h], or None when it is empty (x2 < x1 or y2 < y1)."""
+    x, y, w, h = (float(v) for v in bbox_xywh)
+    width, height = image_wh
+    x1, y1 = max(0.0, x), max(0.0, y)
+    x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
+    y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
+    if x2 < x1 or y2 < y1:
+        return None
+    return np.array([x1, y1, x2 - x1, y2 - y1], dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------ files
+def annotation_path(root: str | os.PathLike, split: str) -> Path:
+    """`<root>/annotations/person_keypoints_<split>.json` (split as the release names it: `val2017`)."""
+    return Path(root) / "annotations" / f"person_keypoints_{split}.json"
+
+
+def image_dir(root: str | os.PathLike, split: str) -> Path:
+    return Path(root) / split
+
+
+def load_coco(root: str | os.PathLike, split: str) -> COCO:
+    """The pycocotools index of a split; CocoDataError naming the path when missing or malformed."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CocoDataError(f"COCO root {root} does not exist; expected a folder with {EXPECTED_LAYOUT}")
+    path = annotation_path(root, split)
+    if not path.is_file():
+        raise CocoDataError(
+            f"annotation file {path} not found; expected {EXPECTED_LAYOUT.format(split=split)}"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            dataset = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CocoDataError(f"annotation file {path} is not valid JSON: {err}") from err
+    missing = [
+        k
+        for k in ("images", "annotations", "categories")
+        if not isinstance(dataset, dict) or k not in dataset
+    ]
+    if missing:
+        raise CocoDataError(
+            f"annotation file {path} lacks the COCO key(s) {missing}; expected an object with images, "
+            "annotations and categories"
+        )
+    coco = COCO()
+    coco.dataset = dataset
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco.createIndex()
+    except (KeyError, TypeError) as err:
+        raise CocoDataError(f"annotation file {path} is malformed: missing or wrong field {err}") from err
+    return coco
+
+
+def _image_path(root: Path, split: str, img: dict) -> str:
+    return str(image_dir(root, split) / img.get("file_name", f"{img['id']:012d}.jpg"))
+
+
+def check_images(root: str | os.PathLike, split: str, image_paths: list[str]) -> None:
+    """CocoDataError when the image folder or any of `image_paths` is missing (names the first few)."""
+    folder = image_dir(root, split)
+    if not folder.is_dir():
+        raise CocoDataError(
+            f"image folder {folder} not found; expected {EXPECTED_LAYOUT.format(split=split)}"
+        )
+    present = set(os.listdir(folder))
+    absent = sorted({p for p in image_paths if Path(p).name not in present})
+    if absent:
+        raise CocoDataError(
+            f"{len(absent)} image(s) referenced by {annotation_path(root, split)} are missing from {folder}, "
+            f"e.g. {', '.join(absent[:5])}"
+        )
+
+
+# ------------------------------------------------------------------------------------------ persons
+def _gt_instance(coco, root, split, ann, *, with_keypoints, aspect_ratio, padding) -> PersonInstance | None:
+    """One annotation → PersonInstance, or None when HRNet's filter (or the pretext's) drops it."""
+    img = coco.imgs[ann["image_id"]]
+    image_wh = (int(img["width"]), int(img["height"]))
+    box = clean_box(ann["bbox"], image_wh)
+    keypoints = np.asarray(ann.get("keypoints") or [0] * (3 * NUM_KEYPOINTS), dtype=np.float64)
+    keypoints = keypoints.reshape(NUM_KEYPOINTS, 3)
+    if box is None:
+        return None
+    if with_keypoints:
+        # HRNet: area > 0, clean box valid (x2 >= x1, y2 >= y1), max(keypoints) > 0.
+        if float(ann.get("area", 0.0)) <= 0 or keypoints.max() <= 0:
+            return None
+    elif box[2] <= 0 or box[3] <= 0:  # pretext crops need a box with positive size
+        return None
+    center, scale = box_to_center_scale(box, aspect_ratio, padding)
+    return PersonInstance(
+        image_id=int(ann["image_id"]),
+        ann_id=int(ann["id"]),
+        image_path=_image_path(Path(root), split, img),
+        image_wh=image_wh,
+        bbox_xywh=box,
+        center_xy=center,
+        scale_wh=scale,
+        keypoints=keypoints,
+        num_keypoints=int(ann.get("num_keypoints", int((keypoints[:, 2] > 0).sum()))),
+        area=float(ann.get("area", box[2] * box[3])),
+        score=1.0,
+    )
+
+
+def load_persons(
+    root: str | os.PathLike,
+    split: str,
+    *,
+    with_keypoints: bool = False,
+    aspect_ratio: float,
+    padding: float = BOX_PADDING,
+    check_files: bool = True,
+) -> list[PersonInstance]:
+    """Non-crowd person instances of `split`, ordered by (image id, annotation order).
+
+    with_keypoints=False (pretext, paper §3): every non-crowd person with a clean box of positive size;
+    keypoint labels are not looked at. with_keypoints=True (pose, paper §4.1): HRNet's training filter
+    (area > 0, clean box valid, at least one labelled keypoint).
+    """
+    coco = load_coco(root, split)
+    instances = []
+    for image_id in sorted(coco.getImgIds()):
+        for ann_id in coco.getAnnIds(imgIds=[image_id], catIds=[PERSON_CATEGORY_ID], iscrowd=False):
+            inst = _gt_instance(
+                coco,
+                root,
+                split,
+                coco.anns[ann_id],
+                with_keypoints=with_keypoints,
+                aspect_ratio=aspect_ratio,
+                padding=padding,
+            )
+            if inst is not None:
+                instances.append(inst)
+    if check_files:
+        check_images(root, split, [inst.image_path for inst in instances])
+    log.info("%s/%s: %d person instances (with_keypoints=%s)", root, split, len(instances), with_keypoints)
+    return instances
+
+
+# ------------------------------------------------------------------------------------------ detections
+def _read_detections(det_file: Path) -> list[dict]:
+    if not det_file.is_file():
+        raise CocoDataError(f"detection file {det_file} not found")
+    try:
+        with open(det_file, encoding="utf-8") as f:
+            dets = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CocoDataError(f"detection file {det_file} is not valid JSON: {err}") from err
+    expected = "a JSON list of {image_id: int, category_id: int, bbox: [x, y, w, h], score: float}"
+    if not isinstance(dets, list):
+        raise CocoDataError(
+            f"detection file {det_file}: top level is {type(dets).__name__}; expected {expected}"
+        )
+    for i, det in enumerate(dets):
+        ok = isinstance(det, dict) and all(k in det for k in ("image_id", "category_id", "bbox", "score"))
+        ok = ok and isinstance(det["bbox"], (list, tuple)) and len(det["bbox"]) == 4
+        if not ok:
+            raise CocoDataError(
+                f"detection file {det_file}: entry {i} is {str(det)[:120]}; expected {expected}"
+            )
+    return dets
+
+
+def load_detections(
+    det_file: str | os.PathLike,
+    root: str | os.PathLike,
+    split: str,
+    *,
+    aspect_ratio: float,
+    image_thre: float = 0.0,
+    padding: float = BOX_PADDING,
+    check_files: bool = True,
+) -> list[PersonInstance]:
+    """Person detections (category 1, score ≥ image_thre; HRNet IMAGE_THRE 0.0) as PersonInstances.
+
+    Boxes are used unclipped, as HRNet does. Detections on images absent from the split's annotation
+    file are dropped with a warning; if that drops every detection, the files do not match (error).
+    """
+    det_file = Path(det_file)
+    dets = _read_detections(det_file)
+    coco = load_coco(root, split)
+    instances, unknown = [], set()
+    for det in dets:
+        if int(det["category_id"]) != PERSON_CATEGORY_ID or float(det["score"]) < image_thre:
+            continue
+        img = coco.imgs.get(int(det["image_id"]))
+        if img is None:
+            unknown.add(int(det["image_id"]))
+            continue
+        box = np.asarray(det["bbox"], dtype=np.float64)
+        center, scale = box_to_center_scale(box, aspect_ratio, padding)
+        instances.append(
+            PersonInstance(
+                image_id=int(det["image_id"]),
+                ann_id=None,
+                image_path=_image_path(Path(root), split, img),
+                image_wh=(int(img["width"]), int(img["height"])),
+                bbox_xywh=box,
+                center_xy=center,
+                scale_wh=scale,
+                keypoints=np.zeros((NUM_KEYPOINTS, 3), dtype=np.float64),
+                num_keypoints=0,
+                area=float(box[2] * box[3]),
+                score=float(det["score"]),
+            )
+        )
+    if unknown:
+        msg = (
+            f"detection file {det_file}: {len(unknown)} image id(s) not in {annotation_path(root, split)}, "
+            f"e.g. {sorted(unknown)[:5]}"
+        )
+        if not instances:
+            raise CocoDataError(msg + "; no detection matches this split")
+        log.warning("%s; their detections are ignored", msg)
+    if check_files:
+        check_images(root, split, [inst.image_path for inst in instances])
+    log.info("%s: %d person detections with score >= %g", det_file, len(instances), image_thre)
+    return instances
+
+
+def validate_coco_root(root: str | os.PathLike, splits: tuple[str, ...] = ("train2017", "val2017")) -> dict:
+    """Check the layout of `root` and load each split with pycocotools; returns counts per split."""
+    counts = {}
+    for split in splits:
+        coco = load_coco(root, split)
+        person_anns = coco.loadAnns(coco.getAnnIds(catIds=[PERSON_CATEGORY_ID], iscrowd=False))
+        paths = [_image_path(Path(root), split, img) for img in coco.imgs.values()]
+        check_images(root, split, paths)
+        counts[split] = {
+            "images": len(coco.imgs),
+            "annotations": len(coco.anns),
+            "persons": len(person_anns),
+            "persons_with_keypoints": sum(1 for a in person_anns if a.get("num_keypoints", 0) > 0),
+        }
+    return {"root": str(Path(root).resolve()), "splits": counts}

@@ -1,0 +1,114 @@
+"""Image I/O and the top-down crop geometry shared by the pretext (paper §3.1) and pose (paper §4.1).
+
+The affine follows HRNet lib/utils/transforms.py: three points (the box centre, a point half a box
+width "above" it rotated by the augmentation angle, and a third perpendicular point) are mapped to the
+output centre, the top-centre of the output and its perpendicular, so the box of width
+`scale_wh[0] * 200` fills the output width. Joints go through the same 2×3 matrix.
+"""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import torch
+
+from workloads.data.coco import PIXEL_STD, CocoDataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # HRNet/torchvision ImageNet normalisation (RGB)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _rotate(point_xy: np.ndarray, rot_rad: float) -> np.ndarray:
+    sn, cs = np.sin(rot_rad), np.cos(rot_rad)
+    return np.array([point_xy[0] * cs - point_xy[1] * sn, point_xy[0] * sn + point_xy[1] * cs])
+
+
+def _third_point(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """b + (a - b) rotated by 90° (HRNet get_3rd_point)."""
+    direct = a - b
+    return b + np.array([-direct[1], direct[0]])
+
+
+def get_affine_transform(
+    center_xy, scale_wh, rot_deg: float, output_wh, inv: bool = False, shift_xy=(0.0, 0.0)
+) -> np.ndarray:
+    """[2, 3] float64 matrix mapping image xy → output xy (or back when inv=True).
+
+    center_xy [2] px; scale_wh [2] in units of PIXEL_STD (only the width sets the zoom, the height
+    follows from output_wh); rot_deg counter-clockwise as HRNet; output_wh (W, H) px.
+    """
+    center = np.asarray(center_xy, dtype=np.float64)
+    scale_px = np.asarray(scale_wh, dtype=np.float64) * PIXEL_STD
+    shift = np.asarray(shift_xy, dtype=np.float64)
+    dst_w, dst_h = float(output_wh[0]), float(output_wh[1])
+    src_dir = _rotate(np.array([0.0, -0.5 * scale_px[0]]), np.deg2rad(rot_deg))
+    src = np.zeros((3, 2))
+    dst = np.zeros((3, 2))
+    src[0] = center + scale_px * shift
+    src[1] = src[0] + src_dir
+    dst[0] = (dst_w * 0.5, dst_h * 0.5)
+    dst[1] = dst[0] + np.array([0.0, -0.5 * dst_w])
+    src[2] = _third_point(src[0], src[1])
+    dst[2] = _third_point(dst[0], dst[1])
+    if inv:
+        src, dst = dst, src
+    # Solve [x y 1] @ M^T = dst exactly (cv2.getAffineTransform in float64).
+    src_h = np.concatenate([src, np.ones((3, 1))], axis=1)  # [3, 3]
+    return np.linalg.solve(src_h, dst).T  # [2, 3]
+
+
+def affine_points(points_xy: np.ndarray, mat: np.ndarray) -> np.ndarray:
+    """[K, 2] xy → [K, 2] xy under the [2, 3] affine `mat`."""
+    points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    mat = np.asarray(mat, dtype=np.float64)
+    return points @ mat[:, :2].T + mat[:, 2]
+
+
+def warp_crop(image_hwc: np.ndarray, mat: np.ndarray, output_wh) -> np.ndarray:
+    """Crop/warp `image_hwc` with `mat` into an (H, W, C) image; bilinear, black outside (HRNet)."""
+    return cv2.warpAffine(
+        image_hwc,
+        np.asarray(mat, dtype=np.float64),
+        (int(output_wh[0]), int(output_wh[1])),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """[H, W, 3] uint8 RGB; EXIF orientation ignored as HRNet does; CocoDataError naming the file."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise CocoDataError(f"image file {path} not found")
+    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise CocoDataError(f"image file {path} could not be decoded (corrupt or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def normalize_image(img_uint8_hwc: np.ndarray) -> torch.Tensor:
+    """[H, W, 3] uint8 RGB → [3, H, W] float32 tensor, /255 then ImageNet mean/std (HRNet ToTensor+Normalize)."""
+    if img_uint8_hwc.ndim != 3 or img_uint8_hwc.shape[2] != 3:
+        raise ValueError(f"normalize_image expects an [H, W, 3] image, got shape {img_uint8_hwc.shape}")
+    tensor = torch.from_numpy(np.ascontiguousarray(img_uint8_hwc)).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return tensor.sub_(mean).div_(std)
+
+
+def flip_joints(joints_xy: np.ndarray, vis: np.ndarray, width: float, pairs) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror joints of an image `width` px wide: x ← width - 1 - x, left/right pairs swapped.
+
+    joints_xy [K, 2] (or [K, >=2]; extra columns are carried), vis [K] or [K, ...]. Returns new arrays.
+    Unlike HRNet's fliplr_joints, coordinates of invisible joints are kept (they carry zero weight).
+    """
+    joints = np.array(joints_xy, dtype=np.float64, copy=True)
+    vis = np.array(vis, copy=True)
+    joints[:, 0] = width - 1 - joints[:, 0]
+    for left, right in pairs:
+        joints[[left, right]] = joints[[right, left]]
+        vis[[left, right]] = vis[[right, left]]
+    return joints, vis

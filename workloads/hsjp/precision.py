@@ -1,0 +1,93 @@
+"""HSJP precision P (paper §3.5, eqs. 3–5): the share of validation puzzles solved completely.
+
+Patch i is located when its predicted peak p̂_i (argmax of channel i, mapped back to input px with the
+pixel-centre convention of targets.py: heatmap pixel j → input (j + ½)·s) lies strictly within ε of its
+true centre p_i (eq. 3); a puzzle is solved when all N² patches are (eq. 4); P = T / (T + F) (eq. 5).
+No threshold is put on the peak value (the paper names none): a flat channel decodes to its first pixel.
+The validation puzzles carry no augmentation and a fixed shuffle per instance (dataset.py), so P is
+comparable between runs. Evaluation runs on rank 0 only, on the unwrapped model in eval mode.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from workloads.config import RuntimeConfig
+from workloads.engine import autocast, unwrap
+
+log = logging.getLogger(__name__)
+
+
+def decode_peaks(heatmaps: torch.Tensor, stride: float) -> torch.Tensor:
+    """[B, K, H, W] → [B, K, 2] xy input px of each channel's argmax (pixel centre, (j + ½)·stride)."""
+    b, k, h, w = heatmaps.shape
+    idx = heatmaps.reshape(b, k, h * w).argmax(dim=-1)  # [B, K]
+    xy = torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], dim=-1)
+    return (xy.to(torch.float32) + 0.5) * stride
+
+
+def located_patches(pred_xy: torch.Tensor, true_xy: torch.Tensor, eps_px: float) -> torch.Tensor:
+    """[B, K] bool: ‖p̂_i − p_i‖₂ < ε (paper eq. 3)."""
+    return torch.linalg.vector_norm(pred_xy.float() - true_xy.float(), dim=-1) < eps_px
+
+
+def solved_puzzles(pred_xy: torch.Tensor, true_xy: torch.Tensor, eps_px: float) -> torch.Tensor:
+    """[B] bool: every patch of the puzzle located (paper eq. 4)."""
+    return located_patches(pred_xy, true_xy, eps_px).all(dim=-1)
+
+
+def precision_of(solved: torch.Tensor) -> float:
+    """P = T / (T + F) (paper eq. 5) of a [num_puzzles] bool tensor."""
+    if solved.numel() == 0:
+        raise ValueError("precision_of: no puzzles to score (empty validation set)")
+    return int(solved.sum()) / solved.numel()
+
+
+def wants_channels_last(runtime: RuntimeConfig, device: torch.device) -> bool:
+    """Same rule as engine.apply_memory_format, for the input batches."""
+    return runtime.channels_last == "on" or (runtime.channels_last == "auto" and device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate_precision(
+    model: nn.Module,
+    loader: DataLoader,
+    stride: float,
+    eps_px: float,
+    device: torch.device,
+    runtime: RuntimeConfig,
+) -> dict:
+    """P over every batch of `loader` (items: image [3, H, W], centers_xy [K, 2], mask [K]).
+
+    Returns {"precision": P, "patch_accuracy": share of located patches, "puzzles": count}.
+    The model is put back in its previous train/eval mode afterwards.
+    """
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    solved, located = [], []
+    channels_last = wants_channels_last(runtime, device)
+    try:
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(runtime, device):
+                heatmaps = net(images)
+            pred = decode_peaks(heatmaps.float(), stride)
+            true = batch["centers_xy"].to(device)
+            hits = located_patches(pred, true, eps_px)
+            located.append(hits.cpu())
+            solved.append(hits.all(dim=-1).cpu())
+    finally:
+        net.train(was_training)
+    solved_t = torch.cat(solved)
+    return {
+        "precision": precision_of(solved_t),
+        "patch_accuracy": float(torch.cat(located).float().mean()),
+        "puzzles": int(solved_t.numel()),
+    }

@@ -1,0 +1,186 @@
+"""The HSJP pretext stage (paper §3): build the N²-channel network, train it on shuffled person crops with
+the masked MSE of eq. (2) under Adam + MultiStepLR (§3.4), select the epoch with the best HSJP
+precision P (§3.5), and hand its weights downstream.
+
+The epoch loop, resume, checkpointing, evaluation cadence, best-model selection and collapse detection
+are the shared engine's (`engine.run_epochs`); this module supplies `train_epoch` and `evaluate`.
+Epochs are 0-based (`best_epoch` 9 is the 10th epoch). A run whose loss goes NaN/Inf or past
+`cfg.collapse_loss` ends with `collapsed: True` (paper Table 2, lr 2e-3); when that happens before the
+first evaluation there are no weights to hand on (`weights=None`). Within an epoch a non-finite running
+loss is checked only at the few progress reports (a sync), and ends the epoch early.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from workloads.config import DataConfig, PretrainConfig, to_dict
+from workloads.context import StageContext, StageResult
+from workloads.engine import (
+    EpochSampler,
+    LoopSpec,
+    apply_memory_format,
+    autocast,
+    loss_summary,
+    make_loader,
+    make_optimizer,
+    make_scheduler,
+    run_epochs,
+)
+from workloads.hsjp.dataset import PuzzleDataset, load_instances
+from workloads.hsjp.loss import masked_mse
+from workloads.hsjp.precision import evaluate_precision, wants_channels_last
+from workloads.hsjp.targets import heatmap_stride, make_heatmaps
+from workloads.models import build_model
+from workloads.provenance import provenance
+
+log = logging.getLogger(__name__)
+
+REPORTS_PER_EPOCH = 4  # within-epoch progress reports (each costs one device sync)
+
+
+@dataclass
+class _Loop:
+    """What train_epoch needs besides the epoch number."""
+
+    cfg: PretrainConfig
+    ctx: StageContext
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    sampler: EpochSampler
+    heatmap_hw: tuple[int, int]
+    stride: float
+
+
+def heatmap_hw_of(cfg: PretrainConfig) -> tuple[int, int]:
+    """(H, W) of the targets: heatmap_size², twice as wide with concat_original."""
+    return cfg.heatmap_size, cfg.heatmap_size * (2 if cfg.concat_original else 1)
+
+
+def train_epoch(loop: _Loop, epoch: int) -> dict:
+    """One pass over this rank's shard; returns {"loss": mean eq. (2) over all ranks, "images": count}."""
+    cfg, ctx, device = loop.cfg, loop.ctx, loop.ctx.device
+    loop.sampler.set_epoch(epoch)
+    loop.model.train()
+    channels_last = wants_channels_last(cfg.runtime, device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    seen, steps = 0, len(loop.loader)
+    report_every = max(1, steps // REPORTS_PER_EPOCH)
+    t0 = time.perf_counter()
+    for step, batch in enumerate(loop.loader):
+        images = batch["image"].to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        centers = batch["centers_xy"].to(device, non_blocking=True)  # [B, K, 2] xy input px
+        mask = batch["mask"].to(device, non_blocking=True)  # [B, K]
+        target = make_heatmaps(centers, mask, loop.heatmap_hw, loop.stride, cfg.sigma)  # [B, K, H, W]
+        with autocast(cfg.runtime, device):
+            pred = loop.model(images)
+        if step == 0 and tuple(pred.shape[-2:]) != loop.heatmap_hw:
+            raise ValueError(
+                f"pretrain.heatmap_size = {cfg.heatmap_size}: the model outputs "
+                f"{tuple(pred.shape[-2:])} heatmaps for input {tuple(images.shape[-2:])}, "
+                f"expected {loop.heatmap_hw} (heatmap_size must be input_size / 4)"
+            )
+        loss = masked_mse(pred, target, mask)  # paper eq. (2), float32
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.optimizer.step()
+        total += loss.detach().double() * images.shape[0]
+        seen += images.shape[0]
+        if (step + 1) % report_every == 0 or step + 1 == steps:
+            running = _global_mean(total, seen, ctx.world_size)
+            ctx.report(
+                {
+                    "epoch": epoch,
+                    "step": step + 1,
+                    "steps": steps,
+                    "loss": running,
+                    "img_per_s": seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9),
+                }
+            )
+            if not math.isfinite(running):
+                log.warning("epoch %d step %d: loss %s, ending the epoch early", epoch, step + 1, running)
+                return {"loss": running, "images": seen}
+    return {"loss": _global_mean(total, seen, ctx.world_size), "images": seen}
+
+
+def _global_mean(total: torch.Tensor, seen: int, world_size: int) -> float:
+    """Sample-weighted mean over every rank (equal shards: EpochSampler pads them)."""
+    buf = torch.stack([total.double(), torch.tensor(float(seen), dtype=torch.float64, device=total.device)])
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(buf)
+    return float(buf[0] / max(buf[1], 1.0))
+
+
+def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> StageResult:
+    """Train the HSJP pretext (see the module docstring); the result's weights are the best-P model."""
+    if cfg.method != "hsjp":
+        raise ValueError(
+            f"run_pretrain: pretrain.method = {cfg.method!r} has no work to run; only 'hsjp' trains"
+        )
+    cfg.validate()
+    data.validate()
+    device = ctx.device
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.n * cfg.n, generator=torch.Generator().manual_seed(cfg.seed))
+    model = ctx.prepare_model(apply_memory_format(model, cfg.runtime, device))
+    if cfg.runtime.compile and device.type == "cuda":
+        model = torch.compile(model)
+    train_set = PuzzleDataset(load_instances(data, train=True, seed=cfg.seed), cfg, train=True, seed=cfg.seed)
+    loader, sampler = make_loader(train_set, cfg.batch_size, ctx, cfg.seed, data.loader_workers)
+    optimizer = make_optimizer(model, cfg.lr)
+    scheduler = make_scheduler(optimizer, cfg.milestones, cfg.lr_factor)
+    stride = heatmap_stride(cfg.input_size, cfg.heatmap_size)
+    loop = _Loop(cfg, ctx, model, optimizer, loader, sampler, heatmap_hw_of(cfg), stride)
+    val_loader: list[DataLoader] = []  # built on first use, rank 0 only
+
+    def evaluate() -> dict:
+        if ctx.rank != 0:
+            return {}
+        if not val_loader:
+            val_set = PuzzleDataset(load_instances(data, train=False, seed=cfg.seed), cfg, train=False)
+            val_loader.append(
+                DataLoader(
+                    val_set,
+                    batch_size=max(1, cfg.batch_size // ctx.world_size),
+                    shuffle=False,
+                    num_workers=data.loader_workers,
+                    pin_memory=device.type == "cuda",
+                )
+            )
+        return evaluate_precision(model, val_loader[0], stride, cfg.eps, device, cfg.runtime)
+
+    spec = LoopSpec(
+        epochs=cfg.epochs,
+        eval_every=cfg.eval_every,
+        select_key="precision",
+        collapse_loss=cfg.collapse_loss,
+        config=to_dict(cfg),
+    )
+    out = run_epochs(ctx, model, optimizer, scheduler, lambda e: train_epoch(loop, e), evaluate, spec)
+    metrics = {
+        "precision": out.best_value,
+        "best_epoch": out.best_epoch,
+        "precision_history": {str(h["epoch"]): h["precision"] for h in out.history if "precision" in h},
+        "patch_accuracy": out.best_eval.get("patch_accuracy"),
+        "val_puzzles": out.best_eval.get("puzzles"),
+        **loss_summary(out.history),
+    }
+    return StageResult(
+        metrics=metrics,
+        weights=out.best_model,
+        collapsed=out.collapsed,
+        collapsed_epoch=out.collapsed_epoch,
+        epochs_trained=list(out.trained),
+        provenance=provenance({"pretrain": to_dict(cfg), "data": to_dict(data)}, device, ctx.world_size),
+    )

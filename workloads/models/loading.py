@@ -1,0 +1,170 @@
+"""Weight loading with exact key accounting (paper §4.1: HSJP / ImageNet / scratch initialisation).
+
+Every load returns a `LoadReport` with the exact loaded / missing / unexpected / skipped key lists,
+so a silent partial load cannot invalidate a table. Keys under `skip_prefixes` are excluded on both
+sides: not loaded from the checkpoint (listed as `skipped`) and not required from the model (the
+head `final_layer` is replaced between the pretext and the pose task).
+
+ImageNet checkpoints (pose-reference.md §1-§2):
+- HRNet-W32: `hrnet_w32-36af842e.pth` of HRNet/HRNet-Image-Classification (cls_hrnet). Its
+  classification head (`incre_modules`, `downsamp_modules`, `classifier`, and a `final_layer` whose
+  name collides with the pose head) and the multi-scale fuse layers of the last stage-4 module
+  (`stage4.<last>.fuse_layers.{1,2,3}`, absent in pose_hrnet) are skipped, as the official
+  PRETRAINED_LAYERS filter + strict=False does.
+- ResNet-50: torchvision's `resnet50-0676ba61.pth` (V1) or the older `resnet50-19c8e357.pth`; its
+  `fc.*` is unexpected, `deconv_layers.*` / `final_layer.*` are missing (left at the official init).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from workloads.engine import unwrap
+
+log = logging.getLogger(__name__)
+
+HEAD_PREFIXES = ("final_layer.",)
+"""The task-specific head, replaced between pretext (N² channels) and pose (17 channels)."""
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP and torch.compile state dicts
+MIN_MATCH_FRACTION = 0.5  # fewer matching names than this share of the model → another architecture
+
+IMAGENET_SOURCES = {
+    "hrnet_w32": "hrnet_w32-36af842e.pth from https://github.com/HRNet/HRNet-Image-Classification "
+    "(the README's HRNet-W32-C ImageNet model)",
+    "simplebaseline_r50": "torchvision's ResNet-50 weights: https://download.pytorch.org/models/"
+    "resnet50-0676ba61.pth (IMAGENET1K_V1) or the older resnet50-19c8e357.pth used by SimpleBaseline",
+}
+HRNET_CLS_PREFIXES = ("incre_modules.", "downsamp_modules.", "classifier.", "final_layer.")
+
+
+@dataclass
+class LoadReport:
+    """What a load did, key by key (checkpoint names, `module.` prefixes removed)."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    """Model keys outside `skip_prefixes` that the checkpoint did not provide (left at init)."""
+    unexpected: list[str] = field(default_factory=list)
+    """Checkpoint keys outside `skip_prefixes` that the model does not have (ignored)."""
+    skipped: list[str] = field(default_factory=list)
+    """Checkpoint keys under `skip_prefixes` (deliberately not loaded)."""
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return asdict(self)
+
+
+def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from a `.pth` file, read with `torch.load(weights_only=True)` on CPU.
+
+    Unwraps `{"state_dict": ...}` / `{"model": ...}` nestings and `module.` / `_orig_mod.` prefixes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{path}: torch.load(weights_only=True) refused it, so it is not a plain state dict "
+            f"(it pickles Python objects). Re-save it as a dict of tensors. Reason: {str(exc)[:300]}"
+        ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({exc})") from exc
+    return unwrap_state_dict(obj, str(path))
+
+
+def unwrap_state_dict(obj: object, where: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Peel `state_dict` / `model` nestings and wrapper prefixes off a loaded checkpoint object."""
+    while isinstance(obj, dict) and not _all_tensors(obj):
+        inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:5]
+            raise ValueError(
+                f"{where}: not a state dict: entries {bad} are not tensors and there is no "
+                f"'state_dict' or 'model' entry holding one"
+            )
+        obj = inner
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a dict of tensors, got {type(obj).__name__}")
+    state = dict(obj)
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def _all_tensors(d: dict) -> bool:
+    return bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
+
+
+def load_backbone(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    skip_prefixes: tuple[str, ...] = HEAD_PREFIXES,
+) -> LoadReport:
+    """Copy every checkpoint tensor whose name and shape match the model, except `skip_prefixes`.
+
+    Raises ValueError when a shared key has another shape (naming key and both shapes), or when
+    fewer than half the model's keys are present (a checkpoint of another architecture).
+    """
+    inner = unwrap(model)
+    target = inner.state_dict()
+    state = unwrap_state_dict(state_dict)
+    skip = tuple(skip_prefixes)
+    report = LoadReport()
+    report.skipped = [k for k in state if k.startswith(skip)]
+    candidates = {k: v for k, v in state.items() if not k.startswith(skip)}
+    report.unexpected = [k for k in candidates if k not in target]
+    wanted = [k for k in target if not k.startswith(skip)]
+    report.missing = [k for k in wanted if k not in candidates]
+    matched = [k for k in candidates if k in target]
+    if wanted and len(matched) < MIN_MATCH_FRACTION * len(wanted):
+        first = report.unexpected[0] if report.unexpected else (report.missing or ["<none>"])[0]
+        raise ValueError(
+            f"checkpoint looks like a checkpoint of another architecture than {type(inner).__name__}: "
+            f"only {len(matched)} of {len(wanted)} model keys match; first unmatched key {first!r}"
+        )
+    for k in matched:
+        if tuple(candidates[k].shape) != tuple(target[k].shape):
+            raise ValueError(
+                f"shape mismatch for {k!r}: checkpoint {tuple(candidates[k].shape)} vs "
+                f"model {tuple(target[k].shape)}"
+            )
+    result = inner.load_state_dict({k: candidates[k] for k in matched}, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys  # matched ⊆ target by construction
+    report.loaded = matched
+    log.info(
+        "loaded %d tensors into %s (missing %d, unexpected %d, skipped %d)",
+        len(matched),
+        type(inner).__name__,
+        len(report.missing),
+        len(report.unexpected),
+        len(report.skipped),
+    )
+    return report
+
+
+def load_imagenet(model: nn.Module, path: str | Path, backbone: str) -> LoadReport:
+    """Load the official ImageNet classification weights of `backbone` into the model's trunk."""
+    if backbone not in IMAGENET_SOURCES:
+        raise ValueError(
+            f"backbone={backbone!r} has no ImageNet loader; valid: {', '.join(IMAGENET_SOURCES)}"
+        )
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ImageNet checkpoint not found: {path}. Official weights: {IMAGENET_SOURCES[backbone]}"
+        )
+    state = load_state_file(path)
+    if backbone == "simplebaseline_r50":
+        return load_backbone(model, state, skip_prefixes=())
+    last = len(getattr(unwrap(model), "stage4", [None])) - 1
+    cls_only = HRNET_CLS_PREFIXES + tuple(f"stage4.{last}.fuse_layers.{i}." for i in (1, 2, 3))
+    return load_backbone(model, state, skip_prefixes=cls_only)

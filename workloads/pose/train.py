@@ -1,0 +1,391 @@
+"""The pose finetune stage (paper §4): initialise, train top-down COCO keypoints, evaluate, select by AP.
+
+Initialisation (paper §4.2-§4.4; `init` is the parent pretrain's config):
+- None / `scratch` → the official random init of `build_model` (N(0, 0.001) convs, BN 1/0);
+- `imagenet` → the official ImageNet file `init.checkpoint` (`load_imagenet`);
+- `hsjp` → the parent stage's best-P weights (`ctx.parent_weights()`) into the backbone; the
+  N²-channel `final_layer` is skipped and a fresh 17-channel head keeps its official init.
+A load that leaves any backbone tensor at its init (or, for HSJP, brings keys the model lacks) is an
+error; the LoadReport is logged and kept as `metrics["load_report"]`.
+`freeze: k` freezes stages 0..k (weights and BN statistics, paper Fig. 5) before the optimiser is
+built, so Adam only sees the trainable parameters. `label_fraction` and `data.max_train_instances`
+select the training persons (`dataset.select_train_instances`).
+
+The epoch loop, exact resume, checkpoints, eval cadence, best-AP selection and collapse detection
+are the shared engine's (`engine.run_epochs`, select_key "AP"); this module supplies the train step
+and the evaluation (rank 0: `inference.predict` on the val persons, then `evaluate_keypoints`).
+Epochs are 0-based. Evaluation boxes: `data.detection_file` unless `cfg.use_gt_boxes` or no file
+is given, then the GT boxes of the val persons with keypoints (HRNet's GT-box mode, score 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from workloads.config import DataConfig, FinetuneConfig, ModelConfig, PretrainConfig, to_dict
+from workloads.context import StageContext, StageResult
+from workloads.data.coco import PersonInstance, annotation_path, load_detections, load_persons
+from workloads.data.keypoints import NUM_KEYPOINTS
+from workloads.engine import (
+    EpochSampler,
+    LoopSpec,
+    apply_memory_format,
+    autocast,
+    loss_summary,
+    make_loader,
+    make_optimizer,
+    make_scheduler,
+    run_epochs,
+    unwrap,
+)
+from workloads.models import build_model, freeze_stages, load_backbone, load_imagenet, stage_of_parameter
+from workloads.pose import evaluate as pose_evaluate
+from workloads.pose import inference
+from workloads.pose.dataset import PoseTrainDataset, load_train_instances
+from workloads.pose.loss import joints_mse
+from workloads.provenance import provenance
+
+log = logging.getLogger(__name__)
+
+REPORTS_PER_EPOCH = 4  # within-epoch progress reports (each costs one device sync)
+EVAL_BATCH = 64  # inference batch (official TEST.BATCH_SIZE_PER_GPU 32, ×2 with the flip in one pass)
+# Architecture fields that must agree between a pretrain and its finetune, per backbone
+# (deconv_layers are part of what an HSJP SimpleBaseline hands over: only final_layer is replaced).
+ARCH_FIELDS = {
+    "hrnet_w32": ("backbone", "width", "num_blocks", "num_modules"),
+    "simplebaseline_r50": ("backbone", "resnet_layers", "deconv_channels"),
+}
+
+
+# ------------------------------------------------------------------------------------ initialisation
+def init_method(init: PretrainConfig | None) -> str:
+    return "scratch" if init is None else init.method
+
+
+def check_same_backbone(pretrain: ModelConfig, finetune: ModelConfig, method: str) -> None:
+    """ValueError naming every architecture field where the pretrain and the finetune differ."""
+    fields = ARCH_FIELDS[finetune.backbone] if method == "hsjp" else ("backbone",)
+    diff = [
+        f"{f}: pretrain {getattr(pretrain, f)!r} vs finetune {getattr(finetune, f)!r}"
+        for f in fields
+        if getattr(pretrain, f) != getattr(finetune, f)
+    ]
+    if diff:
+        raise ValueError(
+            f"init method {method!r}: pretrain.model and finetune.model differ ({'; '.join(diff)}); "
+            "the finetune must use the backbone that was pretrained"
+        )
+
+
+def initialise(
+    model: nn.Module, cfg: FinetuneConfig, init: PretrainConfig | None, ctx: StageContext
+) -> dict | None:
+    """Load the initial weights named by `init` into `model`; returns the LoadReport as a dict (None = scratch)."""
+    method = init_method(init)
+    if method == "scratch":
+        log.info("init: scratch (official random init)")
+        return None
+    check_same_backbone(init.model, cfg.model, method)
+    if method == "imagenet":
+        report = load_imagenet(model, init.checkpoint, cfg.model.backbone)
+    elif method == "hsjp":
+        weights = ctx.parent_weights()
+        if weights is None:
+            raise ValueError(
+                "init method 'hsjp': the context has no parent weights (the pretrain stage's best-P "
+                "state dict); run the pretrain first or use method 'scratch'"
+            )
+        report = load_backbone(model, weights)
+        if report.unexpected or report.missing:  # same architecture: the key sets must match exactly
+            raise ValueError(
+                f"init method 'hsjp': the pretrain weights do not match the pose model outside the head: "
+                f"{len(report.missing)} missing, e.g. {report.missing[:5]}; {len(report.unexpected)} "
+                f"unexpected, e.g. {report.unexpected[:5]}"
+            )
+    else:
+        raise ValueError(f"init method {method!r} is unknown; valid: scratch, imagenet, hsjp")
+    left = [k for k in report.missing if stage_of_parameter(model, k) is not None]
+    if left:  # ImageNet: the head / deconvolutions may stay at init, no backbone tensor may
+        raise ValueError(
+            f"init method {method!r}: {len(left)} backbone tensor(s) were not in the checkpoint and "
+            f"would stay at their random init, e.g. {left[:5]}"
+        )
+    log.info(
+        "init %s: loaded %d, missing %d %s, unexpected %d, skipped %d %s",
+        method,
+        len(report.loaded),
+        len(report.missing),
+        report.missing[:3],
+        len(report.unexpected),
+        len(report.skipped),
+        report.skipped[:3],
+    )
+    return report.as_dict()
+
+
+# ---------------------------------------------------------------------------------------- training
+@dataclass
+class _Loop:
+    """What train_epoch needs besides the epoch number."""
+
+    cfg: FinetuneConfig
+    ctx: StageContext
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    sampler: EpochSampler
+
+
+def wants_channels_last(cfg: FinetuneConfig, device: torch.device) -> bool:
+    return cfg.runtime.channels_last == "on" or (
+        cfg.runtime.channels_last == "auto" and device.type == "cuda"
+    )
+
+
+def train_step(
+    model: nn.Module, batch, optimizer: torch.optim.Optimizer, cfg: FinetuneConfig, device: torch.device
+) -> torch.Tensor:
+    """One Adam step on (images [B, 3, H, W], heatmaps [B, 17, h, w], weights [B, 17]); returns the loss."""
+    images, targets, weights = (t.to(device, non_blocking=True) for t in batch)
+    if wants_channels_last(cfg, device):
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast(cfg.runtime, device):
+        pred = model(images)
+    if pred.shape != targets.shape:
+        raise ValueError(
+            f"finetune.heatmap_hw = {tuple(cfg.heatmap_hw)}: the model outputs {tuple(pred.shape[1:])} "
+            f"for input {tuple(images.shape[-2:])}, expected {tuple(targets.shape[1:])} "
+            "(heatmap_hw must be input_hw / 4)"
+        )
+    loss = joints_mse(pred, targets, weights)  # official JointsMSE with target weights, float32
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def train_epoch(loop: _Loop, epoch: int) -> dict:
+    """One pass over this rank's shard: {"loss": sample mean over all ranks, "images", "data_wait_share"}."""
+    ctx, device = loop.ctx, loop.ctx.device
+    loop.sampler.set_epoch(epoch)
+    loop.model.train()  # frozen stages keep their BN in eval mode (StagedModel.train)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    seen, steps, wait = 0, len(loop.loader), 0.0
+    report_every = max(1, steps // REPORTS_PER_EPOCH)
+    t0 = t_wait = time.perf_counter()
+    for step, batch in enumerate(loop.loader):
+        wait += time.perf_counter() - t_wait
+        loss = train_step(loop.model, batch, loop.optimizer, loop.cfg, device)
+        total += loss.double() * batch[0].shape[0]
+        seen += batch[0].shape[0]
+        if (step + 1) % report_every == 0 or step + 1 == steps:
+            running = _global_mean(total, seen, ctx.world_size)
+            ctx.report(
+                {
+                    "epoch": epoch,
+                    "step": step + 1,
+                    "steps": steps,
+                    "loss": running,
+                    "img_per_s": seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9),
+                }
+            )
+            if not math.isfinite(running):
+                log.warning("epoch %d step %d: loss %s, ending the epoch early", epoch, step + 1, running)
+                return {"loss": running, "images": seen}
+        t_wait = time.perf_counter()
+    elapsed = time.perf_counter() - t0
+    return {
+        "loss": _global_mean(total, seen, ctx.world_size),
+        "images": seen,
+        "data_wait_share": wait / max(elapsed, 1e-9),
+    }
+
+
+def _global_mean(total: torch.Tensor, seen: int, world_size: int) -> float:
+    """Sample-weighted mean over every rank (equal shards: EpochSampler pads them)."""
+    buf = torch.stack([total.double(), torch.tensor(float(seen), dtype=torch.float64, device=total.device)])
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(buf)
+    return float(buf[0] / max(buf[1], 1.0))
+
+
+# -------------------------------------------------------------------------------------- evaluation
+@dataclass
+class ValSet:
+    """What one evaluation predicts and scores."""
+
+    instances: list[PersonInstance]
+    boxes: str  # "detections" | "gt"
+    image_ids: set[int] | None  # images to score when `data.max_val_instances` dropped some; None = all
+
+
+def load_val_instances(cfg: FinetuneConfig, data: DataConfig) -> ValSet:
+    """The val persons to predict (detections or GT boxes), capped at `data.max_val_instances`."""
+    aspect_ratio = cfg.input_hw[1] / cfg.input_hw[0]
+    if data.detection_file and not cfg.use_gt_boxes:
+        instances = load_detections(
+            data.detection_file,
+            data.coco_root,
+            data.val_split,
+            aspect_ratio=aspect_ratio,
+            image_thre=cfg.image_thre,
+        )
+        boxes = "detections"
+    else:
+        instances = load_persons(
+            data.coco_root, data.val_split, with_keypoints=True, aspect_ratio=aspect_ratio
+        )
+        boxes = "gt"
+    capped = cap_val_instances(instances, data.max_val_instances)
+    image_ids = {inst.image_id for inst in capped} if len(capped) < len(instances) else None
+    return ValSet(capped, boxes, image_ids)
+
+
+def cap_val_instances(instances: list[PersonInstance], max_instances: int | None) -> list[PersonInstance]:
+    """Whole images in image-id order while they fit in `max_instances` (at least the first image's
+    first `max_instances` persons). Keeping whole images keeps OKS-NMS and the per-image AP exact."""
+    if max_instances is None or len(instances) <= max_instances:
+        return list(instances)
+    by_image: dict[int, list[PersonInstance]] = {}
+    for inst in instances:
+        by_image.setdefault(inst.image_id, []).append(inst)
+    chosen: list[PersonInstance] = []
+    for image_id in sorted(by_image):
+        group = by_image[image_id]
+        if len(chosen) + len(group) > max_instances:
+            break
+        chosen.extend(group)
+    return chosen or by_image[min(by_image)][:max_instances]
+
+
+def write_gt_subset(gt_json: Path, image_ids: set[int], out_path: Path) -> Path:
+    """The ground truth restricted to `image_ids` (a capped evaluation scores only the images it predicted)."""
+    gt = json.loads(Path(gt_json).read_text())
+    gt["images"] = [img for img in gt["images"] if img["id"] in image_ids]
+    gt["annotations"] = [ann for ann in gt["annotations"] if ann["image_id"] in image_ids]
+    out_path.write_text(json.dumps(gt))
+    return out_path
+
+
+def evaluate_model(
+    model: nn.Module, val: ValSet, cfg: FinetuneConfig, data: DataConfig, device: torch.device
+) -> dict:
+    """AP..., ap_per_oks, errors of `model` on the val persons against the val annotations."""
+    t0 = time.perf_counter()
+    results = inference.predict(
+        unwrap(model), val.instances, cfg, device, batch_size=EVAL_BATCH, workers=max(1, data.loader_workers)
+    )
+    gt_json = annotation_path(data.coco_root, data.val_split)
+    with tempfile.TemporaryDirectory(prefix="hsjp-eval-") as tmp:
+        if val.image_ids is not None:
+            gt_json = write_gt_subset(gt_json, val.image_ids, Path(tmp) / "gt.json")
+        metrics = pose_evaluate.evaluate_keypoints(gt_json, results)
+    metrics.update(
+        eval_boxes=val.boxes,
+        eval_instances=len(val.instances),
+        eval_images=len({inst.image_id for inst in val.instances}),
+        eval_seconds=time.perf_counter() - t0,
+    )
+    log.info(
+        "eval (%s boxes, %d persons): AP %.4f in %.1f s",
+        val.boxes,
+        len(val.instances),
+        metrics["AP"],
+        metrics["eval_seconds"],
+    )
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------- the stage
+def build_finetune_model(
+    cfg: FinetuneConfig, init: PretrainConfig | None, ctx: StageContext
+) -> tuple[nn.Module, dict | None, list[str]]:
+    """(model with initial weights and frozen stages, load report, frozen parameter names), not yet wrapped."""
+    model = build_model(cfg.model, NUM_KEYPOINTS, generator=torch.Generator().manual_seed(cfg.seed))
+    report = initialise(model, cfg, init, ctx)
+    frozen = freeze_stages(model, cfg.freeze) if cfg.freeze is not None else []
+    return model, report, frozen
+
+
+def run_finetune(
+    cfg: FinetuneConfig, data: DataConfig, ctx: StageContext, init: PretrainConfig | None = None
+) -> StageResult:
+    """Finetune on COCO keypoints (see the module docstring); the result's weights are the best-AP model."""
+    cfg.validate()
+    data.validate()
+    device = ctx.device
+    torch.manual_seed(cfg.seed)
+    model, report, frozen = build_finetune_model(cfg, init, ctx)
+    model = ctx.prepare_model(apply_memory_format(model, cfg.runtime, device))
+    if cfg.runtime.compile and device.type == "cuda":
+        model = torch.compile(model)
+    train_persons, total_persons = load_train_instances(cfg, data)
+    loader, sampler = make_loader(
+        PoseTrainDataset(train_persons, cfg, seed=cfg.seed),
+        cfg.batch_size,
+        ctx,
+        cfg.seed,
+        data.loader_workers,
+    )
+    optimizer = make_optimizer(model, cfg.lr)  # trainable parameters only
+    scheduler = make_scheduler(optimizer, cfg.milestones, cfg.lr_factor)
+    loop = _Loop(cfg, ctx, model, optimizer, loader, sampler)
+    val: list[ValSet] = []  # built on first use, rank 0 only
+
+    def evaluate() -> dict:
+        if ctx.rank != 0:
+            return {}
+        if not val:
+            val.append(load_val_instances(cfg, data))
+        return evaluate_model(model, val[0], cfg, data, device)
+
+    stage_config = {"finetune": to_dict(cfg), "data": to_dict(data), "init": to_dict(init) if init else None}
+    spec = LoopSpec(
+        epochs=cfg.total_epochs,
+        eval_every=cfg.eval_every,
+        select_key="AP",
+        collapse_loss=cfg.collapse_loss,
+        config=stage_config,
+    )
+    out = run_epochs(ctx, model, optimizer, scheduler, lambda e: train_epoch(loop, e), evaluate, spec)
+    metrics = {} if out.collapsed else dict(out.best_eval)
+    if out.collapsed and out.best_eval:
+        metrics["before_collapse"] = dict(out.best_eval)
+    metrics.update(
+        {
+            "best_epoch": out.best_epoch,
+            "ap_history": {str(h["epoch"]): h["AP"] for h in out.history if "AP" in h},
+            "load_report": report,
+            "init_method": init_method(init),
+            "frozen_stages": list(range(cfg.freeze + 1)) if cfg.freeze is not None else [],
+            "frozen_parameters": len(frozen),
+            "train_instances": len(train_persons),
+            "train_persons_total": total_persons,
+            "label_fraction": cfg.label_fraction,
+            **loss_summary(out.history),
+        }
+    )
+    prov = provenance(stage_config, device, ctx.world_size)
+    prov["init"] = {
+        "method": init_method(init),
+        **({k: len(v) for k, v in report.items()} if report is not None else {}),
+    }
+    return StageResult(
+        metrics=metrics,
+        weights=None if out.collapsed else out.best_model,
+        collapsed=out.collapsed,
+        collapsed_epoch=out.collapsed_epoch,
+        epochs_trained=list(out.trained),
+        provenance=prov,
+    )
