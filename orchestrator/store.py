@@ -21,10 +21,12 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
-import torch
+
+if TYPE_CHECKING:  # torch is imported where weights are read/written: `plan`/`status` stay fast
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +156,8 @@ class Store:
         return rows
 
     def save_weights(self, stage_id: str, state_dict: dict[str, torch.Tensor]) -> str:
+        import torch
+
         buf = io.BytesIO()
         torch.save(state_dict, buf)
         path = self.stage_path(stage_id, "weights.pt")
@@ -161,6 +165,8 @@ class Store:
         return path
 
     def load_weights(self, stage_id: str) -> dict[str, torch.Tensor]:
+        import torch
+
         path = self.stage_path(stage_id, "weights.pt")
         data = self.read_bytes(path)
         if data is None:

@@ -392,7 +392,8 @@ def to_dict(cfg: Any) -> Any:
 
 
 def _unknown_key_message(key: str, valid: list[str], where: str) -> str:
-    close = difflib.get_close_matches(str(key), valid, n=1)
+    close = difflib.get_close_matches(str(key), valid, n=1) or sorted(
+        v for v in valid if v.startswith(str(key)) or str(key).startswith(v))[:1]
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"{_join(where, str(key))}: unknown key{hint}; valid keys: {', '.join(sorted(valid))}"
 

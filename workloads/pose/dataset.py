@@ -152,16 +152,45 @@ def make_sample(
     return normalize_image(crop), torch.from_numpy(heatmaps), torch.from_numpy(weights)
 
 
+def make_sample_joints(
+    image_rgb: np.ndarray, inst: PersonInstance, params: AugParams, cfg: FinetuneConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`make_sample` without the heatmaps: (image [3, H, W] normalised, joints [17, 2] float64 xy crop px,
+    visible [17] float32). The training step turns the batch into the same targets on the device
+    (`targets.make_heatmaps_batched`)."""
+    image_mat, joints, vis = crop_geometry(
+        params, inst.keypoints[:, :2], inst.joints_vis, image_rgb.shape[1], cfg.input_hw
+    )
+    crop = warp_crop(image_rgb, image_mat, (cfg.input_hw[1], cfg.input_hw[0]))  # [H, W, 3] uint8
+    return (
+        normalize_image(crop),
+        torch.from_numpy(joints),
+        torch.from_numpy(np.asarray(vis, dtype=np.float32)),
+    )
+
+
 # ----------------------------------------------------------------------------------- the data set
 class PoseTrainDataset(Dataset):
-    """Training samples keyed by `(epoch, index)` (engine.make_loader); all randomness from sample_rng."""
+    """Training samples keyed by `(epoch, index)` (engine.make_loader); all randomness from sample_rng.
 
-    def __init__(self, instances: list[PersonInstance], cfg: FinetuneConfig, seed: int, augment: bool = True):
+    Items are (image, heatmaps [17, h, w], weights [17]), or with `device_targets` (image, joints [17, 2]
+    xy crop px, visible [17]) for the training step to build the same targets on its device.
+    """
+
+    def __init__(
+        self,
+        instances: list[PersonInstance],
+        cfg: FinetuneConfig,
+        seed: int,
+        augment: bool = True,
+        device_targets: bool = False,
+    ):
         if not instances:
             raise ValueError(
                 "PoseTrainDataset: no training instances (check data.train_split and the filters)"
             )
         self.instances, self.cfg, self.seed, self.augment = list(instances), cfg, seed, augment
+        self.device_targets = device_targets
         self.aspect_ratio = cfg.input_hw[1] / cfg.input_hw[0]  # W / H (HRNet: 192 / 256)
         self._threads_limited = False
 
@@ -180,7 +209,8 @@ class PoseTrainDataset(Dataset):
             cv2.setNumThreads(1)  # one decode/warp thread per loader worker (workers already run in parallel)
             self._threads_limited = True
         inst = self.instances[key[1]]
-        return make_sample(read_image(inst.image_path), inst, self.sample_params(key), self.cfg)
+        build = make_sample_joints if self.device_targets else make_sample
+        return build(read_image(inst.image_path), inst, self.sample_params(key), self.cfg)
 
 
 # ----------------------------------------------------------------------------------- subsets

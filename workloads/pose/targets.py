@@ -15,6 +15,9 @@ training sample; JPEG decoding (~5 ms) is the CPU cost that matters. The rules:
   Gaussian (official quirk kept: with br == 0 the weight stays 1 although nothing is drawn, so
   the joint is trained towards an empty map). Nothing is drawn where the weight is 0.
 
+`make_heatmaps_batched` is the same computation for a batch in torch, so the training loop can build
+the targets on the GPU from the joints (a sample then carries 17×3 numbers instead of 17×64×48).
+
 Source: `deep-high-resolution-net.pytorch:lib/dataset/JointsDataset.py:generate_target`
 (see shared/notes/pose-reference.md §3).
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 
 def make_heatmaps(
@@ -65,3 +69,45 @@ def make_heatmaps(
     heatmaps = np.empty((k, hm_h, hm_w), dtype=np.float32)  # [K, H, W]
     np.multiply(profile[:, 1, :hm_h, None], profile[:, 0, None, :hm_w], out=heatmaps)
     return heatmaps, weights.astype(np.float32)
+
+
+def make_heatmaps_batched(
+    joints_xy: torch.Tensor | np.ndarray,
+    visible: torch.Tensor | np.ndarray,
+    input_hw: tuple[int, int],
+    heatmap_hw: tuple[int, int],
+    sigma: float,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`make_heatmaps` for a whole batch in torch, on `device` (the training loop's GPU).
+
+    joints_xy: [B, K, 2] joint positions in input (crop) px, `xy`; visible: [B, K] (> 0 = labelled).
+    device: where to compute; None → the device of `joints_xy` (CPU for numpy input).
+    Returns heatmaps [B, K, H, W] float32 and weights [B, K] float32, equal to `make_heatmaps` of each
+    sample: the rounding, patch bounds and profiles are computed in float64 as there (so μ = int(x/s + 0.5)
+    truncates identically at .5 boundaries), and only the outer product is float32.
+    """
+    joints = torch.as_tensor(joints_xy, device=device).to(torch.float64)  # [B, K, 2] xy
+    if joints.dim() != 3 or joints.shape[-1] != 2:
+        raise ValueError(f"make_heatmaps_batched: joints_xy must be [B, K, 2] xy, got {tuple(joints.shape)}")
+    dev = joints.device
+    vis = torch.as_tensor(visible, device=dev).to(torch.float64).reshape(joints.shape[:2])  # [B, K]
+    hm_h, hm_w = int(heatmap_hw[0]), int(heatmap_hw[1])
+    size_xy = torch.tensor([hm_w, hm_h], dtype=torch.float64, device=dev)
+    stride_xy = torch.tensor([input_hw[1] / hm_w, input_hw[0] / hm_h], dtype=torch.float64, device=dev)
+    radius = sigma * 3  # official tmp_size
+    mu = torch.trunc(joints / stride_xy + 0.5)  # [B, K, 2], official int(x + 0.5)
+    ul = torch.trunc(mu - radius)
+    br = torch.trunc(mu + radius + 1)
+    outside = ((ul >= size_xy) | (br < 0)).any(dim=-1)  # [B, K]
+    weights = torch.where(outside, torch.zeros_like(vis), vis.clamp(0.0, 1.0))
+
+    size = 2 * radius + 1
+    pos = torch.arange(max(hm_h, hm_w), dtype=torch.float64, device=dev)  # [L]
+    offset = pos - ul[..., None]  # [B, K, 2, L]
+    inside = (offset >= 0) & (offset < math.ceil(size)) & (pos < br[..., None])
+    profile = torch.exp(-((offset - size // 2) ** 2) / (2 * sigma**2)) * inside  # [B, K, 2, L]
+    profile[:, :, 1] *= (weights > 0.5)[..., None]  # drawn only where weight > 0.5
+    profile = profile.to(torch.float32)
+    heatmaps = profile[:, :, 1, :hm_h, None] * profile[:, :, 0, None, :hm_w]  # [B, K, H, W]
+    return heatmaps, weights.to(torch.float32)

@@ -54,6 +54,7 @@ from workloads.pose import evaluate as pose_evaluate
 from workloads.pose import inference
 from workloads.pose.dataset import PoseTrainDataset, load_train_instances
 from workloads.pose.loss import joints_mse
+from workloads.pose.targets import make_heatmaps_batched
 from workloads.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -153,11 +154,21 @@ def wants_channels_last(cfg: FinetuneConfig, device: torch.device) -> bool:
     )
 
 
+def uses_device_targets(device: torch.device) -> bool:
+    """Build the heatmaps on the training device from the batch's joints (CUDA), or per sample in the
+    loader workers (CPU, where both give the same targets and the workers run beside the step)."""
+    return device.type == "cuda"
+
+
 def train_step(
     model: nn.Module, batch, optimizer: torch.optim.Optimizer, cfg: FinetuneConfig, device: torch.device
 ) -> torch.Tensor:
-    """One Adam step on (images [B, 3, H, W], heatmaps [B, 17, h, w], weights [B, 17]); returns the loss."""
+    """One Adam step on (images [B, 3, H, W], heatmaps [B, 17, h, w], weights [B, 17]) or on
+    (images, joints [B, 17, 2] xy crop px, visible [B, 17]) whose targets are made here, on `device`
+    (`PoseTrainDataset(device_targets=True)`); returns the loss."""
     images, targets, weights = (t.to(device, non_blocking=True) for t in batch)
+    if targets.dim() == 3:  # joints: the same targets as the per-sample path, batched on the device
+        targets, weights = make_heatmaps_batched(targets, weights, cfg.input_hw, cfg.heatmap_hw, cfg.sigma)
     if wants_channels_last(cfg, device):
         images = images.contiguous(memory_format=torch.channels_last)
     with autocast(cfg.runtime, device):
@@ -332,7 +343,7 @@ def run_finetune(
         model = torch.compile(model)
     train_persons, total_persons = load_train_instances(cfg, data)
     loader, sampler = make_loader(
-        PoseTrainDataset(train_persons, cfg, seed=cfg.seed),
+        PoseTrainDataset(train_persons, cfg, seed=cfg.seed, device_targets=uses_device_targets(device)),
         cfg.batch_size,
         ctx,
         cfg.seed,

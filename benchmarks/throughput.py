@@ -1,0 +1,441 @@
+"""Training and evaluation throughput of this project's pipelines against the reference (official-style)
+pipeline, measured in the same run (DESIGN.md "Performance"; shared/notes/performance.md goals P1-P5).
+
+For each backbone (HRNet-W32, SimpleBaseline-R50) and task (HSJP pretext 224×224 with N = 6, pose
+finetune 256×192) and for both pipelines ("ours": the workloads' real code paths — bf16 autocast and
+channels_last on CUDA, fused Adam, pinned memory, persistent workers, targets built on the device;
+"reference": `benchmarks.reference`) it prints:
+
+- full img/s: whole training steps fed by the real loader (decode, crop, augmentation, targets) over a
+  set of images — a synthetic COCO-format set (`workloads.data.synthetic`) or `--coco-root`;
+- model img/s: the pipeline's step function alone on one resident batch (fwd + bwd + Adam, plus what
+  the step itself does: ours its device-side targets, the reference its per-step host syncs);
+- data wait: the share of full-step time spent blocked on the loader (on CUDA the device is synced
+  after each step, so this is time the device sat idle for lack of data);
+- peak mem: torch.cuda.max_memory_allocated over both measurements ("n/a" on CPU);
+- ours/reference ratios, and for the pose finetune the evaluation rate: instances/s of
+  `workloads.pose.inference.predict` with the flip test (decode, crop, forward ×2, decode, OKS-NMS).
+
+On CPU (or with `--small`) the models are narrow and the inputs 64-128 px: those figures check the
+machinery and are NOT the H100 targets. Run as `python -m benchmarks.throughput --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import reference
+from workloads.config import DataConfig, FinetuneConfig, ModelConfig, PretrainConfig, RuntimeConfig
+from workloads.context import LocalContext
+from workloads.data import synthetic
+from workloads.data.coco import load_detections, load_persons
+from workloads.data.keypoints import NUM_KEYPOINTS
+from workloads.engine import apply_memory_format, autocast, make_loader, make_optimizer
+from workloads.hsjp.dataset import PuzzleDataset, load_instances
+from workloads.hsjp.loss import masked_mse
+from workloads.hsjp.precision import wants_channels_last
+from workloads.hsjp.targets import heatmap_stride, make_heatmaps
+from workloads.models import build_model
+from workloads.pose import inference
+from workloads.pose.dataset import PoseTrainDataset
+from workloads.pose.train import EVAL_BATCH, cap_val_instances, train_step, uses_device_targets
+
+log = logging.getLogger(__name__)
+
+BACKBONES = ("hrnet_w32", "simplebaseline_r50")
+TASKS = ("pretext", "finetune")
+COLUMNS = ("backbone", "task", "input", "batch", "steps", "pipeline", "full img/s", "model img/s",
+           "data wait", "peak mem")  # fmt: skip
+SMALL_NOTE = ("NOTE: CPU / --small run: narrow models, {px} px inputs, {steps} steps of batch {batch}. These "
+              "figures check the machinery; they are NOT the H100 targets (P1-P3: >= 2,000 img/s HRNet-W32, "
+              ">= 3,000 img/s SimpleBaseline-R50 on one H100, bf16).")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What one benchmark run measures."""
+
+    pretext_input: int  # pretext crop side, px (paper §3.1: 224)
+    n: int  # puzzle size N (issue: N = 6, 36 heatmaps)
+    finetune_hw: tuple[int, int]  # pose input (H, W) (paper §4.2: 256×192)
+    batch: int
+    steps: int  # timed steps per measurement
+    warmup: int  # untimed steps before (worker start-up, cudnn autotuning, allocator)
+    workers: int  # loader processes (and eval decode threads) per pipeline
+    train_images: int  # synthetic set size
+    val_images: int
+    image_wh: tuple[int, int]  # synthetic image size (COCO images are ~640×480)
+    eval_instances: int  # cap on evaluated boxes (whole images)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+
+
+FULL = Sizes(224, 6, (256, 192), 128, 30, 5, max(1, min(14, (os.cpu_count() or 4) - 2)), 256, 512, (640, 480),
+             4096, {"hrnet_w32": ModelConfig(), "simplebaseline_r50": ModelConfig(backbone="simplebaseline_r50")})  # fmt: skip
+SMALL = Sizes(64, 6, (128, 96), 4, 3, 1, 2, 12, 6, (320, 240), 16,
+              {"hrnet_w32": ModelConfig(width=8, num_blocks=1, num_modules=(1, 1, 1)),
+               "simplebaseline_r50": ModelConfig(backbone="simplebaseline_r50", resnet_layers=(1, 1, 1, 1),
+                                                 deconv_channels=32)})  # fmt: skip
+
+
+@dataclass
+class Timing:
+    seconds: float
+    wait_seconds: float
+    images: int
+    last_loss: float
+
+    @property
+    def img_per_s(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+
+@dataclass
+class Pipeline:
+    """A model + optimiser + loader and the step that trains on one loader batch."""
+
+    name: str
+    model: torch.nn.Module
+    loader: Any
+    step: Callable[[Any], Any]  # batch → loss (tensor or float)
+    resident: Callable[[Any], Any]  # batch → the same batch on the device
+
+
+# ------------------------------------------------------------------------------------------ timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_loader_steps(pipe: Pipeline, warmup: int, steps: int, device: torch.device) -> Timing:
+    """`warmup` untimed then `steps` timed loader-fed steps; wait = time blocked on the loader."""
+    batches = iter(pipe.loader)
+    wait, images, loss, start = 0.0, 0, float("nan"), time.perf_counter()
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            wait, images, start = 0.0, 0, time.perf_counter()
+        t0 = time.perf_counter()
+        batch = next(batches)
+        wait += time.perf_counter() - t0
+        loss = pipe.step(batch)
+        _sync(device)  # the next wait is then time the device had nothing to do
+        images += _batch_size(batch)
+    loss = float(loss)
+    del batches
+    return Timing(time.perf_counter() - start, wait, images, loss)
+
+
+def time_resident_steps(pipe: Pipeline, batch, warmup: int, steps: int, device: torch.device) -> Timing:
+    """The step alone on one batch already on the device."""
+    batch = pipe.resident(batch)
+    for _ in range(warmup):
+        pipe.step(batch)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = pipe.step(batch)
+    _sync(device)
+    return Timing(time.perf_counter() - start, 0.0, steps * _batch_size(batch), float(loss))
+
+
+def _batch_size(batch) -> int:
+    return int((batch["image"] if isinstance(batch, dict) else batch[0]).shape[0])
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return type(batch)(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
+
+
+# ---------------------------------------------------------------------------------------- configs
+def make_configs(backbone: str, sizes: Sizes, compile_model: bool) -> tuple[PretrainConfig, FinetuneConfig]:
+    runtime = RuntimeConfig(compile=compile_model)
+    model = sizes.models[backbone]
+    side = sizes.pretext_input
+    pretrain = PretrainConfig(model=model, n=sizes.n, input_size=side, heatmap_size=side // 4,
+                              batch_size=sizes.batch, runtime=runtime)  # fmt: skip
+    h, w = sizes.finetune_hw
+    finetune = FinetuneConfig(model=model, input_hw=(h, w), heatmap_hw=(h // 4, w // 4), batch_size=sizes.batch,
+                              runtime=runtime)  # fmt: skip
+    return pretrain, finetune
+
+
+def train_instances(task: str, root: str, cfg, count: int) -> list:
+    """`count` training persons of the task (the set repeated when smaller: every sample is decoded anew)."""
+    if task == "pretext":
+        persons = load_instances(DataConfig(coco_root=root, max_train_instances=count), train=True, seed=0)
+    else:
+        aspect = cfg.input_hw[1] / cfg.input_hw[0]
+        persons = load_persons(root, "train2017", with_keypoints=True, aspect_ratio=aspect)
+    return (persons * math.ceil(count / len(persons)))[:count]
+
+
+# --------------------------------------------------------------------------------------- pipelines
+def _puzzle_step(model, batch, optimizer, cfg: PretrainConfig, device: torch.device) -> torch.Tensor:
+    """One pretext step as workloads.hsjp.train.train_epoch does it (targets made on the device)."""
+    images = batch["image"].to(device, non_blocking=True)
+    if wants_channels_last(cfg.runtime, device):
+        images = images.contiguous(memory_format=torch.channels_last)
+    centers = batch["centers_xy"].to(device, non_blocking=True)  # [B, N², 2] xy input px
+    mask = batch["mask"].to(device, non_blocking=True)  # [B, N²]
+    hm = (cfg.heatmap_size, cfg.heatmap_size)
+    target = make_heatmaps(centers, mask, hm, heatmap_stride(cfg.input_size, cfg.heatmap_size), cfg.sigma)
+    with autocast(cfg.runtime, device):
+        pred = model(images)
+    loss = masked_mse(pred, target, mask)  # paper eq. (2), float32
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def ours_pipeline(task: str, cfg, persons: list, sizes: Sizes, device: torch.device, tmp: Path) -> Pipeline:
+    channels = cfg.n * cfg.n if task == "pretext" else NUM_KEYPOINTS
+    model = build_model(cfg.model, channels, generator=torch.Generator().manual_seed(0))
+    model = apply_memory_format(model, cfg.runtime, device).to(device)
+    if cfg.runtime.compile and device.type == "cuda":
+        model = torch.compile(model)
+    model.train()
+    optimizer = make_optimizer(model, cfg.lr)  # fused on CUDA
+    if task == "pretext":
+        dataset = PuzzleDataset(persons, cfg, train=True, seed=0)
+        step = lambda b: _puzzle_step(model, b, optimizer, cfg, device)  # noqa: E731
+    else:
+        dataset = PoseTrainDataset(persons, cfg, seed=0, device_targets=uses_device_targets(device))
+        step = lambda b: train_step(model, b, optimizer, cfg, device)  # noqa: E731
+    ctx = LocalContext(tmp / f"ctx-{task}", device=device)
+    loader, _ = make_loader(dataset, sizes.batch, ctx, seed=0, workers=sizes.workers)
+    return Pipeline("ours", model, loader, step, lambda b: _to_device(b, device))
+
+
+def reference_pipeline(task: str, cfg, persons: list, sizes: Sizes, device: torch.device) -> Pipeline:
+    channels = cfg.n * cfg.n if task == "pretext" else NUM_KEYPOINTS
+    model, optimizer = reference.build_reference_model(cfg.model, channels, cfg.lr, device)
+    if task == "pretext":
+        dataset = reference.ReferencePuzzleDataset(persons, cfg)
+    else:
+        dataset = reference.ReferencePoseDataset(persons, cfg)
+    loader = reference.make_reference_loader(dataset, sizes.batch, sizes.workers, device)
+    step = lambda b: reference.reference_step(model, b, optimizer, device, task)  # noqa: E731
+    return Pipeline("reference", model, loader, step, lambda b: _to_device(b, device))
+
+
+# --------------------------------------------------------------------------------------- measuring
+def measure(pipe: Pipeline, sizes: Sizes, device: torch.device) -> dict:
+    """Full and model-only rates, data-wait share and peak device memory of one pipeline."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    full = time_loader_steps(pipe, sizes.warmup, sizes.steps, device)
+    first = next(iter(pipe.loader))
+    alone = time_resident_steps(pipe, first, sizes.warmup, sizes.steps, device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {
+        "pipeline": pipe.name,
+        "full_img_s": full.img_per_s,
+        "model_img_s": alone.img_per_s,
+        "data_wait_share": full.wait_seconds / max(full.seconds, 1e-9),
+        "peak_mem_gib": peak,
+        "full_seconds": full.seconds,
+        "model_seconds": alone.seconds,
+        "last_loss": full.last_loss,
+    }
+
+
+def measure_eval(model, cfg: FinetuneConfig, root: str, sizes: Sizes, device: torch.device) -> dict:
+    """instances/s of `inference.predict` with the flip test over the val boxes (detections if present)."""
+    aspect = cfg.input_hw[1] / cfg.input_hw[0]
+    det_file = Path(root) / synthetic.DETECTION_FILE
+    if det_file.is_file():
+        instances, boxes = load_detections(det_file, root, "val2017", aspect_ratio=aspect), "detections"
+    else:
+        instances, boxes = load_persons(root, "val2017", with_keypoints=True, aspect_ratio=aspect), "gt"
+    instances = cap_val_instances(instances, sizes.eval_instances)
+    cfg = replace(cfg, flip_test=True)
+    inference.predict(model, instances[: min(8, len(instances))], cfg, device, EVAL_BATCH, sizes.workers)
+    _sync(device)
+    start = time.perf_counter()
+    results = inference.predict(model, instances, cfg, device, EVAL_BATCH, sizes.workers)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {"boxes": boxes, "instances": len(instances), "results": len(results), "seconds": seconds,
+            "inst_s": len(instances) / max(seconds, 1e-9), "flip_test": True}  # fmt: skip
+
+
+def bench_task(backbone: str, task: str, sizes: Sizes, device: torch.device, root: str, tmp: Path,
+               args) -> tuple[list[dict], dict | None]:  # fmt: skip
+    """Rows (ours, reference) of one backbone × task, and the evaluation figure for the finetune."""
+    pretrain, finetune = make_configs(backbone, sizes, args.compile)
+    cfg = pretrain if task == "pretext" else finetune
+    persons = train_instances(task, root, cfg, (sizes.warmup + sizes.steps + 1) * sizes.batch)
+    size = f"{cfg.input_size}x{cfg.input_size}" if task == "pretext" else "x".join(map(str, cfg.input_hw))
+    common = {"backbone": backbone, "task": task, "input": size, "batch": sizes.batch, "steps": sizes.steps}
+    rows, evaluation = [], None
+    for build in (ours_pipeline, reference_pipeline):
+        args_ = (task, cfg, persons, sizes, device) + ((tmp,) if build is ours_pipeline else ())
+        pipe = build(*args_)
+        log.info("measuring %s %s %s", backbone, task, pipe.name)
+        rows.append(common | measure(pipe, sizes, device))
+        if pipe.name == "ours" and task == "finetune" and not args.no_eval:
+            evaluation = {"backbone": backbone, "input": size} | measure_eval(
+                pipe.model, cfg, root, sizes, device
+            )
+        del pipe
+    return rows, evaluation
+
+
+# ------------------------------------------------------------------------------------------ output
+def ratios(rows: list[dict]) -> list[dict]:
+    """ours / reference of each backbone × task."""
+    out = []
+    for ours in (r for r in rows if r["pipeline"] == "ours"):
+        ref = next(r for r in rows if r["pipeline"] == "reference" and r["backbone"] == ours["backbone"]
+                   and r["task"] == ours["task"])  # fmt: skip
+        out.append({"backbone": ours["backbone"], "task": ours["task"],
+                    "full": ours["full_img_s"] / max(ref["full_img_s"], 1e-9),
+                    "model": ours["model_img_s"] / max(ref["model_img_s"], 1e-9)})  # fmt: skip
+    return out
+
+
+def format_table(report: dict) -> str:
+    """The printed report: header lines, the table with ratio rows, the evaluation lines."""
+    lines = [f"hsjp-study throughput — device {report['device']} ({report['device_name']}), torch "
+             f"{report['torch']}, {report['threads']} threads, {report['workers']} loader workers, "
+             f"data: {report['data']}"]  # fmt: skip
+    if report["small"]:
+        lines.append(report["note"])
+    cells = [list(COLUMNS)]
+    for row in report["rows"]:
+        mem = "n/a" if row["peak_mem_gib"] is None else f"{row['peak_mem_gib']:.2f} GiB"
+        cells.append([row["backbone"], row["task"], row["input"], str(row["batch"]), str(row["steps"]),
+                      row["pipeline"], f"{row['full_img_s']:.1f}", f"{row['model_img_s']:.1f}",
+                      f"{100 * row['data_wait_share']:.1f}%", mem])  # fmt: skip
+        if row["pipeline"] == "reference":
+            r = next(
+                x for x in report["ratios"] if (x["backbone"], x["task"]) == (row["backbone"], row["task"])
+            )
+            cells.append(["", "", "", "", "", "ours/ref", f"{r['full']:.2f}x", f"{r['model']:.2f}x", "", ""])
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    for c in cells:
+        lines.append(
+            "  ".join(v.ljust(w) if i < 6 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths)))
+        )
+    for ev in report["eval"]:
+        lines.append(f"evaluation {ev['backbone']} {ev['input']}: predict with flip test, {ev['instances']} "
+                     f"{ev['boxes']} boxes in {ev['seconds']:.2f} s = {ev['inst_s']:.1f} instances/s")  # fmt: skip
+    lines.append("full = loader-fed training steps (decode, crop, augment, targets included); model = the step "
+                 "alone on a resident batch; data wait = share of full-step time blocked on the loader.")  # fmt: skip
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--backbone", choices=[*BACKBONES, "all"], default="all")
+    p.add_argument("--task", choices=[*TASKS, "all"], default="all")
+    p.add_argument("--steps", type=int, help="timed steps per measurement (default 30; --small 3)")
+    p.add_argument("--warmup", type=int, help="untimed steps before each measurement (default 5; --small 1)")
+    p.add_argument("--batch", type=int, help="batch size (default 128; --small 4)")
+    p.add_argument(
+        "--workers", type=int, help="loader workers per pipeline (default cores-2, at most 14; --small 2)"
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--small", action="store_true", help="narrow models, 64-128 px inputs (always on for CPU)")
+    p.add_argument("--coco-root", help="a COCO 2017 folder to read instead of a generated synthetic set")
+    p.add_argument("--images", type=int, help="synthetic train images (default 256; --small 12)")
+    p.add_argument("--eval-instances", type=int, help="cap on evaluated val boxes (default 4096; --small 16)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation (predict) measurement")
+    p.add_argument("--compile", action="store_true", help="torch.compile our model (CUDA only)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    for name in ("steps", "batch", "images", "eval_instances"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("warmup", "workers"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            p.error(f"--{name} must be >= 0, got {getattr(args, name)}")
+    return args
+
+
+def resolve(args: argparse.Namespace) -> tuple[torch.device, Sizes, bool]:
+    """(device, sizes, small) from the arguments; CPU always runs small."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    small = args.small or not cuda
+    sizes = SMALL if small else FULL
+    overrides = {"steps": args.steps, "warmup": args.warmup, "batch": args.batch, "workers": args.workers,
+                 "train_images": args.images, "eval_instances": args.eval_instances}  # fmt: skip
+    return device, replace(sizes, **{k: v for k, v in overrides.items() if v is not None}), small
+
+
+def run(args: argparse.Namespace) -> dict:
+    device, sizes, small = resolve(args)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the official code
+    backbones = BACKBONES if args.backbone == "all" else (args.backbone,)
+    tasks = TASKS if args.task == "all" else (args.task,)
+    rows, evals = [], []
+    with tempfile.TemporaryDirectory(prefix="hsjp-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        if args.coco_root:
+            root, data = args.coco_root, f"COCO at {args.coco_root}"
+        else:
+            summary = synthetic.generate(tmp / "data", n_train=sizes.train_images, n_val=sizes.val_images,
+                                         seed=0, image_size=sizes.image_wh)  # fmt: skip
+            root = summary["root"]
+            data = f"synthetic {sizes.train_images}+{sizes.val_images} images at {sizes.image_wh[0]}x{sizes.image_wh[1]}"
+        for backbone in backbones:
+            for task in tasks:
+                task_rows, evaluation = bench_task(backbone, task, sizes, device, root, tmp, args)
+                rows += task_rows
+                evals += [evaluation] if evaluation else []
+    px = f"{sizes.pretext_input}-{max(sizes.finetune_hw)}"
+    return {
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "workers": sizes.workers,
+        "small": small,
+        "note": SMALL_NOTE.format(px=px, steps=sizes.steps, batch=sizes.batch) if small else "",
+        "data": data,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "rows": rows,
+        "ratios": ratios(rows),
+        "eval": evals,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.throughput ...` / `hsjp-study bench ...`: prints the table; 0 on success."""
+    args = parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    report = run(args)
+    print(format_table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""`hsjp-study`: run, plan, inspect and report the HSJP paper's studies (DESIGN.md, top).
+
+    hsjp-study run [STUDY]      schedule every trial on Ray (default: the embedded smoke study)
+    hsjp-study plan STUDY       dry run: trials, shared stages, GPU-hour estimate
+    hsjp-study status STUDY     done / running / waiting / failed per stage, ETA
+    hsjp-study report           Tables 1-3, Figures 3-6 from the store
+    hsjp-study make-data | puzzle | evaluate     tools: synthetic data, a puzzle figure, COCO evaluation
+
+A user mistake (bad study file, missing COCO folder, bad store path, missing file) prints
+`error: <message>` and exits 2 before anything is written; `--verbose` adds tracebacks and logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.inputs import check_inputs, data_config, prepare_data
+from orchestrator.plan import Plan, make_plan, render_plan
+from orchestrator.status import render_status, study_status, summarize
+from orchestrator.study import Study, load_study
+from workloads.config import ConfigError
+
+if TYPE_CHECKING:
+    from orchestrator.store import Store
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_STUDY = REPO / "studies" / "smoke.yaml"
+_USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+# matched by name so that --help / plan import neither torch (store) nor pycocotools (coco)
+_USER_ERROR_NAMES = {"StoreError", "CocoDataError"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except Exception as exc:
+        if not _is_user_error(exc, args.tool_errors):
+            raise
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(exc: BaseException, tool_errors: tuple[type[BaseException], ...]) -> bool:
+    names = {c.__name__ for c in type(exc).__mro__}
+    return isinstance(exc, _USER_ERRORS + tool_errors) or bool(names & _USER_ERROR_NAMES)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log progress and show tracebacks",
+    )
+    parser = argparse.ArgumentParser(
+        prog="hsjp-study",
+        parents=[common],
+        description="Run the HSJP paper's experiments (pretext pretraining + COCO "
+        "keypoint finetuning) as Ray studies and report them.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, func, help_text: str, tool_errors=()) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func, tool_errors=tuple(tool_errors))
+        return p
+
+    p = add("run", cmd_run, "run every trial of a study on Ray (idempotent: resumes, never recomputes)")
+    p.add_argument("study", nargs="?", help=f"study file (default: the smoke study, {DEFAULT_STUDY.name})")
+    _storage_arg(p)
+    p.add_argument(
+        "--address", help="Ray cluster address ('auto' for a running cluster; default: start a local Ray)"
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=_positive_int,
+        metavar="K",
+        help="trials running at once (default: compute.max_concurrent_trials, else derived from the cluster)",
+    )
+
+    p = add("plan", cmd_plan, "dry run: the trial matrix, shared stages and the GPU-hour estimate")
+    p.add_argument("study", nargs="?", help="study file (default: the smoke study)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (what plan.json holds)")
+    _storage_arg(p)
+
+    p = add("status", cmd_status, "per stage: done / running / waiting / failed / collapsed, metric, ETA")
+    p.add_argument("study", nargs="?", help="study file (default: the smoke study)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    _storage_arg(p)
+
+    p = add("report", cmd_report, "Tables 1-3 and Figures 3-6 (beside the paper's numbers) from the store")
+    _storage_arg(p)
+    p.add_argument("--out", help="output folder (default: <storage>/report)")
+
+    p = add("make-data", cmd_make_data, "write the synthetic COCO-format data set", (ValueError, OSError))
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--train", type=_positive_int, default=48, help="training images (default 48)")
+    p.add_argument("--val", type=_positive_int, default=12, help="validation images (default 12)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+
+    p = add(
+        "puzzle",
+        cmd_puzzle,
+        "draw one HSJP puzzle of an image (the pretext task, paper Fig. 1)",
+        (ValueError,),
+    )
+    p.add_argument("image", help="an image file")
+    p.add_argument(
+        "--n", type=_positive_int, default=6, help="N: the crop is split into N×N patches (default 6)"
+    )
+    p.add_argument("--out", default="puzzle.png", help="output PNG (default puzzle.png)")
+    p.add_argument("--seed", type=int, default=0, help="shuffle / augmentation seed")
+    p.add_argument("--input-size", type=_positive_int, default=224, help="crop side in px (default 224)")
+
+    p = add(
+        "evaluate",
+        cmd_evaluate,
+        "COCO keypoint AP, AP per OKS threshold and error analysis of a results file",
+        (ValueError,),
+    )
+    p.add_argument("--gt", required=True, help="ground-truth annotation JSON (person_keypoints_val2017.json)")
+    p.add_argument("--results", required=True, help="COCO keypoint results JSON")
+    p.add_argument("--out", help="folder for metrics.json")
+    return parser
+
+
+def _storage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        default=os.environ.get("HSJP_STORAGE", "./hsjp-store"),
+        metavar="DIR|URI",
+        help="result store: a folder, shared filesystem or s3:// / gs:// URI "
+        "(default: $HSJP_STORAGE or ./hsjp-store)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive integer")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ commands
+def cmd_run(args: argparse.Namespace) -> int:
+    study = _load(args.study)
+    check_inputs(study)  # everything checkable is checked before the store is touched
+    from orchestrator.store import Store
+
+    store = Store(args.storage)
+    data = prepare_data(study, store)
+    plan = make_plan(study, data)
+    from orchestrator.execution import run_study  # Ray is imported only to run
+
+    max_concurrent = args.max_concurrent or study.compute.max_concurrent_trials
+    summary = run_study(
+        plan, store, study_text=study.text, address=args.address, max_concurrent=max_concurrent
+    )
+    failed = _failed(summary, plan, store)
+    print(
+        f"results: {store.uri_of('studies', plan.study)} (plan.json, results.csv); stages under "
+        f"{store.uri_of('stages')}"
+    )
+    print(
+        f"next: hsjp-study status {study.path} --storage {store.uri}   |   hsjp-study report --storage {store.uri}"
+    )
+    if failed:
+        print(f"{len(failed)} stage(s) did not finish: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _failed(summary: Any, plan: Plan, store: Store) -> list[str]:
+    """Stages without a result after the run (the store is the source of truth)."""
+    rows = study_status(plan, store)
+    bad = [r["stage_id"] for r in rows if r["state"] not in ("done", "collapsed", "skipped")]
+    if isinstance(summary, dict) and summary.get("failures") and not bad:
+        bad = [f.get("stage_id") or f.get("trial_id") for f in summary["failures"]]
+    return bad
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    study = _load(args.study)
+    plan = make_plan(study, data_config(study.data, _storage_base(args.storage)))
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2, sort_keys=False, default=str))
+    else:
+        print(render_plan(plan))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    study = _load(args.study)
+    store = _existing_store(args.storage)
+    plan = make_plan(study, data_config(study.data, store.base))
+    rows = study_status(plan, store)
+    if args.json:
+        print(json.dumps({"summary": summarize(rows, plan), "stages": rows}, indent=2, default=str))
+    else:
+        print(render_status(rows, plan))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _existing_store(args.storage)
+    out = args.out or (os.path.join(args.storage, "report") if "://" not in args.storage else "hsjp-report")
+    from reports.build import make_report
+
+    files = make_report(args.storage, out)
+    index = next((f for f in reversed(files) if str(f).endswith(".html")), Path(out))
+    print(f"report: {len(files)} files in {out}; open {index}")
+    return 0
+
+
+def cmd_make_data(args: argparse.Namespace) -> int:
+    from workloads.data.synthetic import generate
+
+    summary = generate(args.out, n_train=args.train, n_val=args.val, seed=args.seed)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_puzzle(args: argparse.Namespace) -> int:
+    if not Path(args.image).is_file():
+        raise FileNotFoundError(f"image {args.image} not found")
+    from workloads.hsjp.figure import draw_puzzle
+
+    path = draw_puzzle(args.image, args.n, args.out, seed=args.seed, input_size=args.input_size)
+    print(f"puzzle N={args.n}: {path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from workloads.pose.evaluate import evaluate_file, format_table
+
+    metrics = evaluate_file(args.gt, args.results, out_dir=args.out)
+    print(format_table(metrics))
+    if args.out:
+        print(f"\nmetrics: {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _load(path: str | None) -> Study:
+    if path is None:
+        if not DEFAULT_STUDY.is_file():
+            raise FileNotFoundError(
+                f"the embedded smoke study {DEFAULT_STUDY} is missing (installed without the "
+                "repository's studies/?); give a study file: hsjp-study run STUDY.yaml"
+            )
+        path = str(DEFAULT_STUDY)
+    return load_study(path)
+
+
+def _existing_store(storage: str) -> Store:
+    """Open a store that must exist already (status / report never create one)."""
+    from orchestrator.store import Store, StoreError
+
+    if "://" not in storage and not Path(storage).expanduser().is_dir():
+        raise StoreError(f"no store at {storage}: nothing has run there (give --storage or set HSJP_STORAGE)")
+    return Store(storage)
+
+
+def _storage_base(storage: str) -> str:
+    """The store root as Store would name it, without creating it (plan is a dry run)."""
+    return storage.rstrip("/") if "://" in storage else os.path.abspath(os.path.expanduser(storage))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""What a study runs on (DESIGN.md, data flow 1): its data and its compute, loaded strictly from the
+study file, and the up-front checks / preparation done before anything is scheduled.
+
+`data` is a COCO 2017 folder (paper §4.1; `${ENV}` expanded) or a synthetic COCO-format set that is
+generated once into `<store>/data/synthetic-<hash>/`. `compute` says how each stage is placed on the
+cluster and how fast a device trains (for the plan's GPU-hour estimate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workloads.config import BACKBONES, ConfigError, DataConfig, from_dict
+
+if TYPE_CHECKING:
+    from orchestrator.store import Store
+    from orchestrator.study import Study
+
+log = logging.getLogger(__name__)
+
+# Training images/s per device for the plan's estimate, at the finetune reference input 256×192 (other
+# input sizes scale by pixel count). GPU: targets for one H100 with bf16 autocast + channels_last
+# (benchmarks/ measures the real figure); CPU: one fp32 worker of a few cores, an order of magnitude.
+GPU_THROUGHPUT = {"hrnet_w32": 2000.0, "simplebaseline_r50": 3000.0}
+CPU_THROUGHPUT = {"hrnet_w32": 12.0, "simplebaseline_r50": 16.0}
+_ENV = re.compile(r"\$\{([^}]*)\}")
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """Resources of every stage (a Ray Train run) and of the study (Ray Tune), DESIGN.md §3."""
+
+    workers_per_stage: int = 1
+    """Ray Train workers (DDP processes) per stage; the global batch is split between them."""
+    use_gpu: bool = False
+    """Train on GPUs (NCCL) instead of CPUs (gloo)."""
+    gpus_per_worker: float = 1.0
+    """GPUs per worker; a fraction (0.25) packs several small stages on one GPU."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker (its DataLoader processes run on them)."""
+    max_concurrent_trials: int | None = None
+    """Trials Ray Tune runs at once; None → derived by the executor from the cluster's resources."""
+    max_failures: int = 3
+    """Restarts of a failed stage (worker / node loss) before it is recorded as failed; -1 = unlimited."""
+    throughput: dict[str, float] = field(default_factory=dict, hash=False)
+    """Backbone → training images/s per device (a GPU, or a CPU worker when use_gpu is false) at 256×192,
+    for the plan's estimate only. Defaults GPU_THROUGHPUT / CPU_THROUGHPUT; a study's entries override."""
+
+    def validate(self, where: str = "compute") -> None:
+        if self.workers_per_stage < 1:
+            raise ConfigError(f"{where}.workers_per_stage = {self.workers_per_stage!r}: must be ≥ 1")
+        g = self.gpus_per_worker
+        if not (g > 0 and (g <= 1 or float(g).is_integer())):
+            raise ConfigError(
+                f"{where}.gpus_per_worker = {g!r}: must be a fraction in (0, 1] or a whole number"
+            )
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"{where}.cpus_per_worker = {self.cpus_per_worker!r}: must be > 0")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            raise ConfigError(
+                f"{where}.max_concurrent_trials = {self.max_concurrent_trials!r}: must be ≥ 1 "
+                "or null (derived from the cluster)"
+            )
+        if self.max_failures < -1:
+            raise ConfigError(
+                f"{where}.max_failures = {self.max_failures!r}: must be ≥ 0, or -1 for unlimited"
+            )
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """A synthetic COCO-format set made by `workloads.data.synthetic.generate` (1–3 persons per image)."""
+
+    train: int = 48
+    """Training images."""
+    val: int = 12
+    """Validation images."""
+    seed: int = 0
+    """Generator seed (same seed → byte-identical files)."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The study's data: a COCO root (paths expanded) or a synthetic set still to be generated."""
+
+    config: DataConfig
+    """Splits, caps and loader workers; for synthetic data `coco_root` is filled by `data_config`."""
+    synthetic: SyntheticSpec | None = None
+
+    def identity(self, kind: str) -> dict[str, Any]:
+        """What of the data changes a stage's result (part of its content hash): not the store path, not
+        loader_workers; a pretrain never reads the detection file (HSJP precision uses GT persons)."""
+        c = self.config
+        ident: dict[str, Any] = {
+            "train_split": c.train_split,
+            "val_split": c.val_split,
+            "max_train_instances": c.max_train_instances,
+            "max_val_instances": c.max_val_instances,
+        }
+        if self.synthetic is not None:
+            ident["synthetic"] = dataclasses.asdict(self.synthetic)
+        else:
+            ident["coco_root"] = c.coco_root
+            if kind == "finetune":
+                ident["detection_file"] = c.detection_file
+        return ident
+
+
+# ------------------------------------------------------------------------------------------- loading
+def load_data(raw: Any, path: Path) -> DataSpec:
+    """`data:` of a study file → DataSpec (ConfigError naming file / key / value)."""
+    where = f"{path}: data"
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{where} = {short(raw)}: expected a mapping, either {{synthetic: {{train, val, seed}}}} "
+            "or {coco_root: PATH, detection_file: PATH|null, max_train_instances, ...}"
+        )
+    raw = dict(raw)
+    synthetic_raw = raw.pop("synthetic", None)
+    if synthetic_raw is not None and ("coco_root" in raw or "detection_file" in raw):
+        raise ConfigError(f"{where}: give either `synthetic` or `coco_root` (+ detection_file), not both")
+    if synthetic_raw is None and "coco_root" not in raw:
+        raise ConfigError(
+            f"{where}: missing `coco_root` (a COCO 2017 folder) or `synthetic` "
+            "({train: N, val: M, seed: S})"
+        )
+    for key in ("coco_root", "detection_file"):
+        if isinstance(raw.get(key), str):
+            raw[key] = resolve_path(raw[key], f"{where}.{key}", path)
+    cfg = from_dict(DataConfig, raw, where)
+    cfg.validate(where)
+    if synthetic_raw is None:
+        if not cfg.coco_root:
+            raise ConfigError(f"{where}.coco_root = {cfg.coco_root!r}: must be a non-empty path")
+        return DataSpec(config=cfg)
+    syn = from_dict(SyntheticSpec, synthetic_raw, f"{where}.synthetic")
+    for key in ("train", "val"):
+        if getattr(syn, key) < 1:
+            raise ConfigError(f"{where}.synthetic.{key} = {getattr(syn, key)!r}: must be ≥ 1 images")
+    return DataSpec(config=cfg, synthetic=syn)
+
+
+def load_compute(raw: Any, path: Path) -> ComputeConfig:
+    """`compute:` of a study file → ComputeConfig with the throughput table filled in."""
+    where = f"{path}: compute"
+    raw = dict(raw) if isinstance(raw, dict) else raw
+    given = raw.pop("throughput", None) if isinstance(raw, dict) else None
+    cfg = from_dict(ComputeConfig, raw, where)
+    cfg.validate(where)
+    if given is not None and not isinstance(given, dict):
+        raise ConfigError(f"{where}.throughput = {short(given)}: expected a mapping backbone → images/s")
+    throughput = dict(GPU_THROUGHPUT if cfg.use_gpu else CPU_THROUGHPUT)
+    for backbone, value in (given or {}).items():
+        key = f"{where}.throughput.{backbone}"
+        if backbone not in BACKBONES:
+            raise ConfigError(
+                f"{key}: unknown backbone{suggest(backbone, BACKBONES)}; allowed: {', '.join(BACKBONES)}"
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"{key} = {value!r}: expected images/s, a number > 0")
+        throughput[backbone] = float(value)
+    return dataclasses.replace(cfg, throughput=throughput)
+
+
+def resolve_path(value: str, where: str, path: Path) -> str:
+    """${VAR} expanded (an unset variable is an error), ~ expanded, relative to the study file's folder."""
+    value = os.path.expanduser(expand_env(value, where))
+    if "://" in value or os.path.isabs(value):
+        return value
+    return os.path.normpath(str(path.parent.resolve() / value))
+
+
+def expand_env(value: str, where: str) -> str:
+    def sub(m: re.Match) -> str:
+        name = m.group(1)
+        if name not in os.environ:
+            raise ConfigError(
+                f"{where} = {value!r}: environment variable {name} is not set (export {name}=... first)"
+            )
+        return os.environ[name]
+
+    return _ENV.sub(sub, value)
+
+
+def suggest(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ------------------------------------------------------------------------------ checks, preparation
+def synthetic_dir(spec: SyntheticSpec, storage_root: str) -> str:
+    """`<store>/data/synthetic-<hash of the spec>` (where prepare_data puts the generated set)."""
+    digest = hashlib.sha1(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
+    return f"{storage_root.rstrip('/')}/data/synthetic-{digest}"
+
+
+def data_config(spec: DataSpec, storage_root: str) -> DataConfig:
+    """The DataConfig the stages get (no I/O): COCO as given; synthetic pointing into the store."""
+    if spec.synthetic is None:
+        return spec.config
+    from workloads.data.synthetic import DETECTION_FILE
+
+    root = synthetic_dir(spec.synthetic, storage_root)
+    return dataclasses.replace(spec.config, coco_root=root, detection_file=f"{root}/{DETECTION_FILE}")
+
+
+def check_inputs(study: Study) -> None:
+    """Cheap up-front checks before anything is written: the COCO layout (CocoDataError naming the
+    missing path) and every ImageNet checkpoint file (ConfigError naming the study key)."""
+    if study.data.synthetic is None:
+        from workloads.data.coco import CocoDataError
+
+        try:
+            check_coco_layout(study.data.config)
+        except CocoDataError as exc:
+            raise CocoDataError(f"{study.path}: {exc}") from None
+    for t in study.trials:
+        ckpt = t.pretrain.checkpoint
+        if t.pretrain.method == "imagenet" and ckpt and "://" not in ckpt and not os.path.isfile(ckpt):
+            raise ConfigError(
+                f"{t.file}: {t.origin}: pretrain.checkpoint = {ckpt!r}: file not found "
+                "(an ImageNet checkpoint: hrnet_w32-36af842e.pth / torchvision resnet50)"
+            )
+
+
+def check_coco_layout(cfg: DataConfig) -> None:
+    """The COCO 2017 folder layout (annotation files, image folders, detection file) without loading it."""
+    from workloads.data.coco import EXPECTED_LAYOUT, CocoDataError, annotation_path, image_dir
+
+    root = Path(cfg.coco_root)
+    if "://" in cfg.coco_root:
+        raise CocoDataError(
+            f"data.coco_root = {cfg.coco_root!r}: must be a folder every node can read, not a URI"
+        )
+    if not root.is_dir():
+        splits = f"{{{cfg.train_split},{cfg.val_split}}}"
+        raise CocoDataError(
+            f"data.coco_root = {str(root)!r}: folder not found; expected {EXPECTED_LAYOUT.format(split=splits)}"
+        )
+    for split in (cfg.train_split, cfg.val_split):
+        for p in (annotation_path(root, split), image_dir(root, split)):
+            if not p.exists():
+                raise CocoDataError(
+                    f"{p} not found under data.coco_root {str(root)!r}; expected "
+                    f"{EXPECTED_LAYOUT.format(split=split)}"
+                )
+    if cfg.detection_file is not None and not Path(cfg.detection_file).is_file():
+        raise CocoDataError(
+            f"data.detection_file = {cfg.detection_file!r}: file not found (HRNet's "
+            "COCO_val2017_detections_AP_H_56_person.json; null = evaluate on GT boxes)"
+        )
+
+
+def prepare_data(study: Study, store: Store) -> DataConfig:
+    """The stages' DataConfig. COCO: the layout checked. Synthetic: generated once into the store
+    (skipped when its files exist; a file lock and an atomic rename keep concurrent runs safe)."""
+    spec = study.data
+    if spec.synthetic is None:
+        check_coco_layout(spec.config)
+        return spec.config
+    if not store.is_local:
+        raise ConfigError(
+            f"{study.path}: data.synthetic: generating into the store needs a local or shared "
+            f"filesystem path, not {store.uri}; run `hsjp-study make-data --out DIR` and give "
+            "data.coco_root: DIR instead"
+        )
+    cfg = data_config(spec, store.base)
+    if _synthetic_complete(cfg):
+        return cfg
+    import filelock
+
+    from workloads.data.synthetic import generate
+
+    root = Path(cfg.coco_root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(f"{root}.lock"):
+        if _synthetic_complete(cfg):
+            return cfg
+        tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            summary = generate(
+                tmp, n_train=spec.synthetic.train, n_val=spec.synthetic.val, seed=spec.synthetic.seed
+            )
+            if root.exists():  # an incomplete earlier attempt
+                shutil.rmtree(root)
+            os.replace(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("synthetic data set generated at %s: %s", root, summary["splits"])
+    return cfg
+
+
+def _synthetic_complete(cfg: DataConfig) -> bool:
+    from workloads.data.coco import annotation_path
+
+    paths = [annotation_path(cfg.coco_root, s) for s in (cfg.train_split, cfg.val_split)]
+    return all(p.is_file() for p in paths) and Path(cfg.detection_file or "").is_file()

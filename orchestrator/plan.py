@@ -1,0 +1,398 @@
+"""The plan of a study (DESIGN.md, data flow 2): trials → a DAG of content-addressed stages.
+
+Every trial becomes a `pretrain` and a `finetune` stage. A stage id is `<kind>-<sha1[:16]>` of what
+changes its result: its config, the data identity (the study's data spec, never the store path), its
+parent's id and the workload version. So identical pretrains are one stage within and across studies
+(the N=6 HRNet pretrain feeds Table 1, 2, 3 and Figs. 5, 6). `scratch` / `imagenet` pretrains have
+no work; their identity is only (method, model, checkpoint path). Trials that come out identical (same
+finetune stage) are merged, their other definitions kept as aliases. `Plan.estimate` gives the
+device-hours of the distinct work next to the cost of running every trial on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.inputs import ComputeConfig, DataSpec
+from orchestrator.study import Study, Trial
+from workloads import WORKLOAD_VERSION
+from workloads.config import DataConfig, FinetuneConfig, PretrainConfig, to_dict
+
+log = logging.getLogger(__name__)
+
+# Instance counts for the estimate (caps and label_fraction applied on top).
+COCO_TRAIN_PERSONS = 262_465  # COCO 2017 train person annotations: the pretext uses all persons (paper §3)
+COCO_TRAIN_KEYPOINT_PERSONS = 149_813  # official HRNet log: "=> load 149813 samples" (train2017)
+COCO_VAL_PERSONS = 11_004  # COCO 2017 val person annotations (HSJP precision P, paper §3.5)
+COCO_VAL_DETECTIONS = 104_125  # official HRNet log: "Total boxes: 104125" in the AP_H_56 detection file
+COCO_VAL_KEYPOINT_PERSONS = 6_352  # official HRNet log: "=> load 6352 samples" (val2017, GT boxes)
+SYNTHETIC_PERSONS_PER_IMAGE = 2  # workloads.data.synthetic draws 1-3 persons per image
+EVAL_SPEEDUP = 3.0  # a forward pass costs about a third of a training step (forward + backward)
+STAGE_START_S = 15.0  # start-up of a stage's Ray Train worker group (ray.md §5: ~10 s per fit on 2 cores)
+REFERENCE_PIXELS = 256 * 192  # the throughput table is given at the finetune input 256×192
+_ASSUMPTIONS = (
+    f"device-hours = (train images × epochs + evaluated images / {EVAL_SPEEDUP:g}) × input px / {REFERENCE_PIXELS} "
+    f"/ throughput + {STAGE_START_S:g} s start-up per stage; flip test evaluates twice; COCO: "
+    f"{COCO_TRAIN_PERSONS} / {COCO_TRAIN_KEYPOINT_PERSONS} train persons (pretext / pose), {COCO_VAL_PERSONS} "
+    f"val persons, {COCO_VAL_DETECTIONS} val detections; synthetic: {SYNTHETIC_PERSONS_PER_IMAGE} persons per image"
+)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    stage_id: str
+    """`<kind>-<sha1[:16]>` of {kind, config, data identity, parent id, WORKLOAD_VERSION}."""
+    kind: str
+    """`pretrain` or `finetune`."""
+    config: PretrainConfig | FinetuneConfig
+    parent: str | None
+    """Finetunes: the pretrain stage id."""
+    work: bool
+    """False for scratch / imagenet pretrains (nothing to compute)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage_id": self.stage_id,
+            "kind": self.kind,
+            "config": to_dict(self.config),
+            "parent": self.parent,
+            "work": self.work,
+        }
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    trial_id: str
+    """`t<index>-[<study>-]<params>`, e.g. `t003-n4-concat_original`: stable and readable."""
+    params: dict[str, Any]
+    """The matrix / include values that define the trial (dotted keys), and `seed`."""
+    pretrain: str
+    finetune: str
+    study: str = ""
+    """The study that defined it (a part's name in a merged study)."""
+    origin: str = ""
+    """Where in that study's file (`matrix[...]`, `include[i]`)."""
+    aliases: tuple[dict[str, Any], ...] = ()
+    """Other definitions that came out as the same trial ({study, origin, params})."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial_id": self.trial_id,
+            "params": self.params,
+            "pretrain": self.pretrain,
+            "finetune": self.finetune,
+            "study": self.study,
+            "origin": self.origin,
+            "studies": sorted({self.study, *(a["study"] for a in self.aliases)} - {""}),
+            "aliases": [f"{a['study']}:{a['origin']}" for a in self.aliases],
+            "alias_params": [a["params"] for a in self.aliases],
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    study: str
+    data: DataConfig
+    compute: ComputeConfig
+    stages: dict[str, StageSpec]
+    trials: list[TrialSpec]
+    data_spec: DataSpec | None = None
+    """The study's data spec (what the stage ids hash; the image counts of the estimate)."""
+    parts: tuple[str, ...] = ()
+    """Merged study: the names of its parts."""
+
+    def sharing(self) -> dict[str, list[str]]:
+        """Pretrain stage id → ids of the trials whose finetune starts from it."""
+        out: dict[str, list[str]] = {}
+        for t in self.trials:
+            out.setdefault(t.pretrain, []).append(t.trial_id)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `<store>/studies/<name>/plan.json` holds."""
+        spec = self.data_spec
+        return {
+            "study": self.study,
+            "parts": list(self.parts),
+            "workload_version": WORKLOAD_VERSION,
+            "data": to_dict(self.data),
+            "data_identity": {k: spec.identity(k) for k in ("pretrain", "finetune")} if spec else None,
+            "compute": to_dict(self.compute),
+            "stages": {sid: s.to_dict() for sid, s in self.stages.items()},
+            "trials": [t.to_dict() for t in self.trials],
+            "estimate": self.estimate(),
+        }
+
+    def estimate(self) -> dict[str, Any]:
+        """Device-hours (GPU-hours when use_gpu): training images × epochs / throughput, plus evaluation,
+        for the distinct work stages ('shared') and for every trial computing its own pretrain."""
+        hours = {sid: stage_hours(s, self.data_spec, self.compute) for sid, s in self.stages.items()}
+        pre = sum(h for sid, h in hours.items() if self.stages[sid].kind == "pretrain")
+        fin = sum(h for sid, h in hours.items() if self.stages[sid].kind == "finetune")
+        requested = sum(1 + len(t.aliases) for t in self.trials)
+        unshared = sum((1 + len(t.aliases)) * (hours[t.pretrain] + hours[t.finetune]) for t in self.trials)
+        saved = unshared - pre - fin
+        saved = saved if saved > 1e-9 * unshared else 0.0  # float noise when nothing is shared
+        gpu = self.compute.use_gpu
+        return {
+            "device": "GPU" if gpu else "CPU worker",
+            "unit": "GPU-hours" if gpu else "CPU-worker-hours",
+            "throughput_img_per_s": dict(self.compute.throughput),
+            "stage_hours": {sid: _sig(h) for sid, h in hours.items()},
+            "pretrain_hours": _sig(pre),
+            "finetune_hours": _sig(fin),
+            "total_hours": _sig(pre + fin),
+            "unshared_hours": _sig(unshared),
+            "saved_hours": _sig(saved),
+            "trials": len(self.trials),
+            "requested_trials": requested,
+            "work_stages": sum(1 for s in self.stages.values() if s.work),
+            "assumptions": _ASSUMPTIONS,
+        }
+
+
+# ----------------------------------------------------------------------------------------- making
+def make_plan(study: Study, data: DataConfig) -> Plan:
+    """The stage DAG of a study; `data` is what the stages get (from prepare_data / data_config)."""
+    stages: dict[str, StageSpec] = {}
+    trials: list[TrialSpec] = []
+    by_finetune: dict[str, int] = {}
+    vary_seed = len({t.params.get("seed") for t in study.trials}) > 1
+    for trial in study.trials:
+        pre = pretrain_stage(trial.pretrain, study.data)
+        fin = finetune_stage(trial.finetune, study.data, pre.stage_id)
+        stages.setdefault(pre.stage_id, pre)
+        stages.setdefault(fin.stage_id, fin)
+        if fin.stage_id in by_finetune:
+            i = by_finetune[fin.stage_id]
+            alias = {"study": trial.study, "origin": trial.origin, "params": trial.params}
+            trials[i] = dataclasses.replace(trials[i], aliases=(*trials[i].aliases, alias))
+            log.info("%s %s is the same trial as %s", trial.study, trial.origin, trials[i].trial_id)
+            continue
+        by_finetune[fin.stage_id] = len(trials)
+        trials.append(
+            TrialSpec(
+                trial_id=trial_id(len(trials), trial, study.parts != (), vary_seed),
+                params=dict(trial.params),
+                pretrain=pre.stage_id,
+                finetune=fin.stage_id,
+                study=trial.study,
+                origin=trial.origin,
+            )
+        )
+    return Plan(
+        study=study.name,
+        data=data,
+        compute=study.compute,
+        stages=stages,
+        trials=trials,
+        data_spec=study.data,
+        parts=study.parts,
+    )
+
+
+def pretrain_stage(cfg: PretrainConfig, data: DataSpec) -> StageSpec:
+    """A pretrain stage. No-work methods keep only (method, model, checkpoint): their config is
+    normalised so every scratch / imagenet trial of a backbone shares one stage."""
+    if cfg.method != "hsjp":
+        cfg = PretrainConfig(method=cfg.method, checkpoint=cfg.checkpoint, model=cfg.model)
+        key = {
+            "kind": "pretrain",
+            "method": cfg.method,
+            "model": to_dict(cfg.model),
+            "checkpoint": cfg.checkpoint,
+        }
+        return StageSpec(
+            stage_id=f"pretrain-{_digest(key)}", kind="pretrain", config=cfg, parent=None, work=False
+        )
+    key = {
+        "kind": "pretrain",
+        "config": to_dict(cfg),
+        "data": data.identity("pretrain"),
+        "parent": None,
+        "workload_version": WORKLOAD_VERSION,
+    }
+    return StageSpec(stage_id=f"pretrain-{_digest(key)}", kind="pretrain", config=cfg, parent=None, work=True)
+
+
+def finetune_stage(cfg: FinetuneConfig, data: DataSpec, parent: str) -> StageSpec:
+    key = {
+        "kind": "finetune",
+        "config": to_dict(cfg),
+        "data": data.identity("finetune"),
+        "parent": parent,
+        "workload_version": WORKLOAD_VERSION,
+    }
+    return StageSpec(
+        stage_id=f"finetune-{_digest(key)}", kind="finetune", config=cfg, parent=parent, work=True
+    )
+
+
+def _digest(key: dict) -> str:
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def trial_id(index: int, trial: Trial, merged: bool, with_seed: bool) -> str:
+    """`t<index>-[<study>-]<slug of params>`: readable, unique by index."""
+    parts = [_slug_part(k, v) for k, v in trial.params.items() if k != "seed"]
+    if with_seed:
+        parts.append(f"seed{trial.params.get('seed')}")
+    slug = "-".join(p for p in parts if p) or "defaults"
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "", slug)[:60].rstrip("-")
+    return f"t{index:03d}-{trial.study}-{slug}" if merged else f"t{index:03d}-{slug}"
+
+
+_PRETRAIN_FIELDS = {f.name for f in dataclasses.fields(PretrainConfig)}
+
+
+def _slug_part(key: str, value: Any) -> str:
+    section, _, rest = key.partition(".")
+    name = rest.rsplit(".", 1)[-1]
+    if isinstance(value, str) and ("/" in value or os.sep in value):
+        return ""  # a path (checkpoint): too long for an id; the method names the trial
+    if section == "finetune" and name in _PRETRAIN_FIELDS and name != "model":
+        name = f"ft_{name}"
+    if isinstance(value, bool):
+        return name if value else f"no_{name}"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return name + "x".join(str(v) for v in value)
+    return f"{name}{value:g}" if isinstance(value, float) else f"{name}{value}"
+
+
+def describe_stage(spec: StageSpec) -> str:
+    """A one-line human summary of a stage (what `plan` / `status` print)."""
+    c = spec.config
+    if isinstance(c, PretrainConfig):
+        if c.method == "scratch":
+            return f"scratch {c.model.backbone} (random init)"
+        if c.method == "imagenet":
+            return f"imagenet {c.model.backbone} ({os.path.basename(c.checkpoint or '')})"
+        concat = " +original" if c.concat_original else ""
+        return (
+            f"hsjp {c.model.backbone} N={c.n}{concat} {c.input_size}px lr={c.lr:g} {c.epochs}ep seed={c.seed}"
+        )
+    extra = "".join(
+        [
+            f" freeze0..{c.freeze}" if c.freeze is not None else "",
+            f" labels={c.label_fraction:g}" if c.label_fraction < 1 else "",
+        ]
+    )
+    return (
+        f"finetune {c.model.backbone} {c.input_hw[0]}x{c.input_hw[1]} lr={c.lr:g} {c.total_epochs}ep"
+        f"{extra} seed={c.seed}"
+    )
+
+
+# --------------------------------------------------------------------------------------- estimate
+def stage_hours(spec: StageSpec, data: DataSpec | None, compute: ComputeConfig) -> float:
+    """Device-hours of one stage (0 for no-work pretrains)."""
+    if not spec.work:
+        return 0.0
+    counts = instance_counts(data)
+    c = spec.config
+    if isinstance(c, PretrainConfig):
+        pixels = c.input_size * c.input_size * (2 if c.concat_original else 1)  # side by side (Fig. 7)
+        train = counts["pretrain_train"] * c.epochs
+        evals = counts["pretrain_val"] * _evaluations(c.epochs, c.eval_every)
+    else:
+        pixels = c.input_hw[0] * c.input_hw[1]
+        train = counts["finetune_train"] * c.label_fraction * c.total_epochs
+        boxes = counts["val_persons"] if c.use_gt_boxes or not _has_detections(data) else counts["val_boxes"]
+        evals = boxes * (2 if c.flip_test else 1) * _evaluations(c.total_epochs, c.eval_every)
+    images = train + evals / EVAL_SPEEDUP
+    seconds = images * (pixels / REFERENCE_PIXELS) / compute.throughput[c.model.backbone] + STAGE_START_S
+    return seconds / 3600.0
+
+
+def instance_counts(data: DataSpec | None) -> dict[str, float]:
+    """Person instances each stage reads per epoch (COCO 2017 or synthetic), caps applied."""
+    if data is not None and data.synthetic is not None:
+        train = data.synthetic.train * SYNTHETIC_PERSONS_PER_IMAGE
+        val = data.synthetic.val * SYNTHETIC_PERSONS_PER_IMAGE
+        counts = {
+            "pretrain_train": train,
+            "finetune_train": train,
+            "pretrain_val": val,
+            "val_persons": val,
+            "val_boxes": val,
+        }
+    else:
+        counts = {
+            "pretrain_train": COCO_TRAIN_PERSONS,
+            "finetune_train": COCO_TRAIN_KEYPOINT_PERSONS,
+            "pretrain_val": COCO_VAL_PERSONS,
+            "val_persons": COCO_VAL_KEYPOINT_PERSONS,
+            "val_boxes": COCO_VAL_DETECTIONS,
+        }
+    cfg = data.config if data is not None else DataConfig()
+    for key in counts:
+        cap = cfg.max_train_instances if key.endswith("_train") else cfg.max_val_instances
+        if cap is not None:
+            counts[key] = min(counts[key], cap)
+    return counts
+
+
+def _has_detections(data: DataSpec | None) -> bool:
+    return data is None or data.synthetic is not None or data.config.detection_file is not None
+
+
+def _sig(hours: float) -> float:
+    return float(f"{hours:.4g}")
+
+
+def _evaluations(epochs: int, every: int) -> int:
+    """Evaluations in a run: every k epochs and after the last (engine.run_epochs)."""
+    return epochs // every + (1 if epochs % every else 0)
+
+
+# ---------------------------------------------------------------------------------------- rendering
+def render_plan(plan: Plan) -> str:
+    """`hsjp-study plan`: the trials, the distinct stages, which finetunes share which pretrain, the cost."""
+    est = plan.estimate()
+    hours = est["stage_hours"]
+    pretrains = [s for s in plan.stages.values() if s.kind == "pretrain"]
+    c = plan.compute
+    device = f"{c.gpus_per_worker:g} GPU" if c.use_gpu else f"{c.cpus_per_worker:g} CPU"
+    data = (
+        f"synthetic {plan.data_spec.synthetic}"
+        if plan.data_spec and plan.data_spec.synthetic
+        else f"COCO {plan.data.coco_root} (detections: {plan.data.detection_file or 'GT boxes'})"
+    )
+    lines = [
+        f"study {plan.study}: {len(plan.trials)} trials ({est['requested_trials']} requested), "
+        f"{len(pretrains)} distinct pretrains ({sum(s.work for s in pretrains)} to compute), "
+        f"{len(plan.stages) - len(pretrains)} finetunes",
+        f"data: {data}",
+        f"compute: {c.workers_per_stage} worker(s) × {device} per stage",
+        "",
+        f"{'TRIAL':<44} {'PRETRAIN':<25} {'FINETUNE':<25} PARAMS",
+    ]
+    for t in plan.trials:
+        params = " ".join(f"{k}={v}" for k, v in t.params.items())
+        same = f"  (also {', '.join(a['study'] + ' ' + a['origin'] for a in t.aliases)})" if t.aliases else ""
+        lines.append(f"{t.trial_id:<44} {t.pretrain:<25} {t.finetune:<25} {params}{same}")
+    lines += ["", f"pretrains (finetunes using each; {est['unit']}):"]
+    for sid, trial_ids in plan.sharing().items():
+        s = plan.stages[sid]
+        cost = f"{hours[sid]:.4g} h" if s.work else "no work"
+        lines.append(
+            f"  {sid}  {describe_stage(s):<52} {cost:>10}  ← {len(trial_ids)}: {', '.join(trial_ids)}"
+        )
+    lines += [
+        "",
+        f"estimate: {est['total_hours']:.4g} {est['unit']} for {est['work_stages']} distinct work stages "
+        f"(pretrain {est['pretrain_hours']:.4g}, finetune {est['finetune_hours']:.4g}); without sharing "
+        f"{est['unshared_hours']:.4g} (saved {est['saved_hours']:.4g})",
+        f"throughput (img/s per {est['device']} at 256×192): "
+        + ", ".join(f"{k} {v:g}" for k, v in est["throughput_img_per_s"].items()),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,234 @@
+"""Live progress of a study run (DESIGN.md §3): one concise line per event, a summary table at the end.
+
+Events reach the driver as Ray Tune results: stage state changes reported by the trial function
+(`{"event": "stage", "state": "running" | "waiting" | "found" | "done" | ...}`) and the epoch
+reports of Ray Train workers forwarded by `TuneReportCallback` (`{"stage_id", "epoch", "epochs",
+"loss", "precision" | "AP", ...}`). `Progress` turns them into lines with epoch/total, the current
+metric, elapsed time and an ETA, and keeps the stage intervals that split the wall time by phase.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from ray import tune
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = ("done", "collapsed", "skipped", "failed", "found")
+METRIC_LABELS = (("AP", "AP"), ("precision", "P"))
+"""Main metric of a stage as shown in progress lines: pose AP, HSJP precision P (paper eqs. 3–5)."""
+
+
+@dataclass
+class StageProgress:
+    stage_id: str
+    kind: str = ""
+    state: str = "pending"
+    epoch: int | None = None
+    epochs: int | None = None
+    loss: float | None = None
+    metric: tuple[str, float] | None = None
+    started: float | None = None
+    ended: float | None = None
+    epoch_times: list[tuple[int, float]] = field(default_factory=list)
+
+
+class Progress:
+    """Collects trial / stage events; prints a line per event when `enabled`."""
+
+    def __init__(self, stream: IO[str] | None = None, enabled: bool = True, t0: float | None = None):
+        self.stream = stream if stream is not None else sys.stdout
+        self.enabled = enabled
+        self.t0 = time.time() if t0 is None else t0
+        self.stages: dict[str, StageProgress] = {}
+        self.outcomes: dict[str, dict[str, str]] = {}
+        """trial id → stage id → how the trial got it (computed / found / waited / skipped / ...)."""
+
+    # --------------------------------------------------------------------------------------- events
+    def on_result(self, trial_id: str, result: dict, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if result.get("event") == "stage":
+            self._on_stage_event(trial_id, result, now)
+        elif "stage_id" in result and "epoch" in result:
+            self._on_epoch(trial_id, result, now)
+
+    def on_trial_error(self, trial_id: str, message: str) -> None:
+        self._print(
+            f"{trial_id}  trial error: {message.strip().splitlines()[-1] if message.strip() else '?'}"
+        )
+
+    def _on_stage_event(self, trial_id: str, ev: dict, now: float) -> None:
+        st = self.stages.setdefault(ev["stage_id"], StageProgress(ev["stage_id"]))
+        st.kind, st.epochs = ev.get("kind", st.kind), ev.get("epochs") or st.epochs
+        state = ev["state"]
+        seen = self.outcomes.setdefault(trial_id, {})
+        if state == "running":
+            st.state, st.started, st.ended, st.epoch_times = "running", ev.get("time", now), None, []
+            seen[st.stage_id] = "computed"
+        elif state == "waiting":
+            seen[st.stage_id] = "waited"
+        elif state == "found":
+            seen.setdefault(st.stage_id, "found")
+            if st.state == "pending":
+                st.state = ev.get("status") or "done"
+        else:
+            st.state = state
+            if st.started is not None:
+                st.ended = ev.get("time", now)
+            seen.setdefault(st.stage_id, "no work" if ev.get("work") is False else state)
+        extra = ""
+        if ev.get("wall_seconds") is not None and state != "found":
+            extra = f"  in {_duration(ev['wall_seconds'])}"
+        if ev.get("error"):
+            extra += f"  {ev['error']}"
+        if ev.get("reason"):
+            extra += f"  ({ev['reason']})"
+        label = {"found": "already done", "waiting": "waiting for the trial computing it"}.get(state, state)
+        self._print(f"{trial_id}  {st.stage_id}  {label}{extra}", now)
+
+    def _on_epoch(self, trial_id: str, r: dict, now: float) -> None:
+        st = self.stages.setdefault(r["stage_id"], StageProgress(r["stage_id"], state="running"))
+        st.epoch, st.epochs = int(r["epoch"]), r.get("epochs") or st.epochs
+        st.loss = r.get("loss")
+        for key, label in METRIC_LABELS:
+            if isinstance(r.get(key), (int, float)):
+                st.metric = (label, float(r[key]))
+        st.epoch_times.append((st.epoch, now))
+        parts = [f"{trial_id}  {st.stage_id}  epoch {st.epoch + 1}/{st.epochs or '?'}"]
+        if isinstance(st.loss, (int, float)):
+            parts.append(f"loss {st.loss:.4g}")
+        if st.metric:
+            parts.append(f"{st.metric[0]} {st.metric[1]:.3f}")
+        if st.started is not None:
+            parts.append(f"elapsed {_duration(now - st.started)}")
+        eta = self.eta(st, now)
+        if eta is not None:
+            parts.append(f"eta {_duration(eta)}")
+        self._print("  ".join(parts), now)
+
+    @staticmethod
+    def eta(st: StageProgress, now: float) -> float | None:
+        """Seconds left: mean time per epoch in this attempt × epochs left."""
+        if not st.epochs or not st.epoch_times:
+            return None
+        left = st.epochs - (st.epoch_times[-1][0] + 1)
+        if len(st.epoch_times) >= 2:
+            (e0, t0), (e1, t1) = st.epoch_times[0], st.epoch_times[-1]
+            per_epoch = (t1 - t0) / max(1, e1 - e0)
+        elif st.started is not None:
+            per_epoch = now - st.started
+        else:
+            return None
+        return max(0.0, left * per_epoch)
+
+    def _print(self, text: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        line = f"[{_duration(now - self.t0):>8}] {text}"
+        log.debug(line)
+        if self.enabled:
+            print(line, file=self.stream, flush=True)
+
+    # ------------------------------------------------------------------------------------- phases
+    def stage_seconds(self, now: float | None = None) -> float:
+        """Length of the union of the intervals in which at least one stage was computing."""
+        now = time.time() if now is None else now
+        spans = sorted(
+            (s.started, s.ended if s.ended is not None else now)
+            for s in self.stages.values()
+            if s.started is not None
+        )
+        total, cur_start, cur_end = 0.0, None, None
+        for start, end in spans:
+            if cur_end is None or start > cur_end:
+                if cur_end is not None:
+                    total += cur_end - cur_start
+                cur_start, cur_end = start, end
+            else:
+                cur_end = max(cur_end, end)
+        if cur_end is not None:
+            total += cur_end - cur_start
+        return total
+
+    def phases(self, wall_s: float, ray_start_s: float, now: float | None = None) -> dict[str, float]:
+        stages_s = min(self.stage_seconds(now), max(0.0, wall_s - ray_start_s))
+        return {
+            "ray_start_s": round(ray_start_s, 2),
+            "stages_s": round(stages_s, 2),
+            "idle_s": round(max(0.0, wall_s - ray_start_s - stages_s), 2),
+        }
+
+    # ------------------------------------------------------------------------------------ summary
+    def print_summary(self, summary: dict) -> None:
+        if not self.enabled:
+            return
+        print(format_summary(summary), file=self.stream, flush=True)
+
+
+def format_summary(summary: dict) -> str:
+    """The end-of-run table: one row per trial, then counts, failures and the wall-time split."""
+    header = ("trial", "status", "pretrain", "pretrain how", "P", "finetune", "finetune how", "AP")
+    rows = [header]
+    for t in summary["trials"]:
+        rows.append(
+            (
+                t["trial_id"],
+                t["status"],
+                t["pretrain"],
+                t.get("pretrain_how", ""),
+                _fmt(t.get("precision")),
+                t["finetune"],
+                t.get("finetune_how", ""),
+                _fmt(t.get("AP")),
+            )
+        )
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items()))
+    ph = summary.get("phases", {})
+    lines.append(
+        f"study {summary['study']}: {len(summary['trials'])} trials ({counts}); "
+        f"wall {_duration(summary['wall_seconds'])} = Ray start {_duration(ph.get('ray_start_s', 0))}"
+        f" + stages {_duration(ph.get('stages_s', 0))} + idle {_duration(ph.get('idle_s', 0))}"
+    )
+    for f in summary.get("failures", []):
+        lines.append(f"FAILED {f['trial_id']} {f.get('stage_id') or ''}: {f['error']}")
+    return "\n".join(lines)
+
+
+ACTIVE: Progress | None = None
+"""The Progress of the run in progress in this driver (set by `orchestrator.execution`)."""
+
+
+class TuneProgressCallback(tune.Callback):
+    """Feeds Ray Tune trial results (in the driver) into the active `Progress`. Stateless, so the
+    copy that Tune pickles with its run config (and restores with `Tuner.restore`) still works."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if ACTIVE is not None:
+            ACTIVE.on_result(_trial_name(trial), result)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if ACTIVE is not None:
+            ACTIVE.on_trial_error(_trial_name(trial), str(trial.get_error() or "error"))
+
+
+def _trial_name(trial: Any) -> str:
+    return str((trial.config or {}).get("trial", trial.trial_id))
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else ""
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{sec:02d}s" if hours else f"{minutes}m{sec:02d}s"

@@ -1,0 +1,191 @@
+"""Where a study stands (`hsjp-study status`, DESIGN.md §4–5), read from the result store only.
+
+A stage is `done` / `collapsed` / `skipped` when its result.json says so (a no-work pretrain is
+`skipped` even before one is written), `failed` when error.txt is there without a result, `running`
+when metrics.jsonl has epochs but there is no result yet, `waiting` when it is a finetune whose pretrain
+is not done, else `queued`. Progress, the key metric (HSJP precision P / AP), device-hours spent and an
+ETA come from result.json and the per-epoch rows of metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.plan import Plan, StageSpec, describe_stage
+from workloads.config import PretrainConfig
+
+if TYPE_CHECKING:
+    from orchestrator.store import Store
+
+log = logging.getLogger(__name__)
+
+STATES = ("done", "collapsed", "skipped", "running", "failed", "waiting", "queued")
+FINISHED = ("done", "collapsed", "skipped")
+_ETA_WINDOW = 5  # mean of the last epochs' durations
+
+
+def study_status(plan: Plan, store: Store) -> list[dict[str, Any]]:
+    """One row per stage of the plan, in plan order (each pretrain before the finetunes using it)."""
+    results = {sid: store.read_result(sid) for sid in plan.stages}
+    users: dict[str, list[str]] = {}
+    for t in plan.trials:
+        users.setdefault(t.pretrain, []).append(t.trial_id)
+        users.setdefault(t.finetune, []).append(t.trial_id)
+    rows = []
+    for sid, spec in plan.stages.items():
+        row = _stage_row(spec, plan, store, results)
+        row["trials"] = users.get(sid, [])
+        rows.append(row)
+    return rows
+
+
+def _stage_row(spec: StageSpec, plan: Plan, store: Store, results: dict[str, dict | None]) -> dict[str, Any]:
+    total = spec.config.epochs if isinstance(spec.config, PretrainConfig) else spec.config.total_epochs
+    row: dict[str, Any] = {
+        "stage_id": spec.stage_id,
+        "kind": spec.kind,
+        "work": spec.work,
+        "parent": spec.parent,
+        "description": describe_stage(spec),
+        "state": "queued",
+        "epoch": None,
+        "epochs": total if spec.work else None,
+        "metric": "precision" if spec.kind == "pretrain" else "AP",
+        "value": None,
+        "gpu_hours": 0.0,
+        "device_hours": 0.0,
+        "eta_s": None,
+        "error": None,
+        "updated_s_ago": None,
+    }
+    result = results.get(spec.stage_id)
+    if not spec.work:
+        row["state"] = "skipped"
+        return row
+    metrics_rows = [r for r in store.read_metrics(spec.stage_id) if isinstance(r.get("epoch"), int)]
+    _progress(row, metrics_rows, plan)
+    if result is not None:
+        status = result.get("status") or "done"
+        row["state"] = "collapsed" if result.get("collapsed") and status == "done" else status
+        value = (result.get("metrics") or {}).get(row["metric"])
+        row["value"] = value if value is not None else row["value"]
+        if row["epoch"] is None:
+            row["epoch"] = total
+        for key in ("gpu_hours", "device_hours"):
+            if isinstance(result.get(key), (int, float)):
+                row[key] = float(result[key])
+        row["eta_s"] = None
+        return row
+    error = store.read_error(spec.stage_id)
+    if error is not None:
+        row["state"] = "failed"
+        row["error"] = _last_line(error)
+        row["eta_s"] = None
+    elif metrics_rows:
+        row["state"] = "running"
+        row["updated_s_ago"] = _age_s(store, store.stage_path(spec.stage_id, "metrics.jsonl"))
+    elif spec.parent and not _ready(plan.stages[spec.parent], results.get(spec.parent)):
+        row["state"] = "waiting"
+    return row
+
+
+def _progress(row: dict, metrics_rows: list[dict], plan: Plan) -> None:
+    """Epochs done, best metric so far, device-hours spent and ETA from the per-epoch rows."""
+    if not metrics_rows:
+        return
+    row["epoch"] = max(r["epoch"] for r in metrics_rows) + 1
+    values = [r[row["metric"]] for r in metrics_rows if isinstance(r.get(row["metric"]), (int, float))]
+    row["value"] = max(values) if values else None
+    seconds = [float(r["seconds"]) for r in metrics_rows if isinstance(r.get("seconds"), (int, float))]
+    c = plan.compute
+    row["device_hours"] = sum(seconds) * c.workers_per_stage / 3600.0
+    row["gpu_hours"] = row["device_hours"] * c.gpus_per_worker if c.use_gpu else 0.0
+    if seconds and row["epochs"]:
+        recent = seconds[-_ETA_WINDOW:]
+        row["eta_s"] = max(0, row["epochs"] - row["epoch"]) * sum(recent) / len(recent)
+
+
+def _ready(parent: StageSpec, result: dict | None) -> bool:
+    """A finetune may start once its pretrain has no work or finished without collapsing."""
+    if not parent.work:
+        return True
+    return result is not None and (result.get("status") or "done") == "done" and not result.get("collapsed")
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else "(empty error.txt)"
+
+
+def _age_s(store: Store, path: str) -> float | None:
+    try:
+        mtime = store.fs.get_file_info(path).mtime
+    except OSError:
+        return None
+    if mtime is None:
+        return None
+    return max(0.0, (dt.datetime.now(dt.timezone.utc) - mtime.astimezone(dt.timezone.utc)).total_seconds())
+
+
+# ---------------------------------------------------------------------------------------- summary
+def summarize(rows: list[dict], plan: Plan) -> dict[str, Any]:
+    """Counts per state, device-hours spent and the estimate of what is left."""
+    counts = {s: sum(1 for r in rows if r["state"] == s) for s in STATES}
+    est = plan.estimate()["stage_hours"]
+    left = 0.0
+    for r in rows:
+        if r["state"] in FINISHED:
+            continue
+        share = 1.0 - (r["epoch"] or 0) / r["epochs"] if r["epochs"] else 1.0
+        left += est.get(r["stage_id"], 0.0) * max(0.0, share)
+    return {
+        "study": plan.study,
+        "stages": len(rows),
+        "trials": len(plan.trials),
+        "counts": counts,
+        "gpu_hours": sum(r["gpu_hours"] for r in rows),
+        "device_hours": sum(r["device_hours"] for r in rows),
+        "estimated_hours_left": left,
+        "unit": plan.estimate()["unit"],
+        "complete": all(r["state"] in FINISHED for r in rows),
+    }
+
+
+def render_status(rows: list[dict], plan: Plan) -> str:
+    """A plain-text table: one line per stage, then totals."""
+    s = summarize(rows, plan)
+    counts = ", ".join(f"{n} {state}" for state, n in s["counts"].items() if n)
+    lines = [
+        f"study {plan.study}: {s['trials']} trials, {s['stages']} stages — {counts}",
+        f"spent {s['device_hours']:.2f} device-hours ({s['gpu_hours']:.2f} GPU-hours); estimated "
+        f"{s['estimated_hours_left']:.2f} {s['unit']} left",
+        "",
+    ]
+    header = f"{'STAGE':<26} {'STATE':<9} {'EPOCH':>9} {'METRIC':>17} {'DEV-H':>7} {'ETA':>8}  WHAT (TRIALS)"
+    lines.append(header)
+    for r in rows:
+        epoch = f"{r['epoch'] or 0}/{r['epochs']}" if r["epochs"] else "-"
+        metric = f"{r['metric']} {r['value']:.3f}" if isinstance(r["value"], (int, float)) else "-"
+        what = f"{r['description']} ({', '.join(t.split('-')[0] for t in r['trials'])})"
+        if r["error"]:
+            what += f" — error: {r['error']}"
+        if r["state"] == "waiting":
+            what += f" — waits for {r['parent']}"
+        lines.append(
+            f"{r['stage_id']:<26} {r['state']:<9} {epoch:>9} {metric:>17} {r['device_hours']:>7.2f} "
+            f"{format_duration(r['eta_s']):>8}  {what}"
+        )
+    return "\n".join(lines)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"

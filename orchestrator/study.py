@@ -1,0 +1,410 @@
+"""Study files (DESIGN.md, data flow 1): a strict YAML loader from `studies/*.yaml` to typed trials.
+
+A study names its data, its compute, default pretrain + finetune configs, a `matrix` of dotted keys
+whose cartesian product gives trials, `include` entries that add single trials (applied over the
+defaults; without a matrix they are the only trials; with neither, the defaults are the one trial),
+and `seeds` (an axis over both stages' `seed`, crossing every trial). A study made of `studies: [a.yaml, b.yaml]` merges the trials of the listed
+studies (`paper.yaml`). One trial = one finetune and the pretrain it starts from (paper §4.2).
+
+Every mistake is a `ConfigError` naming the file, the dotted key, the value and what is allowed.
+Loading touches no file but the study files themselves; `orchestrator.inputs` prepares the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import itertools
+import logging
+import os
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.inputs import (  # noqa: F401  (ComputeConfig, DataSpec, prepare_data: re-exported)
+    ComputeConfig,
+    DataSpec,
+    SyntheticSpec,
+    check_inputs,
+    expand_env,
+    load_compute,
+    load_data,
+    prepare_data,
+    resolve_path,
+    short,
+    suggest,
+)
+from workloads.config import ConfigError, FinetuneConfig, ModelConfig, PretrainConfig, from_dict, to_dict
+
+log = logging.getLogger(__name__)
+
+_STUDY_KEYS = ("name", "description", "data", "compute", "defaults", "matrix", "include", "seeds")
+_MERGED_KEYS = ("name", "description", "studies", "data", "compute")
+INPUT_MULTIPLE = 32  # HRNet and ResNet downsample 32× (workloads.models: input sizes divisible by 32)
+_SECTIONS: dict[str, type] = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "model": ModelConfig}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One finetune and the pretrain it starts from, as the study defines them."""
+
+    params: dict[str, Any]
+    """The matrix / include values that define it (dotted keys), and `seed`."""
+    pretrain: PretrainConfig
+    finetune: FinetuneConfig
+    study: str
+    """Name of the study that defined it (differs from the study's own in a merged study)."""
+    origin: str
+    """Where in that study's file: `defaults`, `matrix[...]` or `include[i]` (+ `[seed=s]`)."""
+    file: str = ""
+    """That study's file."""
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    path: Path
+    text: str
+    """The YAML as read (a merged study: its own text, then each listed file as a further document)."""
+    data: DataSpec
+    compute: ComputeConfig
+    trials: tuple[Trial, ...]
+    parts: tuple[str, ...] = ()
+    """Names of the merged studies, in order; empty for a plain study."""
+
+
+# ----------------------------------------------------------------------------------------- loading
+def load_study(path: str | os.PathLike) -> Study:
+    """Read and validate a study file (ConfigError naming file / key / value on any mistake)."""
+    path = Path(path)
+    raw, text = _read_yaml(path)
+    if "studies" in raw:
+        return _load_merged(path, raw, text)
+    return _load_single(path, raw, text)
+
+
+def _read_yaml(path: Path) -> tuple[dict, str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: study file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the study file ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}; a study is a YAML mapping") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: expected a YAML mapping with keys {', '.join(_STUDY_KEYS)}; "
+            f"got {type(raw).__name__} {short(raw)}"
+        )
+    return raw, text
+
+
+def _load_single(path: Path, raw: dict, text: str) -> Study:
+    _check_keys(raw, _STUDY_KEYS, f"{path}: ")
+    name = _study_name(raw, path)
+    data = load_data(raw.get("data"), path)
+    compute = load_compute(raw.get("compute"), path)
+    base = _load_defaults(raw.get("defaults"), path)
+    seeds = _load_seeds(raw.get("seeds"), path)
+    included = _load_include(raw.get("include"), path)
+    if raw.get("matrix") is None and included:
+        rows = included  # include only: exactly the listed trials
+    else:
+        rows = _expand_matrix(raw.get("matrix"), path) + included
+    clash = [f"{o}: {k}" for o, ov in rows for k in ov if k.endswith(".seed")] if raw.get("seeds") else []
+    if clash:
+        raise ConfigError(f"{path}: {clash[0]}: the `seeds` axis sets both stages' seed; drop one of them")
+    trials = []
+    for origin, overrides in rows:
+        for seed in seeds:
+            trials.append(_make_trial(base, overrides, seed, origin, name, path))
+    return Study(name=name, path=path, text=text, data=data, compute=compute, trials=tuple(trials))
+
+
+def _load_merged(path: Path, raw: dict, text: str) -> Study:
+    _check_keys(raw, _MERGED_KEYS, f"{path}: ")
+    name = _study_name(raw, path)
+    files = raw["studies"]
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+        raise ConfigError(
+            f"{path}: studies = {short(files)}: expected a non-empty list of study file paths "
+            "(relative to this file)"
+        )
+    parts = []
+    for i, rel in enumerate(files):
+        sub_path = path.parent / expand_env(rel, f"{path}: studies[{i}]")
+        sub_raw, sub_text = _read_yaml(sub_path)
+        if "studies" in sub_raw:
+            raise ConfigError(
+                f"{path}: studies[{i}] = {rel!r}: lists further studies; merge plain studies only"
+            )
+        parts.append(_load_single(sub_path, sub_raw, sub_text))
+    data = load_data(raw["data"], path) if "data" in raw else _agreed(parts, "data", path)
+    compute = load_compute(raw["compute"], path) if "compute" in raw else _agreed(parts, "compute", path)
+    full_text = text + "".join(f"\n---\n# {p.path}\n{p.text}" for p in parts)
+    trials = tuple(t for p in parts for t in p.trials)
+    return Study(
+        name=name,
+        path=path,
+        text=full_text,
+        data=data,
+        compute=compute,
+        trials=trials,
+        parts=tuple(p.name for p in parts),
+    )
+
+
+def _agreed(parts: list[Study], key: str, path: Path) -> Any:
+    first = getattr(parts[0], key)
+    for p in parts[1:]:
+        if getattr(p, key) != first:
+            raise ConfigError(
+                f"{path}: the listed studies disagree on `{key}` ({parts[0].path} vs {p.path}); "
+                f"give `{key}` in {path.name} to use one for all"
+            )
+    return first
+
+
+def _study_name(raw: dict, path: Path) -> str:
+    from orchestrator.store import StoreError, check_study_name  # lazy: the store module imports torch
+
+    name = raw.get("name", path.stem)
+    try:
+        return check_study_name(name)
+    except StoreError as exc:
+        raise ConfigError(f"{path}: name = {name!r}: {exc}") from None
+
+
+# -------------------------------------------------------------------------------------- sections
+def _load_defaults(raw: Any, path: Path) -> dict[str, dict]:
+    """The defaults as plain data {pretrain: {...}, finetune: {...}} (type-checked, paths expanded)."""
+    where = f"{path}: defaults"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} = {short(raw)}: expected a mapping with keys model, pretrain, finetune")
+    _check_keys(raw, ("model", "pretrain", "finetune"), where)
+    sections = {}
+    for name in ("pretrain", "finetune"):
+        sec = raw.get(name) or {}
+        if not isinstance(sec, dict):
+            raise ConfigError(
+                f"{where}.{name} = {short(sec)}: expected a mapping of {_SECTIONS[name].__name__} fields"
+            )
+        sections[name] = dict(sec)
+    if raw.get("model") is not None:
+        with _float_hint():
+            model = to_dict(from_dict(ModelConfig, raw["model"], f"{where}.model"))
+        for name in ("pretrain", "finetune"):
+            if "model" in sections[name]:
+                raise ConfigError(f"{where}.{name}.model: give the model once, under defaults.model")
+            sections[name]["model"] = model
+    if isinstance(sections["pretrain"].get("checkpoint"), str):
+        key = f"{where}.pretrain.checkpoint"
+        sections["pretrain"]["checkpoint"] = resolve_path(sections["pretrain"]["checkpoint"], key, path)
+    with _float_hint():
+        return {
+            name: to_dict(from_dict(_SECTIONS[name], sec, f"{where}.{name}"))
+            for name, sec in sections.items()
+        }
+
+
+def _load_seeds(raw: Any, path: Path) -> list[int | None]:
+    if raw is None:
+        return [None]
+    ok = isinstance(raw, list) and raw and all(isinstance(s, int) and not isinstance(s, bool) for s in raw)
+    if not ok or len(set(raw)) != len(raw):
+        raise ConfigError(f"{path}: seeds = {short(raw)}: expected a non-empty list of distinct integers")
+    return list(raw)
+
+
+def _expand_matrix(raw: Any, path: Path) -> list[tuple[str, dict]]:
+    """The cartesian product of the matrix axes, as (origin label, {dotted key: value}) rows.
+    No matrix → one row: the defaults (dropped by the caller when `include` lists trials)."""
+    if raw is None:
+        return [("defaults", {})]
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(
+            f"{path}: matrix = {short(raw)}: expected a mapping of dotted keys to lists, "
+            "e.g. {pretrain.n: [2, 3, 4]}"
+        )
+    axes = []
+    for key, values in raw.items():
+        where = f"{path}: matrix.{key}"
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where} = {short(values)}: expected a non-empty list of values")
+        axes.append([(key, _check_value(key, v, f"{path}: matrix", path)) for v in values])
+    rows = []
+    for combo in itertools.product(*axes):
+        overrides = dict(combo)
+        rows.append((f"matrix[{_label(overrides)}]", overrides))
+    return rows
+
+
+def _load_include(raw: Any, path: Path) -> list[tuple[str, dict]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(
+            f"{path}: include = {short(raw)}: expected a list of mappings {{dotted key: value}}"
+        )
+    rows = []
+    for i, entry in enumerate(raw):
+        where = f"{path}: include[{i}]"
+        if not isinstance(entry, dict) or not entry:
+            raise ConfigError(
+                f"{where} = {short(entry)}: expected a non-empty mapping {{dotted key: value}}, "
+                "e.g. {pretrain.method: scratch}"
+            )
+        rows.append((f"include[{i}]", {k: _check_value(k, v, where, path) for k, v in entry.items()}))
+    return rows
+
+
+# ------------------------------------------------------------------------------------ dotted keys
+def _check_value(key: Any, value: Any, where: str, path: Path) -> Any:
+    """Type-check one dotted key's value (ConfigError names where.key and the value); paths expanded."""
+    if not isinstance(key, str):
+        raise ConfigError(f"{where}: key {key!r} must be a dotted string such as pretrain.n")
+    parts = key.split(".")
+    if parts[0] not in _SECTIONS:
+        raise ConfigError(
+            f"{where}.{key}: unknown key{suggest(parts[0], _SECTIONS)}; a dotted key starts with "
+            f"{', '.join(_SECTIONS)} (model.* sets both stages' model)"
+        )
+    if len(parts) < 2:
+        raise ConfigError(
+            f"{where}.{key}: name a field, e.g. {key}.{dataclasses.fields(_SECTIONS[key])[0].name}"
+        )
+    cls = _SECTIONS[parts[0]]
+    for i, name in enumerate(parts[1:-1], start=1):
+        cls = _field_type(cls, name, f"{where}.{'.'.join(parts[:i])}")
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"{where}.{key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+    if parts[-1] == "checkpoint" and isinstance(value, str):
+        value = resolve_path(value, f"{where}.{key}", path)
+    with _float_hint():
+        from_dict(cls, {parts[-1]: value}, f"{where}.{'.'.join(parts[:-1])}")
+    return value
+
+
+def _field_type(cls: type, name: str, where: str) -> Any:
+    names = [f.name for f in dataclasses.fields(cls)]
+    if name not in names:
+        raise ConfigError(
+            f"{where}.{name}: unknown key{suggest(name, names)}; valid keys: {', '.join(sorted(names))}"
+        )
+    return typing.get_type_hints(cls)[name]
+
+
+def _assign(base: dict, key: str, value: Any) -> None:
+    """Set a dotted key in the plain trial data; `model.*` sets both stages' model."""
+    parts = key.split(".")
+    targets = ["pretrain", "finetune"] if parts[0] == "model" else [parts[0]]
+    rest = parts[1:] if parts[0] != "model" else ["model", *parts[1:]]
+    for section in targets:
+        node = base[section]
+        for name in rest[:-1]:
+            node = node[name]
+        old = node.get(rest[-1])
+        node[rest[-1]] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+
+
+def _merge(old: dict, new: dict) -> dict:
+    out = copy.deepcopy(old)
+    for k, v in new.items():
+        out[k] = _merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
+
+
+def _make_trial(base: dict, overrides: dict, seed: int | None, origin: str, study: str, path: Path) -> Trial:
+    data = copy.deepcopy(base)
+    for key, value in overrides.items():
+        _assign(data, key, value)
+    if seed is not None:
+        data["pretrain"]["seed"] = data["finetune"]["seed"] = seed
+        origin = f"{origin}[seed={seed}]"
+    where = f"{path}: {origin}"
+    pre = from_dict(PretrainConfig, data["pretrain"], f"{where}: pretrain")
+    ft = from_dict(FinetuneConfig, data["finetune"], f"{where}: finetune")
+    pre.validate(f"{where}: pretrain")
+    ft.validate(f"{where}: finetune")
+    check_shapes(pre, ft, where)
+    if pre.model != ft.model:
+        pm, fm = to_dict(pre.model), to_dict(ft.model)
+        diff = ", ".join(
+            f"pretrain.model.{k} = {pm[k]!r} but finetune.model.{k} = {fm[k]!r}" for k in pm if pm[k] != fm[k]
+        )
+        raise ConfigError(
+            f"{where}: the two stages' models differ ({diff}); the finetune loads the pretrain's backbone, "
+            "so set the model once (defaults.model, matrix/include model.*)"
+        )
+    return Trial(
+        params={**overrides, "seed": ft.seed},
+        pretrain=pre,
+        finetune=ft,
+        study=study,
+        origin=origin,
+        file=str(path),
+    )
+
+
+def check_shapes(pre: PretrainConfig, ft: FinetuneConfig, where: str) -> None:
+    """Input sizes the backbones take: multiples of 32 (both downsample 32×), heatmaps at input / 4
+    (224 → 56, paper §3.3; 256×192 → 64×48, §4.2). Caught here rather than at a stage's first step."""
+    if pre.method == "hsjp":
+        if pre.input_size % INPUT_MULTIPLE:
+            raise ConfigError(
+                f"{where}: pretrain.input_size = {pre.input_size}: must be a multiple of "
+                f"{INPUT_MULTIPLE} (e.g. 64, 96, 224)"
+            )
+        if pre.heatmap_size != pre.input_size // 4:
+            raise ConfigError(
+                f"{where}: pretrain.heatmap_size = {pre.heatmap_size}: must be input_size / 4 = "
+                f"{pre.input_size // 4}"
+            )
+    h, w = ft.input_hw
+    if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
+        raise ConfigError(
+            f"{where}: finetune.input_hw = {[h, w]}: both sides must be multiples of "
+            f"{INPUT_MULTIPLE} (e.g. [256, 192], [128, 96])"
+        )
+    if tuple(ft.heatmap_hw) != (h // 4, w // 4):
+        raise ConfigError(
+            f"{where}: finetune.heatmap_hw = {list(ft.heatmap_hw)}: must be input_hw / 4 = {[h // 4, w // 4]}"
+        )
+
+
+# ------------------------------------------------------------------------------------------ helpers
+@contextlib.contextmanager
+def _float_hint() -> Iterator[None]:
+    """PyYAML (YAML 1.1) reads `1e-3` as text: say so where a number was expected."""
+    try:
+        yield
+    except ConfigError as exc:
+        if "expected a number, got str" not in str(exc):
+            raise
+        raise ConfigError(f"{exc} (YAML reads numbers like 1e-3 as text: write 1.0e-3)") from None
+
+
+def _check_keys(raw: dict, allowed: tuple[str, ...], where: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            prefix = where if where.endswith(": ") else f"{where}."
+            raise ConfigError(
+                f"{prefix}{key}: unknown key{suggest(str(key), allowed)}; allowed: {', '.join(allowed)}"
+            )
+
+
+def _label(overrides: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items())

@@ -1,0 +1,221 @@
+"""Tiny stand-in workloads and plans for the orchestrator's Ray tests (not collected as tests).
+
+The workloads follow the real contract — a function of (config, data, ctx[, init]) that resumes from
+`ctx.resume_state()`, saves every epoch through `ctx.save_epoch` (via the shared engine's
+`run_epochs`) and returns a StageResult — with an `nn.Linear(4, 1)` instead of a pose network, so a
+stage costs Ray's fixed overhead and nothing more. Each call appends one line to a calls file, so
+tests can count how often a stage's workload actually ran.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from orchestrator.inputs import CPU_THROUGHPUT, ComputeConfig
+from orchestrator.plan import Plan, StageSpec, TrialSpec
+from workloads.config import DataConfig, FinetuneConfig, ModelConfig, PretrainConfig, to_dict
+from workloads.context import StageResult
+from workloads.engine import LoopSpec, loss_summary, make_optimizer, make_scheduler, run_epochs
+
+TINY_MODEL = ModelConfig(backbone="hrnet_w32", width=4, num_blocks=1, num_modules=(1, 1, 1))
+
+
+def _linear_stage(
+    cfg: Any, ctx: Any, select_key: str, epochs: int, init_state: dict | None, sleep_s: float
+) -> Any:
+    torch.manual_seed(cfg.seed)
+    model = nn.Linear(4, 1)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = ctx.prepare_model(model)
+    optimizer = make_optimizer(model, cfg.lr)
+    scheduler = make_scheduler(optimizer, cfg.milestones, cfg.lr_factor)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(32, 4, generator=gen)
+    y = 0.1 * x.sum(1, keepdim=True)
+
+    def train_epoch(epoch: int) -> dict:
+        loss = (model(x) - y).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        time.sleep(sleep_s)
+        return {"loss": float(loss.detach()), "images": 32}
+
+    def evaluate() -> dict:
+        with torch.no_grad():
+            mse = float((model(x) - y).pow(2).mean())
+        return {select_key: 1.0 / (1.0 + mse)}
+
+    spec = LoopSpec(
+        epochs=epochs,
+        eval_every=cfg.eval_every,
+        select_key=select_key,
+        collapse_loss=cfg.collapse_loss,
+        config=to_dict(cfg),
+    )
+    return run_epochs(ctx, model, optimizer, scheduler, train_epoch, evaluate, spec)
+
+
+def _log_call(calls_file: str | None, kind: str, ctx: Any) -> None:
+    if calls_file and ctx.rank == 0:
+        with open(calls_file, "a") as f:
+            f.write(json.dumps({"kind": kind, "pid": os.getpid(), "time": time.time()}) + "\n")
+
+
+def standin_pretrain(
+    cfg: PretrainConfig,
+    data: DataConfig,
+    ctx: Any,
+    *,
+    calls_file: str | None = None,
+    sleep_s: float = 0.0,
+    fail_flag: str | None = None,
+) -> StageResult:
+    _log_call(calls_file, "pretrain", ctx)
+    if fail_flag and not os.path.exists(fail_flag):  # fail once: the next attempt succeeds
+        open(fail_flag, "w").close()
+        raise RuntimeError("stand-in pretrain: injected failure")
+    out = _linear_stage(cfg, ctx, "precision", cfg.epochs, None, sleep_s)
+    return StageResult(
+        metrics={"precision": out.best_value, "best_epoch": out.best_epoch, **loss_summary(out.history)},
+        weights=None if out.collapsed else out.best_model,
+        collapsed=out.collapsed,
+        collapsed_epoch=out.collapsed_epoch,
+        epochs_trained=out.trained,
+    )
+
+
+def standin_finetune(
+    cfg: FinetuneConfig,
+    data: DataConfig,
+    ctx: Any,
+    init: PretrainConfig | None = None,
+    *,
+    calls_file: str | None = None,
+    sleep_s: float = 0.0,
+    fail_flag: str | None = None,
+) -> StageResult:
+    _log_call(calls_file, "finetune", ctx)
+    if fail_flag and not os.path.exists(fail_flag):
+        open(fail_flag, "w").close()
+        raise RuntimeError("stand-in finetune: injected failure")
+    parent = ctx.parent_weights()
+    out = _linear_stage(cfg, ctx, "AP", cfg.total_epochs, parent, sleep_s)
+    method = init.method if init is not None else "scratch"
+    return StageResult(
+        metrics={
+            "AP": out.best_value,
+            "AP50": out.best_value,
+            "best_epoch": out.best_epoch,
+            "load_report": {"method": method, "loaded_parent": parent is not None},
+        },
+        weights=out.best_model,
+        collapsed=out.collapsed,
+        collapsed_epoch=out.collapsed_epoch,
+        epochs_trained=out.trained,
+    )
+
+
+def workloads(
+    calls_file: str | None = None,
+    sleep_s: float = 0.0,
+    fail_flag: str | None = None,
+    fail_kind: str = "finetune",
+) -> dict:
+    """The stand-in registry; `fail_flag`: the `fail_kind` stage raises once (until the flag file exists)."""
+    flags = {fail_kind: fail_flag}
+    return {
+        "pretrain": functools.partial(
+            standin_pretrain, calls_file=calls_file, sleep_s=sleep_s, fail_flag=flags.get("pretrain")
+        ),
+        "finetune": functools.partial(
+            standin_finetune, calls_file=calls_file, sleep_s=sleep_s, fail_flag=flags.get("finetune")
+        ),
+    }
+
+
+def read_calls(calls_file: str) -> list[dict]:
+    if not os.path.exists(calls_file):
+        return []
+    with open(calls_file) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ------------------------------------------------------------------------------------------- plans
+def _stage_id(kind: str, payload: Any) -> str:
+    digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{kind}-{digest}"
+
+
+def pretrain_config(**overrides: Any) -> PretrainConfig:
+    base = PretrainConfig(
+        model=TINY_MODEL,
+        epochs=3,
+        eval_every=1,
+        lr=0.05,
+        lr_steps=(200,),
+        n=2,
+        input_size=32,
+        heatmap_size=8,
+        batch_size=8,
+    )
+    return replace(base, **overrides)
+
+
+def finetune_config(**overrides: Any) -> FinetuneConfig:
+    base = FinetuneConfig(model=TINY_MODEL, epochs=2, eval_every=1, lr=0.05, batch_size=8)
+    return replace(base, **overrides)
+
+
+def make_plan(
+    study: str,
+    trials: list[tuple[str, PretrainConfig, FinetuneConfig]],
+    *,
+    salt: str,
+    compute: ComputeConfig | None = None,
+) -> Any:
+    """A plan from (trial id, pretrain, finetune) triples; stage ids hash the configs + `salt` (a
+    per-test value, so tests sharing a store never share stages by accident)."""
+    stages: dict[str, Any] = {}
+    specs = []
+    for trial_id, pre, ft in trials:
+        pre_id = _stage_id("pretrain", [salt, to_dict(pre)])
+        ft_id = _stage_id("finetune", [salt, pre_id, to_dict(ft)])
+        stages[pre_id] = StageSpec(
+            stage_id=pre_id, kind="pretrain", config=pre, parent=None, work=pre.method == "hsjp"
+        )
+        stages[ft_id] = StageSpec(stage_id=ft_id, kind="finetune", config=ft, parent=pre_id, work=True)
+        specs.append(
+            TrialSpec(
+                trial_id=trial_id,
+                params={"pretrain.method": pre.method, "finetune.lr": ft.lr},
+                pretrain=pre_id,
+                finetune=ft_id,
+            )
+        )
+    return Plan(
+        study=study,
+        data=DataConfig(coco_root="/nonexistent-standin"),
+        compute=compute or tiny_compute(),
+        stages=stages,
+        trials=specs,
+    )
+
+
+def tiny_compute(**overrides: Any) -> ComputeConfig:
+    return ComputeConfig(**{"max_failures": 0, "throughput": dict(CPU_THROUGHPUT), **overrides})
+
+
+def epochs_in_metrics(store: Any, stage_id: str) -> list[int]:
+    """Epochs recorded in a stage's metrics.jsonl, in order (a re-trained epoch appears twice)."""
+    return [int(r["epoch"]) for r in store.read_metrics(stage_id) if "epoch" in r]

@@ -1,0 +1,319 @@
+"""Study execution (DESIGN.md §3–5): pure helpers (unit) and whole runs through a local Ray (slow).
+
+The slow tests use stand-in workloads (`standins.py`: an nn.Linear through the shared engine) so a
+stage costs Ray's fixed overhead only; the smoke-study test runs the real workloads.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray.cloudpickle
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import standins  # noqa: E402
+
+from orchestrator.execution import _same_trials, max_trials, run_study, start_local_ray, trial_order  # noqa: E402
+from orchestrator.progress import Progress, StageProgress, format_summary  # noqa: E402
+from orchestrator.stages import LeaseTable  # noqa: E402
+from orchestrator.store import Store  # noqa: E402
+from workloads.config import to_dict  # noqa: E402
+
+ray.cloudpickle.register_pickle_by_value(standins)  # Ray workers cannot import tests/ by name
+
+
+# -------------------------------------------------------------------------------------------- unit
+def test_max_trials_follows_gpus_or_cpus_per_stage():
+    gpu = standins.tiny_compute(use_gpu=True, workers_per_stage=2, gpus_per_worker=1.0)
+    assert max_trials(gpu, {"GPU": 8.0, "CPU": 64.0}, 10) == 4
+    assert (
+        max_trials(standins.tiny_compute(use_gpu=True, gpus_per_worker=0.25), {"GPU": 1.0, "CPU": 16.0}, 10)
+        == 4
+    )
+    assert max_trials(gpu, {"GPU": 8.0, "CPU": 64.0}, 3) == 3  # never more than the trials
+    assert max_trials(gpu, {"GPU": 8.0, "CPU": 4.0}, 9) == 1  # the stages' CPUs bound it too
+    assert max_trials(gpu, {"CPU": 4.0}, 3) == 1  # no GPU yet: one trial, a warning
+    cpu = standins.tiny_compute(cpus_per_worker=1.0)
+    assert max_trials(cpu, {"CPU": 2.0, "hsjp_trial_driver": 100.0}, 5) == 2
+    assert max_trials(cpu, {"CPU": 2.0}, 5) == 1  # 0.01-CPU drivers leave 1.98 CPUs
+    assert max_trials(cpu, {"CPU": 2.0}, 5, override=3) == 3
+    assert max_trials(standins.tiny_compute(max_concurrent_trials=2), {"CPU": 16.0}, 5) == 2
+
+
+def test_trial_order_spreads_trials_over_their_pretrains():
+    pre_a, pre_b = standins.pretrain_config(n=2), standins.pretrain_config(n=3)
+    trials = [
+        ("a1", pre_a, standins.finetune_config(lr=0.01)),
+        ("a2", pre_a, standins.finetune_config(lr=0.02)),
+        ("a3", pre_a, standins.finetune_config(lr=0.03)),
+        ("b1", pre_b, standins.finetune_config(lr=0.01)),
+    ]
+    plan = standins.make_plan("order", trials, salt="order")
+    assert trial_order(plan, ["a1", "a2", "a3", "b1"]) == ["a1", "b1", "a2", "a3"]
+
+
+def test_lease_table_excludes_others_until_release_or_expiry():
+    table = LeaseTable()
+    assert table.acquire("s", "h1", ttl_s=10, now=0)
+    assert not table.acquire("s", "h2", ttl_s=10, now=5)
+    assert table.acquire("s", "h1", ttl_s=10, now=5)  # renewal by the holder
+    assert table.acquire("s", "h2", ttl_s=10, now=16)  # h1 stopped renewing: expired
+    table.release("s", "h1")  # not the holder: no effect
+    assert not table.acquire("s", "h3", ttl_s=10, now=17)
+    table.release("s", "h2")
+    assert table.acquire("s", "h3", ttl_s=10, now=17)
+
+
+def test_progress_lines_eta_and_stage_time_union():
+    out = io.StringIO()
+    p = Progress(stream=out, t0=0.0)
+    p.on_result(
+        "t1",
+        {
+            "event": "stage",
+            "stage_id": "pretrain-aa",
+            "kind": "pretrain",
+            "state": "running",
+            "epochs": 4,
+            "time": 10.0,
+        },
+        now=10.0,
+    )
+    p.on_result(
+        "t1", {"stage_id": "pretrain-aa", "epoch": 0, "epochs": 4, "loss": 0.5, "precision": 0.25}, now=20.0
+    )
+    p.on_result("t1", {"stage_id": "pretrain-aa", "epoch": 1, "epochs": 4, "loss": 0.4}, now=22.0)
+    assert Progress.eta(p.stages["pretrain-aa"], 22.0) == pytest.approx(4.0)  # 2 epochs left × 2 s
+    p.on_result(
+        "t2",
+        {"event": "stage", "stage_id": "pretrain-aa", "kind": "pretrain", "state": "waiting", "time": 12.0},
+        now=12.0,
+    )
+    p.on_result(
+        "t1",
+        {
+            "event": "stage",
+            "stage_id": "pretrain-aa",
+            "kind": "pretrain",
+            "state": "done",
+            "time": 30.0,
+            "wall_seconds": 20.0,
+        },
+        now=30.0,
+    )
+    p.on_result(
+        "t2",
+        {"event": "stage", "stage_id": "pretrain-aa", "kind": "pretrain", "state": "found", "time": 30.5},
+        now=30.5,
+    )
+    p.stages["finetune-bb"] = StageProgress("finetune-bb", started=25.0, ended=40.0)
+    p.stages["finetune-cc"] = StageProgress("finetune-cc", started=50.0, ended=55.0)
+    assert p.stage_seconds() == pytest.approx(35.0)  # [10, 40] ∪ [50, 55]
+    assert p.phases(wall_s=60.0, ray_start_s=3.0) == {"ray_start_s": 3.0, "stages_s": 35.0, "idle_s": 22.0}
+    assert p.outcomes == {"t1": {"pretrain-aa": "computed"}, "t2": {"pretrain-aa": "waited"}}
+    text = out.getvalue()
+    assert "epoch 2/4  loss 0.4  P 0.250" in text and "eta 4.0s" in text
+    assert "waiting for the trial computing it" in text
+
+
+def test_restore_needs_the_same_trials_with_the_same_stages():
+    pre = standins.pretrain_config()
+    plan = standins.make_plan("same", [("t1", pre, standins.finetune_config())], salt="same")
+    changed = standins.make_plan("same", [("t1", pre, standins.finetune_config(lr=0.5))], salt="same")
+    recorded = {"t1": plan.trials[0].finetune, "t2": "finetune-0123456789abcdef"}
+    assert _same_trials(plan, ["t1"], recorded)
+    assert not _same_trials(changed, ["t1"], recorded)  # same trial id, other stages: never "already run"
+    assert not _same_trials(plan, ["t1"], ["t1"])  # an older record format
+
+
+def test_finished_study_reruns_without_ray(tmp_path):
+    """Everything in the store already: no Ray started, no stage touched, summary from the store."""
+    plan = standins.make_plan(
+        "done", [("t1", standins.pretrain_config(method="scratch"), standins.finetune_config())], salt="done"
+    )
+    store = Store(tmp_path / "store")
+    for sid, spec in plan.stages.items():
+        store.write_result(sid, {"kind": spec.kind, "status": "done", "metrics": {"AP": 0.5}})
+    summary = run_study(plan, store, study_text="name: done\n", progress=False)
+    assert not ray.is_initialized()
+    assert summary["counts"] == {"done": 1} and summary["ran"] == 0 and summary["tune"] == "none"
+    assert summary["trials"][0]["AP"] == 0.5
+    assert store.read_bytes(store.study_path("done", "study.yaml")) == b"name: done\n"
+    assert json.loads(store.read_bytes(store.study_path("done", "plan.json")))["study"] == "done"
+    rows = list(
+        csv.DictReader(io.StringIO(store.read_bytes(store.study_path("done", "results.csv")).decode()))
+    )
+    assert [(r["trial_id"], r["status"], r["AP"], r["pretrain.method"]) for r in rows] == [
+        ("t1", "done", "0.5", "scratch")
+    ]
+    assert "t1" in format_summary(summary)
+
+
+# -------------------------------------------------------------------------------------- through Ray
+@pytest.fixture(scope="module")
+def local_ray():
+    start_local_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_chain_publishes_results_skips_after_collapse_and_reruns_nothing(local_ray, tmp_path, capsys):
+    compute = standins.tiny_compute(workers_per_stage=2)  # DDP over 2 gloo workers
+    scratch, collapse = (
+        standins.pretrain_config(method="scratch"),
+        standins.pretrain_config(collapse_loss=1e-6),
+    )
+    plan = standins.make_plan(
+        "chain",
+        [
+            ("t-scratch", scratch, standins.finetune_config()),
+            ("t-collapse", collapse, standins.finetune_config()),
+        ],
+        salt="chain",
+        compute=compute,
+    )
+    store, calls = Store(tmp_path / "store"), str(tmp_path / "calls.jsonl")
+    t_scratch, t_collapse = plan.trials
+
+    summary = run_study(plan, store, study_text="name: chain\n", workloads=standins.workloads(calls))
+
+    assert summary["counts"] == {"done": 1, "skipped": 1} and summary["failures"] == []
+    pre = store.read_result(t_scratch.pretrain)  # no-work stage: published instantly, no weights
+    assert (pre["status"], pre["work"], pre["epochs_trained"], pre["gpu_hours"]) == ("done", False, [], 0.0)
+    assert not store.exists(store.stage_path(t_scratch.pretrain, "weights.pt"))
+    ft = store.read_result(t_scratch.finetune)
+    assert ft["status"] == "done" and ft["kind"] == "finetune" and ft["parent"] == t_scratch.pretrain
+    assert ft["config"]["init"] == {"method": "scratch", "pretrain": to_dict(scratch)}
+    assert ft["config"]["lr"] == plan.stages[t_scratch.finetune].config.lr and ft["data"]["coco_root"]
+    assert ft["epochs_trained"] == [0, 1] and 0 < ft["metrics"]["AP"] <= 1
+    assert ft["metrics"]["load_report"]["loaded_parent"] is False
+    assert ft["device_hours"] == pytest.approx(ft["wall_seconds"] * 2 / 3600) and ft["gpu_hours"] == 0.0
+    assert ft["provenance"]["device"]["world_size"] == 2 and ft["provenance"]["config_hash"]
+    assert store.exists(store.stage_path(t_scratch.finetune, "weights.pt"))
+    assert not store.exists(store.stage_path(t_scratch.finetune, "staging.json"))
+    assert {r["world_size"] for r in store.read_metrics(t_scratch.finetune)} == {2}
+    collapsed = store.read_result(t_collapse.pretrain)
+    assert (collapsed["status"], collapsed["collapsed"], collapsed["collapsed_epoch"]) == (
+        "collapsed",
+        True,
+        0,
+    )
+    assert not store.exists(store.stage_path(t_collapse.pretrain, "weights.pt"))
+    skipped = store.read_result(t_collapse.finetune)
+    assert skipped["status"] == "skipped" and skipped["reason"] == "pretrain collapsed"
+    assert sorted(c["kind"] for c in standins.read_calls(calls)) == ["finetune", "pretrain"]
+    csv_rows = store.read_bytes(store.study_path("chain", "results.csv")).decode().splitlines()
+    assert len(csv_rows) == 3 and csv_rows[0].startswith("trial_id,")
+    out = capsys.readouterr().out
+    assert "epoch 2/2" in out and "skipped" in out and "wall" in out and "t-collapse" in out
+
+    metrics_before = store.read_bytes(store.stage_path(t_scratch.finetune, "metrics.jsonl"))
+    t0 = time.time()
+    again = run_study(plan, store, study_text="name: chain\n", workloads=standins.workloads(calls))
+    assert time.time() - t0 < 10 and again["ran"] == 0 and again["counts"] == summary["counts"]
+    assert len(standins.read_calls(calls)) == 2
+    assert store.read_bytes(store.stage_path(t_scratch.finetune, "metrics.jsonl")) == metrics_before
+
+
+@pytest.mark.slow
+def test_failed_stage_records_error_and_the_next_run_retries_it(local_ray, tmp_path):
+    plan = standins.make_plan(
+        "fail",
+        [("t-fail", standins.pretrain_config(method="scratch"), standins.finetune_config(epochs=1))],
+        salt="fail",
+    )
+    store, calls, flag = (
+        Store(tmp_path / "store"),
+        str(tmp_path / "calls.jsonl"),
+        str(tmp_path / "failed-once"),
+    )
+    trial = plan.trials[0]
+    work = standins.workloads(calls, fail_flag=flag)
+
+    first = run_study(plan, store, study_text="name: fail\n", workloads=work, progress=False)
+
+    assert first["counts"] == {"failed": 1}
+    assert first["failures"][0]["stage_id"] == trial.finetune
+    assert "injected failure" in first["failures"][0]["error"]
+    assert "injected failure" in store.read_error(trial.finetune)
+    assert not store.is_done(trial.finetune) and store.is_done(trial.pretrain)
+
+    second = run_study(plan, store, study_text="name: fail\n", workloads=work, progress=False)
+
+    assert second["counts"] == {"done": 1} and second["failures"] == []
+    assert second["tune"] == "restored"  # the errored trial resumed through Tuner.restore
+    assert store.read_error(trial.finetune) is None
+    assert [c["kind"] for c in standins.read_calls(calls)] == ["finetune", "finetune"]
+
+
+@pytest.mark.slow
+def test_unrestorable_tune_state_falls_back_to_a_fresh_tuner(local_ray, tmp_path, caplog):
+    """A Tune experiment that cannot be restored (here: a corrupt tuner.pkl) is replaced by a fresh one;
+    the trial (whose pretrain collapsed earlier: its finetune is skipped, no training) still runs."""
+    plan = standins.make_plan(
+        "fallback", [("t1", standins.pretrain_config(), standins.finetune_config())], salt="fallback"
+    )
+    store, calls = Store(tmp_path / "store"), str(tmp_path / "calls.jsonl")
+    trial = plan.trials[0]
+    store.write_result(trial.pretrain, {"kind": "pretrain", "status": "collapsed", "collapsed": True})
+    concurrency = max_trials(plan.compute, ray.cluster_resources(), 1)
+    record = {"trials": {"t1": trial.finetune}, "max_concurrent": concurrency}
+    store.write_json(store.study_path("fallback", "tune_trials.json"), record)
+    store.write_bytes(store.study_path("fallback", "tune", "tuner.pkl"), b"not a pickle")
+
+    with caplog.at_level("WARNING", logger="orchestrator.execution"):
+        summary = run_study(plan, store, study_text="name: fallback\n", workloads=standins.workloads(calls))
+
+    assert "restoring" in caplog.text and "failed" in caplog.text  # the restore was tried, and failed
+    assert summary["tune"] == "fresh" and summary["counts"] == {"skipped": 1}
+    assert store.read_result(trial.finetune)["reason"] == "pretrain collapsed"
+    assert standins.read_calls(calls) == []
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end_then_nothing_recomputed(local_ray, tmp_path):
+    """The shipped smoke study with the real workloads: every stage published with real metrics; a
+    second run starts no stage and trains no epoch."""
+    from orchestrator.inputs import prepare_data
+    from orchestrator.plan import make_plan
+    from orchestrator.study import load_study
+
+    study = load_study(HERE.parents[1] / "studies" / "smoke.yaml")
+    store = Store(tmp_path / "store")
+    plan = make_plan(study, prepare_data(study, store))
+
+    summary = run_study(plan, store, study_text=study.text)
+
+    assert summary["counts"] == {"done": len(plan.trials)} and summary["failures"] == []
+    assert len({t.pretrain for t in plan.trials}) < len(plan.trials)  # a shared pretrain, computed once
+    for sid, spec in plan.stages.items():
+        result = store.read_result(sid)
+        assert result is not None and result["status"] == "done", sid
+        if not spec.work:
+            continue
+        metrics = result["metrics"]
+        if spec.kind == "pretrain":
+            assert 0.0 <= metrics["precision"] <= 1.0
+            assert standins.epochs_in_metrics(store, sid) == list(range(spec.config.epochs))
+        else:
+            assert {"AP", "AP50", "AP75", "APm", "APl", "AR", "ap_per_oks", "errors"} <= set(metrics)
+            assert 0.0 <= metrics["AP"] <= 1.0 and len(metrics["ap_per_oks"]) == 10
+            assert result["config"]["init"]["method"] == plan.stages[spec.parent].config.method
+    metrics_before = {sid: store.read_bytes(store.stage_path(sid, "metrics.jsonl")) for sid in plan.stages}
+
+    t0 = time.time()
+    again = run_study(plan, store, study_text=study.text, progress=False)
+
+    assert time.time() - t0 < 10 and again["ran"] == 0 and again["counts"] == summary["counts"]
+    assert {
+        sid: store.read_bytes(store.stage_path(sid, "metrics.jsonl")) for sid in plan.stages
+    } == metrics_before
