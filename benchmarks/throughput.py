@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import torch
 
 from benchmarks import reference
@@ -387,6 +388,10 @@ def resolve(args: argparse.Namespace) -> tuple[torch.device, Sizes, bool]:
 
 def run(args: argparse.Namespace) -> dict:
     device, sizes, small = resolve(args)
+    # Fork safety: PoseTrainDataset calls cv2.setNumThreads(1) in each loader worker, which can hang
+    # forever when the forking process has a live OpenCV thread pool (from the synthetic generator or
+    # predict's decoding here); with one cv2 thread in this process there is no pool to inherit.
+    cv2.setNumThreads(1)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the official code
     backbones = BACKBONES if args.backbone == "all" else (args.backbone,)

@@ -196,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _failed(summary: Any, plan: Plan, store: Store) -> list[str]:
     """Stages without a result after the run (the store is the source of truth)."""
     rows = study_status(plan, store)
-    bad = [r["stage_id"] for r in rows if r["state"] not in ("done", "collapsed", "skipped")]
+    bad = [r["stage_id"] for r in rows if r["state"] not in ("done", "no-work", "collapsed", "skipped")]
     if isinstance(summary, dict) and summary.get("failures") and not bad:
         bad = [f.get("stage_id") or f.get("trial_id") for f in summary["failures"]]
     return bad

@@ -1,8 +1,8 @@
 """Where a study stands (`hsjp-study status`, DESIGN.md §4–5), read from the result store only.
 
-A stage is `done` / `collapsed` / `skipped` when its result.json says so (a no-work pretrain is
-`skipped` even before one is written), `failed` when error.txt is there without a result, `running`
-when metrics.jsonl has epochs but there is no result yet, `waiting` when it is a finetune whose pretrain
+A stage is `done` / `collapsed` / `skipped` when its result.json says so (`skipped`: a finetune whose
+pretrain collapsed), `no-work` for a scratch / imagenet pretrain (nothing to compute), `failed` when
+error.txt is there without a result, `running` when metrics.jsonl has epochs but there is no result yet, `waiting` when it is a finetune whose pretrain
 is not done, else `queued`. Progress, the key metric (HSJP precision P / AP), device-hours spent and an
 ETA come from result.json and the per-epoch rows of metrics.jsonl.
 """
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATES = ("done", "collapsed", "skipped", "running", "failed", "waiting", "queued")
-FINISHED = ("done", "collapsed", "skipped")
+STATES = ("done", "no-work", "collapsed", "skipped", "running", "failed", "waiting", "queued")
+FINISHED = ("done", "no-work", "collapsed", "skipped")
 _ETA_WINDOW = 5  # mean of the last epochs' durations
 
 
@@ -62,7 +62,7 @@ def _stage_row(spec: StageSpec, plan: Plan, store: Store, results: dict[str, dic
     }
     result = results.get(spec.stage_id)
     if not spec.work:
-        row["state"] = "skipped"
+        row["state"] = "no-work"  # scratch / imagenet: nothing to compute
         return row
     metrics_rows = [r for r in store.read_metrics(spec.stage_id) if isinstance(r.get("epoch"), int)]
     _progress(row, metrics_rows, plan)

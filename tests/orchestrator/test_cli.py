@@ -127,7 +127,7 @@ def test_run_prepares_data_runs_the_plan_and_exits_0(tiny, tmp_path, fake_execut
     out = capsys.readouterr().out
     assert str(store / "studies" / "tiny") in out and "hsjp-study report" in out
     assert main(["status", str(tiny), "--storage", str(store)]) == 0
-    assert "5 done, 1 skipped" in capsys.readouterr().out
+    assert "5 done, 1 no-work" in capsys.readouterr().out
 
 
 def test_run_exits_1_when_a_stage_failed(tiny, tmp_path, fake_execution, capsys):

@@ -81,7 +81,7 @@ def test_each_state_is_classified(setup):
     assert sorted(running["trials"]) == ["t001-n3", "t003-n3-freeze2"]
     for trial in ("t001", "t003"):  # their pretrain is still running
         assert rows[t[trial].finetune]["state"] == "waiting"
-    assert rows[t["t002"].pretrain]["state"] == "skipped"  # scratch: no work
+    assert rows[t["t002"].pretrain]["state"] == "no-work"  # scratch: nothing to compute
     assert rows[t["t002"].finetune]["state"] == "queued"  # ready: its pretrain has no work
 
 
@@ -128,7 +128,7 @@ def test_summary_and_render(setup):
     assert s["estimated_hours_left"] == 0
     text = render_status(rows, plan)
     assert all(sid in text for sid in plan.stages)
-    assert "6 done, 1 skipped" in text and "AP 0.500" in text and "precision 0.900" in text
+    assert "6 done, 1 no-work" in text and "AP 0.500" in text and "precision 0.900" in text
 
 
 def test_format_duration():
