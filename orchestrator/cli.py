@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", nargs="?", help=f"study file (default: the smoke study, {DEFAULT_STUDY.name})")
     _storage_arg(p)
     p.add_argument(
-        "--address", help="Ray cluster address ('auto' for a running cluster; default: start a local Ray)"
+        "--address",
+        help="Ray cluster address ('auto' for a running cluster; default: $RAY_ADDRESS, as set inside "
+        "a `ray job submit` job, else start a local Ray)",
     )
     p.add_argument(
         "--max-concurrent",
@@ -157,6 +159,12 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def ray_address(given: str | None) -> str | None:
+    """--address, else $RAY_ADDRESS: Ray sets it for a `ray job submit` entrypoint, which must join that
+    cluster (the local Ray started without an address is `address="local"`, which ignores RAY_ADDRESS)."""
+    return given or os.environ.get("RAY_ADDRESS") or None
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -177,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     max_concurrent = args.max_concurrent or study.compute.max_concurrent_trials
     summary = run_study(
-        plan, store, study_text=study.text, address=args.address, max_concurrent=max_concurrent
+        plan, store, study_text=study.text, address=ray_address(args.address), max_concurrent=max_concurrent
     )
     failed = _failed(summary, plan, store)
     print(

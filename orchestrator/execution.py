@@ -12,6 +12,7 @@ correct because stage results live in the store). Tune trials reserve ~no resour
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import io
 import logging
@@ -19,15 +20,17 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import filelock
 import ray
 from ray import tune
 
 from orchestrator import progress as progress_mod
 from orchestrator.progress import Progress, TuneProgressCallback
 from orchestrator.stages import StageFailed, run_stage
-from orchestrator.store import Store
+from orchestrator.store import Store, StoreError, check_study_name
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,9 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None) ->
     # Ray 2.60 turns token authentication on for `ray start` clusters (ray.md §3a); a local Ray
     # started here needs none. A user's explicit setting wins.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # One node that nobody drains: Ray Train's per-stage PreemptionWatcher actor (one more process
+    # per stage) has nothing to watch. Workers inherit this environment; on a cluster it stays on.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(
         address="local",
         num_cpus=num_cpus or os.cpu_count(),
@@ -97,6 +103,65 @@ def max_trials(compute: Any, cluster: dict[str, float], n_trials: int, override:
     return max(1, min(int(n), max(1, n_trials)))
 
 
+SHARED_STORAGE_ENV = "HSJP_SHARED_STORAGE"
+"""Set to 1 to declare a local --storage path a filesystem shared by every node (skips the check)."""
+SHARED_FS_TYPES = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "fuse.glusterfs"}
+)
+"""Filesystem types (/proc/mounts) taken as shared between hosts."""
+
+
+def mount_fs_type(path: str, mounts_text: str | None = None) -> str | None:
+    """Filesystem type of the mount holding `path` (longest mount-point prefix in /proc/mounts);
+    None when unknown (no /proc/mounts)."""
+    if mounts_text is None:
+        try:
+            with open("/proc/mounts") as f:
+                mounts_text = f.read()
+        except OSError:
+            return None
+    path = os.path.realpath(path)
+    best, fs_type = "", None
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, fs_type = point, fields[2]
+    return fs_type
+
+
+def check_storage_for_cluster(
+    store: Store, nodes: list[dict], *, shared: bool | None = None, mounts_text: str | None = None
+) -> None:
+    """Refuse a node-local store on a cluster that spans several hosts (ray.md §6: every node reads
+    and writes the store directly; a path on one host's disk breaks checkpoints, results and resume).
+
+    `nodes` is `ray.nodes()`. A URI store, a single host (however many Ray nodes run on it), a path on
+    a shared filesystem type (SHARED_FS_TYPES) or `shared` / $HSJP_SHARED_STORAGE=1 pass; anything else
+    raises StoreError naming the path and the hosts.
+    """
+    if not store.is_local:
+        return
+    hosts = sorted({str(n.get("NodeManagerAddress") or n.get("NodeID")) for n in nodes if n.get("Alive")})
+    if len(hosts) <= 1:
+        return
+    if shared is None:
+        shared = os.environ.get(SHARED_STORAGE_ENV, "").strip().lower() in ("1", "true", "yes")
+    fs_type = mount_fs_type(store.base, mounts_text)
+    if shared or fs_type in SHARED_FS_TYPES:
+        return
+    shown = ", ".join(hosts[:4]) + (", ..." if len(hosts) > 4 else "")
+    raise StoreError(
+        f"--storage {store.base} is a local path ({fs_type or 'unknown'} filesystem) but the Ray cluster "
+        f"spans {len(hosts)} hosts ({shown}): every node must read and write the same store. Give a "
+        f"bucket URI (s3://..., gs://...) or a shared filesystem mounted at the same path on every node; "
+        f"if {store.base} is such a mount, set {SHARED_STORAGE_ENV}=1"
+    )
+
+
 # ------------------------------------------------------------------------------------------ trials
 def study_trial(config: dict, *, plan: Any, store_uri: str, workloads: dict | None, run_token: str) -> None:
     """One Tune trial: its pretrain stage, then its finetune stage (each found, awaited or computed)."""
@@ -146,6 +211,48 @@ def run_study(
     `workloads` overrides the stage-kind → workload registry of `orchestrator.stages` (tests).
     Writes `studies/<name>/study.yaml`, `plan.json` and, at the end, `results.csv`.
     """
+    with study_lock(store, plan.study):  # before anything is written or Ray starts
+        return _run_study_locked(plan, store, study_text, address, max_concurrent, progress, workloads)
+
+
+class StudyBusy(StoreError):
+    """Another `hsjp-study run` of the same study holds its lock (the CLI exits 2)."""
+
+
+@contextlib.contextmanager
+def study_lock(store: Store, name: str) -> Iterator[None]:
+    """Hold `<store>/locks/study-<name>.lock` (local stores) for the whole run; fail fast when another
+    process holds it: two runs of one study would share and overwrite `studies/<name>/tune/`. Stages
+    are leased one by one (stages.stage_lease), so different studies may still run side by side.
+    Object stores have no file locks; there a second run is not detected."""
+    if not store.is_local:
+        yield
+        return
+    path = os.path.join(store.base, "locks", f"study-{check_study_name(name)}.lock")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    lock = filelock.FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise StudyBusy(
+            f"study {name} is already being run by another `hsjp-study run` (lock file {path}); "
+            "wait for it or stop it"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run_study_locked(
+    plan: Any,
+    store: Store,
+    study_text: str,
+    address: str | None,
+    max_concurrent: int | None,
+    progress: bool,
+    workloads: dict | None,
+) -> dict:
     t0 = time.time()
     tracker = Progress(enabled=progress, t0=t0)
     store.write_study(plan.study, study_text, plan.to_dict())
@@ -178,6 +285,7 @@ def _run_tune(
 ) -> tuple[dict[str, str], str]:
     """Run the pending trials; returns (trial id → Tune error, "restored" | "fresh")."""
     cluster = ray.cluster_resources()
+    check_storage_for_cluster(store, ray.nodes())  # a node-local store on a multi-host cluster: refuse
     concurrency = max_trials(plan.compute, cluster, len(pending), max_concurrent)
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -203,7 +311,7 @@ def _run_tune(
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(trial_order(plan, pending))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=False),
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(
                 name="tune",
                 storage_path=store.uri_of("studies", plan.study),

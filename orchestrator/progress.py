@@ -36,6 +36,9 @@ class StageProgress:
     started: float | None = None
     ended: float | None = None
     epoch_times: list[tuple[int, float]] = field(default_factory=list)
+    first_epoch_s: float | None = None
+    """The workload's own duration of the first epoch seen ("seconds"): the ETA after one epoch
+    (the time since "running" also holds the trainer's start-up, ~10-30 s)."""
 
 
 class Progress:
@@ -69,6 +72,7 @@ class Progress:
         seen = self.outcomes.setdefault(trial_id, {})
         if state == "running":
             st.state, st.started, st.ended, st.epoch_times = "running", ev.get("time", now), None, []
+            st.first_epoch_s = None
             seen[st.stage_id] = "computed"
         elif state == "waiting":
             seen[st.stage_id] = "waited"
@@ -99,6 +103,8 @@ class Progress:
             if isinstance(r.get(key), (int, float)):
                 st.metric = (label, float(r[key]))
         st.epoch_times.append((st.epoch, now))
+        if len(st.epoch_times) == 1 and isinstance(r.get("seconds"), (int, float)):
+            st.first_epoch_s = float(r["seconds"])
         parts = [f"{trial_id}  {st.stage_id}  epoch {st.epoch + 1}/{st.epochs or '?'}"]
         if isinstance(st.loss, (int, float)):
             parts.append(f"loss {st.loss:.4g}")
@@ -113,13 +119,16 @@ class Progress:
 
     @staticmethod
     def eta(st: StageProgress, now: float) -> float | None:
-        """Seconds left: mean time per epoch in this attempt × epochs left."""
+        """Seconds left: mean time per epoch in this attempt × epochs left (after a single epoch: that
+        epoch's own duration, else the time since the stage started)."""
         if not st.epochs or not st.epoch_times:
             return None
         left = st.epochs - (st.epoch_times[-1][0] + 1)
         if len(st.epoch_times) >= 2:
             (e0, t0), (e1, t1) = st.epoch_times[0], st.epoch_times[-1]
             per_epoch = (t1 - t0) / max(1, e1 - e0)
+        elif st.first_epoch_s is not None:
+            per_epoch = st.first_epoch_s
         elif st.started is not None:
             per_epoch = now - st.started
         else:

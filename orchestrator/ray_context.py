@@ -10,6 +10,7 @@ staging file with the StageResult summary. The driver side (`orchestrator.stages
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
@@ -59,18 +61,44 @@ class RayStageContext:
         self.last_report: dict = {}
 
     def resume_state(self) -> dict | None:
+        """The state of the newest readable epoch checkpoint of this stage's Train run.
+
+        Ray Train hands back its latest checkpoint. If that one's `state.pt` cannot be loaded (a
+        truncated upload, a node lost mid-write), the earlier `checkpoint_*` folders of the same Train
+        run (`<store>/stages/<id>/train/<id>/`, names sort by time) are tried newest first, each failure
+        logged as a warning naming the file; with none readable the stage starts from scratch (also
+        warned). Retraining a few epochs is cheaper than a stage that can never resume.
+        """
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        with checkpoint.as_directory() as folder:
-            path = os.path.join(folder, STATE_FILE)
-            if not os.path.exists(path):
-                raise FileNotFoundError(
-                    f"{checkpoint.path}: Ray Train checkpoint of stage {self.stage_id} has no {STATE_FILE}"
-                )
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        fs, latest = checkpoint.filesystem, checkpoint.path.rstrip("/")
+        run_dir = latest.rsplit("/", 1)[0]
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(run_dir, recursive=False))
+            earlier = [i.path for i in infos if i.type == pafs.FileType.Directory]
+        except OSError as exc:
+            log.warning(
+                "stage %s: cannot list %s (%s); only the latest checkpoint is tried",
+                self.stage_id,
+                run_dir,
+                exc,
+            )
+            earlier = []
+        found = first_loadable_state(
+            checkpoint_dirs([latest, *earlier], latest), lambda d: _load_state(fs, d)
+        )
+        if found is None:
+            log.warning(
+                "stage %s: no readable %s in %s; starting the stage from scratch",
+                self.stage_id,
+                STATE_FILE,
+                run_dir,
+            )
+            return None
+        folder, state = found
         self.resumed_from = int(state["epoch"]) if "epoch" in state else None
-        log.info("stage %s: resuming from the checkpoint of epoch %s", self.stage_id, self.resumed_from)
+        log.info("stage %s: resuming from %s (epoch %s)", self.stage_id, folder, self.resumed_from)
         return state
 
     def parent_weights(self) -> dict | None:
@@ -109,6 +137,57 @@ class RayStageContext:
         if self.world_size > 1:
             return ray.train.torch.prepare_model(model)
         return model.to(self.device)
+
+
+def checkpoint_dirs(dirs: list[str], latest: str) -> list[str]:
+    """The Train run's `checkpoint_*` folders not newer than `latest`, newest first (Ray names them
+    `checkpoint_<timestamp>`, so name order is time order); `latest` is always the first."""
+    latest = latest.rstrip("/")
+    name = latest.rsplit("/", 1)[-1]
+    older = {
+        d.rstrip("/")
+        for d in dirs
+        if d.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_")
+        and d.rstrip("/").rsplit("/", 1)[-1] < name
+    }
+    return [latest, *sorted(older, key=lambda d: d.rsplit("/", 1)[-1], reverse=True)]
+
+
+def first_loadable_state(dirs: list[str], load: Callable[[str], dict]) -> tuple[str, dict] | None:
+    """(folder, state) of the first folder in `dirs` whose state `load` can read, or None. Each folder
+    that fails is logged as a warning naming its state file; the next one is tried."""
+    for folder in dirs:
+        try:
+            state = load(folder)
+        except Exception as exc:  # truncated / missing / not a state dict: try the previous checkpoint
+            log.warning(
+                "%s/%s is unreadable (%s: %s); falling back to the previous checkpoint",
+                folder,
+                STATE_FILE,
+                type(exc).__name__,
+                str(exc)[:200],
+            )
+            continue
+        if not isinstance(state, dict):
+            log.warning(
+                "%s/%s holds %s, not a state dict; falling back to the previous checkpoint",
+                folder,
+                STATE_FILE,
+                type(state).__name__,
+            )
+            continue
+        return folder, state
+    return None
+
+
+def _load_state(fs: pafs.FileSystem, folder: str) -> dict:
+    """`<folder>/state.pt` through the checkpoint's filesystem (local or object store)."""
+    path = f"{folder}/{STATE_FILE}"
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{path} not found")
+    with fs.open_input_stream(path) as f:
+        data = f.read()
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def progress_metrics(row: dict) -> dict:

@@ -40,15 +40,17 @@ class StoreError(RuntimeError):
 
 
 def check_stage_id(stage_id: str) -> str:
-    if not isinstance(stage_id, str) or not _STAGE_ID.match(stage_id):
+    if not isinstance(stage_id, str) or not _STAGE_ID.fullmatch(stage_id):
         raise StoreError(f"invalid stage id {stage_id!r}: expected '<pretrain|finetune>-<hex hash>'")
     return stage_id
 
 
 def check_study_name(name: str) -> str:
-    if not isinstance(name, str) or not _STUDY_NAME.match(name) or ".." in name:
-        raise StoreError(f"invalid study name {name!r}: use letters, digits, '_', '-', '.' (no '..', "
-                         "not starting with '.' or '-'; at most 100 characters)")
+    if not isinstance(name, str) or not _STUDY_NAME.fullmatch(name) or ".." in name:
+        raise StoreError(
+            f"invalid study name {name!r}: use letters, digits, '_', '-', '.' (no '..', "
+            "not starting with '.' or '-'; at most 100 characters)"
+        )
     return name
 
 
@@ -151,8 +153,11 @@ class Store:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
-                log.warning("%s line %d: unreadable metrics row skipped",
-                            self.stage_path(stage_id, "metrics.jsonl"), i + 1)
+                log.warning(
+                    "%s line %d: unreadable metrics row skipped",
+                    self.stage_path(stage_id, "metrics.jsonl"),
+                    i + 1,
+                )
         return rows
 
     def save_weights(self, stage_id: str, state_dict: dict[str, torch.Tensor]) -> str:
@@ -178,8 +183,11 @@ class Store:
 
     def write_result(self, stage_id: str, result: dict) -> None:
         """Publish a finished stage: result.json, written last and atomically."""
-        result = {**result, "stage_id": stage_id, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                               time.gmtime())}
+        result = {
+            **result,
+            "stage_id": stage_id,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         self.write_json(self.stage_path(stage_id, "result.json"), result)
 
     def read_result(self, stage_id: str) -> dict | None:
@@ -209,8 +217,9 @@ class Store:
         if not self.exists(root):
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=False))
-        return sorted(i.base_name for i in infos
-                      if i.type == pafs.FileType.Directory and _STAGE_ID.match(i.base_name))
+        return sorted(
+            i.base_name for i in infos if i.type == pafs.FileType.Directory and _STAGE_ID.match(i.base_name)
+        )
 
     def iter_results(self) -> Iterator[dict]:
         for stage_id in self.list_stages():
@@ -231,5 +240,9 @@ class Store:
         if not self.exists(root):
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=False))
-        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
-                      and self.exists(self.path("studies", i.base_name, "plan.json")))
+        return sorted(
+            i.base_name
+            for i in infos
+            if i.type == pafs.FileType.Directory
+            and self.exists(self.path("studies", i.base_name, "plan.json"))
+        )

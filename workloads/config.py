@@ -133,8 +133,14 @@ class HSJPAugConfig:
     """Probability of solarisation (BYOL [17]: 0.2 on its second view)."""
 
     def validate(self, where: str = "aug") -> None:
-        for name in ("spatial_prob", "color_jitter_prob", "distortion_prob", "grayscale_prob", "blur_prob",
-                     "solarize_prob"):
+        for name in (
+            "spatial_prob",
+            "color_jitter_prob",
+            "distortion_prob",
+            "grayscale_prob",
+            "blur_prob",
+            "solarize_prob",
+        ):
             _in_range(getattr(self, name), 0.0, 1.0, f"{where}.{name}")
         _in_range(self.scale, 0.0, 0.95, f"{where}.scale")
         _in_range(self.translate, 0.0, 0.5, f"{where}.translate")
@@ -217,18 +223,24 @@ class PretrainConfig:
         self.aug.validate(f"{where}.aug")
         self.runtime.validate(f"{where}.runtime")
         if self.method == "imagenet" and not self.checkpoint:
-            raise ConfigError(f"{where}.checkpoint: method 'imagenet' needs the path of an ImageNet checkpoint "
-                              "file (official HRNet: hrnet_w32-36af842e.pth from HRNet/HRNet-Image-Classification; "
-                              "SimpleBaseline: torchvision's resnet50 weights)")
+            raise ConfigError(
+                f"{where}.checkpoint: method 'imagenet' needs the path of an ImageNet checkpoint "
+                "file (official HRNet: hrnet_w32-36af842e.pth from HRNet/HRNet-Image-Classification; "
+                "SimpleBaseline: torchvision's resnet50 weights)"
+            )
         _at_least(self.input_size, 8, f"{where}.input_size")
         _at_least(self.n, 1, f"{where}.n")
         if self.n > self.input_size // 4:
-            raise ConfigError(f"{where}.n = {self.n}: too large for input_size {self.input_size} "
-                              f"(patches would be under 4 px); allowed 1..{self.input_size // 4}")
+            raise ConfigError(
+                f"{where}.n = {self.n}: too large for input_size {self.input_size} "
+                f"(patches would be under 4 px); allowed 1..{self.input_size // 4}"
+            )
         _at_least(self.heatmap_size, 1, f"{where}.heatmap_size")
         if self.sigma_px is not None and not (0 < self.sigma_px < self.sigma_bound_px):
-            raise ConfigError(f"{where}.sigma_px = {self.sigma_px}: must be in (0, input_size/(6N)) = "
-                              f"(0, {self.sigma_bound_px:.3f}) px (paper §3.1, 3σ rule)")
+            raise ConfigError(
+                f"{where}.sigma_px = {self.sigma_px}: must be in (0, input_size/(6N)) = "
+                f"(0, {self.sigma_bound_px:.3f}) px (paper §3.1, 3σ rule)"
+            )
         _at_least(self.epochs, 1, f"{where}.epochs")
         _in_range(self.lr, 1e-8, 1.0, f"{where}.lr")
         _in_range(self.lr_factor, 0.0, 1.0, f"{where}.lr_factor")
@@ -341,11 +353,15 @@ class FinetuneConfig:
         _at_least(self.batch_size, 1, f"{where}.batch_size")
         _at_least(self.eval_every, 1, f"{where}.eval_every")
         if not (0.0 < self.label_fraction <= 1.0):
-            raise ConfigError(f"{where}.label_fraction = {self.label_fraction!r}: must be in (0, 1] "
-                              "(share of the training persons, paper Fig. 6: 0.1 .. 0.9)")
+            raise ConfigError(
+                f"{where}.label_fraction = {self.label_fraction!r}: must be in (0, 1] "
+                "(share of the training persons, paper Fig. 6: 0.1 .. 0.9)"
+            )
         if self.freeze is not None and not (0 <= self.freeze <= 4):
-            raise ConfigError(f"{where}.freeze = {self.freeze!r}: must be a backbone stage index 0..4 "
-                              "(0 stem, 1 layer1, 2 stage2, 3 stage3, 4 stage4) or null")
+            raise ConfigError(
+                f"{where}.freeze = {self.freeze!r}: must be a backbone stage index 0..4 "
+                "(0 stem, 1 layer1, 2 stage2, 3 stage3, 4 stage4) or null"
+            )
         _at_least(self.sigma, 1e-3, f"{where}.sigma")
         for v, name in ((self.input_hw, "input_hw"), (self.heatmap_hw, "heatmap_hw")):
             if len(v) != 2 or min(v) < 1:
@@ -368,8 +384,10 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping of {cls.__name__} fields, "
-                          f"got {type(data).__name__} {data!r}")
+        raise ConfigError(
+            f"{where or cls.__name__}: expected a mapping of {cls.__name__} fields, "
+            f"got {type(data).__name__} {data!r}"
+        )
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -392,8 +410,10 @@ def to_dict(cfg: Any) -> Any:
 
 
 def _unknown_key_message(key: str, valid: list[str], where: str) -> str:
-    close = difflib.get_close_matches(str(key), valid, n=1) or sorted(
-        v for v in valid if v.startswith(str(key)) or str(key).startswith(v))[:1]
+    close = (
+        difflib.get_close_matches(str(key), valid, n=1)
+        or sorted(v for v in valid if v.startswith(str(key)) or str(key).startswith(v))[:1]
+    )
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"{_join(where, str(key))}: unknown key{hint}; valid keys: {', '.join(sorted(valid))}"
 

@@ -79,8 +79,13 @@ class LocalContext:
     Used by tests and by `hsjp-study` commands that run a stage without Ray.
     """
 
-    def __init__(self, folder: str | os.PathLike, parent_weights: dict | None = None,
-                 device: str | torch.device = "cpu", keep: int = 2):
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        parent_weights: dict | None = None,
+        device: str | torch.device = "cpu",
+        keep: int = 2,
+    ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.rank = 0

@@ -43,7 +43,12 @@ class EpochSampler(Sampler):
         if num_items < 1:
             raise ValueError("EpochSampler: the dataset is empty")
         self.num_items, self.seed, self.rank, self.world_size, self.shuffle = (
-            num_items, seed, rank, world_size, shuffle)
+            num_items,
+            seed,
+            rank,
+            world_size,
+            shuffle,
+        )
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -60,7 +65,7 @@ class EpochSampler(Sampler):
             order = list(range(self.num_items))
         total = len(self) * self.world_size
         order = (order * math.ceil(total / len(order)))[:total]
-        for idx in order[self.rank::self.world_size]:
+        for idx in order[self.rank :: self.world_size]:
             yield (self.epoch, idx)
 
 
@@ -69,8 +74,15 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
-def make_loader(dataset: Dataset, batch_size_global: int, ctx: StageContext, seed: int, workers: int,
-                shuffle: bool = True, drop_last: bool = True) -> tuple[DataLoader, EpochSampler]:
+def make_loader(
+    dataset: Dataset,
+    batch_size_global: int,
+    ctx: StageContext,
+    seed: int,
+    workers: int,
+    shuffle: bool = True,
+    drop_last: bool = True,
+) -> tuple[DataLoader, EpochSampler]:
     """A loader over `dataset` (whose __getitem__ takes an `(epoch, index)` key) for this rank.
 
     Per-worker batch = global batch / world size (at least 1); with fewer items than a batch,
@@ -79,9 +91,15 @@ def make_loader(dataset: Dataset, batch_size_global: int, ctx: StageContext, see
     per_rank = max(1, batch_size_global // max(1, ctx.world_size))
     sampler = EpochSampler(len(dataset), seed, ctx.rank, ctx.world_size, shuffle)
     per_rank = min(per_rank, len(sampler))
-    loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
-                        drop_last=drop_last, pin_memory=ctx.device.type == "cuda",
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        dataset,
+        batch_size=per_rank,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=drop_last,
+        pin_memory=ctx.device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     return loader, sampler
 
 
@@ -159,12 +177,19 @@ class LoopOutcome:
     collapsed_epoch: int | None = None
 
 
-TrainEpochFn = Callable[[int], dict]   # epoch -> {"loss": float, "images": int, ...}
-EvaluateFn = Callable[[], dict]        # -> metrics incl. spec.select_key (rank 0; others may return {})
+TrainEpochFn = Callable[[int], dict]  # epoch -> {"loss": float, "images": int, ...}
+EvaluateFn = Callable[[], dict]  # -> metrics incl. spec.select_key (rank 0; others may return {})
 
 
-def run_epochs(ctx: StageContext, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-               train_epoch: TrainEpochFn, evaluate: EvaluateFn, spec: LoopSpec) -> LoopOutcome:
+def run_epochs(
+    ctx: StageContext,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    train_epoch: TrainEpochFn,
+    evaluate: EvaluateFn,
+    spec: LoopSpec,
+) -> LoopOutcome:
     """Train epochs [start, spec.epochs) where start follows the latest checkpoint of this stage."""
     out = LoopOutcome(best_value=None, best_epoch=None, best_model=None, best_eval={})
     start = 0
@@ -192,8 +217,14 @@ def run_epochs(ctx: StageContext, model: nn.Module, optimizer: torch.optim.Optim
         scheduler.step()
         loss = float(stats["loss"])
         collapsed = not math.isfinite(loss) or loss > spec.collapse_loss
-        metrics = {"epoch": epoch, "epochs": spec.epochs, "loss": loss, "lr": lr, "seconds": seconds,
-                   "img_per_s": stats.get("images", 0) * ctx.world_size / max(seconds, 1e-9)}
+        metrics = {
+            "epoch": epoch,
+            "epochs": spec.epochs,
+            "loss": loss,
+            "lr": lr,
+            "seconds": seconds,
+            "img_per_s": stats.get("images", 0) * ctx.world_size / max(seconds, 1e-9),
+        }
         metrics.update({k: v for k, v in stats.items() if k not in metrics})
         if not collapsed and ((epoch + 1) % spec.eval_every == 0 or epoch == spec.epochs - 1):
             ev = evaluate()
@@ -202,8 +233,10 @@ def run_epochs(ctx: StageContext, model: nn.Module, optimizer: torch.optim.Optim
             if value is not None and (out.best_value is None or value > out.best_value):
                 out.best_value, out.best_epoch, out.best_eval = float(value), epoch, dict(ev)
                 out.best_model = cpu_state_dict(model)
-        out.history.append({k: metrics[k] for k in ("epoch", "loss", "lr") if k in metrics}
-                           | ({spec.select_key: metrics[spec.select_key]} if spec.select_key in metrics else {}))
+        out.history.append(
+            {k: metrics[k] for k in ("epoch", "loss", "lr") if k in metrics}
+            | ({spec.select_key: metrics[spec.select_key]} if spec.select_key in metrics else {})
+        )
         out.trained.append(epoch)
         if collapsed:
             out.collapsed, out.collapsed_epoch = True, epoch
@@ -215,16 +248,21 @@ def run_epochs(ctx: StageContext, model: nn.Module, optimizer: torch.optim.Optim
     return out
 
 
-def _checkpoint(model, optimizer, scheduler, epoch: int, out: LoopOutcome, spec: LoopSpec,
-                collapsed: bool) -> dict:
+def _checkpoint(
+    model, optimizer, scheduler, epoch: int, out: LoopOutcome, spec: LoopSpec, collapsed: bool
+) -> dict:
     return {
         "model": cpu_state_dict(model),
         "optimizer": copy.deepcopy(optimizer.state_dict()),
         "scheduler": scheduler.state_dict(),
         "epoch": epoch,
         "rng": torch.get_rng_state(),
-        "best": {"value": out.best_value, "epoch": out.best_epoch, "model": out.best_model,
-                 "eval": out.best_eval},
+        "best": {
+            "value": out.best_value,
+            "epoch": out.best_epoch,
+            "model": out.best_model,
+            "eval": out.best_eval,
+        },
         "history": out.history,
         "collapsed": collapsed,
         "config": spec.config,
@@ -237,5 +275,9 @@ def loss_summary(history: list[dict]) -> dict[str, Any]:
     if not losses:
         return {}
     finite = [x for x in losses if math.isfinite(x)]
-    return {"loss_first": losses[0], "loss_last": losses[-1], "loss_min": min(finite) if finite else None,
-            "loss_curve": losses}
+    return {
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "loss_min": min(finite) if finite else None,
+        "loss_curve": losses,
+    }

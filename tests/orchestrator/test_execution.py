@@ -88,8 +88,12 @@ def test_progress_lines_eta_and_stage_time_union():
         now=10.0,
     )
     p.on_result(
-        "t1", {"stage_id": "pretrain-aa", "epoch": 0, "epochs": 4, "loss": 0.5, "precision": 0.25}, now=20.0
+        "t1",
+        {"stage_id": "pretrain-aa", "epoch": 0, "epochs": 4, "loss": 0.5, "precision": 0.25, "seconds": 3.0},
+        now=20.0,
     )
+    # after one epoch: that epoch's own 3 s, not the 10 s since "running" (trainer start-up included)
+    assert Progress.eta(p.stages["pretrain-aa"], 20.0) == pytest.approx(9.0)
     p.on_result("t1", {"stage_id": "pretrain-aa", "epoch": 1, "epochs": 4, "loss": 0.4}, now=22.0)
     assert Progress.eta(p.stages["pretrain-aa"], 22.0) == pytest.approx(4.0)  # 2 epochs left × 2 s
     p.on_result(

@@ -72,9 +72,9 @@ def test_each_state_is_classified(setup):
     assert rows[n2]["epoch"] == 2 and rows[n2]["eta_s"] is None
     failed = rows[t["t000"].finetune]
     assert failed["state"] == "failed" and failed["error"] == "RuntimeError: out of memory"
-    running = rows[n3]
-    assert running["state"] == "running" and running["epoch"] == 1 and running["epochs"] == 2
-    assert running["eta_s"] == pytest.approx(30.0) and running["value"] == 0.4
+    running, epochs = rows[n3], plan.stages[n3].config.epochs
+    assert running["state"] == "running" and running["epoch"] == 1 and running["epochs"] == epochs
+    assert running["eta_s"] == pytest.approx(30.0 * (epochs - 1)) and running["value"] == 0.4
     assert running["device_hours"] == pytest.approx(30.0 * 2 / 3600)  # 2 workers
     assert running["gpu_hours"] == pytest.approx(30.0 * 2 * 0.5 / 3600)  # half a GPU each
     assert running["updated_s_ago"] is not None and running["updated_s_ago"] < 60

@@ -99,7 +99,7 @@ def test_smoke_study_is_small_cpu_synthetic():
     assert not s.compute.use_gpu and s.data.synthetic is not None and s.data.config.loader_workers == 0
     assert len(s.trials) <= 5
     assert all(
-        t.pretrain.model.width == 8 and t.pretrain.epochs <= 3 and t.finetune.total_epochs <= 3
+        t.pretrain.model.width == 8 and t.pretrain.epochs <= 10 and t.finetune.total_epochs <= 20
         for t in s.trials
     )
 

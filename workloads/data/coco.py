@@ -208,15 +208,23 @@ def load_persons(
     instances = []
     for image_id in sorted(coco.getImgIds()):
         for ann_id in coco.getAnnIds(imgIds=[image_id], catIds=[PERSON_CATEGORY_ID], iscrowd=False):
-            inst = _gt_instance(
-                coco,
-                root,
-                split,
-                coco.anns[ann_id],
-                with_keypoints=with_keypoints,
-                aspect_ratio=aspect_ratio,
-                padding=padding,
-            )
+            ann = coco.anns[ann_id]
+            try:
+                inst = _gt_instance(
+                    coco,
+                    root,
+                    split,
+                    ann,
+                    with_keypoints=with_keypoints,
+                    aspect_ratio=aspect_ratio,
+                    padding=padding,
+                )
+            except (KeyError, TypeError, ValueError) as err:  # a field missing or of the wrong shape
+                raise CocoDataError(
+                    f"annotation file {annotation_path(root, split)}: annotation id {ann_id} (image {image_id}) "
+                    f"is malformed ({type(err).__name__}: {err}); expected bbox [x, y, w, h], keypoints "
+                    f"[{3 * NUM_KEYPOINTS} numbers] and image width / height"
+                ) from err
             if inst is not None:
                 instances.append(inst)
     if check_files:

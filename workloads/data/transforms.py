@@ -8,13 +8,17 @@ output centre, the top-centre of the output and its perpendicular, so the box of
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 
 import cv2
 import numpy as np
 import torch
 
 from workloads.data.coco import PIXEL_STD, CocoDataError
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # HRNet/torchvision ImageNet normalisation (RGB)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,6 +91,34 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if image is None:
         raise CocoDataError(f"image file {path} could not be decoded (corrupt or not an image)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_image_skipping(
+    path_of: Callable[[int], str], count: int, index: int, skipped: set[str]
+) -> tuple[int, np.ndarray]:
+    """(j, image) of the first readable image of items index, index + 1, ... (wrapping), for training
+    sets: one corrupt JPEG among 150k must not end a 240-epoch run. Each unreadable file is warned once,
+    with the running count of `skipped` files (the caller's set: per data set and loader process), and
+    not tried again. CocoDataError naming the file when no item's image can be read."""
+    for step in range(count):
+        j = (index + step) % count
+        path = path_of(j)
+        if path in skipped:
+            continue
+        try:
+            return j, read_image(path)
+        except CocoDataError as exc:
+            skipped.add(path)
+            log.warning(
+                "%s; skipped, the next person is used instead (%d unreadable image(s) skipped so far "
+                "in this loader process)",
+                exc,
+                len(skipped),
+            )
+    raise CocoDataError(
+        f"no readable image among the {count} items, e.g. {path_of(index)} ({len(skipped)} "
+        "unreadable files skipped)"
+    )
 
 
 def normalize_image(img_uint8_hwc: np.ndarray) -> torch.Tensor:

@@ -32,6 +32,7 @@ from workloads.data.transforms import (
     get_affine_transform,
     normalize_image,
     read_image,
+    read_image_skipping,
     warp_crop,
 )
 from workloads.engine import sample_rng
@@ -63,9 +64,10 @@ class PuzzleSample:
     """[N²] int64: composite position k shows original patch perm[k]."""
 
 
-def read_crop(instance: PersonInstance, side_px: int) -> np.ndarray:
-    """[side, side, 3] uint8: the instance's box crop (HRNet affine, no rotation)."""
-    image = read_image(instance.image_path)
+def read_crop(instance: PersonInstance, side_px: int, image: np.ndarray | None = None) -> np.ndarray:
+    """[side, side, 3] uint8: the instance's box crop (HRNet affine, no rotation); `image` = its
+    already decoded image, else it is read."""
+    image = read_image(instance.image_path) if image is None else image
     mat = get_affine_transform(instance.center_xy, instance.scale_wh, 0.0, (side_px, side_px))
     return warp_crop(image, mat, (side_px, side_px))
 
@@ -108,6 +110,11 @@ class PuzzleDataset(Dataset):
             )
         self.instances, self.cfg, self.train, self.seed = instances, cfg, train, seed
         self.side = padded_size(cfg.input_size, cfg.n)
+        self.skipped: set[str] = set()
+        """Unreadable image files met so far (in this process); their persons are replaced by the next."""
+
+    def _image_path(self, index: int) -> str:
+        return self.instances[index].image_path
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -115,11 +122,16 @@ class PuzzleDataset(Dataset):
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, torch.Tensor]:
         if self.train:
             epoch, index = key
+        else:
+            epoch, index = 0, key[1] if isinstance(key, tuple) else key
+        # a corrupt image: the next person stands in (warned and counted), with its own randomness
+        index, image = read_image_skipping(self._image_path, len(self.instances), index, self.skipped)
+        if self.train:
             rng = sample_rng(self.seed, epoch, index)
         else:
-            index = key[1] if isinstance(key, tuple) else key
             rng = np.random.default_rng([PRECISION_SEED, index])
-        sample = build_sample(read_crop(self.instances[index], self.side), self.cfg, rng, augment=self.train)
+        crop = read_crop(self.instances[index], self.side, image)
+        sample = build_sample(crop, self.cfg, rng, augment=self.train)
         return {
             "image": normalize_image(sample.image),
             "centers_xy": torch.from_numpy(sample.centers_xy),

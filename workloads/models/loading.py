@@ -164,7 +164,11 @@ def load_imagenet(model: nn.Module, path: str | Path, backbone: str) -> LoadRepo
         )
     state = load_state_file(path)
     if backbone == "simplebaseline_r50":
-        return load_backbone(model, state, skip_prefixes=())
-    last = len(getattr(unwrap(model), "stage4", [None])) - 1
-    cls_only = HRNET_CLS_PREFIXES + tuple(f"stage4.{last}.fuse_layers.{i}." for i in (1, 2, 3))
-    return load_backbone(model, state, skip_prefixes=cls_only)
+        skip: tuple[str, ...] = ()
+    else:
+        last = len(getattr(unwrap(model), "stage4", [None])) - 1
+        skip = HRNET_CLS_PREFIXES + tuple(f"stage4.{last}.fuse_layers.{i}." for i in (1, 2, 3))
+    try:
+        return load_backbone(model, state, skip_prefixes=skip)
+    except ValueError as exc:  # name the file: the key alone does not say which checkpoint was wrong
+        raise ValueError(f"{path}: {exc} (expected {IMAGENET_SOURCES[backbone]})") from exc

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.resnet import Bottleneck, ResNet
 
 from workloads.models.hrnet import BN_MOMENTUM, check_input_hw, init_official
 from workloads.models.stages import StagedModel
@@ -40,6 +39,10 @@ class PoseResNet(StagedModel):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        # imported here: torchvision's package import costs ~2 s (torch._dynamo via torchvision.ops),
+        # paid by every Ray Train worker process that imports the model registry, HRNet ones included
+        from torchvision.models.resnet import Bottleneck, ResNet
+
         trunk = ResNet(Bottleneck, list(resnet_layers))
         self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = (

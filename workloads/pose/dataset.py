@@ -37,7 +37,7 @@ from workloads.data.transforms import (
     flip_joints,
     get_affine_transform,
     normalize_image,
-    read_image,
+    read_image_skipping,
     warp_crop,
 )
 from workloads.engine import sample_rng
@@ -193,6 +193,8 @@ class PoseTrainDataset(Dataset):
         self.device_targets = device_targets
         self.aspect_ratio = cfg.input_hw[1] / cfg.input_hw[0]  # W / H (HRNet: 192 / 256)
         self._threads_limited = False
+        self.skipped: set[str] = set()
+        """Unreadable image files met so far (in this process); their persons are replaced by the next."""
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -208,9 +210,12 @@ class PoseTrainDataset(Dataset):
         if not self._threads_limited and get_worker_info() is not None:
             cv2.setNumThreads(1)  # one decode/warp thread per loader worker (workers already run in parallel)
             self._threads_limited = True
-        inst = self.instances[key[1]]
+        index, image = read_image_skipping(self._image_path, len(self.instances), key[1], self.skipped)
         build = make_sample_joints if self.device_targets else make_sample
-        return build(read_image(inst.image_path), inst, self.sample_params(key), self.cfg)
+        return build(image, self.instances[index], self.sample_params((key[0], index)), self.cfg)
+
+    def _image_path(self, index: int) -> str:
+        return self.instances[index].image_path
 
 
 # ----------------------------------------------------------------------------------- subsets

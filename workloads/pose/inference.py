@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from workloads.config import FinetuneConfig
-from workloads.data.coco import PIXEL_STD, PersonInstance
+from workloads.data.coco import PIXEL_STD, CocoDataError, PersonInstance
 from workloads.data.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY_ID
 from workloads.data.transforms import get_affine_transform, normalize_image, read_image, warp_crop
 from workloads.engine import autocast
@@ -155,7 +155,11 @@ def crop_instance(image: np.ndarray, inst: PersonInstance, input_hw: tuple[int, 
 def _crop_group(
     path: str, group: list[tuple[int, PersonInstance]], input_hw
 ) -> list[tuple[int, torch.Tensor]]:
-    image = read_image(path)
+    try:
+        image = read_image(path)
+    except CocoDataError as exc:  # a corrupt val image: its persons get no prediction (score 0)
+        log.warning("%s; its %d person(s) are skipped in this evaluation", exc, len(group))
+        return []
     return [(i, crop_instance(image, inst, input_hw)) for i, inst in group]
 
 
