@@ -314,6 +314,21 @@ def test_smoke_study_end_to_end_then_nothing_recomputed(local_ray, tmp_path):
             assert result["config"]["init"]["method"] == plan.stages[spec.parent].config.method
     metrics_before = {sid: store.read_bytes(store.stage_path(sid, "metrics.jsonl")) for sid in plan.stages}
 
+    # the report from these real results: every file, and Fig. 3 holds the measured per-OKS APs
+    from reports.build import make_report
+
+    files = make_report(store.base, tmp_path / "report")
+    names = {p.name for p in files}
+    assert {f"figure{i}.{ext}" for i in (3, 4, 5, 6) for ext in ("png", "pdf", "csv")} <= names
+    assert {f"table{i}.{ext}" for i in (1, 2, 3) for ext in ("md", "csv", "tex")} <= names
+    assert "index.html" in names and "results.csv" in names
+    fig3 = list(csv.DictReader(open(tmp_path / "report" / "figure3.csv")))
+    scratch_ft = next(t.finetune for t in plan.trials if t.params.get("pretrain.method") == "scratch")
+    measured = store.read_result(scratch_ft)["metrics"]["ap_per_oks"]
+    scratch_rows = [r for r in fig3 if r["method"] == "scratch"]
+    assert [float(r["ap"]) for r in scratch_rows] == pytest.approx([100 * v for v in measured.values()])
+    assert {r["method"] for r in fig3} >= {"scratch", "HSJP"}
+
     t0 = time.time()
     again = run_study(plan, store, study_text=study.text, progress=False)
 
