@@ -80,12 +80,16 @@ def standin_pretrain(
     calls_file: str | None = None,
     sleep_s: float = 0.0,
     fail_flag: str | None = None,
+    start_sleep_s: float = 0.0,
+    end_sleep_s: float = 0.0,
 ) -> StageResult:
     _log_call(calls_file, "pretrain", ctx)
     if fail_flag and not os.path.exists(fail_flag):  # fail once: the next attempt succeeds
         open(fail_flag, "w").close()
         raise RuntimeError("stand-in pretrain: injected failure")
+    time.sleep(start_sleep_s)
     out = _linear_stage(cfg, ctx, "precision", cfg.epochs, None, sleep_s)
+    time.sleep(end_sleep_s)
     return StageResult(
         metrics={"precision": out.best_value, "best_epoch": out.best_epoch, **loss_summary(out.history)},
         weights=None if out.collapsed else out.best_model,
@@ -104,13 +108,17 @@ def standin_finetune(
     calls_file: str | None = None,
     sleep_s: float = 0.0,
     fail_flag: str | None = None,
+    start_sleep_s: float = 0.0,
+    end_sleep_s: float = 0.0,
 ) -> StageResult:
     _log_call(calls_file, "finetune", ctx)
     if fail_flag and not os.path.exists(fail_flag):
         open(fail_flag, "w").close()
         raise RuntimeError("stand-in finetune: injected failure")
+    time.sleep(start_sleep_s)
     parent = ctx.parent_weights()
     out = _linear_stage(cfg, ctx, "AP", cfg.total_epochs, parent, sleep_s)
+    time.sleep(end_sleep_s)
     method = init.method if init is not None else "scratch"
     return StageResult(
         metrics={
@@ -131,15 +139,29 @@ def workloads(
     sleep_s: float = 0.0,
     fail_flag: str | None = None,
     fail_kind: str = "finetune",
+    start_sleep_s: float = 0.0,
+    end_sleep_s: float = 0.0,
+    pause_kind: str = "finetune",
 ) -> dict:
-    """The stand-in registry; `fail_flag`: the `fail_kind` stage raises once (until the flag file exists)."""
+    """The stand-in registry; `fail_flag`: the `fail_kind` stage raises once (until the flag file exists);
+    `start_sleep_s` / `end_sleep_s`: the `pause_kind` stage sleeps before its first epoch / after its
+    last one (a wide window for a kill between stages or at a stage's end)."""
     flags = {fail_kind: fail_flag}
+    pauses = {pause_kind: {"start_sleep_s": start_sleep_s, "end_sleep_s": end_sleep_s}}
     return {
         "pretrain": functools.partial(
-            standin_pretrain, calls_file=calls_file, sleep_s=sleep_s, fail_flag=flags.get("pretrain")
+            standin_pretrain,
+            calls_file=calls_file,
+            sleep_s=sleep_s,
+            fail_flag=flags.get("pretrain"),
+            **pauses.get("pretrain", {}),
         ),
         "finetune": functools.partial(
-            standin_finetune, calls_file=calls_file, sleep_s=sleep_s, fail_flag=flags.get("finetune")
+            standin_finetune,
+            calls_file=calls_file,
+            sleep_s=sleep_s,
+            fail_flag=flags.get("finetune"),
+            **pauses.get("finetune", {}),
         ),
     }
 

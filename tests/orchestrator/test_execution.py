@@ -327,7 +327,7 @@ def test_smoke_study_end_to_end_then_nothing_recomputed(local_ray, tmp_path):
     measured = store.read_result(scratch_ft)["metrics"]["ap_per_oks"]
     scratch_rows = [r for r in fig3 if r["method"] == "scratch"]
     assert [float(r["ap"]) for r in scratch_rows] == pytest.approx([100 * v for v in measured.values()])
-    assert {r["method"] for r in fig3} >= {"scratch", "HSJP"}
+    assert {r["method"] for r in fig3} >= {"scratch", "hsjp"}
 
     t0 = time.time()
     again = run_study(plan, store, study_text=study.text, progress=False)

@@ -9,13 +9,12 @@ from pathlib import Path
 import filelock
 import pytest
 
+from orchestrator import execution
 from orchestrator.cli import main
 from orchestrator.inputs import data_config
 from orchestrator.plan import make_plan
 from orchestrator.store import Store
 from orchestrator.study import load_study
-
-execution = pytest.importorskip("orchestrator.execution")
 
 SMALL = """
 name: locked

@@ -72,7 +72,7 @@ def test_every_epoch_checkpoint_truncated_starts_from_scratch(tmp_path, caplog):
 
 
 # ---------------------------------------------------------------------- Ray Train checkpoints
-rc = pytest.importorskip("orchestrator.ray_context")
+import orchestrator.ray_context as rc  # noqa: E402  (beside the tests that use it)
 
 
 def _ray_run(tmp_path: Path, epochs: list[int], truncate: tuple[int, ...] = (), drop: tuple[int, ...] = ()):
