@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.inputs import check_inputs, data_config, prepare_data
 from orchestrator.plan import Plan, make_plan, render_plan
-from orchestrator.status import render_status, study_status, summarize
+from orchestrator.status import FINISHED, render_status, study_status, summarize
 from orchestrator.study import Study, load_study
 from workloads.config import ConfigError
 
@@ -204,7 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _failed(summary: Any, plan: Plan, store: Store) -> list[str]:
     """Stages without a result after the run (the store is the source of truth)."""
     rows = study_status(plan, store)
-    bad = [r["stage_id"] for r in rows if r["state"] not in ("done", "no-work", "collapsed", "skipped")]
+    bad = [r["stage_id"] for r in rows if r["state"] not in FINISHED]
     if isinstance(summary, dict) and summary.get("failures") and not bad:
         bad = [f.get("stage_id") or f.get("trial_id") for f in summary["failures"]]
     return bad

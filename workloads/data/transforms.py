@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 import torch
 
-from workloads.data.coco import PIXEL_STD, CocoDataError
+from workloads.data.coco import PIXEL_STD, CocoDataError, PersonInstance
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +94,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_image_skipping(
-    path_of: Callable[[int], str], count: int, index: int, skipped: set[str]
+    instances: Sequence[PersonInstance], index: int, skipped: set[str]
 ) -> tuple[int, np.ndarray]:
-    """(j, image) of the first readable image of items index, index + 1, ... (wrapping), for training
+    """(j, image) of the first readable image of instances index, index + 1, ... (wrapping), for training
     sets: one corrupt JPEG among 150k must not end a 240-epoch run. Each unreadable file is warned once,
     with the running count of `skipped` files (the caller's set: per data set and loader process), and
     not tried again. CocoDataError naming the file when no item's image can be read."""
+    count = len(instances)
     for step in range(count):
         j = (index + step) % count
-        path = path_of(j)
+        path = instances[j].image_path
         if path in skipped:
             continue
         try:
@@ -116,7 +117,7 @@ def read_image_skipping(
                 len(skipped),
             )
     raise CocoDataError(
-        f"no readable image among the {count} items, e.g. {path_of(index)} ({len(skipped)} "
+        f"no readable image among the {count} items, e.g. {instances[index].image_path} ({len(skipped)} "
         "unreadable files skipped)"
     )
 

@@ -113,9 +113,6 @@ class PuzzleDataset(Dataset):
         self.skipped: set[str] = set()
         """Unreadable image files met so far (in this process); their persons are replaced by the next."""
 
-    def _image_path(self, index: int) -> str:
-        return self.instances[index].image_path
-
     def __len__(self) -> int:
         return len(self.instances)
 
@@ -125,7 +122,7 @@ class PuzzleDataset(Dataset):
         else:
             epoch, index = 0, key[1] if isinstance(key, tuple) else key
         # a corrupt image: the next person stands in (warned and counted), with its own randomness
-        index, image = read_image_skipping(self._image_path, len(self.instances), index, self.skipped)
+        index, image = read_image_skipping(self.instances, index, self.skipped)
         if self.train:
             rng = sample_rng(self.seed, epoch, index)
         else:

@@ -210,12 +210,9 @@ class PoseTrainDataset(Dataset):
         if not self._threads_limited and get_worker_info() is not None:
             cv2.setNumThreads(1)  # one decode/warp thread per loader worker (workers already run in parallel)
             self._threads_limited = True
-        index, image = read_image_skipping(self._image_path, len(self.instances), key[1], self.skipped)
+        index, image = read_image_skipping(self.instances, key[1], self.skipped)
         build = make_sample_joints if self.device_targets else make_sample
         return build(image, self.instances[index], self.sample_params((key[0], index)), self.cfg)
-
-    def _image_path(self, index: int) -> str:
-        return self.instances[index].image_path
 
 
 # ----------------------------------------------------------------------------------- subsets
