@@ -9,7 +9,8 @@ channels_last on CUDA, fused Adam, pinned memory, persistent workers, targets bu
 - full img/s: whole training steps fed by the real loader (decode, crop, augmentation, targets) over a
   set of images — a synthetic COCO-format set (`workloads.data.synthetic`) or `--coco-root`;
 - model img/s: the pipeline's step function alone on one resident batch (fwd + bwd + Adam, plus what
-  the step itself does: ours its device-side targets, the reference its per-step host syncs);
+  the step itself does: ours its device-side targets (and puzzles, augment_on device), the reference its
+  per-step host syncs);
 - data wait: the share of full-step time spent blocked on the loader (on CUDA the device is synced
   after each step, so this is time the device sat idle for lack of data);
 - peak mem: torch.cuda.max_memory_allocated over both measurements ("n/a" on CPU);
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import torch
 
 from benchmarks import reference
@@ -43,16 +45,33 @@ from workloads.config import DataConfig, FinetuneConfig, ModelConfig, PretrainCo
 from workloads.context import LocalContext
 from workloads.data import synthetic
 from workloads.data.coco import load_detections, load_persons
+from workloads.data.device_decode import (
+    collate_with_bytes,
+    crop_images,
+    decode_jpegs,
+    decodes_on_device,
+    read_jpeg_bytes,
+)
 from workloads.data.keypoints import NUM_KEYPOINTS
-from workloads.engine import apply_memory_format, autocast, make_loader, make_optimizer
-from workloads.hsjp.dataset import PuzzleDataset, load_instances
+from workloads.data.transforms import normalize_image
+from workloads.engine import apply_memory_format, autocast, make_loader, make_optimizer, sample_rng
+from workloads.hsjp.batched import batch_images, check_placement, render_batch, renders_on_device
+from workloads.hsjp.dataset import (
+    PuzzleDataset,
+    crop_matrix,
+    draw_puzzle,
+    load_instances,
+    read_crop,
+    render_sample,
+)
 from workloads.hsjp.loss import masked_mse
 from workloads.hsjp.precision import wants_channels_last
+from workloads.hsjp.puzzle import padded_size
 from workloads.hsjp.targets import heatmap_stride, make_heatmaps
 from workloads.models import build_model
 from workloads.pose import inference
 from workloads.pose.dataset import PoseTrainDataset
-from workloads.pose.train import EVAL_BATCH, cap_val_instances, train_step, uses_device_targets
+from workloads.pose.train import EVAL_BATCH, batch_size_of, cap_val_instances, train_step, uses_device_targets
 
 log = logging.getLogger(__name__)
 
@@ -153,22 +172,27 @@ def time_resident_steps(pipe: Pipeline, batch, warmup: int, steps: int, device: 
 
 
 def _batch_size(batch) -> int:
-    return int((batch["image"] if isinstance(batch, dict) else batch[0]).shape[0])
+    if isinstance(batch, dict):  # a pretext batch, or a pose batch decoded on the device
+        return int(batch["mask"].shape[0]) if "mask" in batch else batch_size_of(batch)
+    return int(batch[0].shape[0])
 
 
 def _to_device(batch, device: torch.device):
-    if isinstance(batch, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if isinstance(batch, dict):  # file bytes / paths (lists) and the colour draws (read on the host) stay
+        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) and k != "color" else v
+                for k, v in batch.items()}  # fmt: skip
     return type(batch)(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
 
 
 # ---------------------------------------------------------------------------------------- configs
-def make_configs(backbone: str, sizes: Sizes, compile_model: bool) -> tuple[PretrainConfig, FinetuneConfig]:
+def make_configs(
+    backbone: str, sizes: Sizes, compile_model: bool, augment_on: str = "auto"
+) -> tuple[PretrainConfig, FinetuneConfig]:
     runtime = RuntimeConfig(compile=compile_model)
     model = sizes.models[backbone]
     side = sizes.pretext_input
     pretrain = PretrainConfig(model=model, n=sizes.n, input_size=side, heatmap_size=side // 4,
-                              batch_size=sizes.batch, runtime=runtime)  # fmt: skip
+                              batch_size=sizes.batch, runtime=runtime, augment_on=augment_on)  # fmt: skip
     h, w = sizes.finetune_hw
     finetune = FinetuneConfig(model=model, input_hw=(h, w), heatmap_hw=(h // 4, w // 4), batch_size=sizes.batch,
                               runtime=runtime)  # fmt: skip
@@ -187,8 +211,9 @@ def train_instances(task: str, root: str, cfg, count: int) -> list:
 
 # --------------------------------------------------------------------------------------- pipelines
 def _puzzle_step(model, batch, optimizer, cfg: PretrainConfig, device: torch.device) -> torch.Tensor:
-    """One pretext step as workloads.hsjp.train.train_epoch does it (targets made on the device)."""
-    images = batch["image"].to(device, non_blocking=True)
+    """One pretext step as workloads.hsjp.train.train_epoch does it (targets, and with augment_on: device the
+    puzzles themselves, made on the device)."""
+    images = batch_images(batch, cfg, device)  # rendered on the device with augment_on: device
     if wants_channels_last(cfg.runtime, device):
         images = images.contiguous(memory_format=torch.channels_last)
     centers = batch["centers_xy"].to(device, non_blocking=True)  # [B, N², 2] xy input px
@@ -204,7 +229,9 @@ def _puzzle_step(model, batch, optimizer, cfg: PretrainConfig, device: torch.dev
     return loss.detach()
 
 
-def ours_pipeline(task: str, cfg, persons: list, sizes: Sizes, device: torch.device, tmp: Path) -> Pipeline:
+def ours_pipeline(
+    task: str, cfg, persons: list, sizes: Sizes, device: torch.device, tmp: Path, decode_on: str = "auto"
+) -> Pipeline:
     channels = cfg.n * cfg.n if task == "pretext" else NUM_KEYPOINTS
     model = build_model(cfg.model, channels, generator=torch.Generator().manual_seed(0))
     model = apply_memory_format(model, cfg.runtime, device).to(device)
@@ -212,14 +239,22 @@ def ours_pipeline(task: str, cfg, persons: list, sizes: Sizes, device: torch.dev
         model = torch.compile(model)
     model.train()
     optimizer = make_optimizer(model, cfg.lr)  # fused on CUDA
+    data = DataConfig(decode_on=decode_on)
+    decode = decodes_on_device(data, device)
     if task == "pretext":
-        dataset = PuzzleDataset(persons, cfg, train=True, seed=0)
+        check_placement(cfg, data, device)
+        render = renders_on_device(cfg, device, data)
+        dataset = PuzzleDataset(
+            persons, cfg, train=True, seed=0, render_on_device=render, decode_on_device=decode
+        )
         step = lambda b: _puzzle_step(model, b, optimizer, cfg, device)  # noqa: E731
     else:
-        dataset = PoseTrainDataset(persons, cfg, seed=0, device_targets=uses_device_targets(device))
+        dataset = PoseTrainDataset(persons, cfg, seed=0, device_targets=decode or uses_device_targets(device),
+                                   decode_on_device=decode)  # fmt: skip
         step = lambda b: train_step(model, b, optimizer, cfg, device)  # noqa: E731
     ctx = LocalContext(tmp / f"ctx-{task}", device=device)
-    loader, _ = make_loader(dataset, sizes.batch, ctx, seed=0, workers=sizes.workers)
+    collate = collate_with_bytes if decode else None
+    loader, _ = make_loader(dataset, sizes.batch, ctx, seed=0, workers=sizes.workers, collate_fn=collate)
     return Pipeline("ours", model, loader, step, lambda b: _to_device(b, device))
 
 
@@ -277,17 +312,75 @@ def measure_eval(model, cfg: FinetuneConfig, root: str, sizes: Sizes, device: to
             "inst_s": len(instances) / max(seconds, 1e-9), "flip_test": True}  # fmt: skip
 
 
+def _ms_per_image(fn: Callable[[], Any], images: int, repeats: int, device: torch.device) -> float:
+    """Milliseconds per image of `fn` (one pass over `images` images), after one warm-up pass, synced."""
+    fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return 1e3 * (time.perf_counter() - start) / (repeats * images)
+
+
+def measure_render(root: str, sizes: Sizes, device: torch.device, repeats: int = 5) -> dict:
+    """The pretext's data work alone, per image, for the two placements (same files, crops and draws):
+    decode + crop — OpenCV per sample on one thread, file read included (each loader worker with
+    decode_on: loader) vs decode_jpeg + one batched crop on `device` from the bytes (decode_on: device);
+    puzzles with the paper's augmentation — OpenCV per sample on one thread (augment_on: loader) vs
+    batched on `device` (augment_on: device)."""
+    side = sizes.pretext_input
+    square = padded_size(side, sizes.n)
+    cfg = PretrainConfig(n=sizes.n, input_size=side, heatmap_size=side // 4)
+    persons = train_instances("pretext", root, cfg, sizes.batch)
+    crops = [read_crop(p, square) for p in persons]
+    draws = [draw_puzzle(cfg, sample_rng(0, 0, i), augment=True) for i in range(len(crops))]
+    files = [read_jpeg_bytes(p.image_path) for p in persons]
+    mats = torch.from_numpy(np.stack([crop_matrix(p, square) for p in persons]))
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    count = len(persons)
+    decode_cpu = _ms_per_image(lambda: [read_crop(p, square) for p in persons], count, repeats, device)
+    render_cpu = _ms_per_image(
+        lambda: [normalize_image(render_sample(c, d, cfg)) for c, d in zip(crops, draws, strict=True)],
+        count,
+        repeats,
+        device,
+    )
+    cv2.setNumThreads(threads)
+    decode_dev = _ms_per_image(
+        lambda: crop_images(decode_jpegs(files, device), mats, (square, square), device),
+        count,
+        repeats,
+        device,
+    )
+    on_device = torch.from_numpy(np.stack(crops)).to(device)
+    color = torch.from_numpy(
+        np.stack([d.color.to_vector() for d in draws])
+    )  # read on the host, as in training
+    perm = torch.from_numpy(np.stack([d.perm for d in draws]))
+    matrix = torch.from_numpy(np.stack([d.matrix for d in draws]))
+    render_dev = _ms_per_image(
+        lambda: render_batch(on_device, color, perm, matrix, cfg), count, repeats, device
+    )
+    return {"input": side, "n": sizes.n, "batch": count, "device": device.type,
+            "decode_per_sample_ms": decode_cpu, "decode_batched_ms": decode_dev,
+            "per_sample_ms": render_cpu, "batched_ms": render_dev}  # fmt: skip
+
+
 def bench_task(backbone: str, task: str, sizes: Sizes, device: torch.device, root: str, tmp: Path,
                args) -> tuple[list[dict], dict | None]:  # fmt: skip
     """Rows (ours, reference) of one backbone × task, and the evaluation figure for the finetune."""
-    pretrain, finetune = make_configs(backbone, sizes, args.compile)
+    pretrain, finetune = make_configs(backbone, sizes, args.compile, args.augment_on)
     cfg = pretrain if task == "pretext" else finetune
     persons = train_instances(task, root, cfg, (sizes.warmup + sizes.steps + 1) * sizes.batch)
     size = f"{cfg.input_size}x{cfg.input_size}" if task == "pretext" else "x".join(map(str, cfg.input_hw))
     common = {"backbone": backbone, "task": task, "input": size, "batch": sizes.batch, "steps": sizes.steps}
     rows, evaluation = [], None
     for build in (ours_pipeline, reference_pipeline):
-        args_ = (task, cfg, persons, sizes, device) + ((tmp,) if build is ours_pipeline else ())
+        args_ = (task, cfg, persons, sizes, device) + (
+            (tmp, args.decode_on) if build is ours_pipeline else ()
+        )
         pipe = build(*args_)
         log.info("measuring %s %s %s", backbone, task, pipe.name)
         rows.append(common | measure(pipe, sizes, device))
@@ -316,7 +409,8 @@ def format_table(report: dict) -> str:
     """The printed report: header lines, the table with ratio rows, the evaluation lines."""
     lines = [f"hsjp-study throughput — device {report['device']} ({report['device_name']}), torch "
              f"{report['torch']}, {report['threads']} threads, {report['workers']} loader workers, "
-             f"data: {report['data']}"]  # fmt: skip
+             f"ours decodes on the {report['decode_on']} and augments pretext puzzles on the "
+             f"{report['pretext_augment_on']}, data: {report['data']}"]  # fmt: skip
     if report["small"]:
         lines.append(report["note"])
     cells = [list(COLUMNS)]
@@ -335,6 +429,13 @@ def format_table(report: dict) -> str:
         lines.append(
             "  ".join(v.ljust(w) if i < 6 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths)))
         )
+    if report.get("render"):
+        r = report["render"]
+        lines.append(f"pretext data work alone ({r['input']} px, N={r['n']}, batch {r['batch']}), ms per image — "
+                     f"decode + crop: OpenCV per sample on one core {r['decode_per_sample_ms']:.2f}, batched on the "
+                     f"{r['device']} {r['decode_batched_ms']:.3f}; puzzles with the paper's augmentation: OpenCV per "
+                     f"sample on one core {r['per_sample_ms']:.2f}, batched on the {r['device']} "
+                     f"{r['batched_ms']:.3f}")  # fmt: skip
     for ev in report["eval"]:
         lines.append(f"evaluation {ev['backbone']} {ev['input']}: predict with flip test, {ev['instances']} "
                      f"{ev['boxes']} boxes in {ev['seconds']:.2f} s = {ev['inst_s']:.1f} instances/s")  # fmt: skip
@@ -362,6 +463,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-instances", type=int, help="cap on evaluated val boxes (default 4096; --small 16)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation (predict) measurement")
     p.add_argument("--compile", action="store_true", help="torch.compile our model (CUDA only)")
+    p.add_argument("--decode-on", choices=["auto", "loader", "device"], default="auto",
+                   help="where our training JPEGs are decoded and cropped: loader workers (OpenCV) or the device "
+                        "(torchvision.io / nvJPEG); auto = device on CUDA (data.decode_on)")  # fmt: skip
+    p.add_argument("--augment-on", choices=["auto", "loader", "device"], default="auto",
+                   help="where our pretext puzzles are augmented: loader workers (per sample) or batched on "
+                        "the device; auto = device on CUDA (pretrain.augment_on)")  # fmt: skip
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     for name in ("steps", "batch", "images", "eval_instances"):
@@ -411,6 +518,7 @@ def run(args: argparse.Namespace) -> dict:
                 task_rows, evaluation = bench_task(backbone, task, sizes, device, root, tmp, args)
                 rows += task_rows
                 evals += [evaluation] if evaluation else []
+        render = measure_render(root, sizes, device) if "pretext" in tasks else None
     px = f"{sizes.pretext_input}-{max(sizes.finetune_hw)}"
     return {
         "device": device.type,
@@ -418,6 +526,14 @@ def run(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "workers": sizes.workers,
+        "decode_on": "device"
+        if decodes_on_device(DataConfig(decode_on=args.decode_on), device)
+        else "loader",
+        "pretext_augment_on": "device"
+        if renders_on_device(
+            PretrainConfig(augment_on=args.augment_on), device, DataConfig(decode_on=args.decode_on)
+        )
+        else "loader",
         "small": small,
         "note": SMALL_NOTE.format(px=px, steps=sizes.steps, batch=sizes.batch) if small else "",
         "data": data,
@@ -425,6 +541,7 @@ def run(args: argparse.Namespace) -> dict:
         "rows": rows,
         "ratios": ratios(rows),
         "eval": evals,
+        "render": render,
     }
 
 

@@ -100,13 +100,15 @@ class DataSpec:
 
     def identity(self, kind: str) -> dict[str, Any]:
         """What of the data changes a stage's result (part of its content hash): not the store path, not
-        loader_workers; a pretrain never reads the detection file (HSJP precision uses GT persons)."""
+        loader_workers (decode_on does: OpenCV and nvJPEG differ by a few grey levels); a pretrain never
+        reads the detection file (HSJP precision uses GT persons)."""
         c = self.config
         ident: dict[str, Any] = {
             "train_split": c.train_split,
             "val_split": c.val_split,
             "max_train_instances": c.max_train_instances,
             "max_val_instances": c.max_val_instances,
+            "decode_on": c.decode_on,  # decoders differ by a few grey levels
         }
         if self.synthetic is not None:
             ident["synthetic"] = dataclasses.asdict(self.synthetic)

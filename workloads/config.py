@@ -55,6 +55,9 @@ class ModelConfig:
 
 
 # ---------------------------------------------------------------------------------------------- data
+DECODE_ON = ("auto", "loader", "device")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     coco_root: str = ""
@@ -74,6 +77,11 @@ class DataConfig:
     """Cap on validation instances / images (first K by id); None = all (the paper's setting)."""
     loader_workers: int = 2
     """DataLoader worker processes per training worker (0 = load in the training process)."""
+    decode_on: str = "auto"
+    """Where training JPEGs are decoded and cropped: `loader` (OpenCV in the DataLoader workers, as the
+    official HRNet code), `device` (torchvision.io.decode_jpeg on the training device — nvJPEG on CUDA —
+    and one batched bilinear crop: data/device_decode.py; JPEG only; for the pretext it implies
+    `augment_on: device`), or `auto` (device on CUDA, loader on CPU). Evaluation always decodes with OpenCV."""
 
     def validate(self, where: str = "data") -> None:
         if self.max_train_instances is not None:
@@ -81,6 +89,7 @@ class DataConfig:
         if self.max_val_instances is not None:
             _at_least(self.max_val_instances, 1, f"{where}.max_val_instances")
         _at_least(self.loader_workers, 0, f"{where}.loader_workers")
+        _choice(self.decode_on, DECODE_ON, f"{where}.decode_on")
 
 
 # ------------------------------------------------------------------------------------------- runtime
@@ -99,6 +108,9 @@ class RuntimeConfig:
 
 
 # ------------------------------------------------------------------------------------------- pretext
+AUGMENT_ON = ("auto", "loader", "device")
+
+
 @dataclass(frozen=True)
 class HSJPAugConfig:
     """Augmentations of the shuffled composite (paper §3.2). Probabilities are per sample."""
@@ -194,6 +206,11 @@ class PretrainConfig:
     """Training augmentations (paper §3.2)."""
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     """Precision / memory-format switches."""
+    augment_on: str = "auto"
+    """Where the training puzzles are augmented and composed: `loader` (per sample with OpenCV in the
+    DataLoader workers, as the official HRNet pipeline does), `device` (batched on the training device
+    from the uint8 crops and the same random draws: hsjp/batched.py), or `auto` (device on CUDA, loader
+    on CPU, where the workers run beside the training step)."""
 
     @property
     def patch_px(self) -> int:
@@ -222,6 +239,7 @@ class PretrainConfig:
         self.model.validate(f"{where}.model")
         self.aug.validate(f"{where}.aug")
         self.runtime.validate(f"{where}.runtime")
+        _choice(self.augment_on, AUGMENT_ON, f"{where}.augment_on")
         if self.method == "imagenet" and not self.checkpoint:
             raise ConfigError(
                 f"{where}.checkpoint: method 'imagenet' needs the path of an ImageNet checkpoint "

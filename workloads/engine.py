@@ -82,6 +82,7 @@ def make_loader(
     workers: int,
     shuffle: bool = True,
     drop_last: bool = True,
+    collate_fn: Callable | None = None,
 ) -> tuple[DataLoader, EpochSampler]:
     """A loader over `dataset` (whose __getitem__ takes an `(epoch, index)` key) for this rank.
 
@@ -99,6 +100,7 @@ def make_loader(
         drop_last=drop_last,
         pin_memory=ctx.device.type == "cuda",
         persistent_workers=workers > 0,
+        collate_fn=collate_fn,
     )
     return loader, sampler
 

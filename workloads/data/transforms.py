@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -94,12 +95,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_image_skipping(
-    instances: Sequence[PersonInstance], index: int, skipped: set[str]
-) -> tuple[int, np.ndarray]:
+    instances: Sequence[PersonInstance],
+    index: int,
+    skipped: set[str],
+    reader: Callable[[str], Any] = read_image,
+) -> tuple[int, Any]:
     """(j, image) of the first readable image of instances index, index + 1, ... (wrapping), for training
     sets: one corrupt JPEG among 150k must not end a 240-epoch run. Each unreadable file is warned once,
     with the running count of `skipped` files (the caller's set: per data set and loader process), and
-    not tried again. CocoDataError naming the file when no item's image can be read."""
+    not tried again. CocoDataError naming the file when no item's image can be read. `reader`: path →
+    image (`read_image`), or → the file's bytes (device_decode.read_jpeg_bytes); it raises CocoDataError."""
     count = len(instances)
     for step in range(count):
         j = (index + step) % count
@@ -107,7 +112,7 @@ def read_image_skipping(
         if path in skipped:
             continue
         try:
-            return j, read_image(path)
+            return j, reader(path)
         except CocoDataError as exc:
             skipped.add(path)
             log.warning(
@@ -130,6 +135,13 @@ def normalize_image(img_uint8_hwc: np.ndarray) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return tensor.sub_(mean).div_(std)
+
+
+def normalize_batch(x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 255] → /255, ImageNet mean/std (transforms.normalize_image, batched)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x / 255.0 - mean) / std
 
 
 def flip_joints(joints_xy: np.ndarray, vis: np.ndarray, width: float, pairs) -> tuple[np.ndarray, np.ndarray]:

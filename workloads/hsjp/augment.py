@@ -101,43 +101,89 @@ def blur_kernel_px(side_px: int) -> int:
     return k if k % 2 else k + 1
 
 
-def color_augment(image_hwc: np.ndarray, aug: HSJPAugConfig, rng: np.random.Generator) -> np.ndarray:
-    """[H, W, 3] uint8 RGB → augmented [H, W, 3] uint8 (see the module docstring for order and strengths)."""
-    img = image_hwc
+@dataclass(frozen=True)
+class ColorParams:
+    """The colour draws of one sample, made once by `sample_color` and applied either per sample on the
+    CPU (`apply_color`) or batched on the training device (batched.color_augment_batch) — the same
+    draws, so both paths make the same augmentation up to 8-bit rounding."""
+
+    jitter: tuple[tuple[int, float], ...] = ()
+    """(op, value) in the order applied: op 0 brightness / 1 contrast / 2 saturation factor, 3 hue shift."""
+    channel_perm: tuple[int, int, int] | None = None
+    """Colour distortion: output channel c is input channel channel_perm[c]."""
+    grayscale: bool = False
+    blur_sigma: float = 0.0
+    """Gaussian blur σ in px; 0 = no blur."""
+    solarize: bool = False
+
+    def to_vector(self) -> np.ndarray:
+        """[COLOR_VECTOR_LEN] float32, the form a DataLoader collates (see COLOR_VECTOR_LEN)."""
+        vec = np.zeros(COLOR_VECTOR_LEN, dtype=np.float32)
+        vec[:4] = -1
+        vec[4:8] = (1.0, 1.0, 1.0, 0.0)
+        for slot, (op, value) in enumerate(self.jitter):
+            vec[slot] = op
+            vec[4 + op] = value
+        vec[8:11] = self.channel_perm if self.channel_perm is not None else (0, 1, 2)
+        vec[11], vec[12], vec[13] = float(self.grayscale), self.blur_sigma, float(self.solarize)
+        return vec
+
+
+COLOR_VECTOR_LEN = 14
+"""ColorParams.to_vector layout: [0:4] jitter ops in order (-1 = none), [4:8] value per op (brightness,
+contrast, saturation factors, hue shift), [8:11] channel permutation, [11] grayscale, [12] blur σ,
+[13] solarise."""
+
+
+def sample_color(aug: HSJPAugConfig, rng: np.random.Generator) -> ColorParams:
+    """All colour draws of one sample, in a fixed order (see the module docstring for strengths)."""
+    jitter: list[tuple[int, float]] = []
     if rng.random() < aug.color_jitter_prob:
-        img = _jitter(img, aug, rng)
+        # brightness, contrast, saturation, hue in a random order (torchvision ColorJitter semantics)
+        for op in rng.permutation(4):
+            if op == 3:
+                if aug.hue > 0:
+                    jitter.append((3, float(rng.uniform(-aug.hue, aug.hue))))
+                continue
+            strength = (aug.brightness, aug.contrast, aug.saturation)[op]
+            if strength > 0:
+                jitter.append((int(op), float(rng.uniform(max(0.0, 1 - strength), 1 + strength))))
+    perm = None
     if rng.random() < aug.distortion_prob:
-        img = img[:, :, rng.permutation(3)]
-    if rng.random() < aug.grayscale_prob:
+        perm = tuple(int(c) for c in rng.permutation(3))
+    gray = bool(rng.random() < aug.grayscale_prob)
+    sigma = float(rng.uniform(*aug.blur_sigma)) if rng.random() < aug.blur_prob else 0.0
+    solarize = bool(rng.random() < aug.solarize_prob)
+    return ColorParams(tuple(jitter), perm, gray, sigma, solarize)  # type: ignore[arg-type]
+
+
+def color_augment(image_hwc: np.ndarray, aug: HSJPAugConfig, rng: np.random.Generator) -> np.ndarray:
+    """[H, W, 3] uint8 RGB → augmented [H, W, 3] uint8: `sample_color` then `apply_color`."""
+    return apply_color(image_hwc, sample_color(aug, rng))
+
+
+def apply_color(image_hwc: np.ndarray, params: ColorParams) -> np.ndarray:
+    """[H, W, 3] uint8 RGB → [H, W, 3] uint8 with the drawn colour augmentation, per sample on the CPU."""
+    img = image_hwc
+    for op, value in params.jitter:
+        if op == 3:
+            img = shift_hue(img, value)
+            continue
+        fn = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)[op]
+        img = fn(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), value).permute(1, 2, 0).numpy()
+    if params.channel_perm is not None:
+        img = img[:, :, list(params.channel_perm)]
+    if params.grayscale:
         img = np.repeat(cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
-    if rng.random() < aug.blur_prob:
-        sigma = float(rng.uniform(*aug.blur_sigma))
-        k = blur_kernel_px(max(img.shape[:2]))
+    if params.blur_sigma > 0:
+        sigma, k = params.blur_sigma, blur_kernel_px(max(img.shape[:2]))
         # cv2 instead of TF.gaussian_blur: the same separable kernel and reflect border, ~20× faster on CPU
         img = cv2.GaussianBlur(
             np.ascontiguousarray(img), (k, k), sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101
         )
-    if rng.random() < aug.solarize_prob:
+    if params.solarize:
         img = np.where(img >= SOLARIZE_THRESHOLD, 255 - img, img).astype(np.uint8)
     return np.ascontiguousarray(img)
-
-
-def _jitter(img: np.ndarray, aug: HSJPAugConfig, rng: np.random.Generator) -> np.ndarray:
-    """Brightness, contrast, saturation, hue in a random order (torchvision ColorJitter semantics)."""
-    for op in rng.permutation(4):
-        if op == 3:
-            if aug.hue > 0:
-                img = shift_hue(img, float(rng.uniform(-aug.hue, aug.hue)))
-            continue
-        strength = (aug.brightness, aug.contrast, aug.saturation)[op]
-        if strength <= 0:
-            continue
-        factor = float(rng.uniform(max(0.0, 1 - strength), 1 + strength))
-        fn = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)[op]
-        img = (
-            fn(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), factor).permute(1, 2, 0).numpy()
-        )
-    return img
 
 
 def shift_hue(image_hwc: np.ndarray, hue_factor: float) -> np.ndarray:

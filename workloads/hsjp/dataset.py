@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from workloads.config import DataConfig, PretrainConfig
 from workloads.data.coco import PersonInstance, load_persons
+from workloads.data.device_decode import BYTES_KEY, read_jpeg_bytes
 from workloads.data.transforms import (
     affine_points,
     get_affine_transform,
@@ -37,9 +38,11 @@ from workloads.data.transforms import (
 )
 from workloads.engine import sample_rng
 from workloads.hsjp.augment import (
+    ColorParams,
     SpatialParams,
-    color_augment,
+    apply_color,
     composite_matrix,
+    sample_color,
     sample_spatial,
     warp_composite,
 )
@@ -68,47 +71,116 @@ def read_crop(instance: PersonInstance, side_px: int, image: np.ndarray | None =
     """[side, side, 3] uint8: the instance's box crop (HRNet affine, no rotation); `image` = its
     already decoded image, else it is read."""
     image = read_image(instance.image_path) if image is None else image
-    mat = get_affine_transform(instance.center_xy, instance.scale_wh, 0.0, (side_px, side_px))
-    return warp_crop(image, mat, (side_px, side_px))
+    return warp_crop(image, crop_matrix(instance, side_px), (side_px, side_px))
+
+
+def crop_matrix(instance: PersonInstance, side_px: int) -> np.ndarray:
+    """[2, 3] image px → the instance's square side×side crop (HRNet affine, no rotation)."""
+    return get_affine_transform(instance.center_xy, instance.scale_wh, 0.0, (side_px, side_px))
+
+
+@dataclass
+class PuzzleDraw:
+    """Everything random about one puzzle, and the geometry that follows from it (no pixels)."""
+
+    perm: np.ndarray
+    """[N²] int64: composite position k shows original patch perm[k]."""
+    color: ColorParams | None
+    """The colour augmentation (None: none — validation)."""
+    matrix: np.ndarray
+    """[2, 3] float64 continuous-coordinate affine: padded composite (S²) → input (input²)."""
+    centers_xy: np.ndarray
+    """[N², 2] float32 xy input px (right half with concat_original)."""
+    mask: np.ndarray
+    """[N²] float32 M_i."""
+
+
+def draw_puzzle(cfg: PretrainConfig, rng: np.random.Generator, augment: bool) -> PuzzleDraw:
+    """The draws of one puzzle in a fixed order — shuffle, colour, spatial — and its targets; pure given `rng`.
+    Both renderings (per sample here, batched on the device in batched.py) start from this."""
+    n, size = cfg.n, cfg.input_size
+    side = padded_size(size, n)
+    perm = fisher_yates(n * n, rng)
+    color = sample_color(cfg.aug, rng) if augment else None
+    params = sample_spatial(cfg.aug, rng) if augment else SpatialParams()
+    mat = composite_matrix(side, size, params)
+    centers = affine_points(shuffled_centers_xy(perm, n, side // n), mat)
+    mask = inside_mask(centers, size, size)
+    if cfg.concat_original:
+        centers = centers + np.array([size, 0.0])
+    return PuzzleDraw(perm, color, mat, centers.astype(np.float32), mask)
+
+
+def check_crop(crop, cfg: PretrainConfig) -> int:
+    """The padded side S, after checking that `crop` ([S, S, 3], or [B, S, S, 3]) has it."""
+    side = padded_size(cfg.input_size, cfg.n)
+    if tuple(crop.shape[-3:-1]) != (side, side):
+        raise ValueError(
+            f"puzzle: crops must be {side}×{side} (padded size for input {cfg.input_size}, N={cfg.n}), "
+            f"got shape {tuple(crop.shape)}"
+        )
+    return side
+
+
+def render_sample(crop: np.ndarray, draw: PuzzleDraw, cfg: PretrainConfig) -> np.ndarray:
+    """The network input of `draw` from the [S, S, 3] uint8 crop, per sample with OpenCV:
+    colour on the crop, shuffle, one warp to input×input, the original on the left with concat_original."""
+    size, side = cfg.input_size, check_crop(crop, cfg)
+    if draw.color is not None:
+        crop = apply_color(crop, draw.color)
+    shuffled = warp_composite(shuffle_image(crop, draw.perm, cfg.n), draw.matrix, size)
+    if cfg.concat_original:
+        original = warp_composite(crop, composite_matrix(side, size, SpatialParams()), size)
+        shuffled = np.concatenate([original, shuffled], axis=1)
+    return np.ascontiguousarray(shuffled)
 
 
 def build_sample(
     crop: np.ndarray, cfg: PretrainConfig, rng: np.random.Generator, augment: bool
 ) -> PuzzleSample:
     """A puzzle from a [S, S, 3] uint8 crop (S = padded_size(cfg.input_size, cfg.n)); pure given `rng`."""
-    n, size = cfg.n, cfg.input_size
-    side = padded_size(size, n)
-    if crop.shape[:2] != (side, side):
-        raise ValueError(
-            f"build_sample: crop must be {side}×{side} (padded size for input {size}, N={n}), "
-            f"got {crop.shape}"
-        )
-    perm = fisher_yates(n * n, rng)
-    if augment:
-        crop = color_augment(crop, cfg.aug, rng)
-    params = sample_spatial(cfg.aug, rng) if augment else SpatialParams()
-    mat = composite_matrix(side, size, params)
-    shuffled = warp_composite(shuffle_image(crop, perm, n), mat, size)
-    centers = affine_points(shuffled_centers_xy(perm, n, side // n), mat)
-    mask = inside_mask(centers, size, size)
-    if cfg.concat_original:
-        original = warp_composite(crop, composite_matrix(side, size, SpatialParams()), size)
-        shuffled = np.concatenate([original, shuffled], axis=1)
-        centers = centers + np.array([size, 0.0])
-    return PuzzleSample(np.ascontiguousarray(shuffled), centers.astype(np.float32), mask, perm)
+    check_crop(crop, cfg)
+    draw = draw_puzzle(cfg, rng, augment)
+    return PuzzleSample(render_sample(crop, draw, cfg), draw.centers_xy, draw.mask, draw.perm)
 
 
 class PuzzleDataset(Dataset):
     """Training (`train=True`, key `(epoch, index)` from engine.EpochSampler) or validation puzzles
     (`train=False`, key = index). Items: {"image": [3, H, W] float (ImageNet-normalised),
-    "centers_xy": [N², 2] float32, "mask": [N²] float32}."""
+    "centers_xy": [N², 2] float32, "mask": [N²] float32}.
 
-    def __init__(self, instances: list[PersonInstance], cfg: PretrainConfig, *, train: bool, seed: int = 0):
+    `render_on_device=True` (training only; `augment_on: device`): instead of "image", the item carries
+    the draws and the uint8 crop they apply to — "crop" [S, S, 3] uint8, "color" [14] float32
+    (ColorParams.to_vector), "perm" [N²] int64, "matrix" [2, 3] float64 — and batched.render_batch makes
+    the images on the device. Same key → same draws, centres and mask as the per-sample path.
+    `decode_on_device=True` as well (`data.decode_on: device`): no decoding here either — "jpeg" (the
+    file's bytes), "path" and "crop_matrix" [2, 3] (image → S×S crop) replace "crop"; collate with
+    device_decode.collate_with_bytes."""
+
+    def __init__(
+        self,
+        instances: list[PersonInstance],
+        cfg: PretrainConfig,
+        *,
+        train: bool,
+        seed: int = 0,
+        render_on_device: bool = False,
+        decode_on_device: bool = False,
+    ):
         if not instances:
             raise ValueError(
                 f"PuzzleDataset: no person instances ({'train' if train else 'val'} split is empty)"
             )
+        if render_on_device and not train:
+            raise ValueError(
+                "PuzzleDataset: render_on_device is for training puzzles (validation has no augmentation)"
+            )
         self.instances, self.cfg, self.train, self.seed = instances, cfg, train, seed
+        if decode_on_device and not render_on_device:
+            raise ValueError(
+                "PuzzleDataset: decode_on_device needs render_on_device (the crop is made on the device)"
+            )
+        self.render_on_device, self.decode_on_device = render_on_device, decode_on_device
         self.side = padded_size(cfg.input_size, cfg.n)
         self.skipped: set[str] = set()
         """Unreadable image files met so far (in this process); their persons are replaced by the next."""
@@ -122,18 +194,37 @@ class PuzzleDataset(Dataset):
         else:
             epoch, index = 0, key[1] if isinstance(key, tuple) else key
         # a corrupt image: the next person stands in (warned and counted), with its own randomness
-        index, image = read_image_skipping(self.instances, index, self.skipped)
+        reader = read_jpeg_bytes if self.decode_on_device else read_image
+        index, image = read_image_skipping(self.instances, index, self.skipped, reader)
         if self.train:
             rng = sample_rng(self.seed, epoch, index)
         else:
             rng = np.random.default_rng([PRECISION_SEED, index])
-        crop = read_crop(self.instances[index], self.side, image)
-        sample = build_sample(crop, self.cfg, rng, augment=self.train)
-        return {
-            "image": normalize_image(sample.image),
-            "centers_xy": torch.from_numpy(sample.centers_xy),
-            "mask": torch.from_numpy(sample.mask),
-        }
+        draw = draw_puzzle(self.cfg, rng, augment=self.train)
+        item = {"centers_xy": torch.from_numpy(draw.centers_xy), "mask": torch.from_numpy(draw.mask)}
+        inst = self.instances[index]
+        if self.decode_on_device:
+            item.update(
+                {
+                    BYTES_KEY: image,
+                    "path": inst.image_path,
+                    "crop_matrix": torch.from_numpy(crop_matrix(inst, self.side)),
+                }
+            )
+        else:
+            crop = read_crop(inst, self.side, image)
+        if self.render_on_device:
+            assert draw.color is not None  # training draws always carry colour params
+            if not self.decode_on_device:
+                item["crop"] = torch.from_numpy(np.ascontiguousarray(crop))
+            item.update(
+                color=torch.from_numpy(draw.color.to_vector()),
+                perm=torch.from_numpy(draw.perm),
+                matrix=torch.from_numpy(draw.matrix),
+            )
+        else:
+            item["image"] = normalize_image(render_sample(crop, draw, self.cfg))
+        return item
 
 
 def load_instances(data: DataConfig, *, train: bool, seed: int) -> list[PersonInstance]:

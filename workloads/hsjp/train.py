@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from workloads.config import DataConfig, PretrainConfig, to_dict
 from workloads.context import StageContext, StageResult
+from workloads.data.device_decode import collate_with_bytes, decodes_on_device
 from workloads.engine import (
     EpochSampler,
     LoopSpec,
@@ -35,6 +36,7 @@ from workloads.engine import (
     make_scheduler,
     run_epochs,
 )
+from workloads.hsjp.batched import batch_images, check_placement, renders_on_device
 from workloads.hsjp.dataset import PuzzleDataset, load_instances
 from workloads.hsjp.loss import masked_mse
 from workloads.hsjp.precision import evaluate_precision, wants_channels_last
@@ -77,7 +79,7 @@ def train_epoch(loop: _Loop, epoch: int) -> dict:
     report_every = max(1, steps // REPORTS_PER_EPOCH)
     t0 = time.perf_counter()
     for step, batch in enumerate(loop.loader):
-        images = batch["image"].to(device, non_blocking=True)
+        images = batch_images(batch, cfg, device)  # rendered here with augment_on: device
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         centers = batch["centers_xy"].to(device, non_blocking=True)  # [B, K, 2] xy input px
@@ -136,8 +138,29 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
     model = ctx.prepare_model(apply_memory_format(model, cfg.runtime, device))
     if cfg.runtime.compile and device.type == "cuda":
         model = torch.compile(model)
-    train_set = PuzzleDataset(load_instances(data, train=True, seed=cfg.seed), cfg, train=True, seed=cfg.seed)
-    loader, sampler = make_loader(train_set, cfg.batch_size, ctx, cfg.seed, data.loader_workers)
+    check_placement(cfg, data, device)
+    decode_here = decodes_on_device(data, device)
+    train_set = PuzzleDataset(
+        load_instances(data, train=True, seed=cfg.seed),
+        cfg,
+        train=True,
+        seed=cfg.seed,
+        render_on_device=renders_on_device(cfg, device, data),
+        decode_on_device=decode_here,
+    )
+    log.info(
+        "pretext training data: decoded on the %s, puzzles made on the %s",
+        "device" if decode_here else "loader",
+        "device" if train_set.render_on_device else "loader",
+    )
+    loader, sampler = make_loader(
+        train_set,
+        cfg.batch_size,
+        ctx,
+        cfg.seed,
+        data.loader_workers,
+        collate_fn=collate_with_bytes if decode_here else None,
+    )
     optimizer = make_optimizer(model, cfg.lr)
     scheduler = make_scheduler(optimizer, cfg.milestones, cfg.lr_factor)
     stride = heatmap_stride(cfg.input_size, cfg.heatmap_size)

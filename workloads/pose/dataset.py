@@ -31,6 +31,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from workloads.config import DataConfig, FinetuneConfig, PoseAugConfig
 from workloads.data.coco import PIXEL_STD, PersonInstance, load_persons
+from workloads.data.device_decode import BYTES_KEY, read_jpeg_skipping
 from workloads.data.keypoints import FLIP_PAIRS, LOWER_BODY_IDS, UPPER_BODY_IDS
 from workloads.data.transforms import (
     affine_points,
@@ -174,7 +175,10 @@ class PoseTrainDataset(Dataset):
     """Training samples keyed by `(epoch, index)` (engine.make_loader); all randomness from sample_rng.
 
     Items are (image, heatmaps [17, h, w], weights [17]), or with `device_targets` (image, joints [17, 2]
-    xy crop px, visible [17]) for the training step to build the same targets on its device.
+    xy crop px, visible [17]) for the training step to build the same targets on its device, or with
+    `decode_on_device` as well (`data.decode_on: device`) a dict {"jpeg": the file's bytes, "path",
+    "crop_matrix" [2, 3] image → crop (flip included), "joints", "visible"} for the step to decode and crop
+    on its device (collate with device_decode.collate_with_bytes).
     """
 
     def __init__(
@@ -184,13 +188,18 @@ class PoseTrainDataset(Dataset):
         seed: int,
         augment: bool = True,
         device_targets: bool = False,
+        decode_on_device: bool = False,
     ):
         if not instances:
             raise ValueError(
                 "PoseTrainDataset: no training instances (check data.train_split and the filters)"
             )
         self.instances, self.cfg, self.seed, self.augment = list(instances), cfg, seed, augment
-        self.device_targets = device_targets
+        if decode_on_device and not device_targets:
+            raise ValueError(
+                "PoseTrainDataset: decode_on_device needs device_targets (both are made on the device)"
+            )
+        self.device_targets, self.decode_on_device = device_targets, decode_on_device
         self.aspect_ratio = cfg.input_hw[1] / cfg.input_hw[0]  # W / H (HRNet: 192 / 256)
         self._threads_limited = False
         self.skipped: set[str] = set()
@@ -206,10 +215,28 @@ class PoseTrainDataset(Dataset):
             return identity_params(inst)
         return sample_augmentation(inst, self.cfg.aug, self.aspect_ratio, sample_rng(self.seed, epoch, index))
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]):
         if not self._threads_limited and get_worker_info() is not None:
             cv2.setNumThreads(1)  # one decode/warp thread per loader worker (workers already run in parallel)
             self._threads_limited = True
+        if self.decode_on_device:
+            index, data = read_jpeg_skipping(self.instances, key[1], self.skipped)
+            inst = self.instances[index]
+            # the flip mirrors about the annotated image width (the image itself is decoded on the device)
+            image_mat, joints, vis = crop_geometry(
+                self.sample_params((key[0], index)),
+                inst.keypoints[:, :2],
+                inst.joints_vis,
+                inst.image_wh[0],
+                self.cfg.input_hw,
+            )
+            return {
+                BYTES_KEY: data,
+                "path": inst.image_path,
+                "crop_matrix": torch.from_numpy(image_mat),
+                "joints": torch.from_numpy(joints),
+                "visible": torch.from_numpy(np.asarray(vis, dtype=np.float32)),
+            }
         index, image = read_image_skipping(self.instances, key[1], self.skipped)
         build = make_sample_joints if self.device_targets else make_sample
         return build(image, self.instances[index], self.sample_params((key[0], index)), self.cfg)

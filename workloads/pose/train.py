@@ -36,7 +36,9 @@ from torch.utils.data import DataLoader
 from workloads.config import DataConfig, FinetuneConfig, ModelConfig, PretrainConfig, to_dict
 from workloads.context import StageContext, StageResult
 from workloads.data.coco import PersonInstance, annotation_path, load_detections, load_persons
+from workloads.data.device_decode import collate_with_bytes, decode_and_crop, decodes_on_device
 from workloads.data.keypoints import NUM_KEYPOINTS
+from workloads.data.transforms import normalize_batch
 from workloads.engine import (
     EpochSampler,
     LoopSpec,
@@ -160,13 +162,24 @@ def uses_device_targets(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def batch_size_of(batch) -> int:
+    """Samples in a training batch: a (images, …) tuple or a decode-on-device dict."""
+    return len(batch["path"]) if isinstance(batch, dict) else int(batch[0].shape[0])
+
+
 def train_step(
     model: nn.Module, batch, optimizer: torch.optim.Optimizer, cfg: FinetuneConfig, device: torch.device
 ) -> torch.Tensor:
     """One Adam step on (images [B, 3, H, W], heatmaps [B, 17, h, w], weights [B, 17]) or on
     (images, joints [B, 17, 2] xy crop px, visible [B, 17]) whose targets are made here, on `device`
     (`PoseTrainDataset(device_targets=True)`); returns the loss."""
-    images, targets, weights = (t.to(device, non_blocking=True) for t in batch)
+    if isinstance(batch, dict):  # decode_on: device — decode, crop and normalise here
+        crops, ok = decode_and_crop(batch, (cfg.input_hw[1], cfg.input_hw[0]), device)
+        images = normalize_batch(crops)
+        targets = batch["joints"].to(device, non_blocking=True)
+        weights = (batch["visible"] * ok.view(-1, 1).to(batch["visible"].dtype)).to(device, non_blocking=True)
+    else:
+        images, targets, weights = (t.to(device, non_blocking=True) for t in batch)
     if targets.dim() == 3:  # joints: the same targets as the per-sample path, batched on the device
         targets, weights = make_heatmaps_batched(targets, weights, cfg.input_hw, cfg.heatmap_hw, cfg.sigma)
     if wants_channels_last(cfg, device):
@@ -198,8 +211,9 @@ def train_epoch(loop: _Loop, epoch: int) -> dict:
     for step, batch in enumerate(loop.loader):
         wait += time.perf_counter() - t_wait
         loss = train_step(loop.model, batch, loop.optimizer, loop.cfg, device)
-        total += loss.double() * batch[0].shape[0]
-        seen += batch[0].shape[0]
+        count = batch_size_of(batch)
+        total += loss.double() * count
+        seen += count
         if (step + 1) % report_every == 0 or step + 1 == steps:
             running = _global_mean(total, seen, ctx.world_size)
             ctx.report(
@@ -342,12 +356,20 @@ def run_finetune(
     if cfg.runtime.compile and device.type == "cuda":
         model = torch.compile(model)
     train_persons, total_persons = load_train_instances(cfg, data)
+    decode_here = decodes_on_device(data, device)
     loader, sampler = make_loader(
-        PoseTrainDataset(train_persons, cfg, seed=cfg.seed, device_targets=uses_device_targets(device)),
+        PoseTrainDataset(
+            train_persons,
+            cfg,
+            seed=cfg.seed,
+            device_targets=decode_here or uses_device_targets(device),
+            decode_on_device=decode_here,
+        ),
         cfg.batch_size,
         ctx,
         cfg.seed,
         data.loader_workers,
+        collate_fn=collate_with_bytes if decode_here else None,
     )
     optimizer = make_optimizer(model, cfg.lr)  # trainable parameters only
     scheduler = make_scheduler(optimizer, cfg.milestones, cfg.lr_factor)
