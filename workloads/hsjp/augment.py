@@ -14,8 +14,10 @@ optional grayscale conversion, gaussian blur, and solarisation", refs [6, 16, 17
 SimCLR/BYOL order — jitter (the four adjustments in random order, BYOL strengths), colour distortion
 (a random channel permutation), grayscale, Gaussian blur (kernel ≈ 10 % of the side, odd: 23 px at
 224 as BYOL), solarisation (threshold 128 of 255, BYOL's 0.5). Brightness / contrast / saturation are
-torchvision.transforms.v2 functional ops; hue and blur use cv2 equivalents, which are 20–70× faster
-on CPU (measured: TF.adjust_hue 9 ms, TF.gaussian_blur 23×23 31 ms per 228² crop on one thread). They are applied to the person crop
+torchvision.transforms.v2's uint8 blends (`blend_uint8`: the same torch operations, so bit-identical,
+without importing torchvision, whose package import costs ~2 s of CPU per stage process); hue and blur
+use cv2 equivalents, which are 20–70× faster on CPU (measured: TF.adjust_hue 9 ms, TF.gaussian_blur
+23×23 31 ms per 228² crop on one thread). They are applied to the person crop
 BEFORE it is shuffled (dataset.py): all but the blur act per pixel, so this equals augmenting the
 composite, keeps the `concat_original` halves identically coloured, and keeps warp borders black
 (0 before normalisation, as HRNet). Every random draw comes from the sample's numpy Generator.
@@ -30,7 +32,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 
 from workloads.config import HSJPAugConfig
 from workloads.data.transforms import warp_crop
@@ -169,8 +170,8 @@ def apply_color(image_hwc: np.ndarray, params: ColorParams) -> np.ndarray:
         if op == 3:
             img = shift_hue(img, value)
             continue
-        fn = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)[op]
-        img = fn(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), value).permute(1, 2, 0).numpy()
+        img = blend_uint8(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), op, value)
+        img = img.permute(1, 2, 0).numpy()
     if params.channel_perm is not None:
         img = img[:, :, list(params.channel_perm)]
     if params.grayscale:
@@ -184,6 +185,19 @@ def apply_color(image_hwc: np.ndarray, params: ColorParams) -> np.ndarray:
     if params.solarize:
         img = np.where(img >= SOLARIZE_THRESHOLD, 255 - img, img).astype(np.uint8)
     return np.ascontiguousarray(img)
+
+
+def blend_uint8(image_chw: torch.Tensor, op: int, factor: float) -> torch.Tensor:
+    """Brightness (op 0), contrast (1) or saturation (2) of a [3, H, W] uint8 image, as torchvision.transforms.v2's
+    adjust_* do on uint8: factor·image + (1 − factor)·(0 | mean floored grey | floored grey) in float32,
+    clamped to [0, 255] and truncated to uint8; grey = 0.2989 R + 0.587 G + 0.114 B."""
+    if op == 0:
+        other = torch.zeros_like(image_chw)
+    else:
+        r, g, b = image_chw.unbind(dim=-3)
+        grey = r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(-3).floor_()
+        other = grey.mean(dim=(-3, -2, -1), keepdim=True) if op == 1 else grey
+    return image_chw.mul(factor).add_(other, alpha=1.0 - factor).clamp_(0, 255).to(torch.uint8)
 
 
 def shift_hue(image_hwc: np.ndarray, hue_factor: float) -> np.ndarray:

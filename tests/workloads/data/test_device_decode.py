@@ -191,3 +191,23 @@ def test_placement_switches_resolve_and_a_contradiction_is_named():
         ConfigError, match="pretrain.augment_on = 'cuda': unknown; allowed: auto, loader, device"
     ):
         replace(cfg, augment_on="cuda").validate()
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG check of decode_on: device)"
+)
+def test_nvjpeg_decode_and_crop_match_opencv_within_a_few_levels(coco_mini):
+    cfg = FinetuneConfig(input_hw=(256, 192), heatmap_hw=(64, 48))
+    persons = load_persons(coco_mini, "train2017", with_keypoints=True, aspect_ratio=0.75)[:16]
+    loader = PoseTrainDataset(persons, cfg, seed=1, device_targets=True)
+    device = PoseTrainDataset(persons, cfg, seed=1, device_targets=True, decode_on_device=True)
+    keys = [(0, i) for i in range(len(persons))]
+    a = torch.utils.data.default_collate([loader[k] for k in keys])
+    crops, ok = decode_and_crop(
+        collate_with_bytes([device[k] for k in keys]), (192, 256), torch.device("cuda")
+    )
+    assert crops.is_cuda and ok.all()
+    diff = np.abs(_grey_levels(normalize_batch(crops).cpu()) - _grey_levels(a[0]))
+    # nvJPEG's IDCT / chroma upsampling are not libjpeg-turbo's: a few grey levels, not more
+    assert diff.mean() <= 2.0 and np.percentile(diff, 99) <= 12.0, (diff.mean(), np.percentile(diff, 99))

@@ -6,11 +6,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from workloads.config import HSJPAugConfig
 from workloads.data.transforms import affine_points
 from workloads.hsjp.augment import (
     SpatialParams,
+    blend_uint8,
     blur_kernel_px,
     color_augment,
     composite_matrix,
@@ -129,3 +131,12 @@ def test_hue_shift_turns_the_colour_wheel():
     assert green[0, 0, 1] > 240 and green[0, 0, 0] < 10 and green[0, 0, 2] < 10
     img = _crop(2)
     assert np.abs(shift_hue(img, 0.0).astype(int) - img).mean() < 3  # 8-bit HSV round trip is near-exact
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.6, 0.93, 1.0, 1.37])
+def test_uint8_blends_are_bit_identical_to_torchvision(factor):
+    import torchvision.transforms.v2.functional as TF
+
+    img = torch.from_numpy(_crop(5)).permute(2, 0, 1)
+    for op, fn in enumerate((TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)):
+        assert torch.equal(blend_uint8(img, op, factor), fn(img, factor)), (op, factor)

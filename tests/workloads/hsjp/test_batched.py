@@ -189,3 +189,22 @@ def test_dataset_items_on_real_crops_give_the_same_targets_and_images_within_rou
     assert torch.equal(batch_images(a, cfg, torch.device("cpu")), a["image"])  # loader images pass through
     with pytest.raises(ValueError, match="render_on_device is for training"):
         PuzzleDataset(persons, cfg, train=False, render_on_device=True)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (GPU check of augment_on: device)"
+)
+def test_rendering_on_cuda_equals_rendering_on_the_cpu():
+    cfg = PretrainConfig(n=6, input_size=96, heatmap_size=24, concat_original=True)
+    side = padded_size(96, 6)
+    crops = torch.from_numpy(np.stack([_smooth_crop(s, side) for s in range(8)]))
+    draws = [draw_puzzle(cfg, np.random.default_rng(s), augment=True) for s in range(8)]
+    color = torch.from_numpy(np.stack([d.color.to_vector() for d in draws]))
+    perm = torch.from_numpy(np.stack([d.perm for d in draws]))
+    matrix = torch.from_numpy(np.stack([d.matrix for d in draws]))
+    on_cpu = render_batch(crops, color, perm, matrix, cfg)
+    on_cuda = render_batch(crops.cuda(), color, perm, matrix, cfg)
+    assert on_cuda.is_cuda
+    torch.testing.assert_close(
+        on_cuda.cpu(), on_cpu, atol=2e-3, rtol=0
+    )  # float kernels differ in the last bits
