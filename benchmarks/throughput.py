@@ -3,8 +3,9 @@ pipeline, measured in the same run (DESIGN.md "Performance"; shared/notes/perfor
 
 For each backbone (HRNet-W32, SimpleBaseline-R50) and task (HSJP pretext 224×224 with N = 6, pose
 finetune 256×192) and for both pipelines ("ours": the workloads' real code paths — bf16 autocast and
-channels_last on CUDA, fused Adam, pinned memory, persistent workers, targets built on the device;
-"reference": `benchmarks.reference`) it prints:
+channels_last on CUDA, fused Adam, pinned memory, persistent workers, targets built on the device, and on
+CUDA by default JPEG decode + crop (`data.decode_on`) and the pretext augmentation (`pretrain.augment_on`)
+on the device too; "reference": `benchmarks.reference`) it prints:
 
 - full img/s: whole training steps fed by the real loader (decode, crop, augmentation, targets) over a
   set of images — a synthetic COCO-format set (`workloads.data.synthetic`) or `--coco-root`;
