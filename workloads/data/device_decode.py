@@ -26,12 +26,11 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from workloads.config import DataConfig
 from workloads.data.coco import CocoDataError, PersonInstance
-from workloads.data.transforms import read_image_skipping
+from workloads.data.transforms import pixel_index_to_continuous, read_image_skipping, warp_affine_batch
 
 log = logging.getLogger(__name__)
 
@@ -153,21 +152,7 @@ def crop_images(
     for i, im in enumerate(images):
         if im is not None:  # zeros beyond each image: bilinear there blends with black, as BORDER_CONSTANT 0
             canvas[i, :, : im.shape[1], : im.shape[2]] = im.to(device=device, dtype=torch.float32)
-    m = matrices.to(device=device, dtype=torch.float64)
-    a, bb, c, d = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
-    det = a * d - bb * c
-    inv_lin = torch.stack([torch.stack([d, -bb], -1), torch.stack([-c, a], -1)], 1) / det.view(-1, 1, 1)
-    inv_off = -(inv_lin @ m[:, :, 2:]).squeeze(-1)
-    ys, xs = torch.meshgrid(
-        torch.arange(out_h, dtype=torch.float64, device=device),
-        torch.arange(out_w, dtype=torch.float64, device=device),
-        indexing="ij",
-    )
-    pts = torch.stack([xs, ys], dim=-1).view(1, -1, 2)  # crop pixel indices
-    src = pts @ inv_lin.transpose(1, 2) + inv_off[:, None, :]  # source pixel indices [B, HW, 2]
-    scale = torch.tensor([w_max, h_max], dtype=torch.float64, device=device)
-    grid = ((2 * src + 1) / scale - 1).view(b, out_h, out_w, 2).float()  # align_corners=False
-    crops = F.grid_sample(canvas, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    crops = warp_affine_batch(canvas, pixel_index_to_continuous(matrices), output_wh)
     return crops * ok.to(device).view(-1, 1, 1, 1), ok
 
 

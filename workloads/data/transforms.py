@@ -16,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from workloads.data.coco import PIXEL_STD, CocoDataError, PersonInstance
 
@@ -135,6 +136,37 @@ def normalize_image(img_uint8_hwc: np.ndarray) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return tensor.sub_(mean).div_(std)
+
+
+def warp_affine_batch(x: torch.Tensor, matrices: torch.Tensor, output_wh) -> torch.Tensor:
+    """[B, C, H, W] float warped by continuous-coordinate affines [B, 2, 3] (source xy → output xy, pixel k
+    covering [k, k+1)) into [B, C, out_h, out_w]: bilinear, zeros outside — cv2.warpAffine with
+    BORDER_CONSTANT 0, batched on x's device. The 2×2 inverse is closed-form, so nothing waits for the device."""
+    b, _, h, w = x.shape
+    out_w, out_h = int(output_wh[0]), int(output_wh[1])
+    m = matrices.to(device=x.device, dtype=torch.float64, non_blocking=True)
+    a, bb, c, d = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
+    det = a * d - bb * c  # never 0 here: scaled rotations (negative when a pose flip mirrors)
+    inv_lin = torch.stack([torch.stack([d, -bb], -1), torch.stack([-c, a], -1)], 1) / det.view(-1, 1, 1)
+    inv_off = -(inv_lin @ m[:, :, 2:]).squeeze(-1)  # [B, 2]
+    gy, gx = torch.meshgrid(
+        torch.arange(out_h, dtype=torch.float64, device=x.device) + 0.5,
+        torch.arange(out_w, dtype=torch.float64, device=x.device) + 0.5,
+        indexing="ij",
+    )
+    pts = torch.stack([gx, gy], dim=-1).view(1, -1, 2)  # [1, out_h·out_w, 2] output pixel centres
+    src = pts @ inv_lin.transpose(1, 2) + inv_off[:, None, :]  # [B, ·, 2] source xy, float64 (640 px images)
+    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=torch.float64, device=x.device)
+    grid = (src * scale - 1.0).view(b, out_h, out_w, 2).to(x.dtype)  # align_corners=False
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def pixel_index_to_continuous(matrices: torch.Tensor) -> torch.Tensor:
+    """[B, 2, 3] affines in OpenCV's pixel-index convention (what warp_crop takes) → the continuous-coordinate
+    ones warp_affine_batch takes: with u = x + ½, b' = b + ½ − A·[½, ½] (inverse of augment.to_pixel_index_matrix)."""
+    m = matrices.to(torch.float64).clone()
+    m[:, :, 2] = m[:, :, 2] + 0.5 - m[:, :, :2].sum(dim=2) * 0.5
+    return m
 
 
 def normalize_batch(x: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from workloads.config import ConfigError, DataConfig, PretrainConfig
 from workloads.data.device_decode import BYTES_KEY, decode_and_crop, decodes_on_device
-from workloads.data.transforms import normalize_batch
+from workloads.data.transforms import normalize_batch, warp_affine_batch
 from workloads.hsjp.augment import SOLARIZE_THRESHOLD, SpatialParams, blur_kernel_px, composite_matrix
 from workloads.hsjp.puzzle import padded_size
 
@@ -146,23 +146,6 @@ def shuffle_batch(x: torch.Tensor, perm: torch.Tensor, n: int) -> torch.Tensor:
     return shuffled.permute(0, 3, 1, 4, 2, 5).reshape(b, c, s, s)
 
 
-def warp_batch(x: torch.Tensor, matrices: torch.Tensor, out_size: int) -> torch.Tensor:
-    """[B, C, S, S] warped by continuous-coordinate affines [B, 2, 3] (source → output, as
-    augment.composite_matrix) into [B, C, out, out]; bilinear, zeros outside (cv2.warpAffine, BORDER_CONSTANT)."""
-    b, _, s, _ = x.shape
-    m = matrices.to(device=x.device, dtype=torch.float64, non_blocking=True)
-    a, bb, c, d = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
-    det = a * d - bb * c  # s²·zoom² > 0 for every drawn transform; closed form: no device sync
-    inv_lin = torch.stack([torch.stack([d, -bb], -1), torch.stack([-c, a], -1)], 1) / det.view(-1, 1, 1)
-    inv_off = -(inv_lin @ m[:, :, 2:]).squeeze(-1)  # [B, 2]
-    centres = torch.arange(out_size, dtype=torch.float32, device=x.device) + 0.5
-    gy, gx = torch.meshgrid(centres, centres, indexing="ij")
-    pts = torch.stack([gx, gy], dim=-1).view(1, -1, 2)  # [1, out², 2] output pixel centres
-    src = pts @ inv_lin.transpose(1, 2).float() + inv_off[:, None, :].float()  # [B, out², 2] source xy
-    grid = (src * (2.0 / s) - 1.0).view(b, out_size, out_size, 2).to(x.dtype)  # align_corners=False
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
 def render_batch(
     crops: torch.Tensor, color: torch.Tensor, perm: torch.Tensor, matrices: torch.Tensor, cfg: PretrainConfig
 ) -> torch.Tensor:
@@ -183,12 +166,13 @@ def render_crops(
     """`render_batch` on float crops [B, 3, S, S] in 0–255."""
     side = x.shape[-1]
     x = color_augment_batch(x, color)
-    out = warp_batch(shuffle_batch(x, perm, cfg.n), matrices, cfg.input_size)
+    size = (cfg.input_size, cfg.input_size)
+    out = warp_affine_batch(shuffle_batch(x, perm, cfg.n), matrices, size)
     if cfg.concat_original:
         identity = torch.as_tensor(
             composite_matrix(side, cfg.input_size, SpatialParams()), dtype=torch.float64
         )
-        original = warp_batch(x, identity.expand(x.shape[0], 2, 3), cfg.input_size)
+        original = warp_affine_batch(x, identity.expand(x.shape[0], 2, 3), size)
         out = torch.cat([original, out], dim=3)
     return normalize_batch(out)
 

@@ -112,7 +112,7 @@ def draw_puzzle(cfg: PretrainConfig, rng: np.random.Generator, augment: bool) ->
 
 
 def check_crop(crop, cfg: PretrainConfig) -> int:
-    """The padded side S, after checking that `crop` ([S, S, 3], or [B, S, S, 3]) has it."""
+    """The padded side S, after checking that the [S, S, 3] `crop` has it."""
     side = padded_size(cfg.input_size, cfg.n)
     if tuple(crop.shape[-3:-1]) != (side, side):
         raise ValueError(
@@ -139,7 +139,6 @@ def build_sample(
     crop: np.ndarray, cfg: PretrainConfig, rng: np.random.Generator, augment: bool
 ) -> PuzzleSample:
     """A puzzle from a [S, S, 3] uint8 crop (S = padded_size(cfg.input_size, cfg.n)); pure given `rng`."""
-    check_crop(crop, cfg)
     draw = draw_puzzle(cfg, rng, augment)
     return PuzzleSample(render_sample(crop, draw, cfg), draw.centers_xy, draw.mask, draw.perm)
 

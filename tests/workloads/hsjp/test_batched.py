@@ -16,7 +16,7 @@ import torch
 
 from tests.workloads.hsjp.test_augment import NO_COLOUR  # colour augmentation off, spatial on
 from workloads.config import DataConfig, PretrainConfig
-from workloads.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from workloads.data.transforms import IMAGENET_MEAN, IMAGENET_STD, warp_affine_batch
 from workloads.hsjp.augment import ColorParams, SpatialParams, composite_matrix, warp_composite
 from workloads.hsjp.batched import (
     batch_images,
@@ -26,7 +26,6 @@ from workloads.hsjp.batched import (
     renders_on_device,
     shift_hue_batch,
     shuffle_batch,
-    warp_batch,
 )
 from workloads.hsjp.dataset import PuzzleDataset, draw_puzzle, load_instances, render_sample
 from workloads.hsjp.puzzle import padded_size, shuffle_image
@@ -117,7 +116,7 @@ def test_shuffle_and_warp_are_the_per_sample_ones():
     shuffled = shuffle_batch(x, torch.from_numpy(perm)[None], n)
     np.testing.assert_array_equal(shuffled[0].permute(1, 2, 0).numpy(), shuffle_image(crop, perm, n))
     mat = composite_matrix(side, 40, SpatialParams(scale=1.2, rotate_deg=30.0, translate_frac=(0.05, -0.1)))
-    warped = warp_batch(x, torch.from_numpy(mat)[None], 40)[0].permute(1, 2, 0).numpy()
+    warped = warp_affine_batch(x, torch.from_numpy(mat)[None], (40, 40))[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(
         warped, warp_composite(crop, mat, 40), atol=1.0
     )  # cv2: 1/32-px weights, rounded
