@@ -1,12 +1,13 @@
-"""Run a study's plan on Ray (DESIGN.md §3 and §5): Ray Tune schedules the trials, each trial runs
-its pretrain stage then its finetune stage (`orchestrator.stages`), the store keeps the results.
+"""Run a study's plan (Ray-free bookkeeping around the runner): lock the study, say what changed since
+its last run, resolve what needs no trial, hand the rest to a runner, summarise from the store.
 
 `run_study` is idempotent: finished stages are never recomputed (their result.json is read before
-any trainer starts; a study whose trials are all finished does not even start Ray), a half-done
-stage resumes from its last epoch checkpoint, a killed driver is recovered by running it again
-(`Tuner.restore` when the previous Tune experiment can be restored, else a fresh Tuner: both are
-correct because stage results live in the store). Tune trials reserve ~no resources themselves
-(ray.md §2: a whole-CPU trial deadlocks its own Train workers); GPUs go to stages.
+anything starts; a study whose stages are all finished does not even start Ray), a half-done stage
+resumes from its last epoch checkpoint, a killed driver is recovered by running it again. The runner
+is `orchestrator.ray_backend.RayRunner` (one Ray Tune trial per stage, handed out by the stage
+scheduler as stages become ready) unless a caller passes another (tests: an in-process fake).
+`simulate_study` runs the same scheduler on a local Ray with fake GPUs, each stage holding its real
+resource request for its estimated hours × a time scale (`hsjp-study run --simulate`).
 """
 
 from __future__ import annotations
@@ -14,93 +15,51 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
+import functools
 import io
 import logging
-import math
 import os
+import tempfile
 import time
-import uuid
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import filelock
-import ray
-from ray import tune
 
-from orchestrator import progress as progress_mod
-from orchestrator.progress import Progress, TuneProgressCallback
-from orchestrator.stages import StageFailed, run_stage
+from orchestrator.plan import Plan
+from orchestrator.progress import Progress
+from orchestrator.scheduler import (
+    StageScheduler,
+    describe_changes,
+    intervals_of,
+    lower_bound,
+    schedule_metrics,
+    unschedulable,
+)
+from orchestrator.stages import StageFailed, publish
 from orchestrator.store import Store, StoreError, check_study_name
+from workloads.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-TRIAL_RESOURCE = "hsjp_trial_driver"
-"""Custom resource for trial drivers: the local Ray started here defines it, so drivers hold no CPU;
-a cluster may define it on non-preemptible nodes (`ray start --resources '{"hsjp_trial_driver": 100}'`)
-to keep drivers there (ray.md §2). Without it a trial reserves 0.01 CPU."""
 MAIN_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
 
 
-# --------------------------------------------------------------------------------------------- Ray
-def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """A local Ray for this process (no dashboard, worker logs kept out of the driver's output)."""
-    # Ray 2.60 turns token authentication on for `ray start` clusters (ray.md §3a); a local Ray
-    # started here needs none. A user's explicit setting wins.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # One node that nobody drains: Ray Train's per-stage PreemptionWatcher actor (one more process
-    # per stage) has nothing to watch. Workers inherit this environment; on a cluster it stays on.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(
-        address="local",
-        num_cpus=num_cpus or os.cpu_count(),
-        num_gpus=num_gpus,
-        resources={TRIAL_RESOURCE: 10_000},
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+class Runner(Protocol):
+    """Runs the launched stages of a scheduler until every stage is settled; returns how ("fresh",
+    "restored", ...)."""
 
-
-def _connect(address: str | None) -> tuple[bool, float]:
-    """(whether this call started/joined Ray, seconds it took). Reuses an initialised Ray."""
-    if ray.is_initialized():
-        return False, 0.0
-    t0 = time.time()
-    if address is None:
-        start_local_ray()
-    else:  # a real cluster: its auth token (RAY_AUTH_TOKEN / ~/.ray/auth_token) is used as is
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-    return True, time.time() - t0
-
-
-def trial_resources(cluster: dict[str, float]) -> dict[str, float]:
-    if cluster.get(TRIAL_RESOURCE, 0) >= 1:
-        return {"CPU": 0, TRIAL_RESOURCE: 1}
-    return {"CPU": 0.01}
-
-
-def max_trials(compute: Any, cluster: dict[str, float], n_trials: int, override: int | None = None) -> int:
-    """Concurrent trials: the stages that fit on the cluster at once (GPUs / GPUs per stage, or CPUs),
-    unless the study (`compute.max_concurrent_trials`) or the caller says otherwise."""
-    n = override or compute.max_concurrent_trials
-    if not n:
-        driver_cpu = 0.0 if cluster.get(TRIAL_RESOURCE, 0) >= 1 else 0.01
-        cpu_need = compute.workers_per_stage * compute.cpus_per_worker + driver_cpu
-        n = int(math.floor(cluster.get("CPU", 0.0) / cpu_need + 1e-9))
-        gpu_need = compute.workers_per_stage * compute.gpus_per_worker
-        if compute.use_gpu:  # GPUs bound it, and the stages' CPUs too
-            n = min(n, int(math.floor(cluster.get("GPU", 0.0) / gpu_need + 1e-9)))
-        if n < 1:
-            log.warning(
-                "the cluster (%s CPUs, %s GPUs) cannot hold one stage (%s CPUs%s): stages wait "
-                "until it grows",
-                cluster.get("CPU", 0),
-                cluster.get("GPU", 0),
-                cpu_need,
-                f", {gpu_need} GPUs" if compute.use_gpu else "",
-            )
-            n = 1
-    return max(1, min(int(n), max(1, n_trials)))
+    def run(
+        self,
+        plan: Plan,
+        store: Store,
+        scheduler: StageScheduler,
+        *,
+        workloads: dict | None,
+        restore: bool,
+        progress: Progress | None = None,
+    ) -> str: ...
 
 
 SHARED_STORAGE_ENV = "HSJP_SHARED_STORAGE"
@@ -162,39 +121,6 @@ def check_storage_for_cluster(
     )
 
 
-# ------------------------------------------------------------------------------------------ trials
-def study_trial(config: dict, *, plan: Any, store_uri: str, workloads: dict | None, run_token: str) -> None:
-    """One Tune trial: its pretrain stage, then its finetune stage (each found, awaited or computed)."""
-    store = Store(store_uri)
-    trial = next(t for t in plan.trials if t.trial_id == config["trial"])
-
-    def report(event: dict) -> None:
-        tune.report({**event, "trial": trial.trial_id})
-
-    run_stage(plan, trial.pretrain, store, workloads=workloads, run_token=run_token, on_event=report)
-    result = run_stage(plan, trial.finetune, store, workloads=workloads, run_token=run_token, on_event=report)
-    tune.report({"event": "trial", "trial": trial.trial_id, "state": result.get("status")})
-
-
-def trial_order(plan: Any, trial_ids: list[str]) -> list[str]:
-    """Trials round-robin over their pretrains, so concurrent trials rarely wait for the same stage."""
-    groups: dict[str, collections.deque] = {}
-    by_id = {t.trial_id: t for t in plan.trials}
-    for tid in trial_ids:
-        groups.setdefault(by_id[tid].pretrain, collections.deque()).append(tid)
-    order = []
-    while groups:
-        for key in list(groups):
-            order.append(groups[key].popleft())
-            if not groups[key]:
-                del groups[key]
-    return order
-
-
-def trial_finished(store: Store, trial: Any) -> bool:
-    return store.read_result(trial.finetune) is not None
-
-
 # ---------------------------------------------------------------------------------------- the study
 def run_study(
     plan: Any,
@@ -205,14 +131,71 @@ def run_study(
     max_concurrent: int | None = None,
     progress: bool = True,
     workloads: dict | None = None,
+    runner: Runner | None = None,
 ) -> dict:
-    """Run every trial of `plan` that is not finished in `store`; return the run's summary.
+    """Run every stage of `plan` that is not finished in `store`; return the run's summary.
 
     `workloads` overrides the stage-kind → workload registry of `orchestrator.stages` (tests).
     Writes `studies/<name>/study.yaml`, `plan.json` and, at the end, `results.csv`.
     """
     with study_lock(store, plan.study):  # before anything is written or Ray starts
-        return _run_study_locked(plan, store, study_text, address, max_concurrent, progress, workloads)
+        t0 = time.time()
+        tracker = Progress(enabled=progress, t0=t0, labels=stage_labels(plan))
+        previous = _previous_plan(store, plan.study)
+        sched = StageScheduler(
+            plan,
+            resolve=store.read_result,
+            publish=functools.partial(_publish_without_training, store, plan),
+            capacity={},
+            on_event=tracker.on_stage_event,
+            max_running=max_concurrent,
+        )
+        finished = {sid for sid in plan.stages if store.read_result(sid) is not None}
+        tracker.note(describe_changes(previous, plan, finished))
+        store.write_study(plan.study, study_text, plan.to_dict())
+        sched.start()
+        mode, setup_s = "none", 0.0
+        if not sched.is_finished():
+            if runner is None:
+                from orchestrator.ray_backend import RayRunner  # Ray is imported only to run
+
+                runner = RayRunner(address=address)
+            same = previous is not None and set(previous.get("stages") or {}) == set(plan.stages)
+            mode = runner.run(plan, store, sched, workloads=workloads, restore=same, progress=tracker)
+            setup_s = getattr(runner, "setup_seconds", 0.0)
+        wall = time.time() - t0
+        summary = summarize(plan, store, sched)
+        summary.update(
+            wall_seconds=round(wall, 2),
+            phases=tracker.phases(wall, setup_s),
+            ran=sum(1 for r in sched.stages.values() if r.how == "computed"),
+            tune=mode,
+        )
+        write_results_csv(plan, store, summary)
+        tracker.print_summary(summary)
+        return summary
+
+
+def stage_labels(plan: Plan) -> dict[str, str]:
+    """Stage id → the label progress lines show: the id and, for a finetune, its first trial's id."""
+    first: dict[str, str] = {}
+    for t in plan.trials:
+        first.setdefault(t.finetune, t.trial_id)
+        first.setdefault(t.pretrain, t.trial_id if len(plan.sharing().get(t.pretrain, [])) == 1 else "")
+    return {sid: f"{sid} ({first[sid]})" if first.get(sid) else sid for sid in plan.stages}
+
+
+def _previous_plan(store: Store, study: str) -> dict | None:
+    try:
+        return store.read_json(store.study_path(study, "plan.json"))
+    except StoreError as exc:
+        log.warning("%s; treating this as the study's first run", exc)
+        return None
+
+
+def _publish_without_training(store: Store, plan: Plan, spec: Any, status: str, summary: dict) -> dict:
+    """What the scheduler publishes itself: no-work pretrains and skipped finetunes."""
+    return publish(store, plan, spec, status=status, summary=summary)
 
 
 class StudyBusy(StoreError):
@@ -244,133 +227,99 @@ def study_lock(store: Store, name: str) -> Iterator[None]:
         lock.release()
 
 
-def _run_study_locked(
-    plan: Any,
-    store: Store,
-    study_text: str,
-    address: str | None,
-    max_concurrent: int | None,
-    progress: bool,
-    workloads: dict | None,
-) -> dict:
-    t0 = time.time()
-    tracker = Progress(enabled=progress, t0=t0)
-    store.write_study(plan.study, study_text, plan.to_dict())
-    pending = [t.trial_id for t in plan.trials if not trial_finished(store, t)]
-    started, ray_s, errors, mode = False, 0.0, {}, "none"
-    try:
-        if pending:
-            started, ray_s = _connect(address)
-            errors, mode = _run_tune(plan, store, pending, tracker, workloads, max_concurrent)
-    finally:
-        if started:
-            ray.shutdown()
-    wall = time.time() - t0
-    summary = summarize(plan, store, errors, tracker)
-    summary.update(
-        wall_seconds=round(wall, 2), phases=tracker.phases(wall, ray_s), ran=len(pending), tune=mode
-    )
-    write_results_csv(plan, store, summary)
-    tracker.print_summary(summary)
-    return summary
+# ----------------------------------------------------------------------------------- --simulate
+@dataclass(frozen=True)
+class Simulation:
+    gpus: int
+    cpus: float | None = None
+    """Logical CPUs of the fake cluster (default: enough that GPUs, not CPUs, bound the stages)."""
+    time_scale: float | None = None
+    """Seconds per estimated hour (default: so that the lower bound is `target_s`)."""
+    target_s: float = 120.0
+
+    def cpus_for(self, plan: Plan) -> float:
+        if self.cpus is not None:
+            return self.cpus
+        c = plan.compute
+        per_gpu = c.cpus_per_worker / c.gpus_per_worker if c.use_gpu else c.cpus_per_worker
+        return max(1.0, self.gpus * per_gpu)
 
 
-def _run_tune(
-    plan: Any,
-    store: Store,
-    pending: list[str],
-    tracker: Progress,
-    workloads: dict | None,
-    max_concurrent: int | None,
-) -> tuple[dict[str, str], str]:
-    """Run the pending trials; returns (trial id → Tune error, "restored" | "fresh")."""
-    cluster = ray.cluster_resources()
-    check_storage_for_cluster(store, ray.nodes())  # a node-local store on a multi-host cluster: refuse
-    concurrency = max_trials(plan.compute, cluster, len(pending), max_concurrent)
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            study_trial, plan=plan, store_uri=store.uri, workloads=workloads, run_token=uuid.uuid4().hex
-        ),
-        trial_resources(cluster),
-    )
-    record_path = store.study_path(plan.study, "tune_trials.json")
-    record, earlier = store.read_json(record_path) or {}, {}
-    progress_mod.ACTIVE = tracker
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: progress.py prints
-    try:
-        if record.get("max_concurrent") == concurrency and _same_trials(plan, pending, record.get("trials")):
-            restored = _restore(plan, store, pending, trainable)
-            if restored is not None and not restored[1]:
-                return restored[0], "restored"
-            if restored is not None:
-                log.info("%d trials not finished after the restore; running them afresh", len(restored[1]))
-                earlier, pending = restored
-        store.remove(store.study_path(plan.study, "tune"))
-        finetunes = {t.trial_id: t.finetune for t in plan.trials if t.trial_id in pending}
-        store.write_json(record_path, {"trials": finetunes, "max_concurrent": concurrency})
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"trial": tune.grid_search(trial_order(plan, pending))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name="tune",
-                storage_path=store.uri_of("studies", plan.study),
-                failure_config=tune.FailureConfig(max_failures=plan.compute.max_failures),
-                callbacks=[TuneProgressCallback()],
-                verbose=0,
+def check_simulation(plan: Plan, sim: Simulation) -> None:
+    """Refuse a simulation that cannot run: no GPUs, a bad time scale, a stage that cannot fit."""
+    if sim.gpus < 1:
+        raise ConfigError(f"--gpus {sim.gpus}: the simulated cluster needs at least 1 GPU")
+    if sim.time_scale is not None and not sim.time_scale > 0:
+        raise ConfigError(f"--time-scale {sim.time_scale}: must be > 0 (seconds per estimated hour)")
+    if sim.cpus is not None and not sim.cpus > 0:
+        raise ConfigError(f"--cpus {sim.cpus}: must be > 0")
+    if not plan.compute.use_gpu:
+        raise ConfigError(f"study {plan.study}: compute.use_gpu is false; --simulate schedules GPU stages")
+    capacity = {"GPU": float(sim.gpus), "CPU": sim.cpus_for(plan)}
+    bad = unschedulable(plan, capacity)
+    if bad:
+        sid, request = bad[0]
+        raise ConfigError(
+            f"stage {sid} requests {_fmt_request(request)} per run (compute: {plan.compute.workers_per_stage} "
+            f"worker(s) × {plan.compute.gpus_per_worker:g} GPU, {plan.compute.cpus_per_worker:g} CPU) but the "
+            f"simulated cluster has {_fmt_request(capacity)}: it can never run"
+            + (f" ({len(bad)} stages like it)" if len(bad) > 1 else "")
+        )
+
+
+def simulate_study(plan: Plan, sim: Simulation, *, progress: bool = False) -> dict:
+    """Run the plan's scheduler on a local Ray with `sim.gpus` fake GPUs, each stage holding its
+    request for its estimated wall-clock hours × the time scale; nothing is written to any real store.
+    Returns the measured schedule and the line `run --simulate` prints."""
+    check_simulation(plan, sim)
+    scale = sim.time_scale or sim.target_s / max(lower_bound(plan, sim.gpus), 1e-9)
+    from orchestrator.ray_backend import RayRunner
+
+    with tempfile.TemporaryDirectory(prefix="hsjp-simulate-") as tmp:
+        store = Store(tmp)
+        tracker = Progress(enabled=progress, labels=stage_labels(plan))
+        sched = StageScheduler(
+            plan,
+            resolve=store.read_result,
+            publish=lambda spec, status, summary: publish(
+                store, plan, spec, status=status, summary={**summary, "provenance": {"simulated": True}}
             ),
+            capacity={},
+            on_event=tracker.on_stage_event,
         )
-        return {**earlier, **_grid_errors(tuner.fit())}, "fresh"
-    finally:
-        progress_mod.ACTIVE = None
+        sched.start()
+        runner = RayRunner(local_gpus=sim.gpus, local_cpus=sim.cpus_for(plan), simulate_scale=scale)
+        runner.run(plan, store, sched, workloads=None, restore=False, progress=tracker)
+        metrics = schedule_metrics(intervals_of(sched), sim.gpus)
+    bound = lower_bound(plan, sim.gpus, scale)
+    ratio = metrics["makespan"] / bound if bound > 0 else float("nan")
+    line = (
+        f"simulated makespan {metrics['makespan']:.1f} s, lower bound {bound:.1f} s, ratio {ratio:.2f}, "
+        f"GPU idle while a stage was ready {100 * metrics['idle_while_ready']:.1f} %"
+    )
+    return {
+        **metrics,
+        "lower_bound": bound,
+        "ratio": ratio,
+        "time_scale": scale,
+        "gpus": sim.gpus,
+        "cpus": sim.cpus_for(plan),
+        "stages": sum(1 for r in sched.stages.values() if r.how == "computed"),
+        "failed": sched.failed(),
+        "line": line,
+    }
 
 
-def _restore(plan: Any, store: Store, pending: list[str], trainable: Any) -> tuple[dict, list[str]] | None:
-    """Continue the study's previous Tune experiment: (errors, trials still unfinished without an error),
-    or None when it cannot be restored (then a fresh Tuner runs; the store makes that correct)."""
-    tune_dir = store.uri_of("studies", plan.study, "tune")
-    try:
-        if not tune.Tuner.can_restore(tune_dir):
-            return None
-        log.info("restoring the Tune experiment %s", tune_dir)
-        errors = _grid_errors(tune.Tuner.restore(tune_dir, trainable=trainable, resume_errored=True).fit())
-    except Exception as exc:  # noqa: BLE001 — any failure to restore falls back to a fresh Tuner
-        log.warning(
-            "restoring %s failed (%s: %s); starting a fresh Tune experiment",
-            tune_dir,
-            type(exc).__name__,
-            exc,
-        )
-        return None
-    left = [
-        t.trial_id
-        for t in plan.trials
-        if t.trial_id in pending and t.trial_id not in errors and not trial_finished(store, t)
-    ]
-    return errors, left
-
-
-def _same_trials(plan: Any, pending: list[str], recorded: Any) -> bool:
-    """Whether the recorded Tune experiment ran these trials with the same stages (its param space
-    cannot change on restore; a trial id whose stages changed must not count as already run)."""
-    if not isinstance(recorded, dict):
-        return False
-    by_id = {t.trial_id: t for t in plan.trials}
-    return all(recorded.get(tid) == by_id[tid].finetune for tid in pending)
-
-
-def _grid_errors(grid: Any) -> dict[str, str]:
-    errors = {}
-    for res in grid:
-        if res.error is not None:
-            errors[str(res.config.get("trial"))] = _last_line(str(res.error))
-    return errors
+def _fmt_request(request: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in sorted(request.items()) if v) or "nothing"
 
 
 # ------------------------------------------------------------------------------------------ summary
-def summarize(plan: Any, store: Store, tune_errors: dict[str, str], tracker: Progress | None = None) -> dict:
-    """Per-trial status from the store (the source of truth), with failures and counts."""
+def summarize(plan: Any, store: Store, scheduler: StageScheduler | None = None) -> dict:
+    """Per-trial status from the store (the source of truth), with failures and counts; how this run
+    got each stage (found / computed / waited / no work / skipped / blocked) from the scheduler."""
     trials, failures = [], []
+    stages = scheduler.stages if scheduler is not None else {}
     for t in plan.trials:
         pre, ft = store.read_result(t.pretrain), store.read_result(t.finetune)
         row: dict[str, Any] = {
@@ -381,16 +330,21 @@ def summarize(plan: Any, store: Store, tune_errors: dict[str, str], tracker: Pro
             "pretrain_status": (pre or {}).get("status"),
             "finetune_status": (ft or {}).get("status"),
         }
-        how = tracker.outcomes.get(t.trial_id, {}) if tracker else {}
-        row["pretrain_how"] = how.get(t.pretrain, "found" if pre is not None else "")
-        row["finetune_how"] = how.get(t.finetune, "found" if ft is not None else "")
+        for key, sid, res in (("pretrain_how", t.pretrain, pre), ("finetune_how", t.finetune, ft)):
+            run = stages.get(sid)
+            row[key] = run.how if run is not None and run.how else ("found" if res is not None else "")
         row["precision"] = ((pre or {}).get("metrics") or {}).get("precision")
         row.update({k: ((ft or {}).get("metrics") or {}).get(k) for k in MAIN_METRICS})
         if ft is not None:
             row["status"] = ft["status"]
         else:
             stage = next((s for s in (t.pretrain, t.finetune) if store.read_error(s) is not None), None)
-            error = _last_line(store.read_error(stage)) if stage else tune_errors.get(t.trial_id)
+            error = _last_line(store.read_error(stage)) if stage else None
+            if error is None:
+                run = next(
+                    (stages[s] for s in (t.pretrain, t.finetune) if s in stages and stages[s].error), None
+                )
+                stage, error = (run.spec.stage_id, run.error) if run is not None else (None, None)
             row["status"] = "failed" if error else "incomplete"
             if error:
                 row["error"] = error
@@ -430,4 +384,4 @@ def _last_line(text: str | None) -> str:
     return lines[-1][:500] if lines else ""
 
 
-__all__ = ["run_study", "start_local_ray", "summarize", "write_results_csv", "StageFailed"]
+__all__ = ["run_study", "simulate_study", "summarize", "write_results_csv", "StageFailed", "Simulation"]

@@ -1,10 +1,11 @@
-"""Live progress of a study run (DESIGN.md §3): one concise line per event, a summary table at the end.
+"""Live progress of a study run: one concise line per event, a summary table at the end (Ray-free).
 
-Events reach the driver as Ray Tune results: stage state changes reported by the trial function
-(`{"event": "stage", "state": "running" | "waiting" | "found" | "done" | ...}`) and the epoch
-reports of Ray Train workers forwarded by `TuneReportCallback` (`{"stage_id", "epoch", "epochs",
-"loss", "precision" | "AP", ...}`). `Progress` turns them into lines with epoch/total, the current
-metric, elapsed time and an ETA, and keeps the stage intervals that split the wall time by phase.
+Events reach it from the stage scheduler in the driver (`{"event": "stage", "state": "ready" |
+"launched" | "waiting" | "found" | "done" | "skipped" | "blocked" | "failed"}`) and as Ray Tune results
+of each stage's trial: its own state changes (`running`, `done`, `collapsed`, `failed`) and the epoch
+reports of its Ray Train workers (`{"stage_id", "epoch", "epochs", "loss", "precision" | "AP", ...}`).
+`Progress` turns them into lines with epoch/total, the current metric, elapsed time and an ETA, and
+keeps the stage intervals that split the wall time by phase.
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from ray import tune
-
 log = logging.getLogger(__name__)
 
-FINAL_STATES = ("done", "collapsed", "skipped", "failed", "found")
 METRIC_LABELS = (("AP", "AP"), ("precision", "P"))
 """Main metric of a stage as shown in progress lines: pose AP, HSJP precision P (paper eqs. 3–5)."""
 
@@ -44,47 +42,52 @@ class StageProgress:
 class Progress:
     """Collects trial / stage events; prints a line per event when `enabled`."""
 
-    def __init__(self, stream: IO[str] | None = None, enabled: bool = True, t0: float | None = None):
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        enabled: bool = True,
+        t0: float | None = None,
+        labels: dict[str, str] | None = None,
+    ):
         self.stream = stream if stream is not None else sys.stdout
         self.enabled = enabled
         self.t0 = time.time() if t0 is None else t0
         self.stages: dict[str, StageProgress] = {}
-        self.outcomes: dict[str, dict[str, str]] = {}
-        """trial id → stage id → how the trial got it (computed / found / waited / skipped / ...)."""
+        self.labels = dict(labels or {})
+        """Stage id → how lines name it (the id, with its trial where one trial owns it)."""
 
     # --------------------------------------------------------------------------------------- events
-    def on_result(self, trial_id: str, result: dict, now: float | None = None) -> None:
+    def note(self, text: str) -> None:
+        self._print(text)
+
+    def on_result(self, label: str, result: dict, now: float | None = None) -> None:
+        """A Ray Tune result of a stage's trial: a state change or an epoch report."""
         now = time.time() if now is None else now
         if result.get("event") == "stage":
-            self._on_stage_event(trial_id, result, now)
+            self.on_stage_event(result, now)
         elif "stage_id" in result and "epoch" in result:
-            self._on_epoch(trial_id, result, now)
+            self._on_epoch(result, now)
 
-    def on_trial_error(self, trial_id: str, message: str) -> None:
-        self._print(
-            f"{trial_id}  trial error: {message.strip().splitlines()[-1] if message.strip() else '?'}"
-        )
+    def on_trial_error(self, label: str, message: str) -> None:
+        self._print(f"{label}  trial error: {message.strip().splitlines()[-1] if message.strip() else '?'}")
 
-    def _on_stage_event(self, trial_id: str, ev: dict, now: float) -> None:
+    def on_stage_event(self, ev: dict, now: float | None = None) -> None:
+        now = time.time() if now is None else now
         st = self.stages.setdefault(ev["stage_id"], StageProgress(ev["stage_id"]))
         st.kind, st.epochs = ev.get("kind", st.kind), ev.get("epochs") or st.epochs
         state = ev["state"]
-        seen = self.outcomes.setdefault(trial_id, {})
+        if state in ("ready", "launched"):
+            return  # the trial's own "running" line follows at once; "ready" alone says little
         if state == "running":
             st.state, st.started, st.ended, st.epoch_times = "running", ev.get("time", now), None, []
             st.first_epoch_s = None
-            seen[st.stage_id] = "computed"
-        elif state == "waiting":
-            seen[st.stage_id] = "waited"
         elif state == "found":
-            seen.setdefault(st.stage_id, "found")
             if st.state == "pending":
                 st.state = ev.get("status") or "done"
-        else:
+        elif state != "waiting":
             st.state = state
             if st.started is not None:
                 st.ended = ev.get("time", now)
-            seen.setdefault(st.stage_id, "no work" if ev.get("work") is False else state)
         extra = ""
         if ev.get("wall_seconds") is not None and state != "found":
             extra = f"  in {_duration(ev['wall_seconds'])}"
@@ -92,10 +95,16 @@ class Progress:
             extra += f"  {ev['error']}"
         if ev.get("reason"):
             extra += f"  ({ev['reason']})"
-        label = {"found": "already done", "waiting": "waiting for the trial computing it"}.get(state, state)
-        self._print(f"{trial_id}  {st.stage_id}  {label}{extra}", now)
+        label = {
+            "found": "computed by another run" if ev.get("how") == "waited" else "already done",
+            "waiting": "waiting: another run is computing it (holds its lease)",
+            "blocked": "not run",
+        }.get(state, state)
+        if ev.get("work") is False and state == "done":
+            label = "no work (nothing to pretrain)"
+        self._print(f"{self.labels.get(st.stage_id, st.stage_id)}  {label}{extra}", now)
 
-    def _on_epoch(self, trial_id: str, r: dict, now: float) -> None:
+    def _on_epoch(self, r: dict, now: float) -> None:
         st = self.stages.setdefault(r["stage_id"], StageProgress(r["stage_id"], state="running"))
         st.epoch, st.epochs = int(r["epoch"]), r.get("epochs") or st.epochs
         st.loss = r.get("loss")
@@ -105,7 +114,7 @@ class Progress:
         st.epoch_times.append((st.epoch, now))
         if len(st.epoch_times) == 1 and isinstance(r.get("seconds"), (int, float)):
             st.first_epoch_s = float(r["seconds"])
-        parts = [f"{trial_id}  {st.stage_id}  epoch {st.epoch + 1}/{st.epochs or '?'}"]
+        parts = [f"{self.labels.get(st.stage_id, st.stage_id)}  epoch {st.epoch + 1}/{st.epochs or '?'}"]
         if isinstance(st.loss, (int, float)):
             parts.append(f"loss {st.loss:.4g}")
         if st.metric:
@@ -207,27 +216,6 @@ def format_summary(summary: dict) -> str:
     for f in summary.get("failures", []):
         lines.append(f"FAILED {f['trial_id']} {f.get('stage_id') or ''}: {f['error']}")
     return "\n".join(lines)
-
-
-ACTIVE: Progress | None = None
-"""The Progress of the run in progress in this driver (set by `orchestrator.execution`)."""
-
-
-class TuneProgressCallback(tune.Callback):
-    """Feeds Ray Tune trial results (in the driver) into the active `Progress`. Stateless, so the
-    copy that Tune pickles with its run config (and restores with `Tuner.restore`) still works."""
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if ACTIVE is not None:
-            ACTIVE.on_result(_trial_name(trial), result)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if ACTIVE is not None:
-            ACTIVE.on_trial_error(_trial_name(trial), str(trial.get_error() or "error"))
-
-
-def _trial_name(trial: Any) -> str:
-    return str((trial.config or {}).get("trial", trial.trial_id))
 
 
 def _fmt(value: Any) -> str:

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa_lib
 import pyarrow.fs as pafs
 
 if TYPE_CHECKING:  # torch is imported where weights are read/written: `plan`/`status` stay fast
@@ -55,13 +56,32 @@ def check_study_name(name: str) -> str:
 
 
 class Store:
-    """Read / write access to one store root (local path or URI)."""
+    """Read / write access to one store root: a local path, a URI (`s3://bucket/prefix?region=...`; the
+    query string carries pyarrow's options and is kept on every URI handed to Ray), or a path inside a
+    given `pyarrow.fs` filesystem (`Store("bucket/prefix", filesystem=S3FileSystem(...))`, as Ray's
+    `RunConfig(storage_path, storage_filesystem)` takes it)."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, filesystem: pafs.FileSystem | None = None):
         root = str(root)
-        if "://" in root:
-            self.fs, self.base = pafs.FileSystem.from_uri(root)
+        self.query = ""
+        self.filesystem = filesystem
+        """The filesystem given by the caller (None: derived from `root`)."""
+        if filesystem is not None:
+            if "://" in root:
+                raise StoreError(
+                    f"store {root!r}: give a path inside the filesystem, not a URI, with filesystem="
+                )
+            self.fs, self.base = filesystem, root
             self.uri = root.rstrip("/")
+        elif "://" in root:
+            prefix, _, self.query = root.partition("?")
+            try:
+                self.fs, self.base = pafs.FileSystem.from_uri(root)
+            except (pa_lib.ArrowInvalid, pa_lib.ArrowNotImplementedError, ValueError) as exc:
+                raise StoreError(
+                    f"--storage {_redact(root)}: not a storage URI pyarrow can open ({exc})"
+                ) from exc
+            self.uri = prefix.rstrip("/")
         else:
             self.fs, self.base = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(root))
             self.uri = self.base
@@ -72,14 +92,31 @@ class Store:
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
+    def __repr__(self) -> str:
+        return f"Store({self.display})"
+
+    @property
+    def display(self) -> str:
+        """The store as shown to a person: its URI or path, without the query string (it may hold keys)."""
+        return self.uri
+
     # ----------------------------------------------------------------------------------- paths
     def path(self, *parts: str) -> str:
         """Path inside the filesystem (no scheme)."""
         return "/".join([self.base, *parts])
 
     def uri_of(self, *parts: str) -> str:
-        """URI (or local path) of a location, as Ray's `storage_path` takes it."""
-        return "/".join([self.uri, *parts])
+        """URI (or local path) of a location: the parts are joined before the query string, which is
+        kept, so pyarrow / Ray open the same filesystem with the same options."""
+        joined = "/".join([self.uri, *parts])
+        return f"{joined}?{self.query}" if self.query else joined
+
+    def ray_storage(self, *parts: str) -> tuple[str, pafs.FileSystem | None]:
+        """(storage_path, storage_filesystem) for Ray's `RunConfig` of a location in this store. With a
+        given filesystem Ray gets it and a path inside it; otherwise the URI (query kept) or local path."""
+        if self.filesystem is not None:
+            return self.path(*parts), self.filesystem
+        return self.uri_of(*parts), None
 
     def stage_path(self, stage_id: str, *parts: str) -> str:
         return self.path("stages", check_stage_id(stage_id), *parts)
@@ -246,3 +283,8 @@ class Store:
             if i.type == pafs.FileType.Directory
             and self.exists(self.path("studies", i.base_name, "plan.json"))
         )
+
+
+def _redact(uri: str) -> str:
+    """A URI without its query string (which may carry access keys)."""
+    return uri.partition("?")[0] + ("?..." if "?" in uri else "")

@@ -1,0 +1,470 @@
+"""Stage-level scheduling, Ray-free: which stage of a plan runs next, and what a finished one unblocks.
+
+A study's plan is a DAG of stages (each finetune has one parent pretrain). `StageScheduler` keeps every
+stage in one of these states:
+
+    blocked   its parent is not finished yet                 (holds nothing: no slot, no process)
+    ready     it can start as soon as its resources are free
+    elsewhere another run (another study on the same store) holds its lease: re-checked every few s
+    running   launched (its lease is held by this run)
+    found / done / collapsed / skipped / no-work / failed      terminal for this run
+
+A stage is launched only when it is ready *and* its resource request fits in what the running stages
+leave free, so nothing waits while holding a GPU or a process. Among ready stages the one with the
+longest remaining path (its own estimated hours plus the longest chain of stages it unblocks) goes first,
+ties in plan order; a lower-priority stage that fits goes first when the top one does not (backfilling).
+
+The Ray side (`orchestrator.ray_backend`) drives it from a Ray Tune `Searcher`; tests drive it from
+an in-process fake runner. `list_schedule` runs the same choice on the plan's estimates with a virtual
+clock (`hsjp-study plan --gpus G`), and `schedule_metrics` measures a finished schedule (makespan, its
+lower bound, GPU idle while a stage was ready), as `run --simulate` prints them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from orchestrator.plan import Plan, StageSpec, stage_hours
+
+log = logging.getLogger(__name__)
+
+TERMINAL = frozenset({"found", "done", "collapsed", "skipped", "no-work", "failed"})
+"""States a stage ends a run in (a `failed` one is retried by the next run)."""
+RECHECK_S = 5.0
+"""How often a stage held by another run is looked at again (its result.json, then its lease)."""
+_EPS = 1e-9
+
+
+class Lease(Protocol):
+    """The right to compute a stage (one holder across runs and studies sharing a store)."""
+
+    def try_acquire(self, stage_id: str) -> bool: ...
+
+    def release(self, stage_id: str) -> None: ...
+
+
+class NoLease:
+    """A lease that always succeeds (a single run, or tests)."""
+
+    def try_acquire(self, stage_id: str) -> bool:
+        return True
+
+    def release(self, stage_id: str) -> None:
+        return None
+
+
+def stage_request(plan: Plan, spec: StageSpec) -> dict[str, float]:
+    """The resources one stage holds while it runs: its Ray Train workers' (the trial driver is ~free)."""
+    if not spec.work:
+        return {}
+    c = plan.compute
+    request = {"CPU": c.workers_per_stage * float(c.cpus_per_worker)}
+    if c.use_gpu:
+        request["GPU"] = c.workers_per_stage * float(c.gpus_per_worker)
+    return request
+
+
+def fits(request: dict[str, float], free: dict[str, float]) -> bool:
+    return all(free.get(k, 0.0) + _EPS >= v for k, v in request.items() if v > 0)
+
+
+def remaining_path_hours(plan: Plan, hours: dict[str, float]) -> dict[str, float]:
+    """Stage id → its estimated hours plus the longest chain of stages that wait for it."""
+    children: dict[str, list[str]] = {}
+    for sid, spec in plan.stages.items():
+        if spec.parent:
+            children.setdefault(spec.parent, []).append(sid)
+    memo: dict[str, float] = {}
+
+    def path(sid: str) -> float:
+        if sid not in memo:
+            memo[sid] = hours.get(sid, 0.0) + max((path(c) for c in children.get(sid, [])), default=0.0)
+        return memo[sid]
+
+    return {sid: path(sid) for sid in plan.stages}
+
+
+def estimated_hours(plan: Plan) -> dict[str, float]:
+    """Stage id → estimated device-hours of the whole stage (all its workers together)."""
+    return {sid: stage_hours(spec, plan.data_spec, plan.compute) for sid, spec in plan.stages.items()}
+
+
+def wall_hours(plan: Plan, hours: dict[str, float]) -> dict[str, float]:
+    """Stage id → estimated wall-clock hours: its device-hours spread over the devices it holds."""
+    per = max(1, plan.compute.workers_per_stage)
+    return {sid: h / per for sid, h in hours.items()}
+
+
+@dataclass
+class StageRun:
+    """What the scheduler knows of one stage in this run."""
+
+    spec: StageSpec
+    order: int
+    request: dict[str, float]
+    priority: float
+    state: str = "blocked"
+    how: str = ""
+    """How this run got it: found / computed / waited (another run computed it) / no work / skipped."""
+    ready_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    recheck_at: float = 0.0
+    error: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class StageScheduler:
+    """The stage states of one run of a plan; see the module docstring.
+
+    `resolve(stage_id)` → the stage's result.json (or None) from the store; `publish(spec, status,
+    summary)` writes one (no-work and skipped stages are published by the scheduler itself, without a
+    trial). `capacity` is the cluster's total resources (`CPU`, `GPU`, ...). `max_running` caps the
+    stages running at once (`--max-concurrent`).
+    """
+
+    plan: Plan
+    resolve: Callable[[str], dict | None]
+    publish: Callable[[StageSpec, str, dict], dict]
+    capacity: dict[str, float]
+    lease: Lease = field(default_factory=NoLease)
+    clock: Callable[[], float] = time.time
+    on_event: Callable[[dict], None] | None = None
+    max_running: int | None = None
+    recheck_s: float = RECHECK_S
+    stages: dict[str, StageRun] = field(default_factory=dict)
+    _too_big_warned: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        hours = estimated_hours(self.plan)
+        priority = remaining_path_hours(self.plan, wall_hours(self.plan, hours))
+        for i, (sid, spec) in enumerate(self.plan.stages.items()):
+            self.stages[sid] = StageRun(spec, i, stage_request(self.plan, spec), priority[sid])
+        self.children: dict[str, list[str]] = {}
+        for sid, spec in self.plan.stages.items():
+            if spec.parent:
+                self.children.setdefault(spec.parent, []).append(sid)
+
+    # ------------------------------------------------------------------------------------- start
+    def start(self) -> None:
+        """Resolve what needs no trial: stages finished in the store, no-work pretrains, and the
+        finetunes those unblock (skipped when their pretrain collapsed)."""
+        now = self.clock()
+        for sid, run in self.stages.items():
+            if run.spec.parent is None:
+                self._unblock(sid, now)
+
+    def _unblock(self, sid: str, now: float) -> None:
+        """`sid`'s parent is finished (or it has none): decide what `sid` is."""
+        run = self.stages[sid]
+        result = self.resolve(sid)
+        if result is not None:
+            self._finish(sid, "found", result.get("status") or "done", now)
+            return
+        parent = self.stages.get(run.spec.parent) if run.spec.parent else None
+        if parent is not None and parent.state == "collapsed":
+            self._publish_without_trial(run, "skipped", {"reason": SKIP_REASON}, now)
+            return
+        if parent is not None and parent.state in ("failed", "skipped"):
+            run.state, run.how = "failed", "blocked"
+            run.reason = f"its pretrain {parent.spec.stage_id} is {parent.state}"
+            self._emit(run, "blocked", reason=run.reason)
+            return
+        if not run.spec.work:
+            self._publish_without_trial(run, "no-work", {}, now)
+            return
+        run.state, run.ready_at = "ready", now
+        self._emit(run, "ready")
+
+    def _publish_without_trial(self, run: StageRun, state: str, summary: dict, now: float) -> None:
+        status = "skipped" if state == "skipped" else "done"
+        self.publish(run.spec, status, summary)
+        run.state, run.how, run.ended_at = state, "no work" if state == "no-work" else state, now
+        run.reason = summary.get("reason")
+        self._emit(
+            run, "skipped" if state == "skipped" else "done", status=status, work=False, reason=run.reason
+        )
+        self._unblock_children(run.spec.stage_id, now)
+
+    def _finish(self, sid: str, how: str, status: str, now: float) -> None:
+        """`sid` has a result (found, computed, or computed by another run)."""
+        run = self.stages[sid]
+        run.state = status if status in ("collapsed", "skipped") else "done"
+        run.how, run.ended_at = how, now
+        if how != "computed":  # a computed stage's trial has said so itself
+            self._emit(run, "found", status=status, how=how)
+        self._unblock_children(sid, now)
+
+    def _unblock_children(self, sid: str, now: float) -> None:
+        for child in self.children.get(sid, []):
+            if self.stages[child].state == "blocked":
+                self._unblock(child, now)
+
+    # ------------------------------------------------------------------------------------ launch
+    def used(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for run in self.stages.values():
+            if run.state == "running":
+                for k, v in run.request.items():
+                    out[k] = out.get(k, 0.0) + v
+        return out
+
+    def free(self) -> dict[str, float]:
+        used = self.used()
+        return {k: v - used.get(k, 0.0) for k, v in self.capacity.items()}
+
+    def never_fits(self, spec: StageSpec) -> bool:
+        return not fits(stage_request(self.plan, spec), self.capacity)
+
+    def next_launch(self) -> str | None:
+        """The stage to launch now (its lease taken, marked running), or None."""
+        now = self.clock()
+        self._recheck_elsewhere(now)
+        running = sum(1 for r in self.stages.values() if r.state == "running")
+        if self.max_running is not None and running >= self.max_running:
+            return None
+        free = self.free()
+        for run in sorted(self.ready(), key=lambda r: (-r.priority, r.order)):
+            if not fits(run.request, free):
+                if not (running == 0 and self.never_fits(run.spec)):
+                    continue
+                if run.spec.stage_id not in self._too_big_warned:  # would wait forever: let Ray queue it
+                    self._too_big_warned.add(run.spec.stage_id)
+                    log.warning(
+                        "stage %s needs %s but the cluster has %s: launched anyway (Ray waits for the "
+                        "cluster to grow)",
+                        run.spec.stage_id,
+                        run.request,
+                        self.capacity,
+                    )
+            if not self.lease.try_acquire(run.spec.stage_id):
+                run.state, run.recheck_at = "elsewhere", now + self.recheck_s
+                self._emit(run, "waiting")
+                continue
+            run.state, run.started_at, run.how = "running", now, "computed"
+            self._emit(run, "launched")
+            return run.spec.stage_id
+        return None
+
+    def ready(self) -> list[StageRun]:
+        return [r for r in self.stages.values() if r.state == "ready"]
+
+    def _recheck_elsewhere(self, now: float) -> None:
+        for sid, run in self.stages.items():
+            if run.state != "elsewhere" or now < run.recheck_at:
+                continue
+            result = self.resolve(sid)
+            if result is not None:
+                run.how = "waited"
+                self._finish(sid, "waited", result.get("status") or "done", now)
+            else:  # the other run may have died: try the lease again when it fits
+                run.state = "ready"
+
+    def mark_running(self, sid: str) -> bool:
+        """A stage Ray runs already (a trial restored by `Tuner.restore`): account it as running.
+        False when it is finished (or unknown)."""
+        run = self.stages.get(sid)
+        if run is None or run.state in TERMINAL or run.state == "running":
+            return False
+        self.lease.try_acquire(sid)
+        run.state, run.started_at, run.how = "running", self.clock(), "computed"
+        return True
+
+    # ---------------------------------------------------------------------------------- complete
+    def on_complete(
+        self,
+        sid: str,
+        error: str | None = None,
+        started_at: float | None = None,
+        ended_at: float | None = None,
+    ) -> None:
+        """A launched stage's trial ended: the store says whether it finished (its result.json)."""
+        run = self.stages[sid]
+        now = self.clock()
+        self.lease.release(sid)
+        if started_at is not None:
+            run.started_at = started_at
+        run.ended_at = ended_at if ended_at is not None else now
+        result = self.resolve(sid)
+        if result is not None:
+            self._finish(sid, "computed", result.get("status") or "done", run.ended_at)
+            return
+        run.state, run.error = "failed", error or "the stage's trial ended without a result"
+        self._emit(run, "failed", error=run.error)
+        for child in self._descendants(sid):
+            c = self.stages[child]
+            if c.state == "blocked":
+                c.state, c.how, c.reason = "failed", "blocked", f"its pretrain {sid} failed"
+                self._emit(c, "blocked", reason=c.reason)
+
+    def _descendants(self, sid: str) -> Iterable[str]:
+        for child in self.children.get(sid, []):
+            yield child
+            yield from self._descendants(child)
+
+    # ------------------------------------------------------------------------------------- state
+    def is_finished(self) -> bool:
+        return all(r.state in TERMINAL for r in self.stages.values())
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.stages.values():
+            out[r.state] = out.get(r.state, 0) + 1
+        return out
+
+    def waiting_elsewhere(self) -> list[str]:
+        return [sid for sid, r in self.stages.items() if r.state == "elsewhere"]
+
+    def failed(self) -> list[str]:
+        return [sid for sid, r in self.stages.items() if r.state == "failed"]
+
+    def _emit(self, run: StageRun, state: str, **extra: Any) -> None:
+        log.info("stage %s: %s %s", run.spec.stage_id, state, extra or "")
+        if self.on_event is not None:
+            self.on_event(
+                {
+                    "event": "stage",
+                    "stage_id": run.spec.stage_id,
+                    "kind": run.spec.kind,
+                    "state": state,
+                    "epochs": getattr(run.spec.config, "total_epochs", None)
+                    or getattr(run.spec.config, "epochs", None),
+                    "time": self.clock(),
+                    **{k: v for k, v in extra.items() if v is not None},
+                }
+            )
+
+
+SKIP_REASON = "pretrain collapsed"
+
+
+# ------------------------------------------------------------------------------ plan-time estimate
+@dataclass(frozen=True)
+class Scheduled:
+    stage_id: str
+    start_h: float
+    end_h: float
+    gpus: float
+
+
+def list_schedule(plan: Plan, capacity: dict[str, float]) -> list[Scheduled]:
+    """The scheduler's choice replayed on the estimates with a virtual clock (hours): each stage lasts
+    its estimated wall-clock hours. Stages that can never fit are left out (`unschedulable`)."""
+    clock = [0.0]
+    sched = StageScheduler(
+        plan,
+        resolve=lambda sid: None,
+        publish=lambda spec, status, summary: {},
+        capacity=dict(capacity),
+        clock=lambda: clock[0],
+    )
+    # the estimate's own bookkeeping: finished stages are "published" in memory
+    done: dict[str, dict] = {}
+    sched.resolve = done.get
+    sched.publish = lambda spec, status, summary: done.setdefault(spec.stage_id, {"status": status})
+    walls = wall_hours(plan, estimated_hours(plan))
+    sched.start()
+    events: list[tuple[float, int, str]] = []
+    out: list[Scheduled] = []
+    seq = 0
+    while True:
+        while (sid := sched.next_launch()) is not None:
+            if sched.never_fits(plan.stages[sid]):
+                sched.stages[sid].state = "failed"
+                continue
+            end = clock[0] + walls[sid]
+            heapq.heappush(events, (end, seq, sid))
+            seq += 1
+            out.append(Scheduled(sid, clock[0], end, sched.stages[sid].request.get("GPU", 0.0)))
+        if not events:
+            break
+        clock[0], _, sid = heapq.heappop(events)
+        done[sid] = {"status": "done"}
+        sched.on_complete(sid)
+    return out
+
+
+def unschedulable(plan: Plan, capacity: dict[str, float]) -> list[tuple[str, dict[str, float]]]:
+    """(stage id, request) of the work stages whose request exceeds `capacity` as a whole."""
+    return [
+        (sid, stage_request(plan, spec))
+        for sid, spec in plan.stages.items()
+        if spec.work and not fits(stage_request(plan, spec), capacity)
+    ]
+
+
+def lower_bound(plan: Plan, gpus: float, scale: float = 1.0) -> float:
+    """max(longest chain of stage wall times, total GPU-hours / G), × `scale` (hours × scale)."""
+    hours = estimated_hours(plan)
+    walls = wall_hours(plan, hours)
+    chain = max(remaining_path_hours(plan, walls).values(), default=0.0)
+    c = plan.compute
+    gpu_hours = sum(h * (c.gpus_per_worker if c.use_gpu else 1.0) for h in hours.values())
+    return max(chain, gpu_hours / gpus) * scale
+
+
+# ----------------------------------------------------------------------------------- measurement
+@dataclass(frozen=True)
+class Interval:
+    stage_id: str
+    ready: float
+    start: float
+    end: float
+    gpus: float
+
+
+def schedule_metrics(intervals: list[Interval], gpus: float, t0: float | None = None) -> dict[str, float]:
+    """Makespan (first ready → last end) and the share of GPU time that was idle while at least one
+    stage was ready and not yet running (`idle_while_ready`, 0..1)."""
+    if not intervals:
+        return {"makespan": 0.0, "idle_while_ready": 0.0}
+    t0 = min(i.ready for i in intervals) if t0 is None else t0
+    t1 = max(i.end for i in intervals)
+    points = sorted({t0, t1, *(t for i in intervals for t in (i.ready, i.start, i.end))})
+    idle = 0.0
+    for a, b in zip(points, points[1:]):
+        if b <= a:
+            continue
+        mid = (a + b) / 2
+        busy = sum(i.gpus for i in intervals if i.start <= mid < i.end)
+        waiting = any(i.ready <= mid < i.start for i in intervals)
+        if waiting:
+            idle += max(0.0, gpus - busy) * (b - a)
+    makespan = t1 - t0
+    return {"makespan": makespan, "idle_while_ready": idle / (gpus * makespan) if makespan > 0 else 0.0}
+
+
+def intervals_of(sched: StageScheduler) -> list[Interval]:
+    """The computed stages of a finished run as intervals (ready → start → end)."""
+    out = []
+    for sid, run in sched.stages.items():
+        if run.how == "computed" and None not in (run.ready_at, run.started_at, run.ended_at):
+            out.append(Interval(sid, run.ready_at, run.started_at, run.ended_at, run.request.get("GPU", 0.0)))
+    return out
+
+
+# ------------------------------------------------------------------------------------ edited study
+def describe_changes(previous: dict | None, plan: Plan, finished: set[str]) -> str:
+    """One line on what changed since the last run of this study (its recorded plan.json)."""
+    found = sum(1 for sid in plan.stages if sid in finished)
+    if not previous:
+        return f"first run of study {plan.study}: {len(plan.stages)} stages, {found} found in the store"
+    before = set((previous.get("stages") or {}).keys())
+    new = [sid for sid in plan.stages if sid not in before]
+    old_trials = {t.get("trial_id"): t.get("finetune") for t in previous.get("trials") or []}
+    now_finetunes = {t.finetune for t in plan.trials}
+    removed = [tid for tid, ft in old_trials.items() if ft not in now_finetunes]
+    gone = before - set(plan.stages)
+    parts = [
+        f"{len(new)} new stage{'s' if len(new) != 1 else ''}",
+        f"{len(removed)} trial{'s' if len(removed) != 1 else ''} no longer in the study"
+        + (" (their results stay in the store)" if removed or gone else ""),
+        f"{found} found",
+    ]
+    return f"since the last run of study {plan.study}: " + ", ".join(parts)
