@@ -1,7 +1,8 @@
 """`hsjp-study`: run, plan, inspect and report the HSJP paper's studies (DESIGN.md, top).
 
-    hsjp-study run [STUDY]      schedule every trial on Ray (default: the embedded smoke study)
-    hsjp-study plan STUDY       dry run: trials, shared stages, GPU-hour estimate
+    hsjp-study run [STUDY]      schedule every stage on Ray (default: the embedded smoke study)
+    hsjp-study run STUDY --simulate --gpus G     the same scheduler on fake GPUs, stages as timed holds
+    hsjp-study plan STUDY [--gpus G]             dry run: trials, shared stages, GPU-hours, wall-clock
     hsjp-study status STUDY     done / running / waiting / failed per stage, ETA
     hsjp-study report           Tables 1-3, Figures 3-6 from the store
     hsjp-study make-data | puzzle | evaluate     tools: synthetic data, a puzzle figure, COCO evaluation
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.inputs import check_inputs, data_config, prepare_data
-from orchestrator.plan import Plan, make_plan, render_plan
+from orchestrator.plan import Plan, make_plan, render_plan, render_prediction
 from orchestrator.status import FINISHED, render_status, study_status, summarize
 from orchestrator.study import Study, load_study
 from workloads.config import ConfigError
@@ -100,12 +101,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-concurrent",
         type=_positive_int,
         metavar="K",
-        help="trials running at once (default: compute.max_concurrent_trials, else derived from the cluster)",
+        help="stages running at once (default: compute.max_concurrent_trials, else as many as the "
+        "cluster's free resources hold)",
+    )
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="dry run of the scheduler: each stage holds its real resource request on a local Ray with "
+        "--gpus fake GPUs for its estimated hours × --time-scale seconds (needs no data, writes no store)",
+    )
+    p.add_argument("--gpus", type=int, metavar="G", help="--simulate: GPUs of the simulated cluster")
+    p.add_argument(
+        "--cpus",
+        type=float,
+        metavar="C",
+        help="--simulate: CPUs of the simulated cluster (default: enough that the GPUs bind)",
+    )
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        metavar="S",
+        help="--simulate: seconds per estimated hour (default: the lower bound lasts 120 s)",
     )
 
     p = add("plan", cmd_plan, "dry run: the trial matrix, shared stages and the GPU-hour estimate")
     p.add_argument("study", nargs="?", help="study file (default: the smoke study)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON (what plan.json holds)")
+    p.add_argument(
+        "--gpus", type=_positive_int, metavar="G", help="also print the predicted wall-clock time on G GPUs"
+    )
     _storage_arg(p)
 
     p = add("status", cmd_status, "per stage: done / running / waiting / failed / collapsed, metric, ETA")
@@ -174,6 +198,14 @@ def _positive_int(text: str) -> int:
 
 # ------------------------------------------------------------------------------------------ commands
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.simulate:
+        return cmd_simulate(args)
+    for flag in ("gpus", "cpus", "time_scale"):
+        if getattr(args, flag) is not None:
+            raise ConfigError(
+                f"--{flag.replace('_', '-')} is an option of --simulate (a dry run); a real run "
+                "takes its resources from the Ray cluster"
+            )
     study = _load(args.study)
     check_inputs(study)  # everything checkable is checked before the store is touched
     from orchestrator.store import Store
@@ -210,13 +242,46 @@ def _failed(summary: Any, plan: Plan, store: Store) -> list[str]:
     return bad
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from orchestrator.execution import Simulation, check_simulation, simulate_study
+
+    if args.gpus is None:
+        raise ConfigError("--simulate needs --gpus G: the GPUs of the simulated cluster")
+    study = _load(args.study)
+    plan = make_plan(study, data_config(study.data, _storage_base(args.storage)))
+    sim = Simulation(gpus=args.gpus, cpus=args.cpus, time_scale=args.time_scale)
+    check_simulation(plan, sim)  # bad input exits 2 before Ray starts
+    print(
+        f"simulating study {plan.study} on {sim.gpus} fake GPUs, {sim.cpus_for(plan):g} CPUs ...", flush=True
+    )
+    out = simulate_study(plan, sim, progress=bool(getattr(args, "verbose", False)))
+    print(f"{out['stages']} stages, time scale {out['time_scale']:.4g} s per estimated hour")
+    print(out["line"])
+    if out["failed"]:
+        print(f"{len(out['failed'])} simulated stage(s) failed: {', '.join(out['failed'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     study = _load(args.study)
     plan = make_plan(study, data_config(study.data, _storage_base(args.storage)))
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=2, sort_keys=False, default=str))
+        out = plan.to_dict()
+        if args.gpus:
+            from orchestrator.scheduler import list_schedule, lower_bound
+
+            schedule = list_schedule(plan, {"GPU": float(args.gpus), "CPU": float("inf")})
+            out["prediction"] = {
+                "gpus": args.gpus,
+                "wall_clock_hours": max((x.end_h for x in schedule), default=0.0),
+                "lower_bound_hours": lower_bound(plan, args.gpus),
+            }
+        print(json.dumps(out, indent=2, sort_keys=False, default=str))
     else:
         print(render_plan(plan))
+        if args.gpus:
+            print(render_prediction(plan, args.gpus))
     return 0
 
 

@@ -56,6 +56,8 @@ class ComputeConfig:
     throughput: dict[str, float] = field(default_factory=dict, hash=False)
     """Backbone → training images/s per device (a GPU, or a CPU worker when use_gpu is false) at 256×192,
     for the plan's estimate only. Defaults GPU_THROUGHPUT / CPU_THROUGHPUT; a study's entries override."""
+    throughput_given: tuple[str, ...] = field(default=(), hash=False)
+    """The backbones whose throughput the study gives (the others use the assumed defaults)."""
 
     def validate(self, where: str = "compute") -> None:
         if self.workers_per_stage < 1:
@@ -172,7 +174,21 @@ def load_compute(raw: Any, path: Path) -> ComputeConfig:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ConfigError(f"{key} = {value!r}: expected images/s, a number > 0")
         throughput[backbone] = float(value)
-    return dataclasses.replace(cfg, throughput=throughput)
+    return dataclasses.replace(cfg, throughput=throughput, throughput_given=tuple(sorted(given or {})))
+
+
+THROUGHPUT_SOURCES = {
+    True: "assumed: a target for one H100 (bf16, channels_last), not measured — benchmarks/throughput.py "
+    "on a GPU measures it; put the figure in the study's compute.throughput",
+    False: "assumed: one fp32 CPU worker of a few cores, an order of magnitude",
+}
+
+
+def throughput_source(compute: ComputeConfig, backbone: str) -> str:
+    """Where a throughput figure of the estimate comes from: given by the study, or assumed (default)."""
+    if backbone in compute.throughput_given:
+        return "given by the study (compute.throughput; measure it with benchmarks/throughput.py)"
+    return THROUGHPUT_SOURCES[bool(compute.use_gpu)]
 
 
 def resolve_path(value: str, where: str, path: Path) -> str:

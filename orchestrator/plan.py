@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.inputs import ComputeConfig, DataSpec
+from orchestrator.inputs import ComputeConfig, DataSpec, throughput_source
 from orchestrator.study import Study, Trial
 from workloads import WORKLOAD_VERSION
 from workloads.config import DataConfig, FinetuneConfig, PretrainConfig, to_dict
@@ -108,6 +108,10 @@ class Plan:
     parts: tuple[str, ...] = ()
     """Merged study: the names of its parts."""
 
+    def backbones(self) -> list[str]:
+        """The backbones the plan's work stages train."""
+        return sorted({s.config.model.backbone for s in self.stages.values() if s.work})
+
     def sharing(self) -> dict[str, list[str]]:
         """Pretrain stage id → ids of the trials whose finetune starts from it."""
         out: dict[str, list[str]] = {}
@@ -145,6 +149,7 @@ class Plan:
             "device": "GPU" if gpu else "CPU worker",
             "unit": "GPU-hours" if gpu else "CPU-worker-hours",
             "throughput_img_per_s": dict(self.compute.throughput),
+            "throughput_source": {b: throughput_source(self.compute, b) for b in self.backbones()},
             "stage_hours": {sid: _sig(h) for sid, h in hours.items()},
             "pretrain_hours": _sig(pre),
             "finetune_hours": _sig(fin),
@@ -392,7 +397,35 @@ def render_plan(plan: Plan) -> str:
         f"estimate: {est['total_hours']:.4g} {est['unit']} for {est['work_stages']} distinct work stages "
         f"(pretrain {est['pretrain_hours']:.4g}, finetune {est['finetune_hours']:.4g}); without sharing "
         f"{est['unshared_hours']:.4g} (saved {est['saved_hours']:.4g})",
-        f"throughput (img/s per {est['device']} at 256×192): "
-        + ", ".join(f"{k} {v:g}" for k, v in est["throughput_img_per_s"].items()),
+        f"throughput (img/s per {est['device']} at 256×192):",
+        *(f"  {b} {est['throughput_img_per_s'][b]:g} — {src}" for b, src in est["throughput_source"].items()),
     ]
+    return "\n".join(lines)
+
+
+def render_prediction(plan: Plan, gpus: int) -> str:
+    """`plan --gpus G`: the predicted wall-clock time of the study on G GPUs (the stage scheduler's
+    choice replayed on the estimates), beside its lower bound."""
+    from orchestrator.scheduler import list_schedule, lower_bound, unschedulable
+
+    c = plan.compute
+    if not c.use_gpu:
+        return f"--gpus {gpus}: study {plan.study} does not train on GPUs (compute.use_gpu is false)"
+    capacity = {"GPU": float(gpus), "CPU": float("inf")}
+    bad = unschedulable(plan, capacity)
+    schedule = list_schedule(plan, capacity)
+    makespan = max((s.end_h for s in schedule), default=0.0)
+    bound = lower_bound(plan, gpus)
+    busy = sum((s.end_h - s.start_h) * s.gpus for s in schedule)
+    lines = [
+        f"on {gpus} GPU{'s' if gpus != 1 else ''} ({c.workers_per_stage} worker(s) × {c.gpus_per_worker:g} GPU "
+        f"per stage): predicted wall-clock {makespan:.4g} h (list scheduling of {len(schedule)} stages on the "
+        f"estimates, longest remaining path first); lower bound {bound:.4g} h; GPUs busy "
+        f"{100 * busy / (gpus * makespan) if makespan else 0:.0f} %"
+    ]
+    if bad:
+        lines.append(
+            f"  {len(bad)} stage(s) can never run on {gpus} GPUs (each requests {bad[0][1].get('GPU', 0):g}); "
+            "left out of the prediction"
+        )
     return "\n".join(lines)

@@ -406,6 +406,7 @@ class RayRunner:
             scheduler.capacity = {k: v for k, v in cluster_capacity().items() if k in ("CPU", "GPU")}
             lease = FileLease(store) if store.is_local else ActorLease(holder=f"study:{plan.study}")
             scheduler.lease = lease
+            scheduler.begin()
             self.setup_seconds = time.time() - t0
             return run_on_ray(
                 plan,

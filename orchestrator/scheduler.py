@@ -160,6 +160,13 @@ class StageScheduler:
             if run.spec.parent is None:
                 self._unblock(sid, now)
 
+    def begin(self) -> None:
+        """The runner is up (Ray started): stages ready before now count as ready from now on."""
+        now = self.clock()
+        for run in self.stages.values():
+            if run.state == "ready" and run.ready_at is not None:
+                run.ready_at = max(run.ready_at, now)
+
     def _unblock(self, sid: str, now: float) -> None:
         """`sid`'s parent is finished (or it has none): decide what `sid` is."""
         run = self.stages[sid]
