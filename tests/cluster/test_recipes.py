@@ -134,7 +134,7 @@ def test_rayjob_runs_the_study_with_drivers_on_the_head():
 
 
 def test_trial_resource_name_matches_the_code():
-    from orchestrator.execution import TRIAL_RESOURCE as CODE_NAME
+    from orchestrator.ray_backend import TRIAL_RESOURCE as CODE_NAME
 
     assert CODE_NAME == TRIAL_RESOURCE
 

@@ -29,7 +29,8 @@ import ray
 import ray.cloudpickle
 from ray.cluster_utils import Cluster
 
-from orchestrator.execution import TRIAL_RESOURCE, run_study
+from orchestrator.execution import run_study
+from orchestrator.ray_backend import TRIAL_RESOURCE
 from orchestrator.store import Store
 from tests.orchestrator import standins
 

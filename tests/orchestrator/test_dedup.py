@@ -15,7 +15,8 @@ sys.path.insert(0, str(HERE))
 
 import standins  # noqa: E402
 
-from orchestrator.execution import run_study, start_local_ray  # noqa: E402
+from orchestrator.execution import run_study  # noqa: E402
+from orchestrator.ray_backend import start_local_ray  # noqa: E402
 from orchestrator.store import Store  # noqa: E402
 from workloads.config import to_dict  # noqa: E402
 

@@ -21,9 +21,9 @@ sys.path.insert(0, str(HERE))
 
 import standins  # noqa: E402
 
-from orchestrator.execution import _same_trials, max_trials, run_study, start_local_ray, trial_order  # noqa: E402
+from orchestrator.execution import run_study  # noqa: E402
 from orchestrator.progress import Progress, StageProgress, format_summary  # noqa: E402
-from orchestrator.stages import LeaseTable  # noqa: E402
+from orchestrator.ray_backend import LeaseTable, start_local_ray, trial_resources  # noqa: E402
 from orchestrator.store import Store  # noqa: E402
 from workloads.config import to_dict  # noqa: E402
 
@@ -31,35 +31,6 @@ ray.cloudpickle.register_pickle_by_value(standins)  # Ray workers cannot import 
 
 
 # -------------------------------------------------------------------------------------------- unit
-def test_max_trials_follows_gpus_or_cpus_per_stage():
-    gpu = standins.tiny_compute(use_gpu=True, workers_per_stage=2, gpus_per_worker=1.0)
-    assert max_trials(gpu, {"GPU": 8.0, "CPU": 64.0}, 10) == 4
-    assert (
-        max_trials(standins.tiny_compute(use_gpu=True, gpus_per_worker=0.25), {"GPU": 1.0, "CPU": 16.0}, 10)
-        == 4
-    )
-    assert max_trials(gpu, {"GPU": 8.0, "CPU": 64.0}, 3) == 3  # never more than the trials
-    assert max_trials(gpu, {"GPU": 8.0, "CPU": 4.0}, 9) == 1  # the stages' CPUs bound it too
-    assert max_trials(gpu, {"CPU": 4.0}, 3) == 1  # no GPU yet: one trial, a warning
-    cpu = standins.tiny_compute(cpus_per_worker=1.0)
-    assert max_trials(cpu, {"CPU": 2.0, "hsjp_trial_driver": 100.0}, 5) == 2
-    assert max_trials(cpu, {"CPU": 2.0}, 5) == 1  # 0.01-CPU drivers leave 1.98 CPUs
-    assert max_trials(cpu, {"CPU": 2.0}, 5, override=3) == 3
-    assert max_trials(standins.tiny_compute(max_concurrent_trials=2), {"CPU": 16.0}, 5) == 2
-
-
-def test_trial_order_spreads_trials_over_their_pretrains():
-    pre_a, pre_b = standins.pretrain_config(n=2), standins.pretrain_config(n=3)
-    trials = [
-        ("a1", pre_a, standins.finetune_config(lr=0.01)),
-        ("a2", pre_a, standins.finetune_config(lr=0.02)),
-        ("a3", pre_a, standins.finetune_config(lr=0.03)),
-        ("b1", pre_b, standins.finetune_config(lr=0.01)),
-    ]
-    plan = standins.make_plan("order", trials, salt="order")
-    assert trial_order(plan, ["a1", "a2", "a3", "b1"]) == ["a1", "b1", "a2", "a3"]
-
-
 def test_lease_table_excludes_others_until_release_or_expiry():
     table = LeaseTable()
     assert table.acquire("s", "h1", ttl_s=10, now=0)
@@ -72,11 +43,19 @@ def test_lease_table_excludes_others_until_release_or_expiry():
     assert table.acquire("s", "h3", ttl_s=10, now=17)
 
 
+def test_trial_drivers_never_take_a_cpu_from_the_stages():
+    assert trial_resources({"CPU": 64.0, "GPU": 8.0, "hsjp_trial_driver": 100.0}) == {
+        "CPU": 0,
+        "hsjp_trial_driver": 1,
+    }
+    assert trial_resources({"CPU": 64.0, "GPU": 8.0}) == {"CPU": 0, "memory": 1}  # 8 × 8-CPU stages fit
+
+
 def test_progress_lines_eta_and_stage_time_union():
     out = io.StringIO()
-    p = Progress(stream=out, t0=0.0)
+    p = Progress(stream=out, t0=0.0, labels={"pretrain-aa": "pretrain-aa (t1)"})
     p.on_result(
-        "t1",
+        "pretrain-aa (t1)",
         {
             "event": "stage",
             "stage_id": "pretrain-aa",
@@ -88,21 +67,19 @@ def test_progress_lines_eta_and_stage_time_union():
         now=10.0,
     )
     p.on_result(
-        "t1",
+        "pretrain-aa (t1)",
         {"stage_id": "pretrain-aa", "epoch": 0, "epochs": 4, "loss": 0.5, "precision": 0.25, "seconds": 3.0},
         now=20.0,
     )
     # after one epoch: that epoch's own 3 s, not the 10 s since "running" (trainer start-up included)
     assert Progress.eta(p.stages["pretrain-aa"], 20.0) == pytest.approx(9.0)
-    p.on_result("t1", {"stage_id": "pretrain-aa", "epoch": 1, "epochs": 4, "loss": 0.4}, now=22.0)
+    p.on_result("x", {"stage_id": "pretrain-aa", "epoch": 1, "epochs": 4, "loss": 0.4}, now=22.0)
     assert Progress.eta(p.stages["pretrain-aa"], 22.0) == pytest.approx(4.0)  # 2 epochs left × 2 s
-    p.on_result(
-        "t2",
-        {"event": "stage", "stage_id": "pretrain-aa", "kind": "pretrain", "state": "waiting", "time": 12.0},
-        now=12.0,
+    p.on_stage_event(
+        {"event": "stage", "stage_id": "pretrain-bb", "kind": "pretrain", "state": "waiting"}, now=12.0
     )
     p.on_result(
-        "t1",
+        "x",
         {
             "event": "stage",
             "stage_id": "pretrain-aa",
@@ -113,29 +90,19 @@ def test_progress_lines_eta_and_stage_time_union():
         },
         now=30.0,
     )
-    p.on_result(
-        "t2",
-        {"event": "stage", "stage_id": "pretrain-aa", "kind": "pretrain", "state": "found", "time": 30.5},
+    p.on_stage_event(
+        {"event": "stage", "stage_id": "pretrain-bb", "kind": "pretrain", "state": "found", "how": "waited"},
         now=30.5,
     )
     p.stages["finetune-bb"] = StageProgress("finetune-bb", started=25.0, ended=40.0)
     p.stages["finetune-cc"] = StageProgress("finetune-cc", started=50.0, ended=55.0)
     assert p.stage_seconds() == pytest.approx(35.0)  # [10, 40] ∪ [50, 55]
     assert p.phases(wall_s=60.0, ray_start_s=3.0) == {"ray_start_s": 3.0, "stages_s": 35.0, "idle_s": 22.0}
-    assert p.outcomes == {"t1": {"pretrain-aa": "computed"}, "t2": {"pretrain-aa": "waited"}}
     text = out.getvalue()
-    assert "epoch 2/4  loss 0.4  P 0.250" in text and "eta 4.0s" in text
-    assert "waiting for the trial computing it" in text
-
-
-def test_restore_needs_the_same_trials_with_the_same_stages():
-    pre = standins.pretrain_config()
-    plan = standins.make_plan("same", [("t1", pre, standins.finetune_config())], salt="same")
-    changed = standins.make_plan("same", [("t1", pre, standins.finetune_config(lr=0.5))], salt="same")
-    recorded = {"t1": plan.trials[0].finetune, "t2": "finetune-0123456789abcdef"}
-    assert _same_trials(plan, ["t1"], recorded)
-    assert not _same_trials(changed, ["t1"], recorded)  # same trial id, other stages: never "already run"
-    assert not _same_trials(plan, ["t1"], ["t1"])  # an older record format
+    assert "pretrain-aa (t1)  epoch 2/4  loss 0.4  P 0.250" in text and "eta 4.0s" in text
+    assert "pretrain-aa (t1)  done  in 20.0s" in text
+    assert "pretrain-bb  waiting: another run is computing it" in text
+    assert "pretrain-bb  computed by another run" in text
 
 
 def test_finished_study_reruns_without_ray(tmp_path):
@@ -254,33 +221,34 @@ def test_failed_stage_records_error_and_the_next_run_retries_it(local_ray, tmp_p
     second = run_study(plan, store, study_text="name: fail\n", workloads=work, progress=False)
 
     assert second["counts"] == {"done": 1} and second["failures"] == []
-    assert second["tune"] == "restored"  # the errored trial resumed through Tuner.restore
+    # the first run ended (its searcher finished): the rerun starts a fresh experiment for what is left
+    assert second["tune"] == "fresh"
     assert store.read_error(trial.finetune) is None
     assert [c["kind"] for c in standins.read_calls(calls)] == ["finetune", "finetune"]
 
 
 @pytest.mark.slow
 def test_unrestorable_tune_state_falls_back_to_a_fresh_tuner(local_ray, tmp_path, caplog):
-    """A Tune experiment that cannot be restored (here: a corrupt tuner.pkl) is replaced by a fresh one;
-    the trial (whose pretrain collapsed earlier: its finetune is skipped, no training) still runs."""
+    """A Tune experiment that cannot be restored (here: a corrupt tuner.pkl, with the study's stages
+    unchanged, so a restore is tried) is replaced by a fresh one, and the stages still run."""
     plan = standins.make_plan(
-        "fallback", [("t1", standins.pretrain_config(), standins.finetune_config())], salt="fallback"
+        "fallback",
+        [("t1", standins.pretrain_config(method="scratch"), standins.finetune_config(epochs=1))],
+        salt="fallback",
     )
     store, calls = Store(tmp_path / "store"), str(tmp_path / "calls.jsonl")
-    trial = plan.trials[0]
-    store.write_result(trial.pretrain, {"kind": "pretrain", "status": "collapsed", "collapsed": True})
-    concurrency = max_trials(plan.compute, ray.cluster_resources(), 1)
-    record = {"trials": {"t1": trial.finetune}, "max_concurrent": concurrency}
-    store.write_json(store.study_path("fallback", "tune_trials.json"), record)
+    store.write_json(store.study_path("fallback", "plan.json"), plan.to_dict())  # "the last run"
     store.write_bytes(store.study_path("fallback", "tune", "tuner.pkl"), b"not a pickle")
+    store.write_bytes(store.study_path("fallback", "tune", "experiment_state-x.json"), b"{}")
 
-    with caplog.at_level("WARNING", logger="orchestrator.execution"):
-        summary = run_study(plan, store, study_text="name: fallback\n", workloads=standins.workloads(calls))
+    with caplog.at_level("INFO", logger="orchestrator.ray_backend"):
+        summary = run_study(
+            plan, store, study_text="name: fallback\n", workloads=standins.workloads(calls), progress=False
+        )
 
-    assert "restoring" in caplog.text and "failed" in caplog.text  # the restore was tried, and failed
-    assert summary["tune"] == "fresh" and summary["counts"] == {"skipped": 1}
-    assert store.read_result(trial.finetune)["reason"] == "pretrain collapsed"
-    assert standins.read_calls(calls) == []
+    assert "restoring" in caplog.text  # the restore was tried
+    assert summary["tune"] == "fresh" and summary["counts"] == {"done": 1}
+    assert [c["kind"] for c in standins.read_calls(calls)] == ["finetune"]
 
 
 @pytest.mark.slow

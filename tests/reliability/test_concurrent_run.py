@@ -9,7 +9,7 @@ from pathlib import Path
 import filelock
 import pytest
 
-from orchestrator import execution
+from orchestrator import execution, ray_backend
 from orchestrator.cli import main
 from orchestrator.inputs import data_config
 from orchestrator.plan import make_plan
@@ -45,7 +45,7 @@ def _no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("Ray must not start while another run holds the study")
 
-    monkeypatch.setattr(execution, "_connect", refuse)
+    monkeypatch.setattr(ray_backend, "connect", refuse)
 
 
 def test_run_study_fails_fast_while_another_run_holds_the_study(setup, monkeypatch):
@@ -98,7 +98,7 @@ def test_lock_is_released_when_the_run_fails(setup, monkeypatch):
     def boom(address):
         raise RuntimeError("cluster unreachable")
 
-    monkeypatch.setattr(execution, "_connect", boom)
+    monkeypatch.setattr(ray_backend, "connect", boom)
     with pytest.raises(RuntimeError, match="cluster unreachable"):
         execution.run_study(plan, store, study_text=study.text, progress=False)
     lock = filelock.FileLock(_lock_path(store, "locked"))

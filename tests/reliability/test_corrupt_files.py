@@ -1,6 +1,6 @@
 """Corrupt files left by a crash (issue 10): a truncated result.json means "not finished" (warned, the
 stage is redone); a truncated epoch checkpoint falls back to the previous good one, both in the plain
-LocalContext and in the Ray Train context (`orchestrator.ray_context`, tested without a Ray cluster)."""
+LocalContext and in the Ray Train context (`orchestrator.ray_backend`, tested without a Ray cluster)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_every_epoch_checkpoint_truncated_starts_from_scratch(tmp_path, caplog):
 
 
 # ---------------------------------------------------------------------- Ray Train checkpoints
-import orchestrator.ray_context as rc  # noqa: E402  (beside the tests that use it)
+import orchestrator.ray_backend as rc  # noqa: E402  (beside the tests that use it)
 
 
 def _ray_run(tmp_path: Path, epochs: list[int], truncate: tuple[int, ...] = (), drop: tuple[int, ...] = ()):
@@ -105,7 +105,7 @@ def test_first_loadable_state_skips_a_truncated_latest_and_warns_naming_it(tmp_p
 
     _, dirs = _ray_run(tmp_path, [1, 2, 3], truncate=(3,), drop=(2,))
     fs = LocalFileSystem()
-    with caplog.at_level(logging.WARNING, logger="orchestrator.ray_context"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.ray_backend"):
         found = rc.first_loadable_state(dirs[::-1], lambda d: rc._load_state(fs, d))
     folder, state = found
     assert folder == dirs[0] and state["epoch"] == 1
@@ -135,7 +135,7 @@ def test_ray_stage_context_resume_falls_back(tmp_path, monkeypatch, caplog, trun
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint(dirs[-1]))
     ctx = object.__new__(rc.RayStageContext)
     ctx.stage_id, ctx.resumed_from = STAGE, None
-    with caplog.at_level(logging.WARNING, logger="orchestrator.ray_context"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.ray_backend"):
         state = ctx.resume_state()
     if expected_epoch is None:
         assert state is None and ctx.resumed_from is None

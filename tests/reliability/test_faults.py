@@ -187,7 +187,7 @@ def local_ray():
     The killed drivers start their own Ray in their subprocess."""
     import ray
 
-    from orchestrator.execution import start_local_ray
+    from orchestrator.ray_backend import start_local_ray
 
     started = not ray.is_initialized()
     if started:

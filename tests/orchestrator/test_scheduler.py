@@ -1,0 +1,300 @@
+"""The stage scheduler and the run bookkeeping around it, Ray-free, against in-process fakes (ms each):
+priority by longest remaining path, launches only of ready stages that fit, found / no-work / skipped /
+blocked stages resolved without a trial, another run's lease waited for without holding anything, the
+plan-time prediction, the simulation's metrics, and the "what changed" line of an edited study."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import standins  # noqa: E402
+from fakes import FakeRunner, VirtualClock, fake_fit  # noqa: E402
+
+from orchestrator.execution import run_study  # noqa: E402
+from orchestrator.scheduler import (  # noqa: E402
+    Interval,
+    StageScheduler,
+    describe_changes,
+    estimated_hours,
+    list_schedule,
+    lower_bound,
+    remaining_path_hours,
+    schedule_metrics,
+    stage_request,
+    unschedulable,
+)
+from orchestrator.stages import FileLease  # noqa: E402
+from orchestrator.store import Store  # noqa: E402
+
+GPU = standins.tiny_compute(use_gpu=True, gpus_per_worker=1.0, cpus_per_worker=8.0)
+
+
+def label_fraction_like(n_finetunes: int = 9, salt: str = "lf"):
+    """One pretrain feeding `n_finetunes` finetunes, plus one lone scratch finetune."""
+    pre = standins.pretrain_config(epochs=40)
+    trials = [(f"t{i}", pre, standins.finetune_config(epochs=2 + i)) for i in range(n_finetunes)]
+    trials.append(("lone", standins.pretrain_config(method="scratch"), standins.finetune_config(epochs=1)))
+    return standins.make_plan("lf", trials, salt=salt, compute=GPU)
+
+
+def scheduler_for(plan, store: Store, capacity: dict, **kw) -> StageScheduler:
+    from orchestrator.stages import publish
+
+    return StageScheduler(
+        plan,
+        resolve=store.read_result,
+        publish=lambda spec, status, summary: publish(store, plan, spec, status=status, summary=summary),
+        capacity=capacity,
+        **kw,
+    )
+
+
+# ------------------------------------------------------------------------------------- choosing
+def test_longest_remaining_path_goes_first_and_waiting_stages_hold_nothing(tmp_path):
+    plan = label_fraction_like()
+    store = Store(tmp_path / "store")
+    sched = scheduler_for(plan, store, {"GPU": 8.0, "CPU": 64.0}, clock=VirtualClock())
+    sched.start()
+    pretrain = plan.trials[0].pretrain
+    lone = plan.trials[-1].finetune
+    # the scratch pretrain has no work (published at once); its finetune and the shared pretrain are ready
+    assert {r.spec.stage_id for r in sched.ready()} == {pretrain, lone}
+    paths = remaining_path_hours(plan, estimated_hours(plan))
+    assert paths[pretrain] > paths[lone]
+    assert sched.next_launch() == pretrain  # feeds 9 finetunes: before the lone one
+    assert sched.next_launch() == lone
+    assert sched.next_launch() is None  # every other stage waits for the pretrain: nothing launched
+    blocked = [r for r in sched.stages.values() if r.state == "blocked"]
+    assert len(blocked) == 9 and sched.used() == {"CPU": 16.0, "GPU": 2.0}
+    # the pretrain ends: its 9 finetunes are ready, 7 fit beside the lone one, the longest first
+    store.write_result(pretrain, {"status": "done", "has_weights": True})
+    sched.on_complete(pretrain)
+    launched = []
+    while (sid := sched.next_launch()) is not None:
+        launched.append(sid)
+    assert len(launched) == 7 and sched.used()["GPU"] == 8.0
+    epochs = [plan.stages[s].config.total_epochs for s in launched]
+    assert epochs == sorted(epochs, reverse=True)  # longest first (here: more epochs = longer)
+
+
+def test_a_stage_that_does_not_fit_lets_a_smaller_ready_one_go_first(tmp_path):
+    big = standins.tiny_compute(use_gpu=True, gpus_per_worker=1.0, workers_per_stage=4)
+    plan = standins.make_plan(
+        "fit",
+        [("a", standins.pretrain_config(epochs=50), standins.finetune_config())],
+        salt="fit",
+        compute=big,
+    )
+    store = Store(tmp_path / "store")
+    sched = scheduler_for(plan, store, {"GPU": 4.0, "CPU": 64.0})
+    sched.start()
+    assert stage_request(plan, plan.stages[plan.trials[0].pretrain]) == {"CPU": 4.0, "GPU": 4.0}
+    assert sched.next_launch() == plan.trials[0].pretrain
+    assert sched.free()["GPU"] == 0.0 and sched.next_launch() is None
+    assert unschedulable(plan, {"GPU": 2.0, "CPU": 64.0})[0][1] == {"CPU": 4.0, "GPU": 4.0}
+    assert unschedulable(plan, {"GPU": 4.0, "CPU": 64.0}) == []
+
+
+def test_max_running_caps_the_stages_at_once(tmp_path):
+    plan = label_fraction_like(4, salt="cap")
+    store = Store(tmp_path / "store")
+    runner = FakeRunner({"GPU": 8.0, "CPU": 64.0})
+    run_study(plan, store, study_text="name: lf\n", progress=False, runner=runner, max_concurrent=2)
+    assert runner.max_running == 2
+
+
+# ------------------------------------------------------------------------------------ the run
+def test_run_computes_every_stage_once_publishes_skips_after_collapse_and_reruns_nothing(tmp_path):
+    collapse = standins.pretrain_config(n=3)
+    plan = standins.make_plan(
+        "chain",
+        [
+            ("ok", standins.pretrain_config(), standins.finetune_config()),
+            ("ok2", standins.pretrain_config(), standins.finetune_config(lr=0.01)),
+            ("collapse", collapse, standins.finetune_config()),
+            ("scratch", standins.pretrain_config(method="scratch"), standins.finetune_config()),
+        ],
+        salt="chain",
+    )
+    store = Store(tmp_path / "store")
+    calls: list[str] = []
+    collapsed_id = plan.trials[2].pretrain
+    runner = FakeRunner({"CPU": 2.0}, fit=fake_fit({collapsed_id: {"collapsed": True}}, calls=calls))
+    summary = run_study(plan, store, study_text="name: chain\n", progress=False, runner=runner)
+
+    assert summary["counts"] == {"done": 3, "skipped": 1} and summary["failures"] == []
+    assert sorted(calls) == sorted(
+        {*(t.pretrain for t in plan.trials[:3]), *(t.finetune for t in plan.trials)}
+        - {plan.trials[2].finetune}
+    )  # each distinct stage once
+    assert store.read_result(plan.trials[2].finetune)["reason"] == "pretrain collapsed"
+    assert store.read_result(plan.trials[3].pretrain)["work"] is False
+    hows = {t["trial_id"]: (t["pretrain_how"], t["finetune_how"]) for t in summary["trials"]}
+    assert hows == {
+        "ok": ("computed", "computed"),
+        "ok2": ("computed", "computed"),
+        "collapse": ("computed", "skipped"),
+        "scratch": ("no work", "computed"),
+    }
+    # every launch came after its parent finished (the virtual clock orders them)
+    when = {sid: t for t, sid in runner.launched}
+    for t in plan.trials:
+        if t.pretrain in when and t.finetune in when:
+            assert when[t.finetune] > when[t.pretrain]
+
+    again = run_study(
+        plan, store, study_text="name: chain\n", progress=False, runner=FakeRunner({"CPU": 2.0})
+    )
+    assert again["ran"] == 0 and again["tune"] == "none" and again["counts"] == summary["counts"]
+
+
+def test_failed_stage_records_its_error_blocks_its_finetunes_and_the_next_run_retries(tmp_path):
+    plan = standins.make_plan(
+        "fail",
+        [
+            ("a", standins.pretrain_config(), standins.finetune_config()),
+            ("b", standins.pretrain_config(), standins.finetune_config(lr=0.01)),
+            ("c", standins.pretrain_config(method="scratch"), standins.finetune_config()),
+        ],
+        salt="fail",
+    )
+    store = Store(tmp_path / "store")
+    bad = plan.trials[0].pretrain
+    first = run_study(
+        plan,
+        store,
+        study_text="name: fail\n",
+        progress=False,
+        runner=FakeRunner({"CPU": 2.0}, fit=fake_fit(fail={bad})),
+    )
+    assert first["counts"] == {"failed": 2, "done": 1}
+    assert {f["stage_id"] for f in first["failures"]} == {bad}
+    assert "injected failure" in store.read_error(bad) and "injected failure" in first["failures"][0]["error"]
+    assert store.read_result(plan.trials[0].finetune) is None  # blocked, not published: retried next run
+
+    second = run_study(
+        plan, store, study_text="name: fail\n", progress=False, runner=FakeRunner({"CPU": 2.0})
+    )
+    assert second["counts"] == {"done": 3} and store.read_error(bad) is None
+
+
+def test_a_stage_leased_by_another_run_is_waited_for_then_found(tmp_path):
+    """Another study's run holds the shared pretrain's lease: this run launches the rest, holds nothing
+    for the shared stage, and takes the other run's result when it appears."""
+    plan = standins.make_plan(
+        "two",
+        [
+            ("shared", standins.pretrain_config(), standins.finetune_config()),
+            ("own", standins.pretrain_config(method="scratch"), standins.finetune_config()),
+        ],
+        salt="two",
+    )
+    store = Store(tmp_path / "store")
+    shared = plan.trials[0].pretrain
+    other = FileLease(store)  # the other run
+    assert other.try_acquire(shared)
+    calls: list[str] = []
+
+    def other_run_finishes(sched: StageScheduler) -> None:
+        if store.read_result(shared) is None:
+            store.write_result(shared, {"status": "done", "has_weights": False, "kind": "pretrain"})
+            other.release(shared)
+
+    runner = FakeRunner({"CPU": 2.0}, fit=fake_fit(calls=calls), on_idle=other_run_finishes)
+    sched_events: list[dict] = []
+    from orchestrator import execution
+
+    real = execution.StageScheduler
+
+    class Spy(real):  # the lease is the run's file lease, as RayRunner sets it
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.lease = FileLease(store)
+            self.on_event = sched_events.append
+
+    execution.StageScheduler = Spy
+    try:
+        summary = run_study(plan, store, study_text="name: two\n", progress=False, runner=runner)
+    finally:
+        execution.StageScheduler = real
+    assert shared not in calls and plan.trials[0].finetune in calls
+    assert summary["counts"] == {"done": 2}
+    assert summary["trials"][0]["pretrain_how"] == "waited"
+    assert any(e["state"] == "waiting" and e["stage_id"] == shared for e in sched_events)
+
+
+def test_store_uri_keeps_its_query_and_takes_a_given_filesystem(tmp_path):
+    import pyarrow.fs as pafs
+
+    store = Store(tmp_path / "s")
+    assert store.uri_of("stages", "x") == f"{store.base}/stages/x"
+    q = object.__new__(Store)
+    q.uri, q.query, q.filesystem, q.base = (
+        "s3://b/store",
+        "endpoint_override=127.0.0.1:9&region=us-east-1",
+        None,
+        "b/store",
+    )
+    assert q.uri_of("stages", "x") == "s3://b/store/stages/x?endpoint_override=127.0.0.1:9&region=us-east-1"
+    assert q.ray_storage("studies") == (
+        "s3://b/store/studies?endpoint_override=127.0.0.1:9&region=us-east-1",
+        None,
+    )
+    fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    given = Store("inner", filesystem=fs)
+    assert given.ray_storage("stages") == ("inner/stages", fs)
+    given.write_json(given.path("x.json"), {"a": 1})
+    assert json.loads((tmp_path / "inner" / "x.json").read_text()) == {"a": 1}
+
+
+# ----------------------------------------------------------------------------------- estimates
+def test_prediction_and_lower_bound_on_a_hand_checked_plan():
+    plan = label_fraction_like(3, salt="pred")
+    hours = estimated_hours(plan)
+    pre = plan.trials[0].pretrain
+    fts = [t.finetune for t in plan.trials[:3]]
+    lone = plan.trials[-1].finetune
+    # 1 GPU: everything in a row
+    one = list_schedule(plan, {"GPU": 1.0, "CPU": 64.0})
+    assert max(s.end_h for s in one) == pytest.approx(sum(hours.values()))
+    # 4 GPUs: the pretrain and the lone finetune at once, then the 3 finetunes at once
+    four = {s.stage_id: s for s in list_schedule(plan, {"GPU": 4.0, "CPU": 64.0})}
+    assert four[pre].start_h == 0.0 and four[lone].start_h == 0.0
+    assert all(four[f].start_h == pytest.approx(hours[pre]) for f in fts)
+    makespan = max(s.end_h for s in four.values())
+    assert makespan == pytest.approx(hours[pre] + max(hours[f] for f in fts))
+    assert lower_bound(plan, 4) == pytest.approx(makespan)  # the chain is the bound here
+    assert lower_bound(plan, 1) == pytest.approx(sum(hours.values()))  # total GPU-hours / 1
+    assert lower_bound(plan, 1, scale=10.0) == pytest.approx(10 * sum(hours.values()))
+
+
+def test_schedule_metrics_makespan_and_gpu_idle_while_a_stage_was_ready():
+    # 2 GPUs; stage a runs 0-10; b is ready at 0 but starts at 2 (2 s of 1 idle GPU while ready)
+    iv = [Interval("a", 0.0, 0.0, 10.0, 1.0), Interval("b", 0.0, 2.0, 10.0, 1.0)]
+    m = schedule_metrics(iv, gpus=2)
+    assert m["makespan"] == 10.0 and m["idle_while_ready"] == pytest.approx(2.0 / 20.0)
+    # nothing ready while GPUs idle: 0
+    iv = [Interval("a", 0.0, 0.0, 10.0, 1.0), Interval("c", 10.0, 10.0, 12.0, 1.0)]
+    assert schedule_metrics(iv, gpus=2)["idle_while_ready"] == 0.0
+
+
+def test_what_changed_line_of_an_edited_study(tmp_path):
+    trials = [(f"n{n}", standins.pretrain_config(n=n), standins.finetune_config()) for n in (2, 3, 4)]
+    before = standins.make_plan("edit", trials, salt="edit")
+    after = standins.make_plan(
+        "edit", [*trials[:2], ("n5", standins.pretrain_config(n=5), standins.finetune_config())], salt="edit"
+    )
+    finished = {before.trials[0].pretrain, before.trials[0].finetune}
+    line = describe_changes(before.to_dict(), after, finished)
+    assert line == (
+        "since the last run of study edit: 2 new stages, 1 trial no longer in the study "
+        "(their results stay in the store), 2 found"
+    )
+    assert describe_changes(None, after, set()).startswith("first run of study edit: 6 stages")
