@@ -1,8 +1,14 @@
-"""Shared fixtures: the real COCO samples in ../shared/data (skipped with a reason when absent)."""
+"""Shared fixtures: the real COCO samples in ../shared/data (skipped with a reason when absent), and an
+S3-protocol object store on loopback (moto)."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,3 +37,101 @@ def coco_mini() -> Path:
 def coco_dets() -> Path:
     """../shared/data/coco-dets: 4 val2017 images + HRNet's person detection slice (118 boxes)."""
     return _sample("coco-dets")
+
+
+# ------------------------------------------------------------------------- an S3 server on loopback
+@dataclass(frozen=True)
+class S3Server:
+    """A moto S3-protocol server on 127.0.0.1 (credentials in the environment, for every process
+    started after the fixture, Ray workers included)."""
+
+    port: int
+    bucket: str
+
+    def uri(self, prefix: str) -> str:
+        """A store URI inside the bucket; the query carries pyarrow's options (kept on every path)."""
+        return (
+            f"s3://{self.bucket}/{prefix}?endpoint_override=127.0.0.1:{self.port}&scheme=http"
+            "&region=us-east-1"
+        )
+
+    def filesystem(self):
+        import pyarrow.fs as pafs
+
+        return pafs.S3FileSystem(
+            endpoint_override=f"127.0.0.1:{self.port}",
+            scheme="http",
+            region="us-east-1",
+            access_key="testing",
+            secret_key="testing",
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """`moto_server` on a free loopback port for the whole session; stopped (by its pid) at the end."""
+    pytest.importorskip("moto", reason="moto[server] is a test dependency (pip install -e '.[test]')")
+    port = _free_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",  # never look for instance credentials off this machine
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"moto_server did not start on 127.0.0.1:{port}") from None
+                time.sleep(0.2)
+        server = S3Server(port=port, bucket="hsjp-test")
+        server.filesystem().create_dir(server.bucket)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# ----------------------------------------------------------------------- the smoke study, run once
+@pytest.fixture(scope="session")
+def smoke_reference(tmp_path_factory):
+    """The shipped smoke study run once, uninterrupted, into a local store with the real workloads
+    (plan, store, summary): what the end-to-end tests check and what interrupted runs must equal."""
+    from types import SimpleNamespace
+
+    from orchestrator.execution import run_study
+    from orchestrator.inputs import prepare_data
+    from orchestrator.plan import make_plan
+    from orchestrator.store import Store
+    from orchestrator.study import load_study
+
+    study = load_study(REPO / "studies" / "smoke.yaml")
+    store = Store(tmp_path_factory.mktemp("smoke-reference") / "store")
+    plan = make_plan(study, prepare_data(study, store))
+    summary = run_study(plan, store, study_text=study.text)
+    return SimpleNamespace(study=study, plan=plan, store=store, summary=summary)

@@ -252,18 +252,15 @@ def test_unrestorable_tune_state_falls_back_to_a_fresh_tuner(local_ray, tmp_path
 
 
 @pytest.mark.slow
-def test_smoke_study_end_to_end_then_nothing_recomputed(local_ray, tmp_path):
+def test_smoke_study_end_to_end_then_nothing_recomputed(local_ray, smoke_reference, tmp_path):
     """The shipped smoke study with the real workloads: every stage published with real metrics; a
     second run starts no stage and trains no epoch."""
-    from orchestrator.inputs import prepare_data
-    from orchestrator.plan import make_plan
-    from orchestrator.study import load_study
-
-    study = load_study(HERE.parents[1] / "studies" / "smoke.yaml")
-    store = Store(tmp_path / "store")
-    plan = make_plan(study, prepare_data(study, store))
-
-    summary = run_study(plan, store, study_text=study.text)
+    plan, store, summary, study = (
+        smoke_reference.plan,
+        smoke_reference.store,
+        smoke_reference.summary,
+        smoke_reference.study,
+    )
 
     assert summary["counts"] == {"done": len(plan.trials)} and summary["failures"] == []
     assert len({t.pretrain for t in plan.trials}) < len(plan.trials)  # a shared pretrain, computed once
