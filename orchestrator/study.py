@@ -213,11 +213,10 @@ def _load_defaults(raw: Any, path: Path) -> dict[str, dict]:
     if isinstance(sections["pretrain"].get("checkpoint"), str):
         key = f"{where}.pretrain.checkpoint"
         sections["pretrain"]["checkpoint"] = resolve_path(sections["pretrain"]["checkpoint"], key, path)
-    with _float_hint():
-        return {
-            name: to_dict(from_dict(_SECTIONS[name], sec, f"{where}.{name}"))
-            for name, sec in sections.items()
-        }
+    with _float_hint():  # type-checked here; kept as given, so that settings left out take the
+        for name, sec in sections.items():  # defaults of the trial's own backbone (BACKBONE_RECIPES)
+            from_dict(_SECTIONS[name], sec, f"{where}.{name}")
+    return sections
 
 
 def _load_seeds(raw: Any, path: Path) -> list[int | None]:
@@ -315,7 +314,7 @@ def _assign(base: dict, key: str, value: Any) -> None:
     for section in targets:
         node = base[section]
         for name in rest[:-1]:
-            node = node[name]
+            node = node.setdefault(name, {})
         old = node.get(rest[-1])
         node[rest[-1]] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
 

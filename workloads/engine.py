@@ -76,7 +76,7 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 def make_loader(
     dataset: Dataset,
-    batch_size_global: int,
+    batch_size: int,
     ctx: StageContext,
     seed: int,
     workers: int,
@@ -86,10 +86,11 @@ def make_loader(
 ) -> tuple[DataLoader, EpochSampler]:
     """A loader over `dataset` (whose __getitem__ takes an `(epoch, index)` key) for this rank.
 
-    Per-worker batch = global batch / world size (at least 1); with fewer items than a batch,
-    the batch shrinks to the shard so tiny data sets still train.
+    `batch_size` is per worker (per GPU: the configs' batch sizes are, as the official BATCH_SIZE_PER_GPU);
+    the global batch is batch_size × world size. With fewer items than a batch, the batch shrinks to
+    the shard so tiny data sets still train.
     """
-    per_rank = max(1, batch_size_global // max(1, ctx.world_size))
+    per_rank = max(1, batch_size)
     sampler = EpochSampler(len(dataset), seed, ctx.rank, ctx.world_size, shuffle)
     per_rank = min(per_rank, len(sampler))
     loader = DataLoader(

@@ -175,7 +175,7 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
             val_loader.append(
                 DataLoader(
                     val_set,
-                    batch_size=max(1, cfg.batch_size // ctx.world_size),
+                    batch_size=cfg.batch_size,
                     shuffle=False,
                     num_workers=data.loader_workers,
                     pin_memory=device.type == "cuda",
