@@ -52,6 +52,7 @@ from workloads.engine import (
     unwrap,
 )
 from workloads.models import build_model, freeze_stages, load_backbone, load_imagenet, stage_of_parameter
+from workloads.numerics import numerics_record
 from workloads.pose import evaluate as pose_evaluate
 from workloads.pose import inference
 from workloads.pose.dataset import PoseTrainDataset, load_train_instances
@@ -410,6 +411,7 @@ def run_finetune(
         }
     )
     prov = provenance(stage_config, device, ctx.world_size)
+    prov["numerics"] = numerics_record(cfg.runtime, device)
     prov["init"] = {
         "method": init_method(init),
         **({k: len(v) for k, v in report.items()} if report is not None else {}),
