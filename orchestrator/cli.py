@@ -211,13 +211,23 @@ def _failed(summary: Any, plan: Plan, store: Store) -> list[str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    study = _load(args.study)
+    study = _load(args.study, dry_run=True)  # a dry run reads neither the data nor the checkpoints
     plan = make_plan(study, data_config(study.data, _storage_base(args.storage)))
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2, sort_keys=False, default=str))
     else:
         print(render_plan(plan))
+    _note_missing_inputs(study)
     return 0
+
+
+def _note_missing_inputs(study: Study) -> None:
+    """Say once (on stderr, so `--json` stays JSON) which inputs a real run will need but are not here."""
+    from orchestrator.inputs import missing_inputs
+
+    missing = missing_inputs(study)
+    if missing:
+        print("note: a real run needs inputs that are not here:\n  " + "\n  ".join(missing), file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -272,7 +282,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _load(path: str | None) -> Study:
+def _load(path: str | None, dry_run: bool = False) -> Study:
     if path is None:
         if not DEFAULT_STUDY.is_file():
             raise FileNotFoundError(
@@ -280,7 +290,7 @@ def _load(path: str | None) -> Study:
                 "repository's studies/?); give a study file: hsjp-study run STUDY.yaml"
             )
         path = str(DEFAULT_STUDY)
-    return load_study(path)
+    return load_study(path, dry_run=dry_run)
 
 
 def _existing_store(storage: str) -> Store:

@@ -31,6 +31,7 @@ from orchestrator.inputs import (  # noqa: F401  (ComputeConfig, DataSpec, prepa
     DataSpec,
     SyntheticSpec,
     check_inputs,
+    dry_run_inputs,
     expand_env,
     load_compute,
     load_data,
@@ -76,12 +77,22 @@ class Study:
     trials: tuple[Trial, ...]
     parts: tuple[str, ...] = ()
     """Names of the merged studies, in order; empty for a plain study."""
+    unset_env: tuple[tuple[str, str], ...] = ()
+    """Dry runs only (`load_study(dry_run=True)`): (VAR, key) of each `${VAR}` left unexpanded."""
 
 
 # ----------------------------------------------------------------------------------------- loading
-def load_study(path: str | os.PathLike) -> Study:
-    """Read and validate a study file (ConfigError naming file / key / value on any mistake)."""
+def load_study(path: str | os.PathLike, dry_run: bool = False) -> Study:
+    """Read and validate a study file (ConfigError naming file / key / value on any mistake).
+
+    `dry_run`: an unset `${VAR}` is kept as written (and listed in `unset_env`) instead of an error,
+    so that `plan` works without COCO or the checkpoints (`inputs.missing_inputs` says what a run needs).
+    """
     path = Path(path)
+    if dry_run:
+        with dry_run_inputs() as unset:
+            study = load_study(path)
+        return dataclasses.replace(study, unset_env=tuple(unset))
     raw, text = _read_yaml(path)
     if "studies" in raw:
         return _load_merged(path, raw, text)
