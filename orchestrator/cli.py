@@ -140,12 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "evaluate",
         cmd_evaluate,
-        "COCO keypoint AP, AP per OKS threshold and error analysis of a results file",
+        "COCO keypoint AP, AP per OKS threshold and error analysis of a results file (--gt, --results), "
+        "or of a pose checkpoint run through our inference (--checkpoint: the setup check)",
         (ValueError,),
     )
-    p.add_argument("--gt", required=True, help="ground-truth annotation JSON (person_keypoints_val2017.json)")
-    p.add_argument("--results", required=True, help="COCO keypoint results JSON")
-    p.add_argument("--out", help="folder for metrics.json")
+    p.add_argument("--gt", help="ground-truth annotation JSON (person_keypoints_val2017.json)")
+    p.add_argument("--results", help="COCO keypoint results JSON")
+    p.add_argument("--out", help="folder for metrics.json (and, with --checkpoint, the results file)")
+    from orchestrator.evaluate_checkpoint import add_arguments
+
+    add_arguments(p)
     return parser
 
 
@@ -272,6 +276,12 @@ def cmd_puzzle(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.checkpoint is not None:
+        from orchestrator.evaluate_checkpoint import run_from_args
+
+        return run_from_args(args)
+    if not args.gt or not args.results:
+        raise ConfigError("evaluate: give --gt and --results (a results file), or --checkpoint (a model)")
     from workloads.pose.evaluate import evaluate_file, format_table
 
     metrics = evaluate_file(args.gt, args.results, out_dir=args.out)
