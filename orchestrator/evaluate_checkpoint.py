@@ -14,7 +14,8 @@ def format_summary(summary: dict, backbone: str) -> str:
         f"checkpoint {ck['file']}: weights from {ck['entry']}"
         + (f", prefix {ck['prefix']!r} removed" if ck["prefix"] else "")
         + f"; loaded strictly into {backbone}; input {summary['channel_order'].upper()}",
-        f"{summary['persons']} persons on {summary['images']} images -> {summary['results_file']}",
+        f"{summary['persons']} persons ({summary['boxes']}) on {summary['images']} images "
+        f"-> {summary['results_file']}",
     ]
     zoo_file, zoo_ap = summary["zoo"]
     if summary["metrics"] is None:

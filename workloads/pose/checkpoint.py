@@ -195,6 +195,7 @@ def evaluate_checkpoint(
         "images": len({i.image_id for i in instances}),
         "checkpoint": {"file": str(checkpoint), "entry": loaded.entry, "prefix": loaded.prefix},
         "channel_order": channel_order,
+        "boxes": "GT boxes" if annotated and detections is None else f"detections {detections}",
         "zoo": MODEL_ZOO[backbone],
     }
     if annotated:
