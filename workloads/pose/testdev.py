@@ -8,7 +8,7 @@ write what the evaluation server takes: `person_keypoints_<split>_<name>_results
 {image_id, category_id, keypoints [51], score}) and its zip. No AP is computed here: there is nothing to
 score against. The server's returned stats, placed beside the results file as
 `person_keypoints_<split>_<name>_results.stats.json`, are read back by `hsjp-study report`
-(`read_server_stats`; the format is in docs/paper-silent-choices.md, "test-dev").
+(reports/collect.py `parse_server_stats`; the format is in docs/paper-silent-choices.md, "test-dev").
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 # COCO 2017: test-dev and test-challenge are subsets of the test2017 images (cocodataset.org/#download)
 TEST_IMAGE_FOLDERS = {"test-dev2017": "test2017", "test-challenge2017": "test2017"}
-STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")  # COCOeval order
 
 
 def image_info_path(root: str | os.PathLike, split: str) -> Path:
@@ -200,30 +199,6 @@ def predict_split(
     }
     log.info("%s: %d results on %d images -> %s", split, len(results), covered, summary["zip_file"])
     return summary, files
-
-
-def read_server_stats(text: str, where: str) -> dict[str, float]:
-    """The stats the server returned, as placed beside the results file: a JSON object with the COCO
-    keypoint stats by name as fractions, at least `AP` (e.g. {"AP": 0.736, "AP50": 0.904, ...}), or
-    {"stats": [10 numbers in COCOeval order]}. ValueError naming `where` otherwise."""
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{where}: not valid JSON ({err})") from err
-    if isinstance(obj, dict) and isinstance(obj.get("stats"), list):
-        obj = dict(zip(STAT_NAMES, obj["stats"]))
-    if not isinstance(obj, dict) or "AP" not in obj:
-        raise ValueError(
-            f'{where}: expected an object with at least "AP" (a fraction) or "stats": [10 numbers]'
-        )
-    out = {}
-    for key in STAT_NAMES:
-        if key in obj:
-            value = obj[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
-                raise ValueError(f"{where}: {key} = {value!r}: expected a fraction in [0, 1] (COCOeval's)")
-            out[key] = float(value)
-    return out
 
 
 def submission_name(stage_config: dict) -> str:

@@ -9,11 +9,12 @@ import zipfile
 import pytest
 import torch
 
+from reports.collect import parse_server_stats as read_server_stats
 from tests.testdev_data import SPLIT, make_testdev_root
 from workloads.config import DataConfig, FinetuneConfig, ModelConfig
 from workloads.context import LocalContext
 from workloads.data.coco import CocoDataError
-from workloads.pose.testdev import read_server_stats, results_name, stats_name
+from workloads.pose.testdev import results_name, stats_name
 from workloads.pose.train import run_finetune
 
 TINY = ModelConfig(width=8, num_blocks=1, num_modules=(1, 1, 1))
