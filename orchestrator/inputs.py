@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 # Training images/s per device for the plan's estimate, at the finetune reference input 256×192 (other
 # input sizes scale by pixel count). GPU: targets for one H100 with bf16 autocast + channels_last
-# (benchmarks/ measures the real figure); CPU: one fp32 worker of a few cores, an order of magnitude.
+# (benchmarks/ measures the real figure; the paper studies train in fp32/TF32 by default, which is
+# slower: give compute.throughput to correct the estimate); CPU: one fp32 worker, an order of magnitude.
 GPU_THROUGHPUT = {"hrnet_w32": 2000.0, "simplebaseline_r50": 3000.0}
 CPU_THROUGHPUT = {"hrnet_w32": 12.0, "simplebaseline_r50": 16.0}
 _ENV = re.compile(r"\$\{([^}]*)\}")
