@@ -84,3 +84,22 @@ def test_recipe_by_backbone(backbone):
     assert (given.aug.scale_factor, given.aug.rotate_deg) == (0.25, expected[1])  # a given value wins
     plain = from_dict(FinetuneConfig, {"model": {"backbone": backbone}})
     assert plain == cfg
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (bf16 autocast is a CUDA default)"
+)
+def test_cuda_evaluation_is_fp32_even_when_training_would_autocast(tmp_path):
+    model = build_model(TINY, 17, generator=torch.Generator().manual_seed(0)).cuda()
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    insts = _instances(tmp_path)
+    outs = {}
+    for amp in ("off", "auto"):  # auto = bf16 autocast for training on CUDA
+        cfg = FinetuneConfig(
+            model=TINY, input_hw=(64, 64), heatmap_hw=(16, 16), runtime=RuntimeConfig(amp=amp)
+        )
+        outs[amp] = predict(model, insts, cfg, "cuda", workers=1)
+    assert set(seen) == {torch.float32}
+    a, b = (np.array([r["keypoints"] for r in outs[k]]) for k in ("off", "auto"))
+    assert np.allclose(a, b, atol=1e-4)  # the same fp32 pass (up to cuDNN algorithm choice)
