@@ -199,7 +199,7 @@ def _study_name(raw: dict, path: Path) -> str:
 
 # -------------------------------------------------------------------------------------- sections
 def _load_defaults(raw: Any, path: Path) -> dict[str, dict]:
-    """The defaults as plain data {pretrain: {...}, finetune: {...}} (type-checked, paths expanded)."""
+    """The defaults as plain data {pretrain: {...}, finetune: {...}} as given (type-checked, paths expanded)."""
     where = f"{path}: defaults"
     if raw is None:
         raw = {}
@@ -224,8 +224,10 @@ def _load_defaults(raw: Any, path: Path) -> dict[str, dict]:
     if isinstance(sections["pretrain"].get("checkpoint"), str):
         key = f"{where}.pretrain.checkpoint"
         sections["pretrain"]["checkpoint"] = resolve_path(sections["pretrain"]["checkpoint"], key, path)
-    with _float_hint():  # type-checked here; kept as given, so that settings left out take the
-        for name, sec in sections.items():  # defaults of the trial's own backbone (BACKBONE_RECIPES)
+    # Type-checked here but kept as given (not filled with defaults), so that a setting left out takes
+    # the default of each trial's own backbone once the trial is built (BACKBONE_RECIPES).
+    with _float_hint():
+        for name, sec in sections.items():
             from_dict(_SECTIONS[name], sec, f"{where}.{name}")
     return sections
 

@@ -99,3 +99,21 @@ def test_a_test_split_without_its_image_info_exits_2_naming_the_path(tmp_path, c
         check_inputs(load_study(study))
     with pytest.raises(ConfigError, match="data.test_detection_file: not given"):
         check_inputs(load_study(_test_split_study(tmp_path, root, None)))
+
+
+def test_recipe_defaults_follow_each_trials_backbone_and_given_values_win(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "name: r\ndata: {synthetic: {train: 4, val: 2}}\ncompute: {}\n"
+        "defaults:\n  model: {backbone: hrnet_w32}\n  pretrain: {method: scratch}\n"
+        "  finetune: {aug: {rotate_deg: 30.0}}\n"
+        "matrix:\n  model.backbone: [hrnet_w32, simplebaseline_r50]\n"
+    )
+    by = {t.finetune.model.backbone: t.finetune for t in load_study(path).trials}
+    assert (by["hrnet_w32"].aug.scale_factor, by["hrnet_w32"].aug.half_body_prob) == (0.35, 0.3)
+    assert (by["simplebaseline_r50"].aug.scale_factor, by["simplebaseline_r50"].aug.half_body_prob) == (
+        0.30,
+        0.0,
+    )
+    assert by["hrnet_w32"].aug.rotate_deg == by["simplebaseline_r50"].aug.rotate_deg == 30.0  # given: kept
+    assert (by["hrnet_w32"].epochs, by["simplebaseline_r50"].epochs) == (210, 140)
