@@ -189,7 +189,8 @@ def _to_device(batch, device: torch.device):
 def make_configs(
     backbone: str, sizes: Sizes, compile_model: bool, augment_on: str = "auto"
 ) -> tuple[PretrainConfig, FinetuneConfig]:
-    runtime = RuntimeConfig(compile=compile_model)
+    # "ours" measures bf16 autocast on CUDA (in the studies an opt-in: runtime.amp)
+    runtime = RuntimeConfig(amp="auto", compile=compile_model)
     model = sizes.models[backbone]
     side = sizes.pretext_input
     pretrain = PretrainConfig(model=model, n=sizes.n, input_size=side, heatmap_size=side // 4,

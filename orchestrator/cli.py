@@ -164,12 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "evaluate",
         cmd_evaluate,
-        "COCO keypoint AP, AP per OKS threshold and error analysis of a results file",
+        "COCO keypoint AP, AP per OKS threshold and error analysis of a results file (--gt, --results), "
+        "or of a pose checkpoint run through our inference (--checkpoint: the setup check)",
         (ValueError,),
     )
-    p.add_argument("--gt", required=True, help="ground-truth annotation JSON (person_keypoints_val2017.json)")
-    p.add_argument("--results", required=True, help="COCO keypoint results JSON")
-    p.add_argument("--out", help="folder for metrics.json")
+    p.add_argument("--gt", help="ground-truth annotation JSON (person_keypoints_val2017.json)")
+    p.add_argument("--results", help="COCO keypoint results JSON")
+    p.add_argument("--out", help="folder for metrics.json (and, with --checkpoint, the results file)")
+    from orchestrator.evaluate_checkpoint import add_arguments
+
+    add_arguments(p)
     return parser
 
 
@@ -247,7 +251,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.gpus is None:
         raise ConfigError("--simulate needs --gpus G: the GPUs of the simulated cluster")
-    study = _load(args.study)
+    study = _load(args.study, dry_run=True)  # a simulation reads neither the data nor the checkpoints
     plan = make_plan(study, data_config(study.data, _storage_base(args.storage)))
     sim = Simulation(gpus=args.gpus, cpus=args.cpus, time_scale=args.time_scale)
     check_simulation(plan, sim)  # bad input exits 2 before Ray starts
@@ -264,7 +268,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    study = _load(args.study)
+    study = _load(args.study, dry_run=True)  # a dry run reads neither the data nor the checkpoints
     plan = make_plan(study, data_config(study.data, _storage_base(args.storage)))
     if args.json:
         out = plan.to_dict()
@@ -282,7 +286,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(render_plan(plan))
         if args.gpus:
             print(render_prediction(plan, args.gpus))
+    _note_missing_inputs(study)
     return 0
+
+
+def _note_missing_inputs(study: Study) -> None:
+    """Say once (on stderr, so `--json` stays JSON) which inputs a real run will need but are not here."""
+    from orchestrator.inputs import missing_inputs
+
+    missing = missing_inputs(study)
+    if missing:
+        print("note: a real run needs inputs that are not here:\n  " + "\n  ".join(missing), file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -327,6 +341,12 @@ def cmd_puzzle(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.checkpoint is not None:
+        from orchestrator.evaluate_checkpoint import run_from_args
+
+        return run_from_args(args)
+    if not args.gt or not args.results:
+        raise ConfigError("evaluate: give --gt and --results (a results file), or --checkpoint (a model)")
     from workloads.pose.evaluate import evaluate_file, format_table
 
     metrics = evaluate_file(args.gt, args.results, out_dir=args.out)
@@ -337,7 +357,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _load(path: str | None) -> Study:
+def _load(path: str | None, dry_run: bool = False) -> Study:
     if path is None:
         if not DEFAULT_STUDY.is_file():
             raise FileNotFoundError(
@@ -345,7 +365,7 @@ def _load(path: str | None) -> Study:
                 "repository's studies/?); give a study file: hsjp-study run STUDY.yaml"
             )
         path = str(DEFAULT_STUDY)
-    return load_study(path)
+    return load_study(path, dry_run=dry_run)
 
 
 def _existing_store(storage: str) -> Store:

@@ -8,6 +8,8 @@ cluster and how fast a device trains (for the plan's GPU-hour estimate).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
 import hashlib
@@ -17,6 +19,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +34,8 @@ log = logging.getLogger(__name__)
 
 # Training images/s per device for the plan's estimate, at the finetune reference input 256×192 (other
 # input sizes scale by pixel count). GPU: targets for one H100 with bf16 autocast + channels_last
-# (benchmarks/ measures the real figure); CPU: one fp32 worker of a few cores, an order of magnitude.
+# (benchmarks/ measures the real figure; the paper studies train in fp32/TF32 by default, which is
+# slower: give compute.throughput to correct the estimate); CPU: one fp32 worker, an order of magnitude.
 GPU_THROUGHPUT = {"hrnet_w32": 2000.0, "simplebaseline_r50": 3000.0}
 CPU_THROUGHPUT = {"hrnet_w32": 12.0, "simplebaseline_r50": 16.0}
 _ENV = re.compile(r"\$\{([^}]*)\}")
@@ -118,6 +122,8 @@ class DataSpec:
             ident["coco_root"] = c.coco_root
             if kind == "finetune":
                 ident["detection_file"] = c.detection_file
+                if c.test_detection_file is not None:  # only finetunes with test_splits read it
+                    ident["test_detection_file"] = c.test_detection_file
         return ident
 
 
@@ -139,7 +145,7 @@ def load_data(raw: Any, path: Path) -> DataSpec:
             f"{where}: missing `coco_root` (a COCO 2017 folder) or `synthetic` "
             "({train: N, val: M, seed: S})"
         )
-    for key in ("coco_root", "detection_file"):
+    for key in ("coco_root", "detection_file", "test_detection_file"):
         if isinstance(raw.get(key), str):
             raw[key] = resolve_path(raw[key], f"{where}.{key}", path)
     cfg = from_dict(DataConfig, raw, where)
@@ -192,17 +198,39 @@ def throughput_source(compute: ComputeConfig, backbone: str) -> str:
 
 
 def resolve_path(value: str, where: str, path: Path) -> str:
-    """${VAR} expanded (an unset variable is an error), ~ expanded, relative to the study file's folder."""
+    """${VAR} expanded (an unset variable is an error), ~ expanded, relative to the study file's folder.
+    In a dry run (`dry_run_inputs`) an unset variable stays as written, `${COCO_ROOT}/...`."""
     value = os.path.expanduser(expand_env(value, where))
-    if "://" in value or os.path.isabs(value):
+    if "://" in value or os.path.isabs(value) or _ENV.search(value):
         return value
     return os.path.normpath(str(path.parent.resolve() / value))
+
+
+_DRY_RUN: contextvars.ContextVar[list[tuple[str, str]] | None] = contextvars.ContextVar(
+    "dry_run_inputs", default=None
+)
+
+
+@contextlib.contextmanager
+def dry_run_inputs() -> Iterator[list[tuple[str, str]]]:
+    """Within it, an unset `${VAR}` is kept as written instead of raising, and noted in the yielded list
+    as (VAR, where): a dry run (`plan`) needs neither the data nor the checkpoints."""
+    unset: list[tuple[str, str]] = []
+    token = _DRY_RUN.set(unset)
+    try:
+        yield unset
+    finally:
+        _DRY_RUN.reset(token)
 
 
 def expand_env(value: str, where: str) -> str:
     def sub(m: re.Match) -> str:
         name = m.group(1)
         if name not in os.environ:
+            unset = _DRY_RUN.get()
+            if unset is not None:
+                unset.append((name, where.split(": ", 1)[-1]))
+                return m.group(0)
             raise ConfigError(
                 f"{where} = {value!r}: environment variable {name} is not set (export {name}=... first)"
             )
@@ -248,6 +276,7 @@ def check_inputs(study: Study) -> None:
             check_coco_layout(study.data.config)
         except CocoDataError as exc:
             raise CocoDataError(f"{study.path}: {exc}") from None
+    check_test_splits(study)
     for t in study.trials:
         ckpt = t.pretrain.checkpoint
         if t.pretrain.method == "imagenet" and ckpt and "://" not in ckpt and not os.path.isfile(ckpt):
@@ -255,6 +284,68 @@ def check_inputs(study: Study) -> None:
                 f"{t.file}: {t.origin}: pretrain.checkpoint = {ckpt!r}: file not found "
                 "(an ImageNet checkpoint: hrnet_w32-36af842e.pth / torchvision resnet50)"
             )
+
+
+def missing_inputs(study: Study) -> list[str]:
+    """What a real run of `study` needs that is not here (one line each, nothing raised): unset
+    environment variables, the COCO folder, ImageNet checkpoints, test-split files. Empty when `run`
+    would find everything. Used by dry runs (`plan`), which need none of it."""
+    out: list[str] = []
+    users: dict[str, list[str]] = {}
+    for name, where in study.unset_env:
+        users.setdefault(name, []).append(where)
+    for name, wheres in users.items():
+        out.append(f"${{{name}}} is not set (used by {', '.join(dict.fromkeys(wheres))})")
+    if study.data.synthetic is None and not _ENV.search(study.data.config.coco_root):
+        from workloads.data.coco import CocoDataError
+
+        try:
+            check_coco_layout(study.data.config)
+        except CocoDataError as exc:
+            out.append(str(exc))
+    for ckpt in dict.fromkeys(t.pretrain.checkpoint for t in study.trials if t.pretrain.method == "imagenet"):
+        if ckpt and not _ENV.search(ckpt) and "://" not in ckpt and not os.path.isfile(ckpt):
+            out.append(f"ImageNet checkpoint {ckpt} not found")
+    if not _ENV.search(study.data.config.coco_root + (study.data.config.test_detection_file or "")):
+        try:
+            check_test_splits(study)
+        except (ConfigError, RuntimeError) as exc:
+            out.append(str(exc))
+    return out
+
+
+def check_test_splits(study: Study) -> None:
+    """Every `finetune.test_splits` entry has its image info file and image folder, and the study gives
+    the detection file they need (CocoDataError / ConfigError naming the path or key)."""
+    splits = {s: t for t in reversed(study.trials) for s in t.finetune.test_splits}
+    if not splits:
+        return
+    from workloads.data.coco import CocoDataError
+    from workloads.pose.testdev import image_info_path, test_image_dir
+
+    cfg = study.data.config
+    if study.data.synthetic is not None:
+        raise ConfigError(
+            f"{study.path}: finetune.test_splits {sorted(splits)}: a synthetic data set has no test split; "
+            "give data.coco_root"
+        )
+    for split, t in splits.items():
+        where = f"{t.file}: {t.origin}: finetune.test_splits"
+        info = image_info_path(cfg.coco_root, split)
+        if not info.is_file():
+            raise CocoDataError(f"{where}: {split!r} needs the image info file {info}, not found")
+        if not test_image_dir(cfg.coco_root, split).is_dir():
+            raise CocoDataError(
+                f"{where}: {split!r} needs its images in {test_image_dir(cfg.coco_root, split)}, not found"
+            )
+    if not cfg.test_detection_file:
+        raise ConfigError(
+            f"{study.path}: data.test_detection_file: not given, but finetune.test_splits names "
+            f"{sorted(splits)}; a test split has no boxes of its own (HRNet's "
+            "COCO_test-dev2017_detections_AP_H_609_person.json)"
+        )
+    if "://" not in cfg.test_detection_file and not Path(cfg.test_detection_file).is_file():
+        raise CocoDataError(f"data.test_detection_file = {cfg.test_detection_file!r}: file not found")
 
 
 def check_coco_layout(cfg: DataConfig) -> None:

@@ -764,6 +764,8 @@ def stage_worker_loop(config: dict) -> None:
         return
     if result.weights is not None:
         store.save_weights(config["stage_id"], result.weights)
+    for name, data in result.artifacts.items():  # e.g. the test-dev results file + zip (pose/testdev.py)
+        store.write_bytes(store.stage_path(config["stage_id"], name), data)
     summary = result.summary()
     summary["metrics"] = _finite_or_none(summary["metrics"])
     summary["has_weights"] = result.weights is not None

@@ -31,6 +31,7 @@ from orchestrator.inputs import (  # noqa: F401  (ComputeConfig, DataSpec, prepa
     DataSpec,
     SyntheticSpec,
     check_inputs,
+    dry_run_inputs,
     expand_env,
     load_compute,
     load_data,
@@ -76,12 +77,22 @@ class Study:
     trials: tuple[Trial, ...]
     parts: tuple[str, ...] = ()
     """Names of the merged studies, in order; empty for a plain study."""
+    unset_env: tuple[tuple[str, str], ...] = ()
+    """Dry runs only (`load_study(dry_run=True)`): (VAR, key) of each `${VAR}` left unexpanded."""
 
 
 # ----------------------------------------------------------------------------------------- loading
-def load_study(path: str | os.PathLike) -> Study:
-    """Read and validate a study file (ConfigError naming file / key / value on any mistake)."""
+def load_study(path: str | os.PathLike, dry_run: bool = False) -> Study:
+    """Read and validate a study file (ConfigError naming file / key / value on any mistake).
+
+    `dry_run`: an unset `${VAR}` is kept as written (and listed in `unset_env`) instead of an error,
+    so that `plan` works without COCO or the checkpoints (`inputs.missing_inputs` says what a run needs).
+    """
     path = Path(path)
+    if dry_run:
+        with dry_run_inputs() as unset:
+            study = load_study(path)
+        return dataclasses.replace(study, unset_env=tuple(unset))
     raw, text = _read_yaml(path)
     if "studies" in raw:
         return _load_merged(path, raw, text)
@@ -188,7 +199,7 @@ def _study_name(raw: dict, path: Path) -> str:
 
 # -------------------------------------------------------------------------------------- sections
 def _load_defaults(raw: Any, path: Path) -> dict[str, dict]:
-    """The defaults as plain data {pretrain: {...}, finetune: {...}} (type-checked, paths expanded)."""
+    """The defaults as plain data {pretrain: {...}, finetune: {...}} as given (type-checked, paths expanded)."""
     where = f"{path}: defaults"
     if raw is None:
         raw = {}
@@ -213,11 +224,12 @@ def _load_defaults(raw: Any, path: Path) -> dict[str, dict]:
     if isinstance(sections["pretrain"].get("checkpoint"), str):
         key = f"{where}.pretrain.checkpoint"
         sections["pretrain"]["checkpoint"] = resolve_path(sections["pretrain"]["checkpoint"], key, path)
+    # Type-checked here but kept as given (not filled with defaults), so that a setting left out takes
+    # the default of each trial's own backbone once the trial is built (BACKBONE_RECIPES).
     with _float_hint():
-        return {
-            name: to_dict(from_dict(_SECTIONS[name], sec, f"{where}.{name}"))
-            for name, sec in sections.items()
-        }
+        for name, sec in sections.items():
+            from_dict(_SECTIONS[name], sec, f"{where}.{name}")
+    return sections
 
 
 def _load_seeds(raw: Any, path: Path) -> list[int | None]:
@@ -315,7 +327,7 @@ def _assign(base: dict, key: str, value: Any) -> None:
     for section in targets:
         node = base[section]
         for name in rest[:-1]:
-            node = node[name]
+            node = node.setdefault(name, {})
         old = node.get(rest[-1])
         node[rest[-1]] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
 

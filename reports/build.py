@@ -39,7 +39,9 @@ def make_report(storage: str | os.PathLike, out: str | os.PathLike) -> list[Path
     written.append(write_results(stages, out))
     seconds = time.perf_counter() - start
     written.append(
-        write_index(out, tables, series, storage=str(storage), seconds=seconds, n_stages=len(stages))
+        write_index(
+            out, tables, series, storage=str(storage), seconds=seconds, n_stages=len(stages), stages=stages
+        )
     )
     log.info(
         "report of %s (%d stages) written to %s: %d files in %.1f s",

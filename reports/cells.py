@@ -220,9 +220,12 @@ class Cell:
     """One measured table cell: the values of its runs and why any are missing."""
 
     status: str = "not run"
-    """'done' (≥ 1 value), else 'collapsed' | 'running' | 'failed' | 'skipped' (not for a collapse) |
-    'not run' (no stage, or only planned ones)."""
+    """'done' (≥ 1 value), else 'collapsed' | 'not available' (a finetune of a collapsed pretrain, as
+    the paper's Table 2 says) | 'running' | 'failed' | 'skipped' | 'not run' (no stage, or only planned
+    ones) | a test-dev cell's 'submit <file>'."""
     values: list[float] = field(default_factory=list)
+    bf16: bool = False
+    """Some run of the cell (or its pretrain) trained in bf16 (`runtime.amp`); the text says so."""
     stage_ids: list[str] = field(default_factory=list)
     settings: str = ""
     notes: list[str] = field(default_factory=list)
@@ -246,7 +249,7 @@ class Cell:
         out = f"{self.mean * scale:.{digits}f}"
         if self.n >= 2:
             out += f" ± {self.std * scale:.{digits}f} (n={self.n})"
-        return out
+        return out + (" [bf16]" if self.bf16 else "")
 
     def spread(self, paper: float | None, scale: float = 1.0) -> str:
         """Whether the paper's value lies inside mean ± std (seeds ≥ 2)."""
@@ -259,6 +262,8 @@ class Cell:
 def _blocked(r: pd.Series) -> str | None:
     """Why a run has no value: 'collapsed' | 'running' | 'failed' | None (not run / has a value)."""
     status, pt = r["status"], r.get("pt_status")
+    if r["kind"] == "finetune" and status != "collapsed" and pt == "collapsed":
+        return "not available"  # paper Table 2: the collapsed pretrain's finetune is "Not Available"
     if status == "collapsed" or pt == "collapsed" or (status == "skipped" and "collaps" in str(r["reason"])):
         return "collapsed"
     if status == "skipped":
@@ -280,15 +285,21 @@ def aggregate(group: pd.DataFrame, metric: str, others: Sequence[str] = ()) -> C
         value = r[metric]
         if r["status"] == "done" and value is not None and not math.isnan(value):
             cell.values.append(float(value))
+            cell.bf16 = cell.bf16 or bool(r.get("bf16"))
     blocked = Counter(b for b in (_blocked(r) for _, r in group.iterrows()) if b)
     if cell.values:
         cell.status = "done"
         cell.notes += [f"+{c} {b}" for b, c in sorted(blocked.items())]
     else:
-        for status in ("collapsed", "running", "failed", "skipped"):
+        for status in ("collapsed", "not available", "running", "failed", "skipped"):
             if blocked.get(status):
                 cell.status = status
                 break
+        recorded = [float(v) for v in group.get(metric, []) if v is not None and not math.isnan(v)]
+        if cell.status == "collapsed" and metric == "precision" and recorded:
+            cell.status = f"collapsed (P = {max(recorded):.3f})"  # P stayed 0 after the warm-up
+    if cell.bf16:
+        cell.notes.append("trained in bf16 (runtime.amp), not the official fp32 numerics")
     if others:
         cell.notes.append(f"{len(others)} other matching group(s) not shown: " + " | ".join(others))
     cell.stage_ids = list(dict.fromkeys(cell.stage_ids))

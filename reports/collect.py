@@ -60,6 +60,13 @@ STAGE_COLUMNS = (
     *METRIC_KEYS,
     "ap_per_oks",
     "errors",
+    "train_precision",
+    "bf16",
+    "world_size",
+    "batch_size",
+    "test_dev_AP",
+    "test_dev_file",
+    "test_dev_status",
     "gpu_hours",
     "pt_gpu_hours",
     "device_hours",
@@ -152,7 +159,57 @@ def read_raw_stages(reader: StoreReader, plans: dict[str, dict]) -> dict[str, di
             e["config_file"] = reader.read_json("stages", stage_id, "config.json")
             e["error"] = reader.read_text("stages", stage_id, "error.txt")
             e["started"] = True
+            e["server_stats"] = _read_server_stats(reader, stage_id, e["result"])
     return raw
+
+
+# ------------------------------------------------------------------------------- test-dev stats
+TEST_DEV = "test-dev2017"
+SERVER_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")  # COCOeval order
+
+
+def parse_server_stats(text: str, where: str) -> dict[str, float]:
+    """The stats the COCO evaluation server returned for a results file, as the user places them
+    beside it (`<results>.stats.json`, docs/paper-silent-choices.md "test-dev"): a JSON object with the
+    keypoint stats by name as fractions, at least "AP" ({"AP": 0.736, "AP50": 0.904, ...}), or
+    {"stats": [the 10 numbers in COCOeval order]}. ValueError naming `where` otherwise."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: not valid JSON ({err})") from err
+    if isinstance(obj, dict) and isinstance(obj.get("stats"), list):
+        obj = dict(zip(SERVER_STATS, obj["stats"]))
+    if not isinstance(obj, dict) or "AP" not in obj:
+        raise ValueError(f'{where}: expected an object with "AP" (a fraction) or "stats": [10 numbers]')
+    out = {}
+    for key in SERVER_STATS:
+        if key in obj:
+            value = obj[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
+                raise ValueError(
+                    f"{where}: {key} = {value!r}: expected a fraction in [0, 1], as COCOeval gives"
+                )
+            out[key] = float(value)
+    return out
+
+
+def _read_server_stats(reader: StoreReader, stage_id: str, result: Any) -> dict | None:
+    """{results_file, stats (or None), error} of the stage's test-dev predictions; None without any."""
+    splits = ((result or {}).get("metrics") or {}).get("test_splits") if isinstance(result, dict) else None
+    info = splits.get(TEST_DEV) if isinstance(splits, dict) else None
+    if not isinstance(info, dict) or not info.get("results_file"):
+        return None
+    stats_file = info.get("stats_file") or str(info["results_file"]).removesuffix(".json") + ".stats.json"
+    out = {"results_file": f"stages/{stage_id}/{info.get('zip_file') or info['results_file']}", "stats": None,
+           "error": None}  # fmt: skip
+    text = reader.read_text("stages", stage_id, stats_file)
+    if text is not None:
+        try:
+            out["stats"] = parse_server_stats(text, f"stages/{stage_id}/{stats_file}")
+        except ValueError as exc:
+            log.warning("%s; the test-dev cell stays empty", exc)
+            out["error"] = str(exc)
+    return out
 
 
 def _stage_config(e: dict) -> tuple[dict, dict, str | None]:
@@ -225,7 +282,7 @@ def _setup_label(cfg: dict, data: dict, kind: str) -> str:
 
 # Config keys that do not make two runs different experiments: seeds (replicates are grouped over
 # them), runtime switches (bf16 / channels_last / compile) and loader processes.
-_NOT_VARIANT = ("seed", "runtime", "loader_workers", "init")
+_NOT_VARIANT = ("seed", "runtime", "loader_workers", "init", "test_splits", "test_detection_file")
 
 
 def flat_settings(cfg: dict, pt_cfg: dict | None, data: dict) -> dict[str, Any]:
@@ -292,6 +349,7 @@ def _row(stage_id: str, e: dict, configs: dict[str, dict]) -> dict:
     )
     for key in ("gpu_hours", "device_hours", "wall_seconds"):
         row[key] = _num(res.get(key))
+    row.update(_numerics_fields(cfg, res))
     if kind == "pretrain":
         row.update(_pretrain_fields(cfg))
         row["precision"] = _num(metrics.get("precision"))
@@ -312,11 +370,47 @@ def _row(stage_id: str, e: dict, configs: dict[str, dict]) -> dict:
     )
     for key in METRIC_KEYS:
         row[key] = _num(metrics.get(key))
+    row.update(_test_dev_fields(e.get("server_stats")))
     row["ap_per_oks"] = metrics.get("ap_per_oks") if isinstance(metrics.get("ap_per_oks"), dict) else None
     row["errors"] = metrics.get("errors") if isinstance(metrics.get("errors"), dict) else None
     row["settings_flat"] = flat_settings(cfg, pt_cfg, data)
     row["variant"] = _variant(row["settings_flat"], data)
     return row
+
+
+def _numerics_fields(cfg: dict, res: dict) -> dict:
+    """Training precision ("bf16" / "fp32", None before a result), GPUs and per-GPU batch of a stage:
+    `provenance.numerics` when recorded, else inferred from `runtime.amp` and the device."""
+    prov = res.get("provenance") if isinstance(res.get("provenance"), dict) else {}
+    device = prov.get("device") if isinstance(prov.get("device"), dict) else {}
+    numerics = prov.get("numerics") if isinstance(prov.get("numerics"), dict) else {}
+    precision = numerics.get("train")
+    if precision is None and res:
+        amp = (cfg.get("runtime") or {}).get("amp", "auto")
+        precision = "bf16" if amp == "bf16" or (amp == "auto" and device.get("type") == "cuda") else "fp32"
+    return {
+        "train_precision": precision,
+        "bf16": precision == "bf16",
+        "world_size": device.get("world_size"),
+        "batch_size": cfg.get("batch_size"),
+    }
+
+
+def _test_dev_fields(server: dict | None) -> dict:
+    if server is None:
+        return {"test_dev_AP": math.nan, "test_dev_file": None, "test_dev_status": None}
+    stats = server.get("stats") or {}
+    if stats:
+        status = "server stats"
+    elif server.get("error"):
+        status = f"stats file unreadable: {server['error']}"
+    else:
+        status = f"submit {server['results_file']}"
+    return {
+        "test_dev_AP": _num(stats.get("AP")),
+        "test_dev_file": server["results_file"],
+        "test_dev_status": status,
+    }
 
 
 def _join_parents(rows: list[dict]) -> None:
@@ -334,6 +428,7 @@ def _join_parents(rows: list[dict]) -> None:
             parent["precision"],
             parent["gpu_hours"],
         )
+        r["bf16"] = bool(r["bf16"] or parent["bf16"])  # a bf16 pretrain marks its finetunes too
         if r["status"] == "pending" and parent["status"] in ("collapsed", "failed", "running"):
             r["reason"] = f"pretrain {parent['status']}"
 

@@ -32,6 +32,33 @@ LABEL_TITLES = {
 FIGURE_FORMATS = ("png", "pdf")
 
 
+# The list of paper-silent choices (repository docs/), copied into every report and linked from it
+CHOICES_DOC = Path(__file__).resolve().parent.parent / "docs" / "paper-silent-choices.md"
+
+
+def copy_choices_doc(out: Path) -> Path | None:
+    if not CHOICES_DOC.is_file():  # an install without the repository's docs/
+        log.warning("%s not found; the report's link to it will be dead", CHOICES_DOC)
+        return None
+    target = out / CHOICES_DOC.name
+    target.write_text(CHOICES_DOC.read_text(encoding="utf-8"), encoding="utf-8")
+    return target
+
+
+def numerics_line(stages: pd.DataFrame | None) -> str:
+    """How many finished stages trained in bf16 (cells holding one are marked [bf16])."""
+    if stages is None or "train_precision" not in stages:
+        return ""
+    done = stages[stages["status"].isin(["done", "collapsed"])]
+    bf16 = done[done["train_precision"] == "bf16"]
+    counts = {k: int((bf16["kind"] == k).sum()) for k in ("finetune", "pretrain")}
+    return (
+        f"Numerics: evaluation always fp32; {counts['finetune']} finetune(s) and {counts['pretrain']} "
+        "pretrain(s) trained in bf16 (cells built on them are marked [bf16]), the others in fp32 "
+        "(TF32 convolutions on CUDA) as the official code."
+    )
+
+
 # ------------------------------------------------------------------------------------ display
 def _num(value, digits: int, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -213,9 +240,12 @@ def write_index(
     storage: str,
     seconds: float,
     n_stages: int,
+    stages: pd.DataFrame | None = None,
 ) -> Path:
-    """One page with every table (HTML), every figure (relative links to the PNGs) and the downloads."""
+    """One page with every table (HTML), every figure (relative links to the PNGs) and the downloads;
+    docs/paper-silent-choices.md is copied beside it and linked."""
     esc = html.escape
+    copy_choices_doc(out)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>hsjp-study report</title>",
         "<style>body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}"
@@ -225,6 +255,8 @@ def write_index(
         f"<p>Store: <code>{esc(storage)}</code> — {n_stages} stages read; built in {seconds:.1f} s. "
         "Measured AP in %, paper AP in %, Δ in AP points; precision as fractions. "
         "<a href='results.csv'>results.csv</a> lists every finetune (metrics as stored, fractions).</p>",
+        f"<p>{esc(numerics_line(stages))} Choices the paper leaves open, and what this project decided: "
+        f"<a href='{CHOICES_DOC.name}'>{CHOICES_DOC.name}</a>.</p>",
     ]
     for name, table in tables.items():
         shown, sources = display_frame(table)

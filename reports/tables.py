@@ -42,7 +42,8 @@ from reports.cells import (
 # reported.yaml (approach, backbone) → config backbone; other approaches are cited, not run by this study
 BACKBONE_OF = {("HRNet", "HRNet-W32"): "hrnet_w32", ("SimpleBaseline", "ResNet50"): "simplebaseline_r50"}
 METHOD_OF = {"scratch": "scratch", "imagenet": "imagenet", "hsjp_n6": "hsjp"}
-LONG_SCRATCH_RATIO = 450 / 210  # paper Table 3: "From Scratch (450)" balances 210 + 240 epochs
+LONG_SCRATCH_RATIO = 450 / 210
+TEST_DEV = "test-dev2017"  # paper Table 3: "From Scratch (450)" balances 210 + 240 epochs
 
 
 def load_reported() -> dict:
@@ -136,6 +137,8 @@ def table1(stages: pd.DataFrame, reported: dict | None = None) -> pd.DataFrame:
         labels = {k: paper_row[k] for k in ("approach", "backbone", "pretraining", "split")}
         if backbone is None:  # Stacked Hourglass / CPN: cited by the paper, not part of this study
             cell = Cell(settings="another method cited by the paper; not part of this study")
+        elif paper_row["split"] == TEST_DEV:
+            cell = test_dev_cell(stages, refs[backbone], method)
         else:
             group, others = method_group(stages, refs[backbone], method, split=paper_row["split"])
             cell = aggregate(group, "AP", others)
@@ -143,7 +146,11 @@ def table1(stages: pd.DataFrame, reported: dict | None = None) -> pd.DataFrame:
     notes = [_ref_note(r) for r in refs.values()] + [
         "Finetunes with freeze none, 100% labels, the reference finetune epochs; HSJP with the shuffled "
         "crop only (concat_original false), preferring N=6, then the reference pretrain lr and epochs.",
-        "test-dev2017 cells need a finetune evaluated on test-dev (data.val_split test-dev2017).",
+        "test-dev2017 cells: the same finetunes as the val2017 cells, with finetune.test_splits: "
+        "[test-dev2017]; each writes the evaluation server's results file + zip into its stage folder; "
+        "a cell shows AP once the server's stats are placed beside that file as <results>.stats.json "
+        "(docs/paper-silent-choices.md, test-dev), until then which file to submit.",
+        *batch_notes(stages),
     ]
     return finish(
         rows,
@@ -153,6 +160,45 @@ def table1(stages: pd.DataFrame, reported: dict | None = None) -> pd.DataFrame:
         ["ap"],
         notes,
     )
+
+
+def test_dev_cell(stages: pd.DataFrame, refs: References, method: str) -> Cell:
+    """A Table 1 test-dev2017 cell: the val2017 protocol's finetunes, their server-returned test-dev AP;
+    without stats, the results file to submit (or why there is none)."""
+    group, others = method_group(stages, refs, method, split="val2017")
+    cell = aggregate(group, "test_dev_AP", others)
+    if cell.values or group.empty:
+        return cell
+    pending = [str(s) for s in group["test_dev_status"] if isinstance(s, str) and s != "server stats"]
+    if pending:
+        cell.status = pending[0]
+    elif cell.status == "not run" and (group["status"] == "done").any():
+        cell.status = "no test-dev results (finetune.test_splits)"
+    return cell
+
+
+# paper §3.4: pretrain batch 256 on 4 GPUs; official HRNet finetune 32 per GPU on 4 GPUs
+PAPER_BATCH = {"pretrain": (64, 4), "finetune": (32, 4)}
+
+
+def batch_notes(stages: pd.DataFrame) -> list[str]:
+    """One note per stage kind whose finished runs used another per-GPU (= BatchNorm) batch or GPU
+    count than the paper (its BN statistics and its global batch differ)."""
+    notes = []
+    done = stages[stages["status"].isin(["done", "collapsed"]) & stages["world_size"].notna()]
+    for kind, (batch, gpus) in PAPER_BATCH.items():
+        mine = done[(done["kind"] == kind) & ~((done["kind"] == "pretrain") & (done["method"] != "hsjp"))]
+        seen = sorted(
+            {(int(b), int(w)) for b, w in zip(mine["batch_size"], mine["world_size"]) if b == b and w == w}
+        )
+        other = [(b, w) for b, w in seen if (b, w) != (batch, gpus)]
+        if other:
+            ran = ", ".join(f"{b} per GPU × {w} GPU(s) = {b * w}" for b, w in other)
+            notes.append(
+                f"{kind} batch: {ran} (BatchNorm over {', '.join(str(b) for b, _ in other)} samples); the paper: "
+                f"{batch} per GPU × {gpus} GPUs = {batch * gpus} (BatchNorm over {batch} per GPU)."
+            )
+    return notes
 
 
 # -------------------------------------------------------------------------------------- Table 2
@@ -231,6 +277,9 @@ def table2(stages: pd.DataFrame, reported: dict | None = None) -> pd.DataFrame:
         f"(a) at {_ep(r.pt_epochs)} pretrain epochs (paper: 240); (b) at lr {fmt_lr(r.lr)}; measured epochs "
         f"map to the paper's 120/240/480 rows by their ratio to {_ep(r.pt_epochs)} (the nearest within a "
         "factor √2; others are listed as extra rows).",
+        "A pretrain is collapsed when its loss diverges or its P stays 0 at every evaluation after the "
+        "warm-up (pretrain.collapse_warmup_epochs); its finetune is then not available, as in the paper.",
+        *batch_notes(stages),
     ]
     title = "Table 2: pretrain learning rate and epochs (HRNet-W32)"
     return finish(rows, stages, title, ["part", "setting", "measured_as"], ["precision", "ap"], notes)
@@ -282,6 +331,7 @@ def table3(stages: pd.DataFrame, reported: dict | None = None) -> pd.DataFrame:
         "(a) shuffled crop only; (b) with the original crop beside it (paper Fig. 7). "
         f"Scratch rows: the reference finetune schedule ({r.ft_epochs} ep) stands for 210; the "
         "longer run nearest to ×450/210 of it stands for 450.",
+        *batch_notes(stages),
     ]
     return finish(
         rows,

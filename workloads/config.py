@@ -77,6 +77,9 @@ class DataConfig:
     """Cap on validation instances / images (first K by id); None = all (the paper's setting)."""
     loader_workers: int = 2
     """DataLoader worker processes per training worker (0 = load in the training process)."""
+    test_detection_file: str | None = None
+    """Person detections of the finetune's `test_splits` (HRNet's
+    COCO_test-dev2017_detections_AP_H_609_person.json format); required when a test split is named."""
     decode_on: str = "auto"
     """Where training JPEGs are decoded and cropped: `loader` (OpenCV in the DataLoader workers, as the
     official HRNet code), `device` (torchvision.io.decode_jpeg on the training device — nvJPEG on CUDA —
@@ -93,17 +96,25 @@ class DataConfig:
 
 
 # ------------------------------------------------------------------------------------------- runtime
+AMP_MODES = ("off", "bf16", "auto")
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
-    amp: str = "auto"
-    """Mixed precision: `bf16`, `off`, or `auto` (bf16 autocast on CUDA, off on CPU)."""
+    amp: str = "off"
+    """Training precision, recorded with every result (`provenance.numerics`): `off` = the official
+    numerics (fp32 weights and activations; on CUDA convolutions in TF32, PyTorch's default
+    `cudnn.allow_tf32`, as current PyTorch runs the official HRNet / SimpleBaseline code), `bf16` = bf16
+    autocast of the forward pass (opt-in: faster, but a cell trained so is marked in the report), `auto`
+    = bf16 on CUDA, off on CPU. Evaluation (forward, flip test, decoding, HSJP precision) always runs in
+    fp32 whatever this says (docs/paper-silent-choices.md, "Numerics")."""
     channels_last: str = "auto"
     """Memory format: `on`, `off`, or `auto` (on for CUDA)."""
     compile: bool = False
     """Wrap the model in torch.compile (GPU only; slower start-up, faster steps)."""
 
     def validate(self, where: str = "runtime") -> None:
-        _choice(self.amp, ("auto", "bf16", "off"), f"{where}.amp")
+        _choice(self.amp, AMP_MODES, f"{where}.amp")
         _choice(self.channels_last, ("auto", "on", "off"), f"{where}.channels_last")
 
 
@@ -190,16 +201,25 @@ class PretrainConfig:
     proportionally when `epochs` differs."""
     lr_factor: float = 0.1
     """LR drop factor (paper §3.4: 1e-3 → 1e-4 → 1e-5)."""
-    batch_size: int = 256
-    """Global batch size (paper §3.4: 256 on 4 GPUs); per-worker = batch_size / world_size."""
+    batch_size: int = 64
+    """Batch size PER WORKER (GPU): also the batch each BatchNorm normalises over. Paper §3.4: 256 on 4
+    GPUs = 64 per GPU; the global batch is batch_size × compute.workers_per_stage."""
     eps_px: float | None = None
     """ε of paper eq. (3) in input px: a patch is located when its predicted peak is within ε of its
     true centre. None → half a patch side, ceil(input/N)/2."""
     eval_every: int = 10
     """Evaluate HSJP precision P every k epochs (and always after the last epoch)."""
     collapse_loss: float = 1.0
-    """A mean epoch loss above this (or NaN/Inf) ends the stage as collapsed (paper Table 2, lr 2e-3).
+    """A mean epoch loss above this (or NaN/Inf) ends the stage as collapsed (divergence).
     Eq. (2) of heatmaps in [0, 1] stays well below 1 unless training diverged."""
+    collapse_warmup_epochs: int = 40
+    """Paper Table 2 (lr 2e-3: P = 0, "Not Available"): a pretrain whose HSJP precision P is 0 at every
+    evaluation at an epoch ≥ this (0-based epoch + 1 ≥ warm-up) is `collapsed`, as a diverged one is.
+    Evaluations before it do not count; a run shorter than the warm-up is never judged by P
+    (hsjp/collapse.py; the warm-up length is a choice the paper leaves open)."""
+    collapse_patience: int | None = 3
+    """End a P-collapsed pretrain early: after this many evaluations past the warm-up, all with P = 0
+    (saves GPU-hours). None = train to the last epoch and judge all evaluations after the warm-up."""
     seed: int = 0
     """Seed of model init, sampling order, shuffles and augmentations."""
     aug: HSJPAugConfig = field(default_factory=HSJPAugConfig)
@@ -264,6 +284,9 @@ class PretrainConfig:
         _in_range(self.lr_factor, 0.0, 1.0, f"{where}.lr_factor")
         _at_least(self.batch_size, 1, f"{where}.batch_size")
         _at_least(self.eval_every, 1, f"{where}.eval_every")
+        _at_least(self.collapse_warmup_epochs, 0, f"{where}.collapse_warmup_epochs")
+        if self.collapse_patience is not None:
+            _at_least(self.collapse_patience, 1, f"{where}.collapse_patience")
         if self.eps_px is not None and self.eps_px <= 0:
             raise ConfigError(f"{where}.eps_px = {self.eps_px}: must be > 0 px")
 
@@ -271,33 +294,60 @@ class PretrainConfig:
 # ------------------------------------------------------------------------------------------ finetune
 @dataclass(frozen=True)
 class PoseAugConfig:
-    """Top-down training augmentations (official HRNet w32_256x192 config; paper §4.2)."""
+    """Top-down training augmentations (paper §4.2: each backbone's official recipe). A field left
+    None takes the backbone's official value (BACKBONE_RECIPES) when the FinetuneConfig is built."""
 
     flip: bool = True
     """Horizontal flip with p = 0.5, COCO left/right pairs swapped."""
-    scale_factor: float = 0.35
-    """s ← s·clip(randn·sf + 1, 1 − sf, 1 + sf) (HRNet config: 0.35; paper §4.2: ±35 %)."""
-    rotate_deg: float = 45.0
-    """r = clip(randn·rf, −2rf, 2rf) (HRNet config: 45; paper §4.2: ±45°)."""
+    scale_factor: float | None = None
+    """s ← s·clip(randn·sf + 1, 1 − sf, 1 + sf). None → the backbone's: HRNet 0.35, SimpleBaseline 0.30."""
+    rotate_deg: float | None = None
+    """r = clip(randn·rf, −2rf, 2rf). None → the backbone's: HRNet 45, SimpleBaseline 40."""
     rotate_prob: float = 0.6
-    """Probability of rotating (official code: 0.6)."""
-    half_body_prob: float = 0.3
-    """Half-body probability (HRNet config: 0.3; SimpleBaseline configs have none)."""
+    """Probability of rotating (official code of both: 0.6)."""
+    half_body_prob: float | None = None
+    """Half-body probability. None → the backbone's: HRNet 0.3, SimpleBaseline 0 (none)."""
     half_body_min_joints: int = 8
     """Half-body needs more than this many visible joints (official NUM_JOINTS_HALF_BODY: 8)."""
 
     def validate(self, where: str = "aug") -> None:
-        _in_range(self.scale_factor, 0.0, 0.95, f"{where}.scale_factor")
-        _in_range(self.rotate_deg, 0.0, 90.0, f"{where}.rotate_deg")
+        if self.scale_factor is not None:
+            _in_range(self.scale_factor, 0.0, 0.95, f"{where}.scale_factor")
+        if self.rotate_deg is not None:
+            _in_range(self.rotate_deg, 0.0, 90.0, f"{where}.rotate_deg")
         _in_range(self.rotate_prob, 0.0, 1.0, f"{where}.rotate_prob")
-        _in_range(self.half_body_prob, 0.0, 1.0, f"{where}.half_body_prob")
+        if self.half_body_prob is not None:
+            _in_range(self.half_body_prob, 0.0, 1.0, f"{where}.half_body_prob")
 
 
-# HRNet w32_256x192_adam_lr1e-3.yaml: 210 epochs, drops at 170/200;
-# SimpleBaseline res50_256x192_d256x3_adam_lr1e-3.yaml: 140 epochs, drops at 90/120.
+@dataclass(frozen=True)
+class BackboneRecipe:
+    """The official finetune recipe of one backbone (its released 256×192 config)."""
+
+    epochs: int
+    lr_steps: tuple[int, ...]
+    scale_factor: float
+    rotate_deg: float
+    half_body_prob: float
+    batch_per_gpu: int
+    source: str
+
+
+BACKBONE_RECIPES: dict[str, BackboneRecipe] = {
+    # leoxiaobin/deep-high-resolution-net.pytorch experiments/coco/hrnet/w32_256x192_adam_lr1e-3.yaml:
+    # END_EPOCH 210, LR_STEP [170, 200], SCALE_FACTOR 0.35, ROT_FACTOR 45, PROB_HALF_BODY 0.3,
+    # BATCH_SIZE_PER_GPU 32 on GPUS (0,1,2,3).
+    "hrnet_w32": BackboneRecipe(210, (170, 200), 0.35, 45.0, 0.3, 32, "HRNet w32_256x192_adam_lr1e-3.yaml"),
+    # microsoft/human-pose-estimation.pytorch experiments/coco/resnet50/256x192_d256x3_adam_lr1e-3.yaml
+    # (= HRNet repo experiments/coco/resnet/res50_256x192_d256x3_adam_lr1e-3.yaml): END_EPOCH 140,
+    # LR_STEP [90, 120], SCALE_FACTOR 0.3, ROT_FACTOR 40, no half-body (PROB_HALF_BODY default 0.0),
+    # BATCH_SIZE 32 per GPU.
+    "simplebaseline_r50": BackboneRecipe(
+        140, (90, 120), 0.30, 40.0, 0.0, 32, "SimpleBaseline 256x192_d256x3_adam_lr1e-3.yaml"
+    ),
+}
 BACKBONE_SCHEDULES: dict[str, tuple[int, tuple[int, ...]]] = {
-    "hrnet_w32": (210, (170, 200)),
-    "simplebaseline_r50": (140, (90, 120)),
+    name: (r.epochs, r.lr_steps) for name, r in BACKBONE_RECIPES.items()
 }
 
 
@@ -321,8 +371,9 @@ class FinetuneConfig:
     Scaled proportionally when `epochs` differs from the official length."""
     lr_factor: float = 0.1
     """LR drop factor (official: 0.1)."""
-    batch_size: int = 128
-    """Global batch size (official: 32 per GPU × 4 GPUs)."""
+    batch_size: int = 32
+    """Batch size PER WORKER (GPU), also each BatchNorm's batch: official BATCH_SIZE_PER_GPU 32 of both
+    backbones, on 4 GPUs in HRNet's config. The global batch is batch_size × compute.workers_per_stage."""
     freeze: int | None = None
     """Paper Fig. 5: keep backbone stages 0..freeze fixed (weights and BN statistics); None = train all.
     Stages: 0 stem, 1 layer1, 2 (transition1+)stage2 / layer2, 3 stage3 / layer3, 4 stage4 / layer4."""
@@ -347,9 +398,39 @@ class FinetuneConfig:
     seed: int = 0
     """Seed of head init, sampling order, label subset and augmentations."""
     aug: PoseAugConfig = field(default_factory=PoseAugConfig)
-    """Training augmentations (official top-down pipeline)."""
+    """Training augmentations (official top-down pipeline; None fields → the backbone's recipe)."""
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     """Precision / memory-format switches."""
+    test_splits: tuple[str, ...] = ()
+    """Extra evaluation splits without keypoint annotations (e.g. `test-dev2017`): after training, the
+    best-AP model predicts each one's persons (`data.test_detection_file`) and the stage folder gets the
+    evaluation server's results file + zip (pose/testdev.py). Never used for model selection."""
+
+    def __post_init__(self) -> None:
+        """Fill `epochs`, `lr_steps` and the aug fields left None with the backbone's official recipe
+        (BACKBONE_RECIPES), so
+        that `to_dict` (the plan, hashes, config.json) shows the values a run uses. An unknown backbone
+        is left for `validate` to report. `dataclasses.replace(cfg, model=...)` keeps the resolved
+        values of the old backbone: build a new FinetuneConfig to change the backbone."""
+        recipe = BACKBONE_RECIPES.get(self.model.backbone)
+        if recipe is None:
+            return
+        if self.epochs is None:
+            object.__setattr__(self, "epochs", recipe.epochs)
+        if self.lr_steps is None:
+            object.__setattr__(self, "lr_steps", recipe.lr_steps)
+        fill = {
+            k: getattr(recipe, k)
+            for k in ("scale_factor", "rotate_deg", "half_body_prob")
+            if getattr(self.aug, k) is None
+        }
+        if fill:
+            object.__setattr__(self, "aug", dataclasses.replace(self.aug, **fill))
+
+    @property
+    def recipe(self) -> BackboneRecipe:
+        """The backbone's official recipe (what None settings stand for)."""
+        return BACKBONE_RECIPES[self.model.backbone]
 
     @property
     def total_epochs(self) -> int:
@@ -381,6 +462,12 @@ class FinetuneConfig:
                 "(0 stem, 1 layer1, 2 stage2, 3 stage3, 4 stage4) or null"
             )
         _at_least(self.sigma, 1e-3, f"{where}.sigma")
+        for i, split in enumerate(self.test_splits):
+            if not split or "/" in split or split in ("train2017", "val2017"):
+                raise ConfigError(
+                    f"{where}.test_splits[{i}] = {split!r}: must name a split without public keypoint "
+                    "annotations, e.g. test-dev2017 (annotations/image_info_<split>.json)"
+                )
         for v, name in ((self.input_hw, "input_hw"), (self.heatmap_hw, "heatmap_hw")):
             if len(v) != 2 or min(v) < 1:
                 raise ConfigError(f"{where}.{name} = {v!r}: must be [height, width] of positive ints")

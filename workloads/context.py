@@ -61,6 +61,8 @@ class StageResult:
     """Epochs actually trained by this call (after a resume: only the remaining ones)."""
     provenance: dict[str, Any] = field(default_factory=dict)
     """Code version, packages, device, config hash, what was loaded from the parent."""
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+    """Further files for the stage folder, {file name: content} (e.g. the test-dev results file + zip)."""
 
     def summary(self) -> dict[str, Any]:
         """JSON-able description without the weights (what result.json holds)."""

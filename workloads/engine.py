@@ -76,7 +76,7 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 def make_loader(
     dataset: Dataset,
-    batch_size_global: int,
+    batch_size: int,
     ctx: StageContext,
     seed: int,
     workers: int,
@@ -86,10 +86,11 @@ def make_loader(
 ) -> tuple[DataLoader, EpochSampler]:
     """A loader over `dataset` (whose __getitem__ takes an `(epoch, index)` key) for this rank.
 
-    Per-worker batch = global batch / world size (at least 1); with fewer items than a batch,
-    the batch shrinks to the shard so tiny data sets still train.
+    `batch_size` is per worker (per GPU: the configs' batch sizes are, as the official BATCH_SIZE_PER_GPU);
+    the global batch is batch_size × world size. With fewer items than a batch, the batch shrinks to
+    the shard so tiny data sets still train.
     """
-    per_rank = max(1, batch_size_global // max(1, ctx.world_size))
+    per_rank = max(1, batch_size)
     sampler = EpochSampler(len(dataset), seed, ctx.rank, ctx.world_size, shuffle)
     per_rank = min(per_rank, len(sampler))
     loader = DataLoader(
@@ -165,6 +166,9 @@ class LoopSpec:
     """Mean epoch loss above this (or non-finite) = collapsed."""
     config: dict
     """The stage's config as plain data (stored in every checkpoint)."""
+    collapse_check: Callable[[list[dict], bool], str | None] | None = None
+    """Called on every rank after each evaluation with (history, is-last-epoch): a reason string ends
+    the stage as collapsed (pretext: P stays 0 after a warm-up, hsjp/collapse.py)."""
 
 
 @dataclass
@@ -177,6 +181,7 @@ class LoopOutcome:
     trained: list[int] = field(default_factory=list)
     collapsed: bool = False
     collapsed_epoch: int | None = None
+    collapse_reason: str | None = None
 
 
 TrainEpochFn = Callable[[int], dict]  # epoch -> {"loss": float, "images": int, ...}
@@ -209,6 +214,7 @@ def run_epochs(
         start = int(state["epoch"]) + 1
         if state.get("collapsed"):
             out.collapsed, out.collapsed_epoch = True, int(state["epoch"])
+            out.collapse_reason = state.get("collapse_reason")
             return out
         log.info("resuming at epoch %d of %d", start, spec.epochs)
     for epoch in range(start, spec.epochs):
@@ -228,7 +234,8 @@ def run_epochs(
             "img_per_s": stats.get("images", 0) * ctx.world_size / max(seconds, 1e-9),
         }
         metrics.update({k: v for k, v in stats.items() if k not in metrics})
-        if not collapsed and ((epoch + 1) % spec.eval_every == 0 or epoch == spec.epochs - 1):
+        evaluated = not collapsed and ((epoch + 1) % spec.eval_every == 0 or epoch == spec.epochs - 1)
+        if evaluated:
             ev = evaluate()
             metrics.update(ev)
             value = ev.get(spec.select_key)
@@ -240,10 +247,16 @@ def run_epochs(
             | ({spec.select_key: metrics[spec.select_key]} if spec.select_key in metrics else {})
         )
         out.trained.append(epoch)
+        reason = None
         if collapsed:
-            out.collapsed, out.collapsed_epoch = True, epoch
+            reason = f"collapsed: loss {loss:.4g} at epoch {epoch + 1} (bound {spec.collapse_loss:.3g})"
+        elif evaluated and spec.collapse_check is not None:
+            reason = spec.collapse_check(out.history, epoch == spec.epochs - 1)
+            collapsed = reason is not None
+        if collapsed:
+            out.collapsed, out.collapsed_epoch, out.collapse_reason = True, epoch, reason
             metrics["collapsed"] = True
-            log.warning("loss %.4g at epoch %d: collapsed (bound %.3g)", loss, epoch, spec.collapse_loss)
+            log.warning("epoch %d: %s", epoch, reason)
         ctx.save_epoch(_checkpoint(model, optimizer, scheduler, epoch, out, spec, collapsed), metrics)
         if collapsed:
             break
@@ -267,6 +280,7 @@ def _checkpoint(
         },
         "history": out.history,
         "collapsed": collapsed,
+        "collapse_reason": out.collapse_reason,
         "config": spec.config,
     }
 

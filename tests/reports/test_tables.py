@@ -77,7 +77,10 @@ def test_table1_measured_beside_paper(written):
 
 def test_table1_cells_not_run(written):
     csv, md, _ = written["table1"]
-    assert set(csv.loc[csv["split"] == "test-dev2017", "ap_measured"]) == {"not run"}
+    # test-dev cells: val finetunes without finetune.test_splits say so; no finetune at all: not run
+    test_dev = csv[csv["split"] == "test-dev2017"].set_index(["approach", "pretraining"])["ap_measured"]
+    assert test_dev[("HRNet", "imagenet")] == "no test-dev results (finetune.test_splits)"
+    assert test_dev[("SimpleBaseline", "scratch")] == "not run"
     assert (
         _row(csv, approach="SimpleBaseline", pretraining="scratch", split="val2017")["ap_measured"]
         == "not run"
@@ -106,7 +109,8 @@ def test_table2_statuses_and_values(written):
     assert a["lr 1e-3"]["precision"] == pytest.approx(0.35) and a["lr 1e-3"]["precision_paper"] == 0.368
     assert a["lr 1e-3"]["precision_spread"] == "within seed spread"  # 0.35 ± 0.071 covers 0.368
     assert a["lr 1e-3"]["ap"] == pytest.approx(73.0)
-    assert (a["lr 2e-3"]["precision_measured"], a["lr 2e-3"]["ap_measured"]) == ("collapsed", "collapsed")
+    # as the paper: the collapsed pretrain's P cell says collapsed, its finetune's AP is not available
+    assert (a["lr 2e-3"]["precision_measured"], a["lr 2e-3"]["ap_measured"]) == ("collapsed", "not available")
     assert (a["lr 3e-4"]["precision_measured"], a["lr 3e-4"]["ap_measured"]) == ("running", "running")
     b = {r["epochs"]: r for _, r in csv[csv["part"] == "b"].iterrows()}
     assert b[120]["precision_measured"] == "failed" and b[120]["measured_as"] == "1 ep, lr 1e-3"

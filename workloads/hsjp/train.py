@@ -4,9 +4,11 @@ precision P (§3.5), and hand its weights downstream.
 
 The epoch loop, resume, checkpointing, evaluation cadence, best-model selection and collapse detection
 are the shared engine's (`engine.run_epochs`); this module supplies `train_epoch` and `evaluate`.
-Epochs are 0-based (`best_epoch` 9 is the 10th epoch). A run whose loss goes NaN/Inf or past
-`cfg.collapse_loss` ends with `collapsed: True` (paper Table 2, lr 2e-3); when that happens before the
-first evaluation there are no weights to hand on (`weights=None`). Within an epoch a non-finite running
+Epochs are 0-based (`best_epoch` 9 is the 10th epoch). A run collapses (`collapsed: True`, its
+finetunes skipped) as the paper's Table 2 lr 2e-3 run did, when P stays 0 at every evaluation after
+`cfg.collapse_warmup_epochs` (hsjp/collapse.py; ended early after `collapse_patience` such
+evaluations), or when its loss goes NaN/Inf or past `cfg.collapse_loss`; `metrics["reason"]` says which.
+A divergence before the first evaluation leaves no weights to hand on (`weights=None`). Within an epoch a non-finite running
 loss is checked only at the few progress reports (a sync), and ends the epoch early.
 """
 
@@ -37,11 +39,13 @@ from workloads.engine import (
     run_epochs,
 )
 from workloads.hsjp.batched import batch_images, check_placement, renders_on_device
+from workloads.hsjp.collapse import PrecisionCollapse
 from workloads.hsjp.dataset import PuzzleDataset, load_instances
 from workloads.hsjp.loss import masked_mse
 from workloads.hsjp.precision import evaluate_precision, wants_channels_last
 from workloads.hsjp.targets import heatmap_stride, make_heatmaps
 from workloads.models import build_model
+from workloads.numerics import numerics_record
 from workloads.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -175,7 +179,7 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
             val_loader.append(
                 DataLoader(
                     val_set,
-                    batch_size=max(1, cfg.batch_size // ctx.world_size),
+                    batch_size=cfg.batch_size,
                     shuffle=False,
                     num_workers=data.loader_workers,
                     pin_memory=device.type == "cuda",
@@ -189,6 +193,9 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
         select_key="precision",
         collapse_loss=cfg.collapse_loss,
         config=to_dict(cfg),
+        collapse_check=PrecisionCollapse(
+            cfg.collapse_warmup_epochs, cfg.collapse_patience, ctx.rank, ctx.world_size, device
+        ),
     )
     out = run_epochs(ctx, model, optimizer, scheduler, lambda e: train_epoch(loop, e), evaluate, spec)
     metrics = {
@@ -199,11 +206,16 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
         "val_puzzles": out.best_eval.get("puzzles"),
         **loss_summary(out.history),
     }
+    if out.collapsed:
+        metrics["reason"] = out.collapse_reason
     return StageResult(
         metrics=metrics,
         weights=out.best_model,
         collapsed=out.collapsed,
         collapsed_epoch=out.collapsed_epoch,
         epochs_trained=list(out.trained),
-        provenance=provenance({"pretrain": to_dict(cfg), "data": to_dict(data)}, device, ctx.world_size),
+        provenance={
+            **provenance({"pretrain": to_dict(cfg), "data": to_dict(data)}, device, ctx.world_size),
+            "numerics": numerics_record(cfg.runtime, device),
+        },
     )

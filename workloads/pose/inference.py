@@ -28,7 +28,6 @@ from workloads.config import FinetuneConfig
 from workloads.data.coco import PIXEL_STD, CocoDataError, PersonInstance
 from workloads.data.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY_ID
 from workloads.data.transforms import get_affine_transform, normalize_image, read_image, warp_crop
-from workloads.engine import autocast
 from workloads.pose.decode import decode_heatmaps, heatmap_to_image
 from workloads.pose.flip import merge_flipped
 from workloads.pose.nms import oks_nms
@@ -102,7 +101,7 @@ def _forward(
         inputs = torch.cat([inputs, inputs.flip(3)])
     if cfg.runtime.channels_last == "on" or (cfg.runtime.channels_last == "auto" and device.type == "cuda"):
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), autocast(cfg.runtime, device):
+    with torch.no_grad():  # always fp32 whatever runtime.amp trained in (the official numerics)
         heatmaps = model(inputs)
     heatmaps = heatmaps.float()
     if cfg.flip_test:

@@ -24,14 +24,17 @@ def oks_nms(
     """Indices of the instances kept, in descending score order.
 
     keypoints [N, K, 3] (x, y, score) image px; scores [N]; areas [N] px². An instance is dropped
-    when its OKS with an already kept one is > threshold (HRNet keeps `oks <= thresh`).
+    when its OKS with an already kept one is > threshold (HRNet keeps `oks <= thresh`). Tied scores are
+    visited in the official order, `scores.argsort()[::-1]` on float64 (NumPy's default sort, reversed:
+    on the NumPy versions tested, ties come last index first), not in a stable descending order:
+    with many equal scores the kept set depends on it.
     """
     keypoints = np.asarray(keypoints, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
     areas = np.asarray(areas, dtype=np.float64)
     if len(keypoints) == 0:
         return []
-    order = np.argsort(-scores, kind="stable")
+    order = np.argsort(scores)[::-1]  # HRNet lib/nms/nms.py oks_nms: order = scores.argsort()[::-1]
     keep: list[int] = []
     while order.size > 0:
         best = int(order[0])

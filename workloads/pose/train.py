@@ -52,8 +52,9 @@ from workloads.engine import (
     unwrap,
 )
 from workloads.models import build_model, freeze_stages, load_backbone, load_imagenet, stage_of_parameter
+from workloads.numerics import numerics_record
 from workloads.pose import evaluate as pose_evaluate
-from workloads.pose import inference
+from workloads.pose import inference, testdev
 from workloads.pose.dataset import PoseTrainDataset, load_train_instances
 from workloads.pose.loss import joints_mse
 from workloads.pose.targets import make_heatmaps_batched
@@ -395,6 +396,12 @@ def run_finetune(
     metrics = {} if out.collapsed else dict(out.best_eval)
     if out.collapsed and out.best_eval:
         metrics["before_collapse"] = dict(out.best_eval)
+    artifacts: dict[str, bytes] = {}
+    if cfg.test_splits and not out.collapsed and out.best_model is not None and ctx.rank == 0:
+        # the splits without annotations (test-dev): the server's results file of the best-AP model
+        metrics["test_splits"], artifacts = testdev.predict_test_splits(
+            model, out.best_model, cfg, data, device, testdev.submission_name(stage_config)
+        )
     metrics.update(
         {
             "best_epoch": out.best_epoch,
@@ -410,6 +417,7 @@ def run_finetune(
         }
     )
     prov = provenance(stage_config, device, ctx.world_size)
+    prov["numerics"] = numerics_record(cfg.runtime, device)
     prov["init"] = {
         "method": init_method(init),
         **({k: len(v) for k, v in report.items()} if report is not None else {}),
@@ -421,4 +429,5 @@ def run_finetune(
         collapsed_epoch=out.collapsed_epoch,
         epochs_trained=list(out.trained),
         provenance=prov,
+        artifacts=artifacts,
     )

@@ -111,4 +111,7 @@ def test_narrow_random_model_over_detections_end_to_end(coco_dets):
         assert 0.0 <= metrics[name] <= 1.0, name
     assert set(metrics["ap_per_oks"]) == set(OKS_KEYS)
     assert all(0.0 <= v <= 1.0 for v in metrics["ap_per_oks"].values())
-    assert sum(metrics["errors"]["overall"].values()) == pytest.approx(1.0)
+    # a random model scores every person 0 (no joint above IN_VIS_THRE): OKS-NMS visits the tied
+    # scores in the official argsort()[::-1] order, and the shares sum to 1 over matched detections
+    matched = metrics["errors"]["counts"]["matched_detections"]
+    assert sum(metrics["errors"]["overall"].values()) == pytest.approx(1.0 if matched else 0.0)

@@ -54,3 +54,39 @@ def test_nms_drops_near_duplicate_and_keeps_distinct_person():
     assert keep == [2, 1]  # best first; the duplicate of the best is gone
     assert oks_nms(kpts, scores, np.full(3, 20000.0), threshold=1.0) == [2, 0, 1]  # nothing has OKS > 1
     assert oks_nms(np.zeros((0, 17, 3)), np.zeros(0), np.zeros(0), 0.9) == []
+
+
+def _official_order_nms(kpts: np.ndarray, scores: np.ndarray, areas: np.ndarray, thr: float) -> list[int]:
+    """The official greedy loop restated (HRNet oks_nms): `scores.argsort()[::-1]`, keep oks <= thr."""
+    order = np.asarray(scores, dtype=np.float64).argsort()[::-1]
+    keep = []
+    while order.size > 0:
+        i = int(order[0])
+        keep.append(i)
+        oks = oks_one_to_many(kpts[i], kpts[order[1:]], areas[i], areas[order[1:]], OKS_SIGMAS, None)
+        order = order[1:][oks <= thr]
+    return keep
+
+
+def test_tied_scores_follow_the_official_argsort_reversed():
+    far = np.stack([person(offset_xy=(400.0 * i, 0.0), seed=i) for i in range(4)])
+    areas = np.full(4, 20000.0)
+    # all distinct persons are kept; ties come in argsort()[::-1] order: last index first
+    assert oks_nms(far, np.array([0.5, 0.9, 0.5, 0.9]), areas, 0.9) == [3, 1, 2, 0]
+    assert oks_nms(far, np.ones(4), areas, 0.9) == [3, 2, 1, 0]
+
+
+def test_tied_scores_keep_the_official_sets_on_overlapping_people():
+    rng = np.random.default_rng(0)
+    same = 0
+    for trial in range(200):
+        n = int(rng.integers(3, 12))
+        base = person(seed=trial)
+        kpts = np.stack([base + np.r_[rng.normal(0, 6, size=2), 0.0] for _ in range(n)])
+        scores = np.full(n, 0.7)  # every score tied
+        areas = rng.uniform(8000, 30000, size=n)
+        got = oks_nms(kpts, scores, areas, 0.5)
+        assert got == _official_order_nms(kpts, scores, areas, 0.5)
+        stable = np.argsort(-scores, kind="stable")  # what a stable descending sort would visit first
+        same += got[0] == int(stable[0])
+    assert same == 0  # a stable sort would start from index 0, the official order from the last

@@ -1,0 +1,158 @@
+"""`hsjp-study evaluate --checkpoint`: our and the model zoo's checkpoint formats loaded strictly,
+saved here from randomly initialised full-size models (official key names), and the bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from orchestrator.cli import main
+from tests.testdev_data import SPLIT, make_testdev_root
+from tests.workloads.pose.test_testdev import check_results_file
+from workloads.config import ModelConfig
+from workloads.models import build_model
+from workloads.pose.checkpoint import BGRInput, load_strict, read_checkpoint
+
+NARROW = ModelConfig(width=4, num_blocks=1, num_modules=(1, 1, 1))
+
+
+@pytest.fixture(scope="module")
+def full_states() -> dict[str, dict[str, torch.Tensor]]:
+    """Full-size HRNet-W32 and SimpleBaseline-R50 pose networks (17 joints), random init."""
+    gen = torch.Generator().manual_seed(0)
+    return {
+        b: build_model(ModelConfig(backbone=b), 17, generator=gen).state_dict()
+        for b in ("hrnet_w32", "simplebaseline_r50")
+    }
+
+
+def _narrow_state() -> dict[str, torch.Tensor]:
+    return build_model(NARROW, 17, generator=torch.Generator().manual_seed(1)).state_dict()
+
+
+@pytest.mark.parametrize(
+    "wrap, entry, prefix",
+    [
+        (lambda s: s, "(top level)", ""),  # zoo pose_hrnet_w32_256x192.pth / our weights.pt
+        (lambda s: {f"module.{k}": v for k, v in s.items()}, "(top level)", "module."),  # DataParallel save
+        (
+            lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}, "epoch": 3},
+            "state_dict",
+            "module.",
+        ),
+        (
+            lambda s: {"best_state_dict": s, "state_dict": {}, "perf": 0.7, "epoch": 210},
+            "best_state_dict",
+            "",
+        ),
+        (lambda s: {"model": s, "optimizer": {"state": {}}, "epoch": 4}, "model", ""),  # our epoch checkpoint
+    ],
+)
+def test_every_supported_format_loads_strictly(tmp_path, wrap, entry, prefix):
+    state = _narrow_state()
+    path = tmp_path / "ckpt.pth.tar"
+    torch.save(wrap(state), path)
+    loaded = read_checkpoint(path)
+    assert (loaded.entry, loaded.prefix) == (entry, prefix)
+    model = build_model(NARROW, 17)
+    load_strict(model, loaded.state, path)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_full_size_official_format_checkpoints_load(tmp_path, full_states):
+    for backbone, state in full_states.items():
+        path = tmp_path / f"{backbone}.pth"
+        torch.save({f"module.{k}": v for k, v in state.items()}, path)
+        model = build_model(ModelConfig(backbone=backbone), 17)
+        load_strict(model, read_checkpoint(path).state, path)
+        assert torch.equal(model.state_dict()["final_layer.weight"], state["final_layer.weight"])
+
+
+def test_bgr_adapter_feeds_the_reversed_channels():
+    seen = []
+    inner = torch.nn.Identity()
+    inner.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    rgb = torch.rand(1, 3, 4, 4)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    BGRInput(inner)((rgb - mean) / std)
+    assert torch.allclose(seen[0], (rgb.flip(1) - mean) / std, atol=1e-6)
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["evaluate", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.realdata
+def test_bad_checkpoints_exit_2_naming_the_first_mismatched_key(tmp_path, full_states, coco_dets, capsys):
+    base = ["--coco-root", coco_dets, "--out", tmp_path / "out"]
+    other = tmp_path / "resnet.pth"  # the other backbone's checkpoint
+    torch.save(full_states["simplebaseline_r50"], other)
+    code, _, err = _run(capsys, "--checkpoint", other, "--backbone", "hrnet_w32", *base)
+    assert code == 2 and "first mismatched key 'conv1.weight'" in err and len(err.strip().splitlines()) == 1
+    missing = dict(full_states["hrnet_w32"])
+    del missing["stage2.0.branches.0.0.conv1.weight"]
+    torch.save(missing, tmp_path / "missing.pth")
+    code, _, err = _run(capsys, "--checkpoint", tmp_path / "missing.pth", "--backbone", "hrnet_w32", *base)
+    assert code == 2 and "first mismatched key 'stage2.0.branches.0.0.conv1.weight': missing" in err
+    full = tmp_path / "full.pth"
+    torch.save(full_states["hrnet_w32"], full)
+    (tmp_path / "truncated.pth").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    code, _, err = _run(capsys, "--checkpoint", tmp_path / "truncated.pth", "--backbone", "hrnet_w32", *base)
+    assert code == 2 and "truncated.pth: cannot be read as a torch checkpoint" in err
+    extra = dict(full_states["simplebaseline_r50"], **{"fc.weight": torch.zeros(2)})
+    torch.save(extra, tmp_path / "extra.pth")
+    code, _, err = _run(
+        capsys, "--checkpoint", tmp_path / "extra.pth", "--backbone", "simplebaseline_r50", *base
+    )
+    assert code == 2 and "first mismatched key 'fc.weight': not in the model" in err
+    assert not (tmp_path / "out").exists()  # nothing written before the checkpoint loaded
+
+
+@pytest.mark.realdata
+def test_a_test_split_without_image_info_exits_2_naming_the_path(
+    tmp_path, full_states, coco_mini, coco_dets, capsys
+):
+    root, det_file, _ = make_testdev_root(tmp_path, coco_mini, coco_dets)
+    (root / "annotations" / f"image_info_{SPLIT}.json").unlink()
+    ckpt = tmp_path / "sb.pth"
+    torch.save(full_states["simplebaseline_r50"], ckpt)
+    code, _, err = _run(capsys, "--checkpoint", ckpt, "--backbone", "simplebaseline_r50", "--coco-root", root,
+                        "--split", SPLIT, "--detections", det_file, "--out", tmp_path / "out")  # fmt: skip
+    assert code == 2 and f"image_info_{SPLIT}.json" in err and str(root) in err
+
+
+@pytest.mark.realdata
+def test_zoo_format_checkpoint_on_a_test_dev_shaped_split(
+    tmp_path, full_states, coco_mini, coco_dets, capsys
+):
+    """The setup check end to end on the shared samples: SimpleBaseline-R50 in the zoo's .pth.tar format
+    (random weights, so AP is meaningless; the files and their shape are what is checked)."""
+    torch.set_num_threads(1)
+    root, det_file, image_ids = make_testdev_root(tmp_path, coco_mini, coco_dets)
+    ckpt = tmp_path / "pose_resnet_50_256x192.pth.tar"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in full_states["simplebaseline_r50"].items()}}, ckpt)
+    out = tmp_path / "out"
+    code, stdout, _ = _run(capsys, "--checkpoint", ckpt, "--backbone", "simplebaseline_r50", "--coco-root", root,
+                           "--split", SPLIT, "--detections", det_file, "--out", out, "--channel-order", "bgr")  # fmt: skip
+    assert code == 0, stdout
+    results = json.loads((out / f"person_keypoints_{SPLIT}_results.json").read_text())
+    check_results_file(results, image_ids)
+    assert not (out / "metrics.json").exists() and "submit the results file" in stdout
+    assert "weights from state_dict, prefix 'module.' removed" in stdout and "input BGR" in stdout
+    code, stdout, _ = _run(capsys, "--checkpoint", ckpt, "--backbone", "simplebaseline_r50", "--coco-root",
+                           coco_dets, "--out", out, "--max-images", 1)  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert code == 0 and 0.0 <= metrics["AP"] <= 1.0
+    assert "model zoo pose_resnet_50_256x192.pth.tar: 70.4" in stdout and "--channel-order bgr" in stdout
+
+
+def test_checkpoint_mode_needs_its_arguments(tmp_path, capsys):
+    code, _, err = _run(capsys, "--checkpoint", tmp_path / "x.pth")
+    assert code == 2 and "--backbone" in err and "--coco-root" in err
+    code, _, err = _run(capsys)
+    assert code == 2 and "--checkpoint" in err

@@ -1,0 +1,74 @@
+"""test-dev: a finetune names splits without annotations and writes the evaluation server's files."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import pytest
+import torch
+
+from reports.collect import parse_server_stats as read_server_stats
+from tests.testdev_data import SPLIT, make_testdev_root
+from workloads.config import DataConfig, FinetuneConfig, ModelConfig
+from workloads.context import LocalContext
+from workloads.data.coco import CocoDataError
+from workloads.pose.testdev import results_name, stats_name
+from workloads.pose.train import run_finetune
+
+TINY = ModelConfig(width=8, num_blocks=1, num_modules=(1, 1, 1))
+
+
+def check_results_file(results: list, image_ids: set[int]) -> None:
+    """The Must-show of issue 17: exactly the info file's image ids, 51 values and a score per entry."""
+    assert isinstance(results, list) and results
+    assert {r["image_id"] for r in results} == image_ids
+    for r in results:
+        assert r["category_id"] == 1 and len(r["keypoints"]) == 51 and isinstance(r["score"], float)
+
+
+@pytest.mark.realdata
+def test_a_smoke_sized_finetune_writes_the_server_results_file_and_zip(tmp_path, coco_mini, coco_dets):
+    root, det_file, image_ids = make_testdev_root(tmp_path, coco_mini, coco_dets)
+    torch.set_num_threads(1)
+    cfg = FinetuneConfig(
+        model=TINY, input_hw=(64, 64), heatmap_hw=(16, 16), sigma=1.0, epochs=1, batch_size=4,
+        test_splits=(SPLIT,),
+    )  # fmt: skip
+    data = DataConfig(
+        coco_root=str(root), test_detection_file=str(det_file), loader_workers=0,
+        max_train_instances=8, max_val_instances=4,
+    )  # fmt: skip
+    result = run_finetune(cfg, data, LocalContext(tmp_path / "stage"))
+    summary = result.metrics["test_splits"][SPLIT]
+    name = summary["results_file"]
+    assert name.startswith(f"person_keypoints_{SPLIT}_hrnetw32-scratch-") and name.endswith("_results.json")
+    assert summary["zip_file"] == name.removesuffix(".json") + ".zip" and summary["images"] == 4
+    assert set(result.artifacts) == {name, summary["zip_file"]}
+    results = json.loads(result.artifacts[name])
+    check_results_file(results, image_ids)
+    with zipfile.ZipFile(io.BytesIO(result.artifacts[summary["zip_file"]])) as zf:
+        assert zf.namelist() == [name] and zf.read(name) == result.artifacts[name]
+    assert "AP" in result.metrics  # val2017 is still what selects and scores the model
+
+
+def test_server_stats_format():
+    assert read_server_stats('{"AP": 0.736, "AP50": 0.9}', "s.json") == {"AP": 0.736, "AP50": 0.9}
+    stats = read_server_stats(json.dumps({"stats": [0.7] + [0.5] * 9}), "s.json")
+    assert stats["AP"] == 0.7 and len(stats) == 10
+    with pytest.raises(ValueError, match="fraction"):
+        read_server_stats('{"AP": 73.6}', "s.json")
+    with pytest.raises(ValueError, match="s.json"):
+        read_server_stats("[1]", "s.json")
+    assert stats_name(SPLIT, "x") == results_name(SPLIT, "x").replace(".json", ".stats.json")
+
+
+@pytest.mark.realdata
+def test_a_test_split_without_image_info_names_the_path(tmp_path, coco_mini, coco_dets):
+    from workloads.pose.testdev import load_test_detections
+
+    root, det_file, _ = make_testdev_root(tmp_path, coco_mini, coco_dets)
+    (root / "annotations" / f"image_info_{SPLIT}.json").unlink()
+    with pytest.raises(CocoDataError, match=f"image_info_{SPLIT}.json not found"):
+        load_test_detections(det_file, root, SPLIT, aspect_ratio=0.75)

@@ -1,0 +1,232 @@
+"""Evaluation splits without public keypoint annotations (COCO test-dev2017): the server's results file.
+
+COCO's test-dev has only image info (`annotations/image_info_test-dev2017.json`: images, no
+annotations); its images lie in `test2017/`; the persons come from a detection file (HRNet's
+`COCO_test-dev2017_detections_AP_H_609_person.json`). We predict every detection of the split's images
+with the same inference as val (flip test, decoding, rescoring, OKS-NMS: inference.predict) and
+write what the evaluation server takes: `person_keypoints_<split>_<name>_results.json` (a JSON list of
+{image_id, category_id, keypoints [51], score}) and its zip. No AP is computed here: there is nothing to
+score against. The server's returned stats, placed beside the results file as
+`person_keypoints_<split>_<name>_results.stats.json`, are read back by `hsjp-study report`
+(reports/collect.py `parse_server_stats`; the format is in docs/paper-silent-choices.md, "test-dev").
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from workloads.config import DataConfig, FinetuneConfig
+from workloads.data.coco import (
+    CocoDataError,
+    PersonInstance,
+    _read_detections,
+    box_to_center_scale,
+    check_images,
+)
+from workloads.data.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY_ID
+from workloads.pose import inference
+
+log = logging.getLogger(__name__)
+
+# COCO 2017: test-dev and test-challenge are subsets of the test2017 images (cocodataset.org/#download)
+TEST_IMAGE_FOLDERS = {"test-dev2017": "test2017", "test-challenge2017": "test2017"}
+
+
+def image_info_path(root: str | os.PathLike, split: str) -> Path:
+    """`<root>/annotations/image_info_<split>.json` (COCO's name for the image list of a test split)."""
+    return Path(root) / "annotations" / f"image_info_{split}.json"
+
+
+def test_image_dir(root: str | os.PathLike, split: str) -> Path:
+    """The images of a test split: `test2017/` for test-dev2017 / test-challenge2017, else `<split>/`."""
+    return Path(root) / TEST_IMAGE_FOLDERS.get(split, split)
+
+
+def results_name(split: str, name: str) -> str:
+    """The evaluation server's file name: `person_keypoints_<split>_<name>_results.json`."""
+    return f"person_keypoints_{split}_{name}_results.json"
+
+
+def stats_name(split: str, name: str) -> str:
+    """Where the user puts the stats the server returned (beside the results file)."""
+    return results_name(split, name).removesuffix(".json") + ".stats.json"
+
+
+def load_image_info(root: str | os.PathLike, split: str) -> dict[int, dict]:
+    """{image id: image record} of a test split; CocoDataError naming the file when absent or malformed."""
+    path = image_info_path(root, split)
+    if not path.is_file():
+        raise CocoDataError(
+            f"{path} not found: test split {split!r} needs COCO's image info file "
+            f"(annotations/image_info_{split}.json) and its images in {test_image_dir(root, split).name}/"
+        )
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CocoDataError(f"image info file {path} is not valid JSON: {err}") from err
+    images = info.get("images") if isinstance(info, dict) else None
+    if not isinstance(images, list) or not images:
+        raise CocoDataError(f"image info file {path}: expected an object with a non-empty `images` list")
+    try:
+        return {int(img["id"]): img for img in images}
+    except (KeyError, TypeError, ValueError) as err:
+        raise CocoDataError(f"image info file {path}: an image record lacks an integer `id` ({err})") from err
+
+
+def load_test_detections(
+    det_file: str | os.PathLike,
+    root: str | os.PathLike,
+    split: str,
+    *,
+    aspect_ratio: float,
+    image_thre: float = 0.0,
+) -> tuple[list[PersonInstance], dict[int, dict]]:
+    """(person detections on the split's images, the image info), HRNet's box convention as for val.
+
+    Detections of images outside the info file are dropped (with a warning); none left is an error."""
+    images = load_image_info(root, split)
+    folder = test_image_dir(root, split)
+    instances, unknown = [], set()
+    for det in _read_detections(Path(det_file)):
+        if int(det["category_id"]) != PERSON_CATEGORY_ID or float(det["score"]) < image_thre:
+            continue
+        img = images.get(int(det["image_id"]))
+        if img is None:
+            unknown.add(int(det["image_id"]))
+            continue
+        box = np.asarray(det["bbox"], dtype=np.float64)
+        center, scale = box_to_center_scale(box, aspect_ratio)
+        instances.append(
+            PersonInstance(
+                image_id=int(det["image_id"]),
+                ann_id=None,
+                image_path=str(folder / img.get("file_name", f"{int(img['id']):012d}.jpg")),
+                image_wh=(int(img["width"]), int(img["height"])),
+                bbox_xywh=box,
+                center_xy=center,
+                scale_wh=scale,
+                keypoints=np.zeros((NUM_KEYPOINTS, 3), dtype=np.float64),
+                num_keypoints=0,
+                area=float(box[2] * box[3]),
+                score=float(det["score"]),
+            )
+        )
+    if unknown:
+        msg = f"detection file {det_file}: {len(unknown)} image id(s) not in {image_info_path(root, split)}"
+        if not instances:
+            raise CocoDataError(f"{msg}, e.g. {sorted(unknown)[:5]}; no detection matches split {split!r}")
+        log.warning("%s; their detections are ignored", msg)
+    if not instances:
+        raise CocoDataError(f"detection file {det_file}: no person detection for split {split!r}")
+    if not folder.is_dir():
+        raise CocoDataError(f"image folder {folder} of test split {split!r} not found")
+    check_images(root, folder.name, [inst.image_path for inst in instances])
+    return instances, images
+
+
+def submission_files(results: list[dict], split: str, name: str) -> dict[str, bytes]:
+    """{results json name: bytes, its zip name: bytes} as the evaluation server takes them."""
+    json_name = results_name(split, name)
+    payload = json.dumps(results).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(json_name, payload)
+    return {json_name: payload, json_name.removesuffix(".json") + ".zip": buf.getvalue()}
+
+
+def check_submission(results: list[dict], image_ids: set[int], where: str) -> None:
+    """Every entry has an image id of the split, category 1, 51 keypoint values and a score."""
+    for i, r in enumerate(results):
+        if r.get("image_id") not in image_ids or r.get("category_id") != PERSON_CATEGORY_ID:
+            raise ValueError(f"{where}: entry {i} has image_id {r.get('image_id')!r} not in the split")
+        if len(r.get("keypoints", ())) != 3 * NUM_KEYPOINTS or not isinstance(r.get("score"), float):
+            raise ValueError(f"{where}: entry {i} lacks 51 keypoint values or a float score")
+
+
+def predict_split(
+    model: nn.Module,
+    cfg: FinetuneConfig,
+    data: DataConfig,
+    split: str,
+    name: str,
+    device: torch.device | str,
+    *,
+    detection_file: str | None = None,
+    batch_size: int = 64,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Predict one test split: ({results_file, zip_file, stats_file, images, images_with_results,
+    results, seconds}, {file name: bytes})."""
+    det_file = detection_file or data.test_detection_file
+    if not det_file:
+        raise CocoDataError(
+            f"test split {split!r}: no person detections given (data.test_detection_file: HRNet's "
+            f"COCO_{split}_detections_AP_H_609_person.json); a test split has no boxes of its own"
+        )
+    t0 = time.perf_counter()
+    aspect_ratio = cfg.input_hw[1] / cfg.input_hw[0]
+    instances, images = load_test_detections(
+        det_file, data.coco_root, split, aspect_ratio=aspect_ratio, image_thre=cfg.image_thre
+    )
+    results = inference.predict(model, instances, cfg, device, batch_size=batch_size,
+                                workers=max(1, data.loader_workers))  # fmt: skip
+    check_submission(results, set(images), results_name(split, name))
+    files = submission_files(results, split, name)
+    covered = len({r["image_id"] for r in results})
+    if covered < len(images):
+        log.warning(
+            "%s: %d of %d images have no detection, so no result", split, len(images) - covered, len(images)
+        )
+    summary = {
+        "results_file": results_name(split, name),
+        "zip_file": results_name(split, name).removesuffix(".json") + ".zip",
+        "stats_file": stats_name(split, name),
+        "images": len(images),
+        "images_with_results": covered,
+        "results": len(results),
+        "detections": len(instances),
+        "seconds": time.perf_counter() - t0,
+    }
+    log.info("%s: %d results on %d images -> %s", split, len(results), covered, summary["zip_file"])
+    return summary, files
+
+
+def submission_name(stage_config: dict) -> str:
+    """`<alg>` of the server's file name: backbone, init and a hash of the stage config (no underscores,
+    which the server's name pattern uses as separators), e.g. `hrnetw32-hsjp-1a2b3c4d`."""
+    from workloads.provenance import config_hash
+
+    ft = stage_config.get("finetune") or {}
+    backbone = str((ft.get("model") or {}).get("backbone", "model")).replace("_", "")
+    init = (stage_config.get("init") or {}).get("method") or "scratch"
+    return f"{backbone}-{init}-{config_hash(stage_config)[:8]}"
+
+
+def predict_test_splits(
+    model: nn.Module,
+    best_state: dict[str, torch.Tensor],
+    cfg: FinetuneConfig,
+    data: DataConfig,
+    device: torch.device | str,
+    name: str,
+) -> tuple[dict[str, dict], dict[str, bytes]]:
+    """Each of `cfg.test_splits` predicted by the best-AP weights `best_state` (loaded into `model`, whose
+    training is over): ({split: summary}, {file name: bytes} for the stage folder)."""
+    from workloads.engine import unwrap
+
+    unwrap(model).load_state_dict(best_state)
+    summaries, files = {}, {}
+    for split in cfg.test_splits:
+        summaries[split], split_files = predict_split(unwrap(model), cfg, data, split, name, device)
+        files.update(split_files)
+    return summaries, files
