@@ -64,6 +64,7 @@ class S3Server:
             region="us-east-1",
             access_key="testing",
             secret_key="testing",
+            allow_bucket_creation=True,
         )
 
 
