@@ -2,7 +2,8 @@
 to one Ray cluster, both need the same pretrain. The first computes it; the second sees its lease held,
 launches nothing for it (no trial, no GPU, no process), runs its other stages meanwhile, and takes the
 first run's result when it appears — on a local store (file leases) and on an S3-protocol object
-store (the driver-owned lease actor), through real Ray Tune / Ray Train runs of the stand-ins.
+store (the driver-owned lease actor; one driver given the bucket as a `pyarrow.fs` filesystem, the
+other as a URI), through real Ray Tune / Ray Train runs of the stand-ins.
 
 The two drivers are subprocesses (this file run as a script) joined to the Ray this module starts.
 """
@@ -53,9 +54,16 @@ def drive(address: str, root: str, which: str, calls: str, out: str) -> None:
 
     ray.cloudpickle.register_pickle_by_value(standins)
     plan = dict(zip("ab", plans()))[which]
+    if root.startswith("given-fs:"):  # a pyarrow filesystem given in the Python API, not a URI
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(root.removeprefix("given-fs:"))
+        store = Store(path, filesystem=fs)
+    else:
+        store = Store(root)
     summary = run_study(
         plan,
-        Store(root),
+        store,
         study_text=f"name: {plan.study}\n",
         address=address,
         workloads=standins.workloads(calls, sleep_s=0.5, start_sleep_s=12.0, pause_kind="pretrain"),
@@ -110,7 +118,10 @@ def test_two_studies_needing_one_pretrain_train_it_once(where, request, cluster_
     assert b.trials[0].pretrain == shared and a.trials[0].finetune != b.trials[0].finetune
     store = Store(root)
 
-    proc_a, log_a, out_a = _start(cluster_address, root, "a", tmp_path)
+    # on S3, A gets the bucket as a `pyarrow.fs` filesystem object (Store(path, filesystem=...)), B as a URI
+    proc_a, log_a, out_a = _start(
+        cluster_address, f"given-fs:{root}" if where == "s3" else root, "a", tmp_path
+    )
     # B starts once A holds the shared stage (A has written its config.json: it is computing it)
     _wait(
         lambda: store.exists(store.stage_path(shared, "config.json")),

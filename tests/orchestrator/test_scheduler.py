@@ -298,3 +298,44 @@ def test_what_changed_line_of_an_edited_study(tmp_path):
         "(their results stay in the store), 2 found"
     )
     assert describe_changes(None, after, set()).startswith("first run of study edit: 6 stages")
+
+
+def test_an_edited_study_starts_a_fresh_tune_experiment_and_runs_only_its_stages(tmp_path):
+    """Tuner.restore is asked for only when the study's stages are the ones its last run had: a restored
+    experiment cannot drop a removed trial (Tune would run it) nor add a new one."""
+    trials = [(f"n{n}", standins.pretrain_config(n=n), standins.finetune_config()) for n in (2, 3, 4)]
+    full = standins.make_plan("edit", trials, salt="edit-run")
+    fewer = standins.make_plan("edit", trials[:2], salt="edit-run")
+    store = Store(tmp_path / "store")
+
+    class Recorder(FakeRunner):
+        restores: list[bool] = []
+
+        def run(self, plan, store, scheduler, *, workloads, restore, progress=None):
+            Recorder.restores.append(restore)
+            return super().run(plan, store, scheduler, workloads=workloads, restore=restore)
+
+    bad = full.trials[0].finetune
+    run_study(
+        full,
+        store,
+        study_text="name: edit\n",
+        progress=False,
+        runner=Recorder({"CPU": 2.0}, fit=fake_fit(fail={bad})),
+    )
+    calls: list[str] = []
+    run_study(
+        fewer,
+        store,
+        study_text="name: edit\n",
+        progress=False,
+        runner=Recorder({"CPU": 2.0}, fit=fake_fit(fail={bad}, calls=calls)),
+    )
+    assert Recorder.restores == [False, False]  # first run; then the stages changed (n=4 removed)
+    assert calls == [bad]  # only the unfinished stage of the edited study; n=4's stages stay in the store
+    assert store.read_result(full.trials[2].finetune) is not None
+    summary = run_study(
+        fewer, store, study_text="name: edit\n", progress=False, runner=Recorder({"CPU": 2.0})
+    )
+    assert Recorder.restores == [False, False, True]  # unchanged since the last run: restore it
+    assert summary["counts"] == {"done": 2}
