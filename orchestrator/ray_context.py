@@ -28,6 +28,7 @@ from torch import nn
 from orchestrator.store import Store
 from workloads.config import to_dict
 from workloads.context import StageResult
+from workloads.engine import DDP_KWARGS
 from workloads.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -118,13 +119,20 @@ class RayStageContext:
         }
         if self.resumed_from is not None:
             row["resumed_from"] = self.resumed_from
-        with tempfile.TemporaryDirectory(prefix="hsjp-ckpt-") as folder:
-            checkpoint = None
-            if self.rank == 0:
-                torch.save(state, os.path.join(folder, STATE_FILE))
-                checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(progress_metrics(row), checkpoint=checkpoint)
-        if self.rank == 0:  # after the report: the epoch's checkpoint is persisted by now
+        checkpoint = None
+        if self.rank == 0:  # `state` is host memory already (engine.host_copy): serialise it locally
+            folder = tempfile.mkdtemp(prefix="hsjp-ckpt-")
+            torch.save(state, os.path.join(folder, STATE_FILE))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        # the upload to the storage runs in Ray Train's background thread; the checkpoint is registered
+        # (and a resume can see it) only once it is complete; the local folder is deleted after the upload
+        ray.train.report(
+            progress_metrics(row),
+            checkpoint=checkpoint,
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+            delete_local_checkpoint_after_upload=True,
+        )
+        if self.rank == 0:  # progress only: a resume follows Ray's registered checkpoints, not this row
             self.store.append_metrics(self.stage_id, row)
 
     def report(self, metrics: dict) -> None:
@@ -135,7 +143,7 @@ class RayStageContext:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         if self.world_size > 1:
-            return ray.train.torch.prepare_model(model)
+            return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=dict(DDP_KWARGS))
         return model.to(self.device)
 
 
