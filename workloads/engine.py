@@ -210,7 +210,8 @@ def prefetch(
         if stream is None:
             queue.append((prepare(batch), None))
             return
-        stream.wait_stream(torch.cuda.current_stream(device))  # after the work that freed its inputs
+        # no wait on the step's stream: prepare only reads pinned host batches and device constants
+        # (complete when made), and its outputs' memory comes from the side stream's own pool
         with torch.cuda.stream(stream):
             out = prepare(batch)
             event = torch.cuda.Event()

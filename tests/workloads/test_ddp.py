@@ -54,3 +54,39 @@ def test_ddp_flags_static_graph_and_buffer_sync():
     assert not torch.equal(got[0]["before"], got[1]["before"])  # broadcast_buffers=False: per-rank stats
     assert torch.equal(got[1]["after"], got[0]["before"]) and torch.equal(got[0]["after"], got[0]["before"])
     assert not use_static_graph(nn.Linear(1, 1), RuntimeConfig(compile="off"), torch.device("cpu"))  # no DDP
+
+
+def _compiled_worker(rank: int, port: int, out: dict) -> None:
+    """The production pattern: a compiled step function (engine.compile_step's torch.compile of
+    forward + loss) calling the DDP-wrapped model; aot_eager keeps it to seconds on CPU."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+        model = nn.parallel.DistributedDataParallel(net, **DDP_KWARGS)
+        assert not use_static_graph(model, RuntimeConfig(compile="on"), torch.device("cpu"))
+
+        def forward_loss(m, x):
+            return (m(x.float() / 255.0) ** 2).mean()
+
+        step = torch.compile(forward_loss, backend="aot_eager")
+        x = torch.randint(
+            0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(rank)
+        )
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2, fused=True)
+        for _ in range(3):
+            opt.zero_grad()
+            step(model, x).backward()
+            opt.step()
+        out[rank] = {"weight": net[0].weight.detach().clone()}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_compiled_step_over_ddp_keeps_the_ranks_in_step():
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_compiled_worker, args=(_free_port(), out), nprocs=2, join=True)
+        got = dict(out)
+    assert torch.equal(got[0]["weight"], got[1]["weight"])  # gradients all-reduced through the compiled step
