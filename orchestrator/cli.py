@@ -239,10 +239,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = _existing_store(args.storage)
     plan = make_plan(study, data_config(study.data, store.base))
     rows = study_status(plan, store)
+    from orchestrator.disk import store_usage
+
+    usage = store_usage(store)
     if args.json:
-        print(json.dumps({"summary": summarize(rows, plan), "stages": rows}, indent=2, default=str))
+        out = {
+            "summary": summarize(rows, plan),
+            "stages": rows,
+            "store": {"uri": store.uri, **usage.to_dict()},
+        }
+        print(json.dumps(out, indent=2, default=str))
     else:
         print(render_status(rows, plan))
+        print(usage.line(store.uri))
     return 0
 
 
