@@ -107,7 +107,8 @@ class ComputeConfig:
                 f"{where}.max_failures = {self.max_failures!r}: give a retry budget ≥ 0 (unlimited "
                 f"retries repeat a deterministic error forever); a failed stage is retried at most "
                 f"max_failures times, after a backoff ({backoff}), and fails at once when the same error "
-                "comes twice in a row; preemptions count, so give spot nodes a generous budget (e.g. 20)"
+                "comes twice in a row; a node lost without notice uses the budget (a planned drain "
+                "does not), so give spot nodes a generous one (e.g. 10)"
             )
         if self.retry_backoff_s < 0 or self.retry_backoff_max_s < 0:
             raise ConfigError(f"{backoff}: waits must be ≥ 0 seconds")

@@ -1,9 +1,10 @@
 """Where a study stands (`hsjp-study status`, DESIGN.md §4–5), read from the result store only.
 
 A stage is `done` / `collapsed` / `skipped` when its result.json says so (`skipped`: a finetune whose
-pretrain collapsed), `no-work` for a scratch / imagenet pretrain (nothing to compute), `failed` when
-error.txt is there without a result, `retrying` / `failed` with
-`retrying 2/3: <error>` / `failed: <error>` when attempts.json (`orchestrator.failures`) says so, `running` when metrics.jsonl has epochs but there is no result yet, `waiting` when it is a finetune whose pretrain
+pretrain collapsed), `no-work` for a scratch / imagenet pretrain (nothing to compute), `retrying` /
+`failed` (shown as `retrying 2/3: <error>` / `failed: <error>`) when the stage's attempts.json
+(`orchestrator.failures`) says so, `failed` when error.txt is there without a result, `running` when
+metrics.jsonl has epochs but there is no result yet, `waiting` when it is a finetune whose pretrain
 is not done, else `queued`. Progress, the key metric (HSJP precision P / AP), device-hours spent and an
 ETA come from result.json and the per-epoch rows of metrics.jsonl.
 """
