@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STUDY = REPO / "studies" / "smoke.yaml"
 _USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 # matched by name so that --help / plan import neither torch (store) nor pycocotools (coco)
-_USER_ERROR_NAMES = {"StoreError", "CocoDataError"}
+_USER_ERROR_NAMES = {"StoreError", "CocoDataError", "RayVersionError", "HostBusy"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,8 +178,14 @@ def _positive_int(text: str) -> int:
 
 # ------------------------------------------------------------------------------------------ commands
 def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.store import check_storage
+
+    check_storage(args.storage)  # a file, an unknown scheme, an unwritable place: refused first
     study = _load(args.study)
     check_inputs(study)  # everything checkable is checked before the store is touched
+    from orchestrator.ray_guard import check_ray
+
+    check_ray()  # Ray too old, or Train V1 selected (RAY_TRAIN_V2_ENABLED=0): refused before Ray starts
     from orchestrator.store import Store
 
     store = Store(args.storage)
