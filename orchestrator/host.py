@@ -427,7 +427,7 @@ class LocalClaim:
                     "whose driver had died"
                 )
             others = [r for r in read_records(folder) if r.claims()]
-            cpus = min(usable_cpus(), self.num_cpus or 10**9)
+            cpus = self.num_cpus or usable_cpus()  # an explicit num_cpus is the size of the box
             gpus = box_gpu_ids()
             if self.num_gpus is not None:
                 gpus = gpus[: self.num_gpus]

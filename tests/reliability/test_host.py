@@ -232,3 +232,34 @@ def test_claims_under_the_lock_and_the_visible_gpus(tmp_path, monkeypatch):
     saved = {r.study: r for r in host.read_records()}
     assert saved["second"].gpu_ids == ["2", "3"] and saved["second"].address == "127.0.0.1:1"
     assert Path(record.path).exists()
+
+
+def test_run_on_a_fully_claimed_machine_exits_2_before_ray_starts(tmp_path, monkeypatch, capsys):
+    import ray
+
+    from orchestrator.cli import main
+
+    monkeypatch.setenv(host.STATE_DIR_ENV, str(tmp_path / "local-ray"))
+    me, start = os.getpid(), host.proc_start(os.getpid())
+    holder = Record(
+        me,
+        start,
+        host.usable_cpus(),
+        [],
+        study="paper",
+        address="127.0.0.1:6379",
+        processes=[{"pid": me, "start": start, "name": "gcs_server"}],
+    )
+    host.write_record(holder)
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        "data: {synthetic: {train: 2, val: 1, seed: 0}, loader_workers: 0}\n"
+        "defaults:\n  model: {backbone: hrnet_w32, width: 8, num_blocks: 1, num_modules: [1, 1, 1]}\n"
+        "  pretrain: {input_size: 64, heatmap_size: 16, epochs: 1}\n"
+        "  finetune: {input_hw: [128, 96], heatmap_hw: [32, 24], epochs: 1}\n"
+    )
+    assert main(["run", str(study), "--storage", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: this machine's ") and err.count("\n") == 1 and "Traceback" not in err
+    assert f"pid {me} (study paper: {host.usable_cpus()} CPUs; Ray at 127.0.0.1:6379)" in err
+    assert not ray.is_initialized()
