@@ -302,12 +302,24 @@ def remove_record(rec: Record) -> None:
         os.remove(rec.path)
 
 
-def snapshot_processes(driver_pid: int, proc_root: str = "/proc") -> list[dict]:
-    """[{pid, start, name}] of the driver's descendants, the GCS server first."""
-    procs = [
-        {"pid": p, "start": proc_start(p, proc_root), "name": _comm(p, proc_root)}
-        for p in descendants(driver_pid, proc_root)
-    ]
+def _cmdline(pid: int, proc_root: str = "/proc") -> str:
+    try:
+        return Path(proc_root, str(pid), "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def snapshot_processes(driver_pid: int, session_dir: str = "", proc_root: str = "/proc") -> list[dict]:
+    """[{pid, start, name}] of the Ray processes a driver started, the GCS server first: its
+    descendants whose command line names the Ray session (gcs_server, raylet, log monitor, ...) and
+    everything below those (agents, workers). Without a session folder: all its descendants. Other
+    children of the driver (a test's subprocesses, their own Rays) are not its Ray."""
+    pids = descendants(driver_pid, proc_root)
+    session = os.path.basename(session_dir.rstrip("/"))
+    if session:
+        roots = [p for p in pids if session in _cmdline(p, proc_root)]
+        pids = sorted({*roots, *(d for r in roots for d in descendants(r, proc_root))})
+    procs = [{"pid": p, "start": proc_start(p, proc_root), "name": _comm(p, proc_root)} for p in pids]
     procs = [p for p in procs if p["start"] is not None]
     return sorted(procs, key=lambda p: (p["name"] != "gcs_server", p["pid"]))
 
@@ -469,7 +481,7 @@ class LocalClaim:
             study=self.study,
             address=address,
             session_dir=session_dir,
-            processes=snapshot_processes(pid),
+            processes=snapshot_processes(pid, session_dir),
         )
         write_record(self.record)
         threading.Thread(target=self._refresh, daemon=True, name="hsjp-local-ray-record").start()
@@ -482,7 +494,8 @@ class LocalClaim:
                 remove_record(rec)  # shut down: nothing is claimed any more
                 return
             known = {p["pid"] for p in rec.processes}
-            rec.processes += [p for p in snapshot_processes(rec.driver_pid) if p["pid"] not in known]
+            fresh = snapshot_processes(rec.driver_pid, rec.session_dir)
+            rec.processes += [p for p in fresh if p["pid"] not in known]
             with contextlib.suppress(OSError):
                 write_record(rec)
 

@@ -135,6 +135,34 @@ time.sleep(300)
 """
 
 
+SESSION_DRIVER = """
+import subprocess, sys, time
+ray_root = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+    "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); print(w.pid, flush=True); "
+    "time.sleep(300)", "--session-name=session_fake_123"], stdout=subprocess.PIPE, text=True)
+worker = int(ray_root.stdout.readline())
+other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+print(ray_root.pid, worker, other.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def test_the_snapshot_keeps_the_ray_sessions_processes_only(tmp_path):
+    """The driver's descendants naming the Ray session, and what runs below them (a worker whose
+    command line no longer names it); not the driver's other children."""
+    driver = subprocess.Popen([sys.executable, "-c", SESSION_DRIVER], stdout=subprocess.PIPE, text=True)
+    try:
+        ray_root, worker, other = (int(p) for p in driver.stdout.readline().split())
+        got = {p["pid"] for p in host.snapshot_processes(driver.pid, "/tmp/ray/session_fake_123")}
+        assert got == {ray_root, worker}
+        assert {p["pid"] for p in host.snapshot_processes(driver.pid)} == {ray_root, worker, other}
+    finally:
+        for pid in host.descendants(driver.pid):
+            os.kill(pid, signal.SIGKILL)
+        driver.kill()
+        driver.wait()
+
+
 def _sleeper() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
 
