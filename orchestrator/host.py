@@ -397,8 +397,9 @@ def plan_claim(
         holders = "; ".join(o.describe() for o in others) or "none recorded"
         need = f"{demand.min_cpus:g} CPUs" + (f" and {demand.min_gpus} GPUs" if demand.min_gpus else "")
         raise HostBusy(
-            f"this machine's {box_cpus} CPUs / {len(box_gpus)} GPUs are taken by other hsjp-study runs "
-            f"({holders}); {free_cpus} CPUs and {len(free_gpus)} GPUs are free, one stage needs {need}. "
+            f"not enough free on this machine for a local Ray: of its {box_cpus} CPUs / {len(box_gpus)} "
+            f"GPUs, other hsjp-study runs hold the rest ({holders}); {free_cpus} CPUs and "
+            f"{len(free_gpus)} GPUs are free, one stage needs {need}. "
             "Wait for them, or join one with --address ADDRESS (its Ray ends with that run)"
         )
     return Claim(cpus=max(1, cpus), gpu_ids=gpus, others=others)

@@ -288,6 +288,10 @@ def test_run_on_a_fully_claimed_machine_exits_2_before_ray_starts(tmp_path, monk
     )
     assert main(["run", str(study), "--storage", str(tmp_path / "store")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: this machine's ") and err.count("\n") == 1 and "Traceback" not in err
+    assert (
+        err.startswith("error: not enough free on this machine for a local Ray: of its ")
+        and err.count("\n") == 1
+        and "Traceback" not in err
+    )
     assert f"pid {me} (study paper: {host.usable_cpus()} CPUs; Ray at 127.0.0.1:6379)" in err
     assert not ray.is_initialized()
