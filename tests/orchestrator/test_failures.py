@@ -224,3 +224,80 @@ def test_unlimited_budget_through_the_cli_exits_2_with_one_line(tmp_path, capsys
 def test_bad_retry_settings_are_refused(field, value, expected):
     with pytest.raises(ConfigError, match=expected):
         ComputeConfig(**{field: value}).validate()
+
+
+# ------------------------------------------------------------------------------------------ loop
+def test_an_always_failing_stage_stops_after_two_identical_errors(setup):
+    """The always-failing stand-in under the loop: 2 attempts, one backoff, error.txt, two lines
+    printed (the traceback's last line in each), status `failed: …`; no real waiting."""
+    store, plan, sid = setup
+    calls, waits, lines = [], [], []
+
+    def always_fails():
+        calls.append(1)
+        raise RuntimeError("stand-in stage: deterministic bug")
+
+    with pytest.raises(failures.StageGaveUp) as info:
+        failures.run_with_retries(
+            always_fails,
+            store,
+            sid,
+            POLICY,
+            run_token="r9",
+            node=lambda: "10.0.0.3",
+            report=lines.append,
+            sleep=waits.append,
+        )
+    assert len(calls) == 2 and waits == [10.0] and info.value.decision.reason == "repeated"
+    assert lines[0].endswith(
+        "RuntimeError: stand-in stage: deterministic bug — retry 1/3 in 10 s (compute.max_failures)"
+    )
+    assert "failed: the same error twice in a row" in lines[1] and "RuntimeError: stand-in stage" in lines[1]
+    text = store.read_error(sid)
+    assert "node: 10.0.0.3" in text and "Traceback (most recent call last)" in text and "always_fails" in text
+    assert text.rstrip().splitlines()[-1] == "RuntimeError: stand-in stage: deterministic bug"
+    row = {r["stage_id"]: r for r in study_status(plan, store)}[sid]
+    assert (
+        row["state"] == "failed"
+        and row["detail"] == "failed: RuntimeError: stand-in stage: deterministic bug"
+    )
+
+
+def test_a_flaky_stage_is_retried_and_its_attempts_cleared(setup):
+    store, _, sid = setup
+    outcomes = iter([OSError("mount went away"), None])
+    waits = []
+
+    def flaky():
+        exc = next(outcomes)
+        if exc:
+            raise exc
+        return "ok"
+
+    assert (
+        failures.run_with_retries(
+            flaky, store, sid, POLICY, run_token="r1", report=lambda _: None, sleep=waits.append
+        )
+        == "ok"
+    )
+    assert waits == [10.0] and failures.read_attempts(store, sid) is None
+
+
+def test_the_budget_bounds_different_errors(setup):
+    store, _, sid = setup
+    n = iter(range(100))
+
+    def new_error_each_time():
+        raise ValueError(f"error {next(n)}")
+
+    with pytest.raises(failures.StageGaveUp) as info:
+        failures.run_with_retries(
+            new_error_each_time,
+            store,
+            sid,
+            POLICY,
+            run_token="r1",
+            report=lambda _: None,
+            sleep=lambda s: None,
+        )
+    assert info.value.decision.reason == "budget" and len(failures.history(store, sid, "r1")) == 4
