@@ -286,6 +286,7 @@ def run_with_retries(
     node: Callable[[], str | None] | None = None,
     report: Callable[[str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    study: str = "",
 ) -> T:
     """Call `run_once` (one attempt of a stage) until it returns, under `policy`: each failure is
     recorded (attempts.json, error.txt), reported as one line, and either retried after its backoff
@@ -297,7 +298,7 @@ def run_with_retries(
             result = run_once()
         except Exception as exc:  # noqa: BLE001 — every failure of the stage is the policy's to judge
             attempt = attempt_from_exception(exc, node=node() if node else None, run_token=run_token)
-            decision = record_failure(store, stage_id, attempt, policy)
+            decision = record_failure(store, stage_id, attempt, policy, study=study)
             report(summary_line(stage_id, decision))
             if not decision.retry:
                 raise StageGaveUp(stage_id, decision) from exc
@@ -329,14 +330,18 @@ def history(store: Store, stage_id: str, run_token: str) -> list[Attempt]:
     return [Attempt.from_dict(a) for a in data.get("attempts", []) if isinstance(a, dict)]
 
 
-def record_failure(store: Store, stage_id: str, attempt: Attempt, policy: FailurePolicy) -> Decision:
-    """Append `attempt` to the stage's history of this run, decide, write attempts.json and error.txt."""
+def record_failure(
+    store: Store, stage_id: str, attempt: Attempt, policy: FailurePolicy, study: str = ""
+) -> Decision:
+    """Append `attempt` to the stage's history of this run, decide, write attempts.json and error.txt.
+    `study`: the study whose run makes the attempt (lets `status` tell a retry whose run has ended)."""
     past = history(store, stage_id, attempt.run_token)
     decision = decide([*past, attempt], policy)
     store.write_json(
         attempts_path(store, stage_id),
         {
             "run_token": attempt.run_token,
+            "study": study,
             "attempts": [a.to_dict() for a in (*past, attempt)],
             "decision": decision.to_dict(),
         },
@@ -351,9 +356,40 @@ def clear_attempts(store: Store, stage_id: str) -> None:
 
 
 def stage_failure_status(store: Store, stage_id: str) -> dict | None:
-    """For `status`: {state: retrying|failed, status: 'retrying 2/3: …', error, node}, or None."""
+    """For `status`: {state: retrying|failed, status: 'retrying 2/3: …', error, node, reason, study},
+    or None. A `retrying` whose study's run is known to have ended (its lock is free) is `failed`,
+    with `stopped while retrying 2/3: …`: nothing will retry it until the next run."""
     data = read_attempts(store, stage_id) or {}
     decision = data.get("decision")
     if not isinstance(decision, dict) or decision.get("state") not in ("retrying", "failed"):
         return None
-    return {k: decision.get(k) for k in ("state", "status", "error", "node", "reason")}
+    out = {k: decision.get(k) for k in ("state", "status", "error", "node", "reason")}
+    out["study"] = data.get("study") or ""
+    if out["state"] == "retrying" and out["study"] and run_active(store, out["study"]) is False:
+        out["state"], out["status"] = "failed", f"stopped while {out['status']} (its run ended)"
+    return out
+
+
+def run_active(store: Store, study: str) -> bool | None:
+    """Whether an `hsjp-study run` of `study` holds its lock now (`<store>/locks/study-<name>.lock`,
+    orchestrator.execution.study_lock); None when it cannot be told (object store, invalid name).
+    Probed with a non-blocking flock on a read-only descriptor: nothing is written."""
+    import fcntl
+    import os
+
+    if not store.is_local or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", study) or ".." in study:
+        return None
+    path = os.path.join(store.base, "locks", f"study-{study}.lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False  # never locked there: no run of it is active
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

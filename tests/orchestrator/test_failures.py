@@ -301,3 +301,25 @@ def test_the_budget_bounds_different_errors(setup):
             sleep=lambda s: None,
         )
     assert info.value.decision.reason == "budget" and len(failures.history(store, sid, "r1")) == 4
+
+
+def test_a_retry_whose_run_ended_shows_as_stopped(setup):
+    """attempts.json says `retrying`, but the study's run lock is free: the run was stopped (Ctrl-C,
+    SIGKILL) during the backoff, so status says so instead of `retrying` forever."""
+    import filelock
+
+    store, plan, sid = setup
+    failures.record_failure(store, sid, err("boom"), POLICY, study="smoke")
+    lock_path = Path(store.base) / "locks" / "study-smoke.lock"
+    lock_path.parent.mkdir(parents=True)
+    with filelock.FileLock(str(lock_path)):  # a run of the study is active
+        assert failures.run_active(store, "smoke") is True
+        row = {r["stage_id"]: r for r in study_status(plan, store)}[sid]
+        assert row["state"] == "retrying" and row["detail"] == "retrying 1/3: ValueError: boom"
+    assert failures.run_active(store, "smoke") is False
+    row = {r["stage_id"]: r for r in study_status(plan, store)}[sid]
+    assert (
+        row["state"] == "failed"
+        and row["detail"] == "stopped while retrying 1/3: ValueError: boom (its run ended)"
+    )
+    assert failures.run_active(store, "../x") is None
