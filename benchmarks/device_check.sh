@@ -8,3 +8,6 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 PYTHONPATH=$PWD "$PY" -m pytest -q -rs tests/workloads/test_numerics.py
 # device placements: nvJPEG decode and batched pretext rendering against the per-sample paths
 PYTHONPATH=$PWD "$PY" -m pytest -q -rs tests/workloads/data/test_device_decode.py tests/workloads/hsjp/test_batched.py
+# shared machine (issue 18): two local Rays on this machine's real GPUs get disjoint GPU ids (or the
+# second is refused when none is left), and a task of each sees only its own
+PYTHONPATH=$PWD "$PY" -m benchmarks.shared_box_check
