@@ -37,6 +37,9 @@ timeout "$(limit 100)" "$PY" -m pytest -q -p no:cacheprovider -x --junitxml="$OU
 timeout "$(limit 60)" "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/numerics-tests.xml" \
   tests/workloads/test_numerics.py 2>&1 | tail -n 8
 
+echo "== shared machine (issue 18): two local Rays on this machine's real GPUs get disjoint GPU ids"
+timeout "$(limit 60)" "$PY" -m benchmarks.shared_box_check 2>&1 | tail -n 8
+
 echo "== synthetic data (shared by the runs)"
 DATA="$OUT/synthetic"
 timeout "$(limit 60)" "$PY" -c "

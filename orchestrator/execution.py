@@ -27,6 +27,7 @@ import filelock
 import ray
 from ray import tune
 
+from orchestrator import host
 from orchestrator import progress as progress_mod
 from orchestrator.progress import Progress, TuneProgressCallback
 from orchestrator.stages import StageFailed, run_stage
@@ -42,32 +43,46 @@ MAIN_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
 
 
 # --------------------------------------------------------------------------------------------- Ray
-def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """A local Ray for this process (no dashboard, worker logs kept out of the driver's output)."""
+def start_local_ray(
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    demand: host.Demand | None = None,
+    study: str = "",
+) -> None:
+    """A local Ray for this process (no dashboard, worker logs kept out of the driver's output).
+
+    Its CPUs / GPUs are what this process may use (cgroup / affinity, CUDA_VISIBLE_DEVICES), less what
+    other live hsjp-study runs on this machine hold, at most `demand` (and `num_cpus` / `num_gpus`);
+    the dead runs' orphaned Ray processes are ended first (orchestrator.host)."""
     # Ray 2.60 turns token authentication on for `ray start` clusters (ray.md §3a); a local Ray
     # started here needs none. A user's explicit setting wins.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # One node that nobody drains: Ray Train's per-stage PreemptionWatcher actor (one more process
     # per stage) has nothing to watch. Workers inherit this environment; on a cluster it stays on.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(
-        address="local",
-        num_cpus=num_cpus or os.cpu_count(),
-        num_gpus=num_gpus,
-        resources={TRIAL_RESOURCE: 10_000},
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    # issue 18: the machine's share (host.LocalClaim holds the machine's lock until our record is written)
+    with host.LocalClaim(demand, study=study, num_cpus=num_cpus, num_gpus=num_gpus) as claim:
+        with claim.visible_gpus():  # the raylet inherits CUDA_VISIBLE_DEVICES = the claimed GPUs
+            context = ray.init(
+                address="local",
+                num_cpus=claim.claim.cpus,
+                num_gpus=len(claim.claim.gpu_ids),
+                resources={TRIAL_RESOURCE: 10_000},
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        info = getattr(context, "address_info", None) or {}
+        claim.register(address=info.get("gcs_address", ""), session_dir=info.get("session_dir", ""))
 
 
-def _connect(address: str | None) -> tuple[bool, float]:
+def _connect(address: str | None, demand: host.Demand | None = None, study: str = "") -> tuple[bool, float]:
     """(whether this call started/joined Ray, seconds it took). Reuses an initialised Ray."""
     if ray.is_initialized():
         return False, 0.0
     t0 = time.time()
     if address is None:
-        start_local_ray()
+        start_local_ray(demand=demand, study=study)
     else:  # a real cluster: its auth token (RAY_AUTH_TOKEN / ~/.ray/auth_token) is used as is
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     return True, time.time() - t0
@@ -260,7 +275,8 @@ def _run_study_locked(
     started, ray_s, errors, mode = False, 0.0, {}, "none"
     try:
         if pending:
-            started, ray_s = _connect(address)
+            demand = host.study_demand(plan.compute, len(pending), max_concurrent)  # issue 18: fair share
+            started, ray_s = _connect(address, demand, plan.study)
             errors, mode = _run_tune(plan, store, pending, tracker, workloads, max_concurrent)
     finally:
         if started:
