@@ -9,14 +9,15 @@ facts, not copied:
   flip of the full image array, `cv2.getAffineTransform` + `cv2.warpAffine` to the input size,
   torchvision ToTensor + Normalize, the joints moved one by one, and the Gaussian targets drawn
   joint by joint (`generate_target`); the batch carries the float32 heatmaps and a `meta` dict;
-- fp32, NCHW, un-fused single-tensor Adam (the PyTorch 1.x optimiser the official code ran on),
-  the loss as a loop over joints (`JointsMSELoss`), and after every step `loss.item()` and an
+- fp32 (with PyTorch's default numerics: TF32 on for cuDNN convolutions, off for matmuls; the
+  benchmark prints both switches), NCHW, `torch.optim.Adam(params, lr)` as the official code calls it —
+  on current PyTorch with CUDA parameters that default is the foreach implementation — the loss as a loop over joints (`JointsMSELoss`), and after every step `loss.item()` and an
   accuracy computed on the host from the output and target heatmaps copied back (two syncs).
 
 HSJP has no public code. Its reference builds the same puzzles as this project (the workloads'
 `read_crop` + `build_sample`: decode, crop, shuffle, colour and spatial augmentation) and then
 follows the same habits: N² Gaussian target maps drawn channel by channel in the worker and carried
-through the loader, fp32, NCHW, for-loop Adam, host metrics every step.
+through the loader, fp32, NCHW, default Adam, host metrics every step.
 """
 
 from __future__ import annotations
@@ -215,11 +216,21 @@ def reference_accuracy(output: torch.Tensor, target: torch.Tensor, thr: float = 
 def build_reference_model(
     cfg: ModelConfig, out_channels: int, lr: float, device: torch.device, seed: int = 0
 ):
-    """(model fp32 NCHW on device, Adam without foreach/fused: the per-tensor loop of PyTorch 1.x)."""
+    """(model fp32 NCHW on device, Adam with PyTorch's default implementation: what the official
+    `optim.Adam(model.parameters(), lr)` gets on current PyTorch — foreach on CUDA)."""
     model = build_model(cfg, out_channels, generator=torch.Generator().manual_seed(seed)).to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    return model, torch.optim.Adam(params, lr=lr, foreach=False)
+    return model, torch.optim.Adam(params, lr=lr)
+
+
+def numerics() -> dict:
+    """The float switches both pipelines run under (PyTorch defaults unless someone changed them)."""
+    return {
+        "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32),
+        "matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+    }
 
 
 def reference_step(model, batch, optimizer, device: torch.device, task: str) -> float:

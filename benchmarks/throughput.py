@@ -1,25 +1,27 @@
 """Training and evaluation throughput of this project's pipelines against the reference (official-style)
-pipeline, measured in the same run (DESIGN.md "Performance"; shared/notes/performance.md goals P1-P5).
+pipeline, measured in the same run (DESIGN.md "Performance").
 
 For each backbone (HRNet-W32, SimpleBaseline-R50) and task (HSJP pretext 224×224 with N = 6, pose
-finetune 256×192) and for both pipelines ("ours": the workloads' real code paths — bf16 autocast and
-channels_last on CUDA, fused Adam, pinned memory, persistent workers, targets built on the device, and on
-CUDA by default JPEG decode + crop (`data.decode_on`) and the pretext augmentation (`pretrain.augment_on`)
-on the device too; "reference": `benchmarks.reference`) it prints:
+finetune 256×192) and for both pipelines it prints:
 
-- full img/s: whole training steps fed by the real loader (decode, crop, augmentation, targets) over a
-  set of images — a synthetic COCO-format set (`workloads.data.synthetic`) or `--coco-root`;
-- model img/s: the pipeline's step function alone on one resident batch (fwd + bwd + Adam, plus what
-  the step itself does: ours its device-side targets (and puzzles, augment_on device), the reference its
-  per-step host syncs);
-- data wait: the share of full-step time spent blocked on the loader (on CUDA the device is synced
-  after each step, so this is time the device sat idle for lack of data);
-- peak mem: torch.cuda.max_memory_allocated over both measurements ("n/a" on CPU);
-- ours/reference ratios, and for the pose finetune the evaluation rate: instances/s of
-  `workloads.pose.inference.predict` with the flip test (decode, crop, forward ×2, decode, OKS-NMS).
+- full img/s: whole training steps fed by the real loader, run as training runs them — "ours" through
+  the workloads' own code: `prepare_batch` two batches ahead (`engine.prefetch`, a side stream on
+  CUDA), the step's forward + loss compiled as `runtime.compile` says (auto: on CUDA), fused Adam,
+  bf16 autocast and channels_last on CUDA, no host sync inside the timed window (the device is
+  synchronised once before and once after it); "reference" (`benchmarks.reference`) as the official
+  code runs: inline, with its own per-step host reads;
+- model img/s: the step alone on one batch already prepared on the device (no loader at all);
+- data img/s: the loader capacity — the loader and the device-side preparation with no model step, so a
+  loader bottleneck cannot hide behind the prefetch queue;
+- data wait: the share of full-step time the training loop spent blocked waiting for its next batch;
+- peak mem: torch.cuda.max_memory_allocated over the measurements ("n/a" on CPU);
+- ours/reference ratios, and for the pose finetune the evaluation time of `inference.predict` with the
+  flip test (BN-folded model, uint8 crops) for the box count measured, and scaled to val2017's 104,125.
 
-On CPU (or with `--small`) the models are narrow and the inputs 64-128 px: those figures check the
-machinery and are NOT the H100 targets. Run as `python -m benchmarks.throughput --help`.
+Both pipelines use `--workers` loader processes (default: the studies' `data.loader_workers`, 8) and
+the same numerics switches (printed: cuDNN / matmul TF32, cudnn.benchmark). On CPU (or with `--small`)
+the models are narrow and the inputs 64-128 px: those figures check the machinery and are NOT the
+H100/H200 targets. Run as `python -m benchmarks.throughput --help`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import cv2
@@ -54,9 +57,17 @@ from workloads.data.device_decode import (
     read_jpeg_bytes,
 )
 from workloads.data.keypoints import NUM_KEYPOINTS
-from workloads.data.transforms import normalize_image
-from workloads.engine import apply_memory_format, autocast, make_loader, make_optimizer, sample_rng
-from workloads.hsjp.batched import batch_images, check_placement, render_batch, renders_on_device
+from workloads.engine import (
+    apply_memory_format,
+    compile_step,
+    configure_backends,
+    make_loader,
+    make_optimizer,
+    prefetch,
+    sample_rng,
+)
+from workloads.hsjp import train as hsjp_train
+from workloads.hsjp.batched import check_placement, render_batch, renders_on_device
 from workloads.hsjp.dataset import (
     PuzzleDataset,
     crop_matrix,
@@ -65,21 +76,22 @@ from workloads.hsjp.dataset import (
     read_crop,
     render_sample,
 )
-from workloads.hsjp.loss import masked_mse
-from workloads.hsjp.precision import wants_channels_last
 from workloads.hsjp.puzzle import padded_size
-from workloads.hsjp.targets import heatmap_stride, make_heatmaps
+from workloads.hsjp.targets import heatmap_stride
 from workloads.models import build_model
 from workloads.pose import inference
+from workloads.pose import train as pose_train
 from workloads.pose.dataset import PoseTrainDataset
-from workloads.pose.train import EVAL_BATCH, batch_size_of, cap_val_instances, train_step, uses_device_targets
+from workloads.pose.train import EVAL_BATCH, batch_size_of, cap_val_instances, uses_device_targets
 
 log = logging.getLogger(__name__)
 
 BACKBONES = ("hrnet_w32", "simplebaseline_r50")
 TASKS = ("pretext", "finetune")
 COLUMNS = ("backbone", "task", "input", "batch", "steps", "pipeline", "full img/s", "model img/s",
-           "data wait", "peak mem")  # fmt: skip
+           "data img/s", "data wait", "peak mem")  # fmt: skip
+STUDY_WORKERS = 8  # data.loader_workers of studies/*.yaml (tests/benchmarks checks they agree)
+VAL2017_BOXES = 104_125  # HRNet's val2017 person detections (COCO_val2017_detections_AP_H_56_person.json)
 SMALL_NOTE = ("NOTE: CPU / --small run: narrow models, {px} px inputs, {steps} steps of batch {batch}. These "
               "figures check the machinery; they are NOT the H100 targets (P1-P3: >= 2,000 img/s HRNet-W32, "
               ">= 3,000 img/s SimpleBaseline-R50 on one H100, bf16).")  # fmt: skip
@@ -103,7 +115,7 @@ class Sizes:
     models: dict[str, ModelConfig] = field(default_factory=dict)
 
 
-FULL = Sizes(224, 6, (256, 192), 128, 30, 5, max(1, min(14, (os.cpu_count() or 4) - 2)), 256, 512, (640, 480),
+FULL = Sizes(224, 6, (256, 192), 128, 30, 5, STUDY_WORKERS, 256, 512, (640, 480),
              4096, {"hrnet_w32": ModelConfig(), "simplebaseline_r50": ModelConfig(backbone="simplebaseline_r50")})  # fmt: skip
 SMALL = Sizes(64, 6, (128, 96), 4, 3, 1, 2, 12, 6, (320, 240), 16,
               {"hrnet_w32": ModelConfig(width=8, num_blocks=1, num_modules=(1, 1, 1)),
@@ -125,13 +137,15 @@ class Timing:
 
 @dataclass
 class Pipeline:
-    """A model + optimiser + loader and the step that trains on one loader batch."""
+    """A model + optimiser + loader, how a loader batch becomes the step's input, and the step."""
 
     name: str
     model: torch.nn.Module
     loader: Any
-    step: Callable[[Any], Any]  # batch → loss (tensor or float)
-    resident: Callable[[Any], Any]  # batch → the same batch on the device
+    prepare: Callable[[Any], Any]  # loader batch → the step's input on the device
+    step: Callable[[Any], Any]  # prepared input → loss (a device tensor, or a float when the step syncs)
+    count: Callable[[Any], int]  # loader batch → images
+    prefetch: bool  # prepare two batches ahead as training does (ours), or inline (reference)
 
 
 # ------------------------------------------------------------------------------------------ timing
@@ -140,36 +154,62 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _prepared(pipe: Pipeline, device: torch.device):
+    """(prepared input, images) per loader batch, the way the pipeline's training loop makes them."""
+    work = lambda b: (pipe.prepare(b), pipe.count(b))  # noqa: E731
+    if pipe.prefetch:
+        return prefetch(pipe.loader, work, device)
+    return (work(b) for b in pipe.loader)
+
+
 def time_loader_steps(pipe: Pipeline, warmup: int, steps: int, device: torch.device) -> Timing:
-    """`warmup` untimed then `steps` timed loader-fed steps; wait = time blocked on the loader."""
-    batches = iter(pipe.loader)
+    """`warmup` untimed then `steps` timed loader-fed steps, no sync between them; wait = time the loop
+    was blocked on its next batch."""
+    batches = iter(_prepared(pipe, device))
     wait, images, loss, start = 0.0, 0, float("nan"), time.perf_counter()
     for i in range(warmup + steps):
         if i == warmup:
             _sync(device)
             wait, images, start = 0.0, 0, time.perf_counter()
         t0 = time.perf_counter()
-        batch = next(batches)
+        x, count = next(batches)
         wait += time.perf_counter() - t0
-        loss = pipe.step(batch)
-        _sync(device)  # the next wait is then time the device had nothing to do
-        images += _batch_size(batch)
+        loss = pipe.step(x)
+        images += count
+    _sync(device)
+    seconds = time.perf_counter() - start
     loss = float(loss)
     del batches
-    return Timing(time.perf_counter() - start, wait, images, loss)
+    return Timing(seconds, wait, images, loss)
+
+
+def time_data_only(pipe: Pipeline, warmup: int, steps: int, device: torch.device) -> Timing:
+    """Loader capacity: the batches made and prepared on the device as in training, with no model step."""
+    batches = iter(_prepared(pipe, device))
+    images, start = 0, time.perf_counter()
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            images, start = 0, time.perf_counter()
+        _, count = next(batches)
+        images += count
+    _sync(device)
+    seconds = time.perf_counter() - start
+    del batches
+    return Timing(seconds, 0.0, images, float("nan"))
 
 
 def time_resident_steps(pipe: Pipeline, batch, warmup: int, steps: int, device: torch.device) -> Timing:
-    """The step alone on one batch already on the device."""
-    batch = pipe.resident(batch)
+    """The step alone on one batch already prepared on the device."""
+    x, count = pipe.prepare(batch), pipe.count(batch)
     for _ in range(warmup):
-        pipe.step(batch)
+        pipe.step(x)
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        loss = pipe.step(batch)
+        loss = pipe.step(x)
     _sync(device)
-    return Timing(time.perf_counter() - start, 0.0, steps * _batch_size(batch), float(loss))
+    return Timing(time.perf_counter() - start, 0.0, steps * count, float(loss))
 
 
 def _batch_size(batch) -> int:
@@ -179,15 +219,14 @@ def _batch_size(batch) -> int:
 
 
 def _to_device(batch, device: torch.device):
-    if isinstance(batch, dict):  # file bytes / paths (lists) and the colour draws (read on the host) stay
-        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) and k != "color" else v
-                for k, v in batch.items()}  # fmt: skip
+    if isinstance(batch, dict):
+        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
     return type(batch)(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
 
 
 # ---------------------------------------------------------------------------------------- configs
 def make_configs(
-    backbone: str, sizes: Sizes, compile_model: bool, augment_on: str = "auto"
+    backbone: str, sizes: Sizes, compile_model: str = "auto", augment_on: str = "auto"
 ) -> tuple[PretrainConfig, FinetuneConfig]:
     # "ours" measures bf16 autocast on CUDA (in the studies an opt-in: runtime.amp)
     runtime = RuntimeConfig(amp="auto", compile=compile_model)
@@ -212,52 +251,40 @@ def train_instances(task: str, root: str, cfg, count: int) -> list:
 
 
 # --------------------------------------------------------------------------------------- pipelines
-def _puzzle_step(model, batch, optimizer, cfg: PretrainConfig, device: torch.device) -> torch.Tensor:
-    """One pretext step as workloads.hsjp.train.train_epoch does it (targets, and with augment_on: device the
-    puzzles themselves, made on the device)."""
-    images = batch_images(batch, cfg, device)  # rendered on the device with augment_on: device
-    if wants_channels_last(cfg.runtime, device):
-        images = images.contiguous(memory_format=torch.channels_last)
-    centers = batch["centers_xy"].to(device, non_blocking=True)  # [B, N², 2] xy input px
-    mask = batch["mask"].to(device, non_blocking=True)  # [B, N²]
-    hm = (cfg.heatmap_size, cfg.heatmap_size)
-    target = make_heatmaps(centers, mask, hm, heatmap_stride(cfg.input_size, cfg.heatmap_size), cfg.sigma)
-    with autocast(cfg.runtime, device):
-        pred = model(images)
-    loss = masked_mse(pred, target, mask)  # paper eq. (2), float32
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
 def ours_pipeline(
     task: str, cfg, persons: list, sizes: Sizes, device: torch.device, tmp: Path, decode_on: str = "auto"
 ) -> Pipeline:
+    """The workloads' training path: their datasets, `prepare_batch`, compiled forward + loss, train step."""
     channels = cfg.n * cfg.n if task == "pretext" else NUM_KEYPOINTS
     model = build_model(cfg.model, channels, generator=torch.Generator().manual_seed(0))
     model = apply_memory_format(model, cfg.runtime, device).to(device)
-    if cfg.runtime.compile and device.type == "cuda":
-        model = torch.compile(model)
     model.train()
-    optimizer = make_optimizer(model, cfg.lr)  # fused on CUDA
+    optimizer = make_optimizer(model, cfg.lr)  # fused
     data = DataConfig(decode_on=decode_on)
     decode = decodes_on_device(data, device)
+    ctx = LocalContext(tmp / f"ctx-{task}", device=device)
     if task == "pretext":
         check_placement(cfg, data, device)
         render = renders_on_device(cfg, device, data)
         dataset = PuzzleDataset(
             persons, cfg, train=True, seed=0, render_on_device=render, decode_on_device=decode
         )
-        step = lambda b: _puzzle_step(model, b, optimizer, cfg, device)  # noqa: E731
+        hw = hsjp_train.heatmap_hw_of(cfg)
+        loop = SimpleNamespace(cfg=cfg, ctx=ctx, model=model, optimizer=optimizer, heatmap_hw=hw,
+                               stride=heatmap_stride(cfg.input_size, cfg.heatmap_size),
+                               forward_loss=compile_step(hsjp_train.make_forward_loss(cfg, device, hw),
+                                                         cfg.runtime, device))  # fmt: skip
+        prepare = lambda b: hsjp_train.prepare_batch(b, loop)  # noqa: E731
+        step = lambda x: hsjp_train.train_step(loop, *x)  # noqa: E731
     else:
         dataset = PoseTrainDataset(persons, cfg, seed=0, device_targets=decode or uses_device_targets(device),
                                    decode_on_device=decode)  # fmt: skip
-        step = lambda b: train_step(model, b, optimizer, cfg, device)  # noqa: E731
-    ctx = LocalContext(tmp / f"ctx-{task}", device=device)
+        forward_loss = compile_step(pose_train.make_forward_loss(cfg, device), cfg.runtime, device)
+        prepare = lambda b: pose_train.prepare_batch(b, cfg, device)  # noqa: E731
+        step = lambda x: pose_train.train_step(model, x, optimizer, cfg, device, forward_loss, prepared=True)  # noqa: E731
     collate = collate_with_bytes if decode else None
     loader, _ = make_loader(dataset, sizes.batch, ctx, seed=0, workers=sizes.workers, collate_fn=collate)
-    return Pipeline("ours", model, loader, step, lambda b: _to_device(b, device))
+    return Pipeline("ours", model, loader, prepare, step, _batch_size, prefetch=True)
 
 
 def reference_pipeline(task: str, cfg, persons: list, sizes: Sizes, device: torch.device) -> Pipeline:
@@ -269,7 +296,9 @@ def reference_pipeline(task: str, cfg, persons: list, sizes: Sizes, device: torc
         dataset = reference.ReferencePoseDataset(persons, cfg)
     loader = reference.make_reference_loader(dataset, sizes.batch, sizes.workers, device)
     step = lambda b: reference.reference_step(model, b, optimizer, device, task)  # noqa: E731
-    return Pipeline("reference", model, loader, step, lambda b: _to_device(b, device))
+    return Pipeline(
+        "reference", model, loader, lambda b: _to_device(b, device), step, _batch_size, prefetch=False
+    )
 
 
 # --------------------------------------------------------------------------------------- measuring
@@ -281,11 +310,13 @@ def measure(pipe: Pipeline, sizes: Sizes, device: torch.device) -> dict:
     full = time_loader_steps(pipe, sizes.warmup, sizes.steps, device)
     first = next(iter(pipe.loader))
     alone = time_resident_steps(pipe, first, sizes.warmup, sizes.steps, device)
+    data = time_data_only(pipe, sizes.warmup, sizes.steps, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {
         "pipeline": pipe.name,
         "full_img_s": full.img_per_s,
         "model_img_s": alone.img_per_s,
+        "data_img_s": data.img_per_s,
         "data_wait_share": full.wait_seconds / max(full.seconds, 1e-9),
         "peak_mem_gib": peak,
         "full_seconds": full.seconds,
@@ -310,8 +341,10 @@ def measure_eval(model, cfg: FinetuneConfig, root: str, sizes: Sizes, device: to
     results = inference.predict(model, instances, cfg, device, EVAL_BATCH, sizes.workers)
     _sync(device)
     seconds = time.perf_counter() - start
+    rate = len(instances) / max(seconds, 1e-9)
     return {"boxes": boxes, "instances": len(instances), "results": len(results), "seconds": seconds,
-            "inst_s": len(instances) / max(seconds, 1e-9), "flip_test": True}  # fmt: skip
+            "inst_s": rate, "flip_test": True, "val2017_seconds_est": VAL2017_BOXES / rate,
+            "workers": sizes.workers}  # fmt: skip
 
 
 def _ms_per_image(fn: Callable[[], Any], images: int, repeats: int, device: torch.device) -> float:
@@ -344,7 +377,7 @@ def measure_render(root: str, sizes: Sizes, device: torch.device, repeats: int =
     count = len(persons)
     decode_cpu = _ms_per_image(lambda: [read_crop(p, square) for p in persons], count, repeats, device)
     render_cpu = _ms_per_image(
-        lambda: [normalize_image(render_sample(c, d, cfg)) for c, d in zip(crops, draws, strict=True)],
+        lambda: [render_sample(c, d, cfg) for c, d in zip(crops, draws, strict=True)],
         count,
         repeats,
         device,
@@ -412,7 +445,10 @@ def format_table(report: dict) -> str:
     lines = [f"hsjp-study throughput — device {report['device']} ({report['device_name']}), torch "
              f"{report['torch']}, {report['threads']} threads, {report['workers']} loader workers, "
              f"ours decodes on the {report['decode_on']} and augments pretext puzzles on the "
-             f"{report['pretext_augment_on']}, data: {report['data']}"]  # fmt: skip
+             f"{report['pretext_augment_on']}, compile {report['compile']}, data: {report['data']}",
+             f"numerics (both pipelines): cuDNN TF32 {report['numerics']['cudnn_tf32']}, matmul TF32 "
+             f"{report['numerics']['matmul_tf32']}, cudnn.benchmark {report['numerics']['cudnn_benchmark']}; "
+             "ours bf16 autocast on CUDA (runtime.amp auto), reference fp32 with PyTorch's default Adam"]  # fmt: skip
     if report["small"]:
         lines.append(report["note"])
     cells = [list(COLUMNS)]
@@ -420,12 +456,14 @@ def format_table(report: dict) -> str:
         mem = "n/a" if row["peak_mem_gib"] is None else f"{row['peak_mem_gib']:.2f} GiB"
         cells.append([row["backbone"], row["task"], row["input"], str(row["batch"]), str(row["steps"]),
                       row["pipeline"], f"{row['full_img_s']:.1f}", f"{row['model_img_s']:.1f}",
-                      f"{100 * row['data_wait_share']:.1f}%", mem])  # fmt: skip
+                      f"{row['data_img_s']:.1f}", f"{100 * row['data_wait_share']:.1f}%", mem])  # fmt: skip
         if row["pipeline"] == "reference":
             r = next(
                 x for x in report["ratios"] if (x["backbone"], x["task"]) == (row["backbone"], row["task"])
             )
-            cells.append(["", "", "", "", "", "ours/ref", f"{r['full']:.2f}x", f"{r['model']:.2f}x", "", ""])
+            cells.append(
+                ["", "", "", "", "", "ours/ref", f"{r['full']:.2f}x", f"{r['model']:.2f}x", "", "", ""]
+            )
     widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
     for c in cells:
         lines.append(
@@ -439,10 +477,12 @@ def format_table(report: dict) -> str:
                      f"sample on one core {r['per_sample_ms']:.2f}, batched on the {r['device']} "
                      f"{r['batched_ms']:.3f}")  # fmt: skip
     for ev in report["eval"]:
-        lines.append(f"evaluation {ev['backbone']} {ev['input']}: predict with flip test, {ev['instances']} "
-                     f"{ev['boxes']} boxes in {ev['seconds']:.2f} s = {ev['inst_s']:.1f} instances/s")  # fmt: skip
-    lines.append("full = loader-fed training steps (decode, crop, augment, targets included); model = the step "
-                 "alone on a resident batch; data wait = share of full-step time blocked on the loader.")  # fmt: skip
+        lines.append(f"evaluation {ev['backbone']} {ev['input']}: predict with flip test (BN folded), {ev['instances']} "
+                     f"{ev['boxes']} boxes in {ev['seconds']:.2f} s = {ev['inst_s']:.1f} instances/s on one rank "
+                     f"(val2017's {VAL2017_BOXES:,} boxes: ~{ev['val2017_seconds_est']:.0f} s)")  # fmt: skip
+    lines.append("full = loader-fed training steps as training runs them (decode, crop, augment, targets included); "
+                 "model = the step alone on a prepared batch; data = the loader + device-side preparation alone "
+                 "(loader capacity); data wait = share of full-step time blocked on the next batch.")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -455,19 +495,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="timed steps per measurement (default 30; --small 3)")
     p.add_argument("--warmup", type=int, help="untimed steps before each measurement (default 5; --small 1)")
     p.add_argument("--batch", type=int, help="batch size (default 128; --small 4)")
-    p.add_argument(
-        "--workers", type=int, help="loader workers per pipeline (default cores-2, at most 14; --small 2)"
-    )
+    p.add_argument("--workers", type=int,
+                   help=f"loader workers per pipeline (default {STUDY_WORKERS}, the studies' data.loader_workers; --small 2)")  # fmt: skip
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--small", action="store_true", help="narrow models, 64-128 px inputs (always on for CPU)")
     p.add_argument("--coco-root", help="a COCO 2017 folder to read instead of a generated synthetic set")
     p.add_argument("--images", type=int, help="synthetic train images (default 256; --small 12)")
     p.add_argument("--eval-instances", type=int, help="cap on evaluated val boxes (default 4096; --small 16)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation (predict) measurement")
-    p.add_argument("--compile", action="store_true", help="torch.compile our model (CUDA only)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="torch.compile of our training step (runtime.compile; auto = on CUDA)")  # fmt: skip
     p.add_argument("--decode-on", choices=["auto", "loader", "device"], default="auto",
                    help="where our training JPEGs are decoded and cropped: loader workers (OpenCV) or the device "
-                        "(torchvision.io / nvJPEG); auto = device on CUDA (data.decode_on)")  # fmt: skip
+                        "(torchvision.io / nvJPEG); auto = data.decode_on's auto")  # fmt: skip
     p.add_argument("--augment-on", choices=["auto", "loader", "device"], default="auto",
                    help="where our pretext puzzles are augmented: loader workers (per sample) or batched on "
                         "the device; auto = device on CUDA (pretrain.augment_on)")  # fmt: skip
@@ -501,28 +541,11 @@ def run(args: argparse.Namespace) -> dict:
     # forever when the forking process has a live OpenCV thread pool (from the synthetic generator or
     # predict's decoding here); with one cv2 thread in this process there is no pool to inherit.
     cv2.setNumThreads(1)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the official code
+    configure_backends(device)  # cudnn.benchmark, as training and the official code
     backbones = BACKBONES if args.backbone == "all" else (args.backbone,)
     tasks = TASKS if args.task == "all" else (args.task,)
-    rows, evals = [], []
-    with tempfile.TemporaryDirectory(prefix="hsjp-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        if args.coco_root:
-            root, data = args.coco_root, f"COCO at {args.coco_root}"
-        else:
-            summary = synthetic.generate(tmp / "data", n_train=sizes.train_images, n_val=sizes.val_images,
-                                         seed=0, image_size=sizes.image_wh)  # fmt: skip
-            root = summary["root"]
-            data = f"synthetic {sizes.train_images}+{sizes.val_images} images at {sizes.image_wh[0]}x{sizes.image_wh[1]}"
-        for backbone in backbones:
-            for task in tasks:
-                task_rows, evaluation = bench_task(backbone, task, sizes, device, root, tmp, args)
-                rows += task_rows
-                evals += [evaluation] if evaluation else []
-        render = measure_render(root, sizes, device) if "pretext" in tasks else None
     px = f"{sizes.pretext_input}-{max(sizes.finetune_hw)}"
-    return {
+    report: dict = {
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -538,13 +561,44 @@ def run(args: argparse.Namespace) -> dict:
         else "loader",
         "small": small,
         "note": SMALL_NOTE.format(px=px, steps=sizes.steps, batch=sizes.batch) if small else "",
-        "data": data,
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "rows": rows,
-        "ratios": ratios(rows),
-        "eval": evals,
-        "render": render,
+        "data": "",
+        "numerics": reference.numerics(),
+        "compile": "on" if RuntimeConfig(compile=args.compile).compiles(device) else "off",
+        "rows": [],
+        "ratios": [],
+        "eval": [],
+        "render": None,
+        "complete": False,
     }
+    with tempfile.TemporaryDirectory(prefix="hsjp-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        if args.coco_root:
+            root, report["data"] = args.coco_root, f"COCO at {args.coco_root}"
+        else:
+            summary = synthetic.generate(tmp / "data", n_train=sizes.train_images, n_val=sizes.val_images,
+                                         seed=0, image_size=sizes.image_wh)  # fmt: skip
+            root = summary["root"]
+            report["data"] = (f"synthetic {sizes.train_images}+{sizes.val_images} images at "
+                              f"{sizes.image_wh[0]}x{sizes.image_wh[1]}")  # fmt: skip
+        for backbone in backbones:
+            for task in tasks:
+                task_rows, evaluation = bench_task(backbone, task, sizes, device, root, tmp, args)
+                report["rows"] += task_rows
+                report["eval"] += [evaluation] if evaluation else []
+                report["ratios"] = ratios(report["rows"])
+                write_json(report, args.json)  # so far: a run cut short still leaves its figures
+        report["render"] = measure_render(root, sizes, device) if "pretext" in tasks else None
+    report["complete"] = True
+    write_json(report, args.json)
+    return report
+
+
+def write_json(report: dict, path: str | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -555,8 +609,6 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args)
     print(format_table(report))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     return 0
 

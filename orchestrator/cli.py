@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STUDY = REPO / "studies" / "smoke.yaml"
 _USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 # matched by name so that --help / plan import neither torch (store) nor pycocotools (coco)
-_USER_ERROR_NAMES = {"StoreError", "CocoDataError"}
+_USER_ERROR_NAMES = {"StoreError", "CocoDataError", "RayVersionError", "HostBusy"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,15 +203,21 @@ def _positive_int(text: str) -> int:
 # ------------------------------------------------------------------------------------------ commands
 def cmd_run(args: argparse.Namespace) -> int:
     if args.simulate:
-        return cmd_simulate(args)
+        return cmd_simulate(args)  # a dry run: no store is opened
     for flag in ("gpus", "cpus", "time_scale"):
         if getattr(args, flag) is not None:
             raise ConfigError(
                 f"--{flag.replace('_', '-')} is an option of --simulate (a dry run); a real run "
                 "takes its resources from the Ray cluster"
             )
+    from orchestrator.store import check_storage
+
+    check_storage(args.storage)  # a file, an unknown scheme, an unwritable place: refused first
     study = _load(args.study)
     check_inputs(study)  # everything checkable is checked before the store is touched
+    from orchestrator.ray_guard import check_ray
+
+    check_ray()  # Ray too old, or Train V1 selected (RAY_TRAIN_V2_ENABLED=0): refused before Ray starts
     from orchestrator.store import Store
 
     store = Store(args.storage)
@@ -304,10 +310,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = _existing_store(args.storage)
     plan = make_plan(study, data_config(study.data, store.base))
     rows = study_status(plan, store)
+    from orchestrator.disk import store_usage
+
+    usage = store_usage(store)
     if args.json:
-        print(json.dumps({"summary": summarize(rows, plan), "stages": rows}, indent=2, default=str))
+        out = {
+            "summary": summarize(rows, plan),
+            "stages": rows,
+            "store": {"uri": store.uri, **usage.to_dict()},
+        }
+        print(json.dumps(out, indent=2, default=str))
     else:
         print(render_status(rows, plan))
+        print(usage.line(store.uri))
     return 0
 
 

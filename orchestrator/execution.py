@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -140,6 +141,7 @@ def run_study(
     """
     with study_lock(store, plan.study):  # before anything is written or Ray starts
         t0 = time.time()
+        run_token = uuid.uuid4().hex  # this run's attempts (a new run starts with a fresh failure budget)
         tracker = Progress(enabled=progress, t0=t0, labels=stage_labels(plan))
         previous = _previous_plan(store, plan.study)
         sched = StageScheduler(
@@ -149,6 +151,7 @@ def run_study(
             capacity={},
             on_event=tracker.on_stage_event,
             max_running=max_concurrent,
+            judge=functools.partial(judge_failure, store, plan, run_token),
         )
         finished = {sid for sid in plan.stages if store.read_result(sid) is not None}
         tracker.note(describe_changes(previous, plan, finished))
@@ -161,7 +164,9 @@ def run_study(
 
                 runner = RayRunner(address=address)
             same = previous is not None and set(previous.get("stages") or {}) == set(plan.stages)
-            mode = runner.run(plan, store, sched, workloads=workloads, restore=same, progress=tracker)
+            mode = runner.run(
+                plan, store, sched, workloads=workloads, restore=same, progress=tracker, run_token=run_token
+            )
             setup_s = getattr(runner, "setup_seconds", 0.0)
         wall = time.time() - t0
         summary = summarize(plan, store, sched)
@@ -191,6 +196,41 @@ def _previous_plan(store: Store, study: str) -> dict | None:
     except StoreError as exc:
         log.warning("%s; treating this as the study's first run", exc)
         return None
+
+
+def judge_failure(
+    store: Store, plan: Plan, run_token: str, stage_id: str, error: str | None, decision: dict | None
+) -> dict:
+    """The scheduler's `judge`: the decision the stage's trial recorded (attempts.json, error.txt), or —
+    when the trial itself died (its node lost, an infrastructure error) — one recorded here from Tune's
+    error, under the same budget (`orchestrator.failures`). Returns the decision with its one-line
+    summary (`line`), which the run prints as it happens."""
+    from orchestrator import failures
+
+    if decision is None:
+        attempt = failures.Attempt(
+            exc_type="TrialError",
+            message=(error or "")[:500],
+            last_line=failures.last_line(error) or "trial error",
+            traceback=error or "",
+            run_token=run_token,
+        )
+        made = failures.record_failure(
+            store, stage_id, attempt, failures.FailurePolicy.from_compute(plan.compute), study=plan.study
+        )
+        decision = made.to_dict()
+        line = failures.summary_line(stage_id, made)
+    else:
+        line = failures.summary_line(
+            stage_id,
+            failures.Decision(
+                **{
+                    k: decision[k]
+                    for k in ("retry", "delay_s", "failures", "budget", "reason", "error", "node")
+                }
+            ),
+        )
+    return {**decision, "line": line}
 
 
 def _publish_without_training(store: Store, plan: Plan, spec: Any, status: str, summary: dict) -> dict:

@@ -56,7 +56,18 @@ class ComputeConfig:
     max_concurrent_trials: int | None = None
     """Trials Ray Tune runs at once; None → derived by the executor from the cluster's resources."""
     max_failures: int = 3
-    """Restarts of a failed stage (worker / node loss) before it is recorded as failed; -1 = unlimited."""
+    """Retries of a failed stage (a raised error, a lost worker or node) before it is recorded as
+    failed (≥ 0; `orchestrator.failures`). The same error twice in a row fails it at once."""
+    retry_backoff_s: float = 10.0
+    """Wait before the first retry of a failed stage, in seconds."""
+    retry_backoff_factor: float = 2.0
+    """Each further retry waits this many times longer than the one before (≥ 1)."""
+    retry_backoff_max_s: float = 300.0
+    """Longest wait before a retry, in seconds."""
+    keep_last_checkpoint: bool = False
+    """Keep a finished stage's last epoch checkpoint (else only its output weights and results are kept)."""
+    trial_limit: int = 10_000
+    """A study making more trials than this is refused before it is expanded (a matrix typo guard)."""
     throughput: dict[str, float] = field(default_factory=dict, hash=False)
     """Backbone → training images/s per device (a GPU, or a CPU worker when use_gpu is false) at 256×192,
     for the plan's estimate only. Defaults GPU_THROUGHPUT / CPU_THROUGHPUT; a study's entries override."""
@@ -78,10 +89,33 @@ class ComputeConfig:
                 f"{where}.max_concurrent_trials = {self.max_concurrent_trials!r}: must be ≥ 1 "
                 "or null (derived from the cluster)"
             )
-        if self.max_failures < -1:
+        self._validate_retries(where)
+        if self.use_gpu and self.gpus_per_worker < 1 and self.workers_per_stage > 1:
             raise ConfigError(
-                f"{where}.max_failures = {self.max_failures!r}: must be ≥ 0, or -1 for unlimited"
+                f"{where}.gpus_per_worker = {g!r} with {where}.workers_per_stage = {self.workers_per_stage}: "
+                "a fraction of a GPU per worker lets two ranks of one stage share a GPU, which NCCL "
+                "refuses ('Duplicate GPU detected'); use whole GPUs (gpus_per_worker: 1) or one worker"
             )
+        if self.trial_limit < 1:
+            raise ConfigError(f"{where}.trial_limit = {self.trial_limit!r}: must be ≥ 1")
+
+    def _validate_retries(self, where: str) -> None:
+        backoff = (
+            f"{where}.retry_backoff_s = {self.retry_backoff_s:g}, retry_backoff_factor = "
+            f"{self.retry_backoff_factor:g}, retry_backoff_max_s = {self.retry_backoff_max_s:g}"
+        )
+        if self.max_failures < 0:
+            raise ConfigError(
+                f"{where}.max_failures = {self.max_failures!r}: give a retry budget ≥ 0 (unlimited "
+                f"retries repeat a deterministic error forever); a failed stage is retried at most "
+                f"max_failures times, after a backoff ({backoff}), and fails at once when the same error "
+                "comes twice in a row; a node lost without notice uses the budget (a planned drain "
+                "does not), so give spot nodes a generous one (e.g. 10)"
+            )
+        if self.retry_backoff_s < 0 or self.retry_backoff_max_s < 0:
+            raise ConfigError(f"{backoff}: waits must be ≥ 0 seconds")
+        if self.retry_backoff_factor < 1:
+            raise ConfigError(f"{where}.retry_backoff_factor = {self.retry_backoff_factor:g}: must be ≥ 1")
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,12 @@ are the ones it was started with; the store stays the source of truth either way
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -38,7 +40,7 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
-from orchestrator.scheduler import StageScheduler
+from orchestrator.scheduler import TERMINAL, StageScheduler
 from orchestrator.stages import StageFailed, compute_stage, publish, staging_path
 from orchestrator.store import Store, StoreError
 
@@ -55,32 +57,54 @@ LEASE_TTL_S = 120.0
 
 
 # ------------------------------------------------------------------------------------- connecting
-def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None, **resources: float) -> None:
-    """A local Ray for this process (no dashboard, worker logs kept out of the driver's output)."""
+def start_local_ray(
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    *,
+    demand: Any = None,
+    study: str = "",
+    claim: bool = True,
+    **resources: float,
+) -> None:
+    """A local Ray for this process (no dashboard, worker logs kept out of the driver's output).
+
+    With `claim` (real runs) its CPUs / GPUs are what this process may use (cgroup / affinity,
+    CUDA_VISIBLE_DEVICES), less what other live hsjp-study runs on this machine hold, at most `demand`
+    (and `num_cpus` / `num_gpus`); the dead runs' orphaned Ray processes are ended first
+    (`orchestrator.host`). Without (`--simulate`: fake GPUs on a fake cluster) it takes exactly
+    `num_cpus` / `num_gpus`, claiming nothing of the machine."""
+    from orchestrator import host
+
     # Ray 2.60 turns token authentication on for `ray start` clusters; a local Ray started here needs
     # none. A user's explicit setting wins.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # One node that nobody drains: Ray Train's per-stage PreemptionWatcher actor (one more process
     # per stage) has nothing to watch. Workers inherit this environment; on a cluster it stays on.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(
+    options = dict(
         address="local",
-        num_cpus=num_cpus or os.cpu_count(),
-        num_gpus=num_gpus,
         resources={TRIAL_RESOURCE: 10_000, **resources},
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
     )
+    if not claim:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, **options)
+        return
+    with host.LocalClaim(demand, study=study, num_cpus=num_cpus, num_gpus=num_gpus) as local:
+        with local.visible_gpus():  # the raylet inherits CUDA_VISIBLE_DEVICES = the claimed GPUs
+            context = ray.init(num_cpus=local.claim.cpus, num_gpus=len(local.claim.gpu_ids), **options)
+        info = getattr(context, "address_info", None) or {}
+        local.register(address=info.get("gcs_address", ""), session_dir=info.get("session_dir", ""))
 
 
-def connect(address: str | None) -> tuple[bool, float]:
+def connect(address: str | None, demand: Any = None, study: str = "") -> tuple[bool, float]:
     """(whether this call started/joined Ray, seconds it took). Reuses an initialised Ray."""
     if ray.is_initialized():
         return False, 0.0
     t0 = time.time()
     if address is None:
-        start_local_ray()
+        start_local_ray(demand=demand, study=study)
     else:  # a real cluster: its auth token (RAY_AUTH_TOKEN / ~/.ray/auth_token) is used as is
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     return True, time.time() - t0
@@ -280,6 +304,7 @@ class StageCallback(tune.Callback):
             error=error or last.get("error"),
             started_at=last.get("held_from"),
             ended_at=last.get("held_to"),
+            decision=None if error else last.get("decision"),
         )
 
     def _complete(self, sid: str, trial: Any) -> None:
@@ -300,9 +325,9 @@ def run_on_ray(
     workloads: dict | None = None,
     simulate_scale: float | None = None,
     restore: bool = False,
-    tune_failures: int = 0,
     callbacks: list | None = None,
     progress: Any = None,
+    run_token: str = "",
 ) -> str:
     """Run the scheduler's stages as Tune trials until every stage is settled; returns "restored" or
     "fresh" (how the Tune experiment started)."""
@@ -312,7 +337,7 @@ def run_on_ray(
             plan=plan,
             store=store,
             workloads=workloads,
-            run_token=uuid.uuid4().hex,
+            run_token=run_token or uuid.uuid4().hex,
             simulate_scale=simulate_scale,
         ),
         trial_resources(cluster_capacity()),
@@ -349,7 +374,9 @@ def run_on_ray(
                 name="tune",
                 storage_path=tune_path,
                 storage_filesystem=tune_fs,
-                failure_config=tune.FailureConfig(max_failures=tune_failures),
+                # retries are the stage's failure policy (orchestrator.failures, via the scheduler):
+                # a dead trial is one failed attempt of its stage, not a Tune retry on top
+                failure_config=tune.FailureConfig(max_failures=0),
                 callbacks=[StageCallback(), *(callbacks or [])],
                 verbose=0,
             ),
@@ -386,6 +413,7 @@ class RayRunner:
         workloads: dict | None,
         restore: bool,
         progress: Any = None,
+        run_token: str = "",
     ) -> str:
         from orchestrator.execution import check_storage_for_cluster
         from orchestrator.stages import FileLease
@@ -395,10 +423,18 @@ class RayRunner:
         if self.simulate_scale is not None:
             if ray.is_initialized():
                 raise RuntimeError("--simulate starts its own local Ray; this process already has one")
-            start_local_ray(num_cpus=int(math.ceil(self.local_cpus or 1)), num_gpus=self.local_gpus)
+            start_local_ray(
+                num_cpus=int(math.ceil(self.local_cpus or 1)), num_gpus=self.local_gpus, claim=False
+            )
             started = True
         else:
-            started, _ = connect(self.address)
+            from orchestrator import host
+            from orchestrator.ray_guard import check_ray
+
+            check_ray()  # Train V1 (RAY_TRAIN_V2_ENABLED=0) or a Ray below the floor: refused
+            pending = sum(1 for r in scheduler.stages.values() if r.state not in TERMINAL)
+            demand = host.study_demand(plan.compute, pending, scheduler.max_running)  # a fair share
+            started, _ = connect(self.address, demand, plan.study)
         lease = None
         try:
             if self.simulate_scale is None:
@@ -415,8 +451,8 @@ class RayRunner:
                 workloads=workloads,
                 simulate_scale=self.simulate_scale,
                 restore=restore and self.simulate_scale is None,
-                tune_failures=max(0, plan.compute.max_failures),
                 progress=progress,
+                run_token=run_token or uuid.uuid4().hex,
             )
         finally:
             if lease is not None:
@@ -456,13 +492,17 @@ def stage_trial(
     t0 = time.time()
     tune.report({**base, "state": "running", "time": t0, "epochs": _epochs(spec)})
     try:
-        result = compute_stage(plan, sid, store, fit_stage, workloads=workloads, run_token=run_token)
-    except StageFailed as exc:  # recorded in error.txt: a result, not a trial error for Tune to retry
+        result = compute_stage(
+            plan, sid, store, fit_stage, workloads=workloads, run_token=run_token, node=_node_ip()
+        )
+    except StageFailed as exc:  # recorded (attempts.json, error.txt): a result, not a trial error
+        decision = exc.decision.to_dict() if exc.decision is not None else None
         tune.report(
             {
                 **base,
-                "state": "failed",
-                "error": str(exc)[:500],
+                "state": (decision or {}).get("state", "failed"),
+                "error": (decision or {}).get("error") or str(exc)[:500],
+                "decision": decision,
                 "held_from": t0,
                 "held_to": time.time(),
                 "wall_seconds": time.time() - t0,
@@ -478,6 +518,13 @@ def stage_trial(
             "wall_seconds": time.time() - t0,
         }
     )
+
+
+def _node_ip() -> str | None:
+    try:
+        return ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 — a label only
+        return None
 
 
 def _epochs(spec: Any) -> int | None:
@@ -539,7 +586,9 @@ def fit_stage(
             name=spec.stage_id,
             storage_path=path,
             storage_filesystem=fs,
-            failure_config=ray.train.FailureConfig(max_failures=compute.max_failures),
+            # a worker / node lost ends this fit; the stage's failure policy (budget, backoff, the same
+            # error twice) decides the retry, which resumes from the last registered checkpoint
+            failure_config=ray.train.FailureConfig(max_failures=0),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=_train_callbacks(),
         ),
@@ -644,13 +693,20 @@ class RayStageContext:
         }
         if self.resumed_from is not None:
             row["resumed_from"] = self.resumed_from
-        with tempfile.TemporaryDirectory(prefix="hsjp-ckpt-") as folder:
-            checkpoint = None
-            if self.rank == 0:
-                torch.save(state, os.path.join(folder, STATE_FILE))
-                checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(progress_metrics(row), checkpoint=checkpoint)
-        if self.rank == 0:  # after the report: the epoch's checkpoint is persisted by now
+        checkpoint = None
+        if self.rank == 0:  # `state` is host memory already (engine.host_copy): serialise it locally
+            folder = tempfile.mkdtemp(prefix="hsjp-ckpt-")
+            torch.save(state, os.path.join(folder, STATE_FILE))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        # the upload to the storage runs in Ray Train's background thread; the checkpoint is registered
+        # (and a resume can see it) only once it is complete; the local folder is deleted after the upload
+        ray.train.report(
+            progress_metrics(row),
+            checkpoint=checkpoint,
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+            delete_local_checkpoint_after_upload=True,
+        )
+        if self.rank == 0:  # progress only: a resume follows Ray's registered checkpoints, not this row
             self.store.append_metrics(self.stage_id, row)
 
     def report(self, metrics: dict) -> None:
@@ -662,8 +718,10 @@ class RayStageContext:
     def prepare_model(self, model: Any) -> Any:
         import ray.train.torch
 
+        from workloads.engine import DDP_KWARGS
+
         if self.world_size > 1:
-            return ray.train.torch.prepare_model(model)
+            return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=dict(DDP_KWARGS))
         return model.to(self.device)
 
 
@@ -751,10 +809,20 @@ def stage_worker_loop(config: dict) -> None:
         store, config["stage_id"], config.get("parent_id"), config.get("parent_has_weights", False)
     )
     workload: Callable[..., StageResult] = config["workload"]
-    if config["kind"] == "finetune":
-        result = workload(config["stage_config"], config["data"], ctx, init=config.get("parent_config"))
-    else:
-        result = workload(config["stage_config"], config["data"], ctx)
+    try:
+        if config["kind"] == "finetune":
+            result = workload(config["stage_config"], config["data"], ctx, init=config.get("parent_config"))
+        else:
+            result = workload(config["stage_config"], config["data"], ctx)
+    except Exception:
+        from orchestrator.stages import FAILED_ON_FILE
+
+        with contextlib.suppress(Exception):  # where it failed, for error.txt (best effort)
+            store.write_json(
+                store.stage_path(config["stage_id"], FAILED_ON_FILE),
+                {"rank": ctx.rank, "node": f"{_node_ip()} ({socket.gethostname()})"},
+            )
+        raise
     if not isinstance(result, StageResult):
         raise TypeError(
             f"stage {config['stage_id']}: workload {getattr(workload, '__name__', workload)} "

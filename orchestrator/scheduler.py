@@ -115,6 +115,8 @@ class StageRun:
     started_at: float | None = None
     ended_at: float | None = None
     recheck_at: float = 0.0
+    not_before: float = 0.0
+    """A retry waits for its backoff: not launched before this time."""
     error: str | None = None
     reason: str | None = None
 
@@ -138,6 +140,9 @@ class StageScheduler:
     on_event: Callable[[dict], None] | None = None
     max_running: int | None = None
     recheck_s: float = RECHECK_S
+    judge: Callable[[str, str | None, dict | None], dict] | None = None
+    """After a failed attempt: (stage id, error, the trial's decision or None) → a decision dict
+    {retry, delay_s, line, status} (`orchestrator.failures`); None: every failure is final."""
     stages: dict[str, StageRun] = field(default_factory=dict)
     _too_big_warned: set[str] = field(default_factory=set)
 
@@ -238,6 +243,8 @@ class StageScheduler:
             return None
         free = self.free()
         for run in sorted(self.ready(), key=lambda r: (-r.priority, r.order)):
+            if run.not_before > now:  # a retry in its backoff
+                continue
             if not fits(run.request, free):
                 if not (running == 0 and self.never_fits(run.spec)):
                     continue
@@ -290,8 +297,11 @@ class StageScheduler:
         error: str | None = None,
         started_at: float | None = None,
         ended_at: float | None = None,
+        decision: dict | None = None,
     ) -> None:
-        """A launched stage's trial ended: the store says whether it finished (its result.json)."""
+        """A launched stage's trial ended: the store says whether it finished (its result.json). If not,
+        `judge` decides (from the trial's own `decision` when it recorded one): retry after a backoff
+        (the stage is ready again, launched when that has passed) or failed (its dependants blocked)."""
         run = self.stages[sid]
         now = self.clock()
         self.lease.release(sid)
@@ -302,8 +312,17 @@ class StageScheduler:
         if result is not None:
             self._finish(sid, "computed", result.get("status") or "done", run.ended_at)
             return
-        run.state, run.error = "failed", error or "the stage's trial ended without a result"
-        self._emit(run, "failed", error=run.error)
+        run.error = error or "the stage's trial ended without a result"
+        verdict = self.judge(sid, run.error, decision) if self.judge is not None else None
+        if verdict is not None and verdict.get("retry"):
+            run.state, run.ready_at = "ready", run.ended_at
+            run.not_before = run.ended_at + float(verdict.get("delay_s") or 0.0)
+            self._emit(run, "retrying", error=verdict.get("line") or run.error)
+            return
+        if verdict is not None:
+            run.error = verdict.get("error") or run.error
+        run.state = "failed"
+        self._emit(run, "failed", error=(verdict or {}).get("line") or run.error)
         for child in self._descendants(sid):
             c = self.stages[child]
             if c.state == "blocked":

@@ -15,12 +15,12 @@ import importlib
 import logging
 import os
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 import filelock
 
+from orchestrator import disk, failures
 from orchestrator.scheduler import SKIP_REASON  # noqa: F401  (re-exported: the skip reason of result.json)
 from orchestrator.store import Store
 from workloads.config import to_dict
@@ -41,8 +41,17 @@ FitFn = Callable[..., None]
 """fit(plan, spec, store, workload, parent_has_weights): train the stage; rank 0 writes staging.json."""
 
 
+FAILED_ON_FILE = "failed_on.json"
+"""Written by a Train worker whose workload raised: its rank and node (for error.txt)."""
+
+
 class StageFailed(RuntimeError):
-    """A stage's training raised; its traceback is in the stage's error.txt."""
+    """A stage's training raised; its traceback is in the stage's error.txt, `decision` (an
+    `orchestrator.failures.Decision`) says whether it is retried."""
+
+    def __init__(self, message: str, decision: Any = None):
+        super().__init__(message)
+        self.decision = decision
 
 
 def staging_path(store: Store, stage_id: str) -> str:
@@ -77,12 +86,15 @@ def compute_stage(
     workloads: dict | None = None,
     run_token: str = "",
     emit: EventFn | None = None,
+    node: str | None = None,
 ) -> dict:
     """Train a launched stage and publish its result.json (returned). A stage already finished in the
     store (a trial restored after its stage was published) is returned as it is.
 
-    Raises StageFailed when training raised (error.txt holds the traceback; a later run with a
-    different `run_token` retries it from its last checkpoint).
+    Raises StageFailed when training raised: the attempt is recorded (`orchestrator.failures`:
+    attempts.json, error.txt with the worker's traceback and node) and the exception carries the
+    decision (retry after a backoff, or failed); a retry resumes from the last epoch checkpoint. When
+    it finishes, its epoch checkpoints are pruned to what a later step can need (`orchestrator.disk`).
     """
     spec = plan.stages[stage_id]
     result = store.read_result(stage_id)
@@ -91,12 +103,8 @@ def compute_stage(
     parent = store.read_result(spec.parent) if spec.parent else None
     if spec.parent and parent is None and plan.stages[spec.parent].work:
         raise StageFailed(f"stage {stage_id}: its parent {spec.parent} is not finished in {store.display}")
-    earlier = store.read_error(stage_id)
-    if run_token and earlier is not None and earlier.startswith(f"run {run_token}\n"):
-        raise StageFailed(
-            f"stage {stage_id} already failed in this run; see {store.stage_path(stage_id, 'error.txt')}"
-        )
     store.write_stage_config(stage_id, stage_record(plan, spec))
+    store.remove(store.stage_path(stage_id, FAILED_ON_FILE))
     t0 = time.time()
     try:
         fit(
@@ -110,16 +118,14 @@ def compute_stage(
         if summary is None:
             raise RuntimeError(f"training of {stage_id} ended without {STAGING_FILE} from rank 0")
     except Exception as exc:
-        store.record_error(stage_id, f"run {run_token}\nstage {stage_id}\n{traceback.format_exc()}")
+        where = store.read_json(store.stage_path(stage_id, FAILED_ON_FILE)) or {}
+        attempt = failures.attempt_from_exception(exc, node=where.get("node") or node, run_token=run_token)
+        decision = failures.record_failure(
+            store, stage_id, attempt, failures.FailurePolicy.from_compute(plan.compute), study=plan.study
+        )
         if emit is not None:
-            emit(
-                {
-                    "state": "failed",
-                    "error": f"{type(exc).__name__}: {exc}"[:500],
-                    "wall_seconds": time.time() - t0,
-                }
-            )
-        raise StageFailed(f"stage {stage_id} failed: {type(exc).__name__}: {exc}") from exc
+            emit({"state": decision.state, "error": decision.error, "wall_seconds": time.time() - t0})
+        raise StageFailed(f"stage {stage_id} {failures.status_text(decision)}", decision) from exc
     wall = time.time() - t0
     summary["epochs_trained"] = sorted(
         {
@@ -130,7 +136,13 @@ def compute_stage(
     status = "collapsed" if summary.get("collapsed") else "done"
     result = publish(store, plan, spec, status=status, summary=summary, wall_seconds=wall)
     store.clear_error(stage_id)
+    failures.clear_attempts(store, stage_id)
     store.remove(staging_path(store, stage_id))
+    report = disk.prune_stage(
+        store, stage_id, keep_last=bool(getattr(plan.compute, "keep_last_checkpoint", False))
+    )
+    if report.removed:
+        log.info("%s", report.line())
     return result
 
 

@@ -1,8 +1,10 @@
 """Where a study stands (`hsjp-study status`, DESIGN.md §4–5), read from the result store only.
 
 A stage is `done` / `collapsed` / `skipped` when its result.json says so (`skipped`: a finetune whose
-pretrain collapsed), `no-work` for a scratch / imagenet pretrain (nothing to compute), `failed` when
-error.txt is there without a result, `running` when metrics.jsonl has epochs but there is no result yet, `waiting` when it is a finetune whose pretrain
+pretrain collapsed), `no-work` for a scratch / imagenet pretrain (nothing to compute), `retrying` /
+`failed` (shown as `retrying 2/3: <error>` / `failed: <error>`) when the stage's attempts.json
+(`orchestrator.failures`) says so, `failed` when error.txt is there without a result, `running` when
+metrics.jsonl has epochs but there is no result yet, `waiting` when it is a finetune whose pretrain
 is not done, else `queued`. Progress, the key metric (HSJP precision P / AP), device-hours spent and an
 ETA come from result.json and the per-epoch rows of metrics.jsonl.
 """
@@ -13,6 +15,7 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.failures import stage_failure_status
 from orchestrator.plan import Plan, StageSpec, describe_stage
 from workloads.config import PretrainConfig
 
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATES = ("done", "no-work", "collapsed", "skipped", "running", "failed", "waiting", "queued")
+STATES = ("done", "no-work", "collapsed", "skipped", "running", "retrying", "failed", "waiting", "queued")
 FINISHED = ("done", "no-work", "collapsed", "skipped")
 _ETA_WINDOW = 5  # mean of the last epochs' durations
 
@@ -58,6 +61,7 @@ def _stage_row(spec: StageSpec, plan: Plan, store: Store, results: dict[str, dic
         "device_hours": 0.0,
         "eta_s": None,
         "error": None,
+        "detail": None,
         "updated_s_ago": None,
     }
     result = results.get(spec.stage_id)
@@ -78,8 +82,14 @@ def _stage_row(spec: StageSpec, plan: Plan, store: Store, results: dict[str, dic
                 row[key] = float(result[key])
         row["eta_s"] = None
         return row
+    failure = stage_failure_status(store, spec.stage_id)  # attempts.json (orchestrator.failures)
     error = store.read_error(spec.stage_id)
-    if error is not None:
+    if failure is not None:
+        row["state"] = failure["state"]
+        row["error"] = failure["error"] or (_last_line(error) if error else None)
+        row["detail"] = failure["status"]
+        row["eta_s"] = None
+    elif error is not None:
         row["state"] = "failed"
         row["error"] = _last_line(error)
         row["eta_s"] = None
@@ -169,7 +179,9 @@ def render_status(rows: list[dict], plan: Plan) -> str:
         epoch = f"{r['epoch'] or 0}/{r['epochs']}" if r["epochs"] else "-"
         metric = f"{r['metric']} {r['value']:.3f}" if isinstance(r["value"], (int, float)) else "-"
         what = f"{r['description']} ({', '.join(t.split('-')[0] for t in r['trials'])})"
-        if r["error"]:
+        if r.get("detail"):
+            what += f" — {r['detail']}"
+        elif r["error"]:
             what += f" — error: {r['error']}"
         if r["state"] == "waiting":
             what += f" — waits for {r['parent']}"

@@ -40,6 +40,47 @@ class StoreError(RuntimeError):
     """A store path or file is invalid; the message names it."""
 
 
+URI_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
+"""Schemes `pyarrow.fs.FileSystem.from_uri` resolves (pyarrow's filesystem docs), as Ray's storage does."""
+
+
+def check_storage(storage: str, arg: str = "--storage") -> None:
+    """Refuse a store location that cannot work, before anything is written or started: an existing
+    file, a folder that cannot be created or written (probed with a temporary folder, removed at once),
+    an unknown URI scheme. Bucket URIs are not contacted here (credentials are checked by first use)."""
+    scheme, sep, rest = storage.partition("://")
+    if sep:
+        if scheme.lower() not in URI_SCHEMES:
+            known = ", ".join(f"{s}://" for s in URI_SCHEMES)
+            raise StoreError(
+                f"{arg} {storage}: unknown URI scheme '{scheme}://'; give a folder or a URI of {known}"
+            )
+        if scheme.lower() != "file":
+            return
+        storage = "/" + rest.lstrip("/")
+    path = os.path.abspath(os.path.expanduser(storage))
+    probe_in = path
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise StoreError(
+                f"{arg} {storage}: is a file, not a folder; give a folder (created when missing) or a "
+                "bucket URI"
+            )
+    else:
+        probe_in = os.path.dirname(path)
+        while not os.path.exists(probe_in):
+            probe_in = os.path.dirname(probe_in)
+        if not os.path.isdir(probe_in):
+            raise StoreError(f"{arg} {storage}: {probe_in} is a file, so the store folder cannot be created")
+    try:
+        import tempfile
+
+        os.rmdir(tempfile.mkdtemp(prefix=".hsjp-write-check-", dir=probe_in))
+    except OSError as exc:
+        what = "write into" if probe_in == path else f"create the store folder under {probe_in}"
+        raise StoreError(f"{arg} {storage}: cannot {what} ({exc.strerror or exc})") from None
+
+
 def check_stage_id(stage_id: str) -> str:
     if not isinstance(stage_id, str) or not _STAGE_ID.fullmatch(stage_id):
         raise StoreError(f"invalid stage id {stage_id!r}: expected '<pretrain|finetune>-<hex hash>'")
@@ -79,14 +120,17 @@ class Store:
                 self.fs, self.base = pafs.FileSystem.from_uri(root)
             except (pa_lib.ArrowInvalid, pa_lib.ArrowNotImplementedError, ValueError) as exc:
                 raise StoreError(
-                    f"--storage {_redact(root)}: not a storage URI pyarrow can open ({exc})"
+                    f"store {_redact(root)}: cannot be opened ({str(exc).splitlines()[0]})"
                 ) from exc
             self.uri = prefix.rstrip("/")
         else:
             self.fs, self.base = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(root))
             self.uri = self.base
         self.base = self.base.rstrip("/")
-        self.fs.create_dir(self.base, recursive=True)
+        try:
+            self.fs.create_dir(self.base, recursive=True)
+        except (OSError, ValueError, NotImplementedError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise StoreError(f"store {_redact(root)}: cannot be opened ({str(exc).splitlines()[0]})") from exc
 
     @property
     def is_local(self) -> bool:

@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import typing
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator import strict_yaml
 from orchestrator.inputs import (  # noqa: F401  (ComputeConfig, DataSpec, prepare_data: re-exported)
     ComputeConfig,
     DataSpec,
@@ -107,7 +109,7 @@ def _read_yaml(path: Path) -> tuple[dict, str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the study file ({exc})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = strict_yaml.parse(text, str(path))  # yaml.safe_load that refuses a key given twice
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -126,6 +128,7 @@ def _load_single(path: Path, raw: dict, text: str) -> Study:
     name = _study_name(raw, path)
     data = load_data(raw.get("data"), path)
     compute = load_compute(raw.get("compute"), path)
+    check_trial_count(raw, compute, path)  # before anything is expanded (issue 18)
     base = _load_defaults(raw.get("defaults"), path)
     seeds = _load_seeds(raw.get("seeds"), path)
     included = _load_include(raw.get("include"), path)
@@ -165,6 +168,11 @@ def _load_merged(path: Path, raw: dict, text: str) -> Study:
     compute = load_compute(raw["compute"], path) if "compute" in raw else _agreed(parts, "compute", path)
     full_text = text + "".join(f"\n---\n# {p.path}\n{p.text}" for p in parts)
     trials = tuple(t for p in parts for t in p.trials)
+    if len(trials) > compute.trial_limit:
+        raise ConfigError(
+            f"{path}: the listed studies make {len(trials):,} trials, over compute.trial_limit = "
+            f"{compute.trial_limit:,}; raise compute.trial_limit in {path.name} if you mean it"
+        )
     return Study(
         name=name,
         path=path,
@@ -239,6 +247,31 @@ def _load_seeds(raw: Any, path: Path) -> list[int | None]:
     if not ok or len(set(raw)) != len(raw):
         raise ConfigError(f"{path}: seeds = {short(raw)}: expected a non-empty list of distinct integers")
     return list(raw)
+
+
+def check_trial_count(raw: dict, compute: ComputeConfig, path: Path) -> None:
+    """Refuse a study making more than `compute.trial_limit` trials, counted from the lengths of the
+    matrix axes, include and seeds without expanding anything (10^6 trials would take minutes to
+    build). Malformed sections are left to their loaders' errors."""
+    matrix, include, seeds = raw.get("matrix"), raw.get("include"), raw.get("seeds")
+    n_include = len(include) if isinstance(include, list) else 0
+    n_seeds = len(seeds) if isinstance(seeds, list) and seeds else 1
+    if matrix is None:
+        rows, how = n_include or 1, f"{n_include} include entries" if n_include else "the defaults"
+    elif isinstance(matrix, dict) and matrix and all(isinstance(v, list) for v in matrix.values()):
+        rows = math.prod(len(v) for v in matrix.values())
+        how = "matrix " + " × ".join(f"{k} ({len(v)})" for k, v in matrix.items())
+        if n_include:
+            rows, how = rows + n_include, f"{how} + {n_include} include entries"
+    else:
+        return
+    total = rows * n_seeds
+    if total > compute.trial_limit:
+        seeds_text = f", × {n_seeds} seeds" if n_seeds > 1 else ""
+        raise ConfigError(
+            f"{path}: this study would make {total:,} trials ({how}{seeds_text}), over compute.trial_limit = "
+            f"{compute.trial_limit:,}; check the matrix for a typo, or raise compute.trial_limit if you mean it"
+        )
 
 
 def _expand_matrix(raw: Any, path: Path) -> list[tuple[str, dict]]:

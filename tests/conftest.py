@@ -20,6 +20,16 @@ SHARED_DATA = Path(os.environ.get("HSJP_SHARED_DATA", REPO.parent / "shared" / "
 torch.set_num_threads(1)  # faster than 2 for tiny tensors, and stable when Ray workers share the cores
 
 
+@pytest.fixture(scope="session", autouse=True)
+def local_ray_records(tmp_path_factory) -> Path:
+    """The local-Ray records (orchestrator.host) of this test session only: a test on a shared machine
+    neither takes its share from real runs (or other test sessions) nor ends their processes. Tests of
+    the records themselves point HSJP_LOCAL_STATE at their own folder."""
+    folder = tmp_path_factory.mktemp("local-ray")
+    os.environ.setdefault("HSJP_LOCAL_STATE", str(folder))
+    return Path(os.environ["HSJP_LOCAL_STATE"])
+
+
 def _sample(name: str) -> Path:
     root = SHARED_DATA / name
     if not (root / "annotations").is_dir():

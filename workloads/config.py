@@ -84,7 +84,9 @@ class DataConfig:
     """Where training JPEGs are decoded and cropped: `loader` (OpenCV in the DataLoader workers, as the
     official HRNet code), `device` (torchvision.io.decode_jpeg on the training device — nvJPEG on CUDA —
     and one batched bilinear crop: data/device_decode.py; JPEG only; for the pretext it implies
-    `augment_on: device`), or `auto` (device on CUDA, loader on CPU). Evaluation always decodes with OpenCV."""
+    `augment_on: device`), or `auto`: loader on CPU; on CUDA the loader until the device decoder's
+    stream-safety test has passed on a device (device_decode.DEVICE_DECODE_VERIFIED), then device.
+    Evaluation always decodes with OpenCV."""
 
     def validate(self, where: str = "data") -> None:
         if self.max_train_instances is not None:
@@ -110,12 +112,29 @@ class RuntimeConfig:
     fp32 whatever this says (docs/paper-silent-choices.md, "Numerics")."""
     channels_last: str = "auto"
     """Memory format: `on`, `off`, or `auto` (on for CUDA)."""
-    compile: bool = False
-    """Wrap the model in torch.compile (GPU only; slower start-up, faster steps)."""
+    compile: str | bool = "auto"
+    """torch.compile of the training step (forward + loss, and with it the backward): `on`, `off`, or
+    `auto` (on for CUDA, off on CPU, where compiling costs more than it saves on tiny runs); true / false
+    are read as on / off. Costs ~1–2 min of start-up per stage process, then fewer kernel launches."""
+    compile_mode: str = "default"
+    """torch.compile mode: `default`, `max-autotune-no-cudagraphs`, or with CUDA graphs (static shapes:
+    the training loaders drop the last partial batch) `reduce-overhead` / `max-autotune`."""
 
     def validate(self, where: str = "runtime") -> None:
         _choice(self.amp, AMP_MODES, f"{where}.amp")
         _choice(self.channels_last, ("auto", "on", "off"), f"{where}.channels_last")
+        if not isinstance(self.compile, bool):
+            _choice(self.compile, ("auto", "on", "off"), f"{where}.compile")
+        _choice(self.compile_mode, COMPILE_MODES, f"{where}.compile_mode")
+
+    def compiles(self, device: Any) -> bool:
+        """Whether the training step is compiled on `device` (a torch.device; see `compile`)."""
+        if isinstance(self.compile, bool):
+            return self.compile
+        return self.compile == "on" or (self.compile == "auto" and getattr(device, "type", device) == "cuda")
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 # ------------------------------------------------------------------------------------------- pretext

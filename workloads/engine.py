@@ -11,16 +11,18 @@ and the bf16 / channels_last switches.
 from __future__ import annotations
 
 import contextlib
-import copy
+import copy as copy_module
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -108,12 +110,13 @@ def make_loader(
 
 # ------------------------------------------------------------------------------ optimiser / runtime
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam over the trainable parameters, no weight decay (official HRNet/SimpleBaseline; paper §3.4)."""
+    """Adam over the trainable parameters, no weight decay (official HRNet/SimpleBaseline; paper §3.4).
+
+    The fused implementation (CPU and CUDA since torch 2.4): a few kernels per step for all tensors, and
+    its step count stays a device tensor — the for-loop / foreach Adam read it on the host (`.item()`,
+    one host sync per parameter tensor per step on CUDA's non-capturable path)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    kwargs: dict[str, Any] = {}
-    if params and params[0].is_cuda:
-        kwargs["fused"] = True
-    return torch.optim.Adam(params, lr=lr, **kwargs)
+    return torch.optim.Adam(params, lr=lr, fused=bool(params))
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, milestones: list[int], factor: float):
@@ -138,6 +141,110 @@ def apply_memory_format(model: nn.Module, runtime: RuntimeConfig, device: torch.
     return model
 
 
+def configure_backends(device: torch.device) -> None:
+    """cudnn.benchmark on for training on CUDA: the input shapes are fixed (drop_last), so the fastest
+    convolution algorithms are found once in the first steps and reused."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def compile_step(
+    fn: Callable, runtime: RuntimeConfig, device: torch.device, fullgraph: bool = False
+) -> Callable:
+    """`fn` (a training step's forward + loss) under torch.compile when `runtime.compiles(device)`, else
+    `fn`. The step is compiled, not the module, so the DDP wrapper, the loss and the input normalisation
+    are in the graph too; tests/workloads/test_compile.py proves there are no graph breaks."""
+    if not runtime.compiles(device):
+        return fn
+    mode = None if runtime.compile_mode == "default" else runtime.compile_mode
+    log.info("torch.compile of the training step (mode %s)", runtime.compile_mode)
+    return torch.compile(fn, mode=mode, fullgraph=fullgraph)
+
+
+DDP_KWARGS: dict[str, Any] = {
+    "broadcast_buffers": False,  # BN statistics are not broadcast before every forward (sync_buffers)
+    "gradient_as_bucket_view": True,  # grads live in the all-reduce buckets: no copy, less memory
+}
+"""DistributedDataParallel options of the training model (Ray's prepare_model forwards them). static_graph
+is set per stage by `use_static_graph`: it is valid here (the same parameters take part in every step;
+frozen ones never do) but is left off under torch.compile, whose DDP graph splitting (DDPOptimizer) is
+reported not to work with it (pytorch/pytorch#109261)."""
+
+
+def use_static_graph(model: nn.Module, runtime: RuntimeConfig, device: torch.device) -> bool:
+    """Mark a DDP-wrapped `model` as a static graph (DDP's own `_set_static_graph`, what static_graph=True
+    does in its constructor) when the step runs eagerly; True when it did. Call before the first step."""
+    if isinstance(model, nn.parallel.DistributedDataParallel) and not runtime.compiles(device):
+        model._set_static_graph()
+        return True
+    return False
+
+
+def sync_buffers(model: nn.Module, world_size: int) -> None:
+    """Rank 0's buffers (BN running statistics) to every rank: with broadcast_buffers=False they drift
+    apart per rank in training; evaluation and the checkpoint then use rank 0's, as before."""
+    if world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return
+    for buf in unwrap(model).buffers():
+        dist.broadcast(buf, src=0)
+
+
+def prefetch(
+    loader: Iterable, prepare: Callable[[Any], Any], device: torch.device, depth: int = 2
+) -> Iterator[Any]:
+    """`prepare(batch)` of every batch of `loader`, `depth` batches ahead of the consumer.
+
+    On CUDA `prepare` (host→device copies of pinned memory, decode / render / targets) runs on a side
+    stream, so batch k+1 is made while step k runs; the consumer's stream waits for it on the device (an
+    event, no host sync) and its tensors are marked as used there (`record_stream`), so the caching
+    allocator does not hand their memory to the side stream while the step still reads it. On CPU the
+    same order without streams."""
+    it = iter(loader)
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    queue: deque = deque()
+
+    def launch() -> None:
+        batch = next(it, _END)
+        if batch is _END:
+            return
+        if stream is None:
+            queue.append((prepare(batch), None))
+            return
+        # no wait on the step's stream: prepare only reads pinned host batches and device constants
+        # (complete when made), and its outputs' memory comes from the side stream's own pool
+        with torch.cuda.stream(stream):
+            out = prepare(batch)
+            event = torch.cuda.Event()
+            event.record(stream)
+        queue.append((out, event))
+
+    for _ in range(max(1, depth)):
+        launch()
+    while queue:
+        out, event = queue.popleft()
+        if event is not None:
+            current = torch.cuda.current_stream(device)
+            current.wait_event(event)
+            _record_stream(out, current)
+        launch()
+        yield out
+
+
+_END = object()
+
+
+def _record_stream(tree: Any, stream) -> None:
+    if isinstance(tree, torch.Tensor):
+        if tree.is_cuda:
+            tree.record_stream(stream)
+    elif isinstance(tree, dict):
+        for v in tree.values():
+            _record_stream(v, stream)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            _record_stream(v, stream)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model under DDP / torch.compile wrappers."""
     while True:
@@ -150,7 +257,37 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in unwrap(model).state_dict().items()}
+    return host_copy(dict(unwrap(model).state_dict()))
+
+
+def host_copy(tree: Any) -> Any:
+    """A copy of `tree` (dicts / lists / tuples of tensors and plain data) with every tensor in host
+    memory: device tensors go into pinned buffers with non_blocking copies and one synchronize at the end
+    (not one blocking copy per tensor); host tensors are cloned. What a checkpoint writer may then
+    serialise in the background while training goes on."""
+    pending: list[bool] = []
+
+    def copy(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            x = x.detach()
+            if x.device.type == "cpu":
+                return x.clone()
+            out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+            out.copy_(x, non_blocking=True)
+            pending.append(True)
+            return out
+        if isinstance(x, dict):
+            return {k: copy(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [copy(v) for v in x]
+        if isinstance(x, tuple):
+            return tuple(copy(v) for v in x)
+        return copy_module.deepcopy(x)
+
+    out = copy(tree)
+    if pending and torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out
 
 
 # -------------------------------------------------------------------------------------- epoch loop
@@ -236,6 +373,7 @@ def run_epochs(
         metrics.update({k: v for k, v in stats.items() if k not in metrics})
         evaluated = not collapsed and ((epoch + 1) % spec.eval_every == 0 or epoch == spec.epochs - 1)
         if evaluated:
+            sync_buffers(model, ctx.world_size)
             ev = evaluate()
             metrics.update(ev)
             value = ev.get(spec.select_key)
@@ -268,7 +406,7 @@ def _checkpoint(
 ) -> dict:
     return {
         "model": cpu_state_dict(model),
-        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "optimizer": host_copy(optimizer.state_dict()),
         "scheduler": scheduler.state_dict(),
         "epoch": epoch,
         "rng": torch.get_rng_state(),

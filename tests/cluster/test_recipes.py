@@ -174,3 +174,19 @@ def test_run_joins_the_cluster_of_a_ray_job(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert ray_address(None) == "10.0.0.1:6379"
     assert ray_address("auto") == "auto"  # --address wins
+
+
+def test_rayjob_gpu_workers_mount_a_memory_backed_dev_shm():
+    """DataLoader workers share batches through /dev/shm (64 MB by default in a container)."""
+    for group in load(RAYJOB)["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
+        pod = group["template"]["spec"]
+        mounts = {m["mountPath"]: m["name"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
+        assert "/dev/shm" in mounts, f"{group['groupName']}: no /dev/shm volume"
+        volume = next(v for v in pod["volumes"] if v["name"] == mounts["/dev/shm"])
+        assert volume["emptyDir"]["medium"] == "Memory" and volume["emptyDir"].get("sizeLimit")
+
+
+def test_guide_gives_no_unlimited_retry_advice():
+    text = GUIDE.read_text()
+    assert "max_failures: -1` (unlimited) is refused" in text
+    assert "(unlimited) or a generous number" not in text  # the advice this replaced

@@ -78,12 +78,13 @@ class FakeRunner:
         workloads: dict | None,
         restore: bool,
         progress: Any = None,
+        run_token: str = "",
     ) -> str:
         scheduler.capacity = dict(self.capacity)
         scheduler.clock = self.clock
         scheduler.begin()
         running: list[tuple[float, str]] = []
-        idle_rounds, token = 0, uuid.uuid4().hex  # one token per run, as RayRunner
+        idle_rounds, token = 0, run_token or uuid.uuid4().hex  # one token per run, as RayRunner
         while not scheduler.is_finished():
             while (sid := scheduler.next_launch()) is not None:
                 self.launched.append((self.clock.now, sid))
@@ -98,10 +99,13 @@ class FakeRunner:
                 self.clock.now += scheduler.recheck_s
                 continue
             self.clock.now, sid = heapq.heappop(running)
-            error = None
+            error, decision = None, None
             try:
-                compute_stage(plan, sid, store, self.fit, workloads=workloads, run_token=token)
+                compute_stage(
+                    plan, sid, store, self.fit, workloads=workloads, run_token=token, node="fake-node"
+                )
             except StageFailed as exc:
                 error = str(exc)
-            scheduler.on_complete(sid, error=error)
+                decision = exc.decision.to_dict() if exc.decision is not None else None
+            scheduler.on_complete(sid, error=error, decision=decision)
         return "fake"

@@ -68,8 +68,14 @@ def _linear_stage(
 
 def _log_call(calls_file: str | None, kind: str, ctx: Any) -> None:
     if calls_file and ctx.rank == 0:
+        row = {"kind": kind, "pid": os.getpid(), "time": time.time()}
+        if os.environ.get("HSJP_TEST_LOG_RESOURCES"):  # the Ray this stage runs on (tests/reliability)
+            import ray
+
+            row["cluster"] = ray.cluster_resources()
+            row["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
         with open(calls_file, "a") as f:
-            f.write(json.dumps({"kind": kind, "pid": os.getpid(), "time": time.time()}) + "\n")
+            f.write(json.dumps(row) + "\n")
 
 
 def standin_pretrain(

@@ -311,9 +311,11 @@ def test_an_edited_study_starts_a_fresh_tune_experiment_and_runs_only_its_stages
     class Recorder(FakeRunner):
         restores: list[bool] = []
 
-        def run(self, plan, store, scheduler, *, workloads, restore, progress=None):
+        def run(self, plan, store, scheduler, *, workloads, restore, progress=None, run_token=""):
             Recorder.restores.append(restore)
-            return super().run(plan, store, scheduler, workloads=workloads, restore=restore)
+            return super().run(
+                plan, store, scheduler, workloads=workloads, restore=restore, run_token=run_token
+            )
 
     bad = full.trials[0].finetune
     run_study(
@@ -339,3 +341,91 @@ def test_an_edited_study_starts_a_fresh_tune_experiment_and_runs_only_its_stages
     )
     assert Recorder.restores == [False, False, True]  # unchanged since the last run: restore it
     assert summary["counts"] == {"done": 2}
+
+
+# ------------------------------------------------------------------------------------ failures
+def _retry_plan(salt: str, **compute):
+    c = standins.tiny_compute(**{"max_failures": 3, "retry_backoff_s": 7.0, **compute})
+    return standins.make_plan(
+        "retry",
+        [
+            ("bad", standins.pretrain_config(), standins.finetune_config()),
+            ("good", standins.pretrain_config(method="scratch"), standins.finetune_config()),
+        ],
+        salt=salt,
+        compute=c,
+    )
+
+
+def test_the_same_error_twice_stops_a_stage_its_dependants_skip_and_the_rest_finishes(tmp_path):
+    from orchestrator.failures import read_attempts
+
+    plan = _retry_plan("always")
+    store = Store(tmp_path / "store")
+    bad = plan.trials[0].pretrain
+    calls: list[str] = []
+    runner = FakeRunner({"CPU": 2.0}, fit=fake_fit(fail={bad}, calls=calls))
+    summary = run_study(plan, store, study_text="name: retry\n", progress=False, runner=runner)
+
+    assert calls.count(bad) == 2  # attempt, one retry after the backoff, then "the same error twice"
+    retry_at = [t for t, sid in runner.launched if sid == bad]
+    assert retry_at[1] - retry_at[0] >= 7.0  # the backoff (virtual seconds)
+    assert summary["counts"] == {"failed": 1, "done": 1}
+    data = read_attempts(store, bad)
+    assert data["decision"]["reason"] == "repeated" and len(data["attempts"]) == 2
+    text = store.read_error(bad)
+    assert text.strip().splitlines()[-1] == f"RuntimeError: injected failure in {bad}" and "fake-node" in text
+    assert store.read_result(plan.trials[0].finetune) is None  # not run, not published
+
+
+def test_a_transient_failure_is_retried_in_the_same_run_and_its_attempts_cleared(tmp_path):
+    from orchestrator.failures import read_attempts
+
+    plan = _retry_plan("transient")
+    store = Store(tmp_path / "store")
+    bad = plan.trials[0].pretrain
+    fail = {bad}
+    inner = fake_fit()
+
+    def fit_failing_once(plan, spec, store, workload, parent_has_weights):
+        if spec.stage_id in fail:
+            fail.discard(spec.stage_id)
+            raise OSError("node lost its COCO mount")
+        inner(plan, spec, store, workload, parent_has_weights)
+
+    summary = run_study(
+        plan,
+        store,
+        study_text="name: retry\n",
+        progress=False,
+        runner=FakeRunner({"CPU": 2.0}, fit=fit_failing_once),
+    )
+    assert summary["counts"] == {"done": 2} and summary["failures"] == []
+    assert read_attempts(store, bad) is None and store.read_error(bad) is None
+
+
+def test_a_spent_budget_fails_the_stage_and_the_status_says_why(tmp_path):
+    from orchestrator.status import study_status
+
+    plan = _retry_plan("budget", max_failures=1)
+    store = Store(tmp_path / "store")
+    bad = plan.trials[0].pretrain
+    n = [0]
+    inner = fake_fit()
+
+    def fit_new_error_each_time(plan, spec, store, workload, parent_has_weights):
+        if spec.stage_id == bad:
+            n[0] += 1
+            raise RuntimeError(f"flaky #{n[0]}")
+        inner(plan, spec, store, workload, parent_has_weights)
+
+    run_study(
+        plan,
+        store,
+        study_text="name: retry\n",
+        progress=False,
+        runner=FakeRunner({"CPU": 2.0}, fit=fit_new_error_each_time),
+    )
+    assert n[0] == 2  # the attempt and the one retry the budget allows
+    row = next(r for r in study_status(plan, store) if r["stage_id"] == bad)
+    assert row["state"] == "failed" and row["detail"] == "failed: RuntimeError: flaky #2"

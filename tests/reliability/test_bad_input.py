@@ -312,7 +312,7 @@ def test_corrupt_jpeg_is_skipped_in_the_pretext_dataset(synthetic_root, tmp_path
         ds = PuzzleDataset(persons, cfg, train=train)
         with caplog.at_level(logging.WARNING):
             items = [ds[(0, i)] for i in range(len(ds))]
-        assert all(item["image"].shape == (3, 64, 64) for item in items)
+        assert all(item["image"].shape == (64, 64, 3) for item in items)
         assert ds.skipped == {first.image_path}
     assert any(first.image_path in r.getMessage() for r in caplog.records)
 

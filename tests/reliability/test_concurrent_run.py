@@ -95,7 +95,7 @@ def test_lock_is_released_after_a_run_and_other_studies_are_not_blocked(setup, m
 def test_lock_is_released_when_the_run_fails(setup, monkeypatch):
     _, study, store, plan = setup
 
-    def boom(address):
+    def boom(address, *args):  # _connect(address, demand, study)
         raise RuntimeError("cluster unreachable")
 
     monkeypatch.setattr(ray_backend, "connect", boom)

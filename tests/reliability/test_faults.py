@@ -144,6 +144,10 @@ def start_driver(tmp_path: Path, root: str, calls: str, salt: str, **opts) -> tu
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(STANDINS), str(HERE), os.environ.get("PYTHONPATH", "")]),
+        # The killed drivers keep their own local-Ray records (orchestrator.host): this module's
+        # in-process Ray holds the machine's CPUs, which a second run would otherwise not be given.
+        # Each driver ends the orphans its SIGKILLed predecessor left.
+        "HSJP_LOCAL_STATE": os.path.join(os.environ["HSJP_LOCAL_STATE"], "killed-drivers"),
     }
     args = [sys.executable, __file__, root, calls, salt, json.dumps(opts)]
     with open(log_path, "w") as log:  # a file, not a pipe: a full pipe would block the driver

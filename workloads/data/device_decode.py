@@ -3,7 +3,8 @@
 The loader workers then only read each file's bytes (checked to be a whole JPEG: SOI at the start, EOI
 at the end) and compute the crop geometry and targets; the training process decodes the batch with
 torchvision.io.decode_jpeg on its device (nvJPEG on CUDA, one batched call; libjpeg-turbo on CPU) and
-cuts every crop with one bilinear `grid_sample` over the batch — the same affine, interpolation and
+cuts every crop with one bilinear warp over the batch (`transforms.warp_affine_uint8`: the images stay
+uint8 on one zero-padded canvas, only the crops are float) — the same affine, interpolation and
 black border as `transforms.warp_crop` (cv2.warpAffine, INTER_LINEAR, BORDER_CONSTANT 0). EXIF
 orientation is ignored, as `transforms.read_image` (and HRNet) do; grayscale JPEGs are decoded to RGB.
 
@@ -14,6 +15,17 @@ OpenCV); one that nothing decodes becomes an all-black crop flagged in the retur
 callers use to drop it from the loss, with a warning naming the file.
 
 Only JPEG is decoded here: a data set of PNGs needs `decode_on: loader`.
+
+Stream safety (CUDA). torchvision's nvJPEG decode allocates its outputs on the caller's stream but
+writes them from nvJPEG's own stream without waiting for it; the caching allocator may hand it a block
+that kernels already queued on the caller's stream (the previous step, reading tensors freed on the host
+since) have yet to read, so those kernels read decoded pixels (pytorch/vision PR 9606 reproduced this on
+an H100; torchcodec PR 1634 fixed the same bug and found that nvJPEG's hardware engine ignores the stream
+it is given, so a `wait_stream` does not help). `decode_jpegs` therefore synchronises the caller's stream
+on the host before the device decode: nothing queued there can still read a block the decoder gets.
+tests/workloads/data/test_decode_race.py reproduces the race pattern on CUDA (fill tensors, queue slow
+readers, free the tensors, decode, check what the readers read). Until that test has passed on a device
+(`DEVICE_DECODE_VERIFIED`), `decode_on: auto` decodes in the loader (OpenCV), and says so once.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from torch.utils.data import default_collate
 
 from workloads.config import DataConfig
 from workloads.data.coco import CocoDataError, PersonInstance
-from workloads.data.transforms import pixel_index_to_continuous, read_image_skipping, warp_affine_batch
+from workloads.data.transforms import pixel_index_to_continuous, read_image_skipping, warp_affine_uint8
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +51,28 @@ JPEG_EOI = b"\xff\xd9"  # end-of-image marker
 EOI_TAIL = 1024  # bytes at the end searched for EOI (some writers pad after it)
 BYTES_KEY = "jpeg"  # the item key holding the file's bytes (collated as a list, not stacked)
 _WARNED: list[bool] = []  # the batched device decode has failed once in this process (warned)
+_AUTO_NOTED: list[bool] = []  # decode_on: auto chose the loader on CUDA (logged once per process)
+DEVICE_DECODE_VERIFIED = False
+"""Set to True once tests/workloads/data/test_decode_race.py has passed on a CUDA device (it is run by
+benchmarks/device_check.sh); until then `decode_on: auto` keeps the decoding in the loader."""
 
 
 def decodes_on_device(data: DataConfig, device: torch.device) -> bool:
-    """Whether `data.decode_on` puts the training images' decoding on `device` (`auto`: on CUDA)."""
-    return data.decode_on == "device" or (data.decode_on == "auto" and device.type == "cuda")
+    """Whether `data.decode_on` puts the training images' decoding on `device`: `device` always; `auto` on
+    CUDA once the stream-safety race test has passed on a device (`DEVICE_DECODE_VERIFIED`), else the
+    loader (logged once)."""
+    if data.decode_on == "device":
+        return True
+    if data.decode_on != "auto" or device.type != "cuda":
+        return False
+    if not DEVICE_DECODE_VERIFIED and not _AUTO_NOTED:
+        _AUTO_NOTED.append(True)
+        log.info(
+            "data.decode_on: auto decodes in the loader workers (OpenCV): the nvJPEG path's stream-safety "
+            "test (tests/workloads/data/test_decode_race.py) has not passed on a CUDA device yet; "
+            "set data.decode_on: device to use it anyway"
+        )
+    return DEVICE_DECODE_VERIFIED
 
 
 def read_jpeg_bytes(path: str | os.PathLike) -> torch.Tensor:
@@ -98,6 +127,8 @@ def decode_jpegs(
 ) -> list[torch.Tensor | None]:
     """[3, H, W] uint8 RGB per file on `device` (None where nothing could decode it, warned)."""
     cpu = [d.cpu() for d in data]
+    if device.type == "cuda":  # stream safety: see the module docstring (torchcodec PR 1634's fix)
+        torch.cuda.current_stream(device).synchronize()
     try:
         return list(_decode_jpeg(cpu, device))
     except (RuntimeError, ValueError) as exc:  # one bad file fails the whole batched call
@@ -148,11 +179,11 @@ def crop_images(
         return torch.zeros(b, 3, out_h, out_w, device=device), ok
     h_max = max(im.shape[1] for im in images if im is not None)
     w_max = max(im.shape[2] for im in images if im is not None)
-    canvas = torch.zeros(b, 3, h_max, w_max, dtype=torch.float32, device=device)
+    canvas = torch.zeros(b, 3, h_max, w_max, dtype=torch.uint8, device=device)  # uint8: ¼ of a float canvas
     for i, im in enumerate(images):
         if im is not None:  # zeros beyond each image: bilinear there blends with black, as BORDER_CONSTANT 0
-            canvas[i, :, : im.shape[1], : im.shape[2]] = im.to(device=device, dtype=torch.float32)
-    crops = warp_affine_batch(canvas, pixel_index_to_continuous(matrices), output_wh)
+            canvas[i, :, : im.shape[1], : im.shape[2]] = im.to(device=device)
+    crops = warp_affine_uint8(canvas, pixel_index_to_continuous(matrices), output_wh)
     return crops * ok.to(device).view(-1, 1, 1, 1), ok
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from workloads.data.coco import PIXEL_STD, CocoDataError, PersonInstance
+from workloads.hostsync import constant
 
 log = logging.getLogger(__name__)
 
@@ -138,27 +139,61 @@ def normalize_image(img_uint8_hwc: np.ndarray) -> torch.Tensor:
     return tensor.sub_(mean).div_(std)
 
 
-def warp_affine_batch(x: torch.Tensor, matrices: torch.Tensor, output_wh) -> torch.Tensor:
-    """[B, C, H, W] float warped by continuous-coordinate affines [B, 2, 3] (source xy → output xy, pixel k
-    covering [k, k+1)) into [B, C, out_h, out_w]: bilinear, zeros outside — cv2.warpAffine with
-    BORDER_CONSTANT 0, batched on x's device. The 2×2 inverse is closed-form, so nothing waits for the device."""
-    b, _, h, w = x.shape
+def _source_xy(matrices: torch.Tensor, output_wh, device: torch.device) -> torch.Tensor:
+    """[B, out_h, out_w, 2] float64 source xy (continuous coordinates) of every output pixel centre under
+    the continuous-coordinate affines [B, 2, 3] (source → output). The 2×2 inverse is closed-form, so
+    nothing waits for the device; float64, as 640 px images need."""
     out_w, out_h = int(output_wh[0]), int(output_wh[1])
-    m = matrices.to(device=x.device, dtype=torch.float64, non_blocking=True)
+    m = matrices.to(device=device, dtype=torch.float64, non_blocking=True)
     a, bb, c, d = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
     det = a * d - bb * c  # never 0 here: scaled rotations (negative when a pose flip mirrors)
     inv_lin = torch.stack([torch.stack([d, -bb], -1), torch.stack([-c, a], -1)], 1) / det.view(-1, 1, 1)
     inv_off = -(inv_lin @ m[:, :, 2:]).squeeze(-1)  # [B, 2]
     gy, gx = torch.meshgrid(
-        torch.arange(out_h, dtype=torch.float64, device=x.device) + 0.5,
-        torch.arange(out_w, dtype=torch.float64, device=x.device) + 0.5,
+        torch.arange(out_h, dtype=torch.float64, device=device) + 0.5,
+        torch.arange(out_w, dtype=torch.float64, device=device) + 0.5,
         indexing="ij",
     )
     pts = torch.stack([gx, gy], dim=-1).view(1, -1, 2)  # [1, out_h·out_w, 2] output pixel centres
-    src = pts @ inv_lin.transpose(1, 2) + inv_off[:, None, :]  # [B, ·, 2] source xy, float64 (640 px images)
-    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=torch.float64, device=x.device)
-    grid = (src * scale - 1.0).view(b, out_h, out_w, 2).to(x.dtype)  # align_corners=False
+    src = pts @ inv_lin.transpose(1, 2) + inv_off[:, None, :]  # [B, ·, 2]
+    return src.view(m.shape[0], out_h, out_w, 2)
+
+
+def warp_affine_batch(x: torch.Tensor, matrices: torch.Tensor, output_wh) -> torch.Tensor:
+    """[B, C, H, W] float warped by continuous-coordinate affines [B, 2, 3] (source xy → output xy, pixel k
+    covering [k, k+1)) into [B, C, out_h, out_w]: bilinear, zeros outside — cv2.warpAffine with
+    BORDER_CONSTANT 0, batched on x's device."""
+    _, _, h, w = x.shape
+    src = _source_xy(matrices, output_wh, x.device)
+    scale = constant((2.0 / w, 2.0 / h), torch.float64, x.device)
+    grid = (src * scale - 1.0).to(x.dtype)  # align_corners=False
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def warp_affine_uint8(x: torch.Tensor, matrices: torch.Tensor, output_wh) -> torch.Tensor:
+    """`warp_affine_batch` of a uint8 [B, C, H, W] batch without a float copy of it: the four neighbours of
+    every output pixel are gathered as uint8 and blended in float32 (bilinear, zeros outside, the
+    weights of grid_sample with align_corners=False: source pixel index = continuous xy − ½). Returns
+    float32 [B, C, out_h, out_w] in 0–255. Only the output is float: a batch of 640 px images then costs a
+    quarter of the memory (and of the bytes written) of a float32 canvas."""
+    b, c, h, w = x.shape
+    src = _source_xy(matrices, output_wh, x.device) - 0.5  # [B, oh, ow, 2] pixel-index coordinates
+    base = torch.floor(src)
+    frac = (src - base).to(torch.float32)
+    x0, y0 = base[..., 0].long(), base[..., 1].long()
+    flat = x.reshape(b, c, h * w)
+    out = None
+    for dy in (0, 1):
+        for dx in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+            index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).view(b, 1, -1).expand(-1, c, -1)
+            wx = frac[..., 0] if dx else 1 - frac[..., 0]
+            wy = frac[..., 1] if dy else 1 - frac[..., 1]
+            weight = (wx * wy * inside.to(torch.float32)).view(b, 1, -1)
+            term = flat.gather(2, index).to(torch.float32) * weight
+            out = term if out is None else out + term
+    return out.view(b, c, *src.shape[1:3])
 
 
 def pixel_index_to_continuous(matrices: torch.Tensor) -> torch.Tensor:
@@ -171,9 +206,22 @@ def pixel_index_to_continuous(matrices: torch.Tensor) -> torch.Tensor:
 
 def normalize_batch(x: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] in [0, 255] → /255, ImageNet mean/std (transforms.normalize_image, batched)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    mean = constant(IMAGENET_MEAN, x.dtype, x.device).view(1, 3, 1, 1)
+    std = constant(IMAGENET_STD, x.dtype, x.device).view(1, 3, 1, 1)
     return (x / 255.0 - mean) / std
+
+
+def network_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """The model's float input from a batch as the loaders ship it: uint8 [B, H, W, 3] RGB (NHWC) is
+    normalised here, on its device (`normalize_batch`: the numbers of `normalize_image`); a float
+    [B, 3, H, W] batch is taken as already normalised. NHWC uint8 permuted to NCHW is channels_last in
+    memory, which `.float()` keeps; `channels_last` asks for that layout in every case."""
+    if images.dtype == torch.uint8:
+        if images.dim() != 4 or images.shape[-1] != 3:
+            raise ValueError(f"network_input: uint8 images must be [B, H, W, 3], got {tuple(images.shape)}")
+        x = normalize_batch(images.permute(0, 3, 1, 2).float())
+        return x if channels_last else x.contiguous()
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
 def flip_joints(joints_xy: np.ndarray, vis: np.ndarray, width: float, pairs) -> tuple[np.ndarray, np.ndarray]:

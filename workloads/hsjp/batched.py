@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from workloads.config import ConfigError, DataConfig, PretrainConfig
 from workloads.data.device_decode import BYTES_KEY, decode_and_crop, decodes_on_device
 from workloads.data.transforms import normalize_batch, warp_affine_batch
+from workloads.hostsync import constant
 from workloads.hsjp.augment import SOLARIZE_THRESHOLD, SpatialParams, blur_kernel_px, composite_matrix
 from workloads.hsjp.puzzle import padded_size
 
@@ -38,26 +39,7 @@ _CV_GRAY = (0.299, 0.587, 0.114)  # OpenCV COLOR_RGB2GRAY weights (the grayscale
 
 def _gray(x: torch.Tensor, weights: tuple[float, float, float]) -> torch.Tensor:
     """[B, 3, H, W] → [B, 1, H, W] weighted sum of the channels."""
-    w = torch.tensor(weights, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(dim=1, keepdim=True)
-
-
-def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """factor·x + (1 − factor)·other, clamped to [0, 255]; factor [B]."""
-    f = factor.view(-1, 1, 1, 1)
-    return (x * f + other * (1 - f)).clamp(0, 255)
-
-
-def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return _blend(x, torch.zeros_like(x), f)
-
-
-def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return _blend(x, _gray(x, _TV_GRAY).mean(dim=(1, 2, 3), keepdim=True), f)
-
-
-def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return _blend(x, _gray(x, _TV_GRAY), f)
+    return (x * constant(weights, x.dtype, x.device).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
 
 
 def shift_hue_batch(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -82,9 +64,6 @@ def shift_hue_batch(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=1)
 
 
-_JITTER_OPS = (_brightness, _contrast, _saturation, shift_hue_batch)
-
-
 def gaussian_blur_batch(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Tensor:
     """[B, C, H, W] blurred with a separable `kernel`-px Gaussian of σ = sigma[b] px, reflect-101 border
     (OpenCV getGaussianKernel weights: exp(−(i − (k−1)/2)² / 2σ²), normalised)."""
@@ -103,37 +82,51 @@ def gaussian_blur_batch(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> to
     return flat.view(b, c, h, w)
 
 
+def _masked_blend(x: torch.Tensor, op: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """One jitter slot for the whole batch: brightness / contrast / saturation (op [B] 0 / 1 / 2) as
+    factor·x + (1 − factor)·(0 | mean grey | grey), clamped; other ops (−1 none, 3 hue) get factor 1,
+    which leaves x exactly as it is. values [B, 4]: the factor per op (ColorParams.to_vector[4:8])."""
+    b = x.shape[0]
+    op = op.view(b, 1, 1, 1)
+    factor = values[:, :3].gather(1, op.clamp(0, 2).long().view(b, 1)).view(b, 1, 1, 1)
+    factor = torch.where((op >= 0) & (op <= 2), factor, torch.ones_like(factor))
+    grey = _gray(x, _TV_GRAY)
+    other = torch.where(op == 1, grey.mean(dim=(1, 2, 3), keepdim=True), grey) * (op != 0).to(x.dtype)
+    return (x * factor + other * (1 - factor)).clamp(0, 255)
+
+
 def color_augment_batch(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] RGB in [0, 255] (float) → augmented, params [B, COLOR_VECTOR_LEN] (ColorParams.to_vector).
 
     Each sample gets its own jitter order, factors, channel permutation, grayscale, blur σ and
-    solarisation; samples without an operation are left untouched by it. Which samples get what is decided
-    on a host copy of `params` — pass the loader's CPU tensor and nothing here waits for the device."""
-    ctrl = params.detach().to("cpu", torch.float32)
-    values = params.detach().to(device=x.device, dtype=x.dtype, non_blocking=True)
-    x = x.clone()
-
-    def rows(selected: torch.Tensor) -> torch.Tensor:
-        return selected.nonzero().flatten().to(x.device, non_blocking=True)
-
-    for slot in range(4):  # the jitter, in each sample's own order
-        ops = ctrl[:, slot].round().long()
-        for op, fn in enumerate(_JITTER_OPS):
-            if (ops == op).any():
-                idx = rows(ops == op)
-                x[idx] = fn(x[idx], values[idx, 4 + op])
-    perm = ctrl[:, 8:11].round().long()
-    if (perm != torch.arange(3)).any():
-        index = perm.to(x.device, non_blocking=True).view(-1, 3, 1, 1).expand(-1, -1, x.shape[2], x.shape[3])
-        x = x.gather(1, index)
-    if (ctrl[:, 11] > 0.5).any():
-        x = torch.where(values[:, 11].view(-1, 1, 1, 1) > 0.5, _gray(x, _CV_GRAY).expand_as(x), x)
-    if (ctrl[:, 12] > 0).any():
-        idx = rows(ctrl[:, 12] > 0)
-        x[idx] = gaussian_blur_batch(x[idx], values[idx, 12], blur_kernel_px(max(x.shape[2:])))
-    if (ctrl[:, 13] > 0.5).any():
-        x = torch.where((values[:, 13].view(-1, 1, 1, 1) > 0.5) & (x >= SOLARIZE_THRESHOLD), 255 - x, x)
-    return x
+    solarisation. Every operation runs on the whole batch, and a per-sample mask (`torch.where`, or a
+    factor of 1) leaves the samples without it untouched — a fixed sequence of ops whatever the draws:
+    nothing is decided on the host (no sync), and torch.compile sees one graph. The jitter (at most one
+    hue turn and three blends per sample, in the sample's own order) runs as: the blends drawn before the
+    hue (three masked slots), one masked hue turn, the blends drawn after it (three slots) — the same
+    order per sample, with one hue evaluation instead of one per slot."""
+    v = params.detach().to(device=x.device, dtype=x.dtype, non_blocking=True)
+    b = x.shape[0]
+    ops = v[:, :4].round()  # [B, 4] jitter ops in order, −1 = none
+    is_hue = ops == 3
+    hue_at = torch.where(is_hue.any(dim=1), is_hue.to(torch.uint8).argmax(dim=1), 4)  # [B], 4 = no hue
+    none = torch.full_like(ops[:, 0], -1.0)
+    for j in range(3):  # the blends before the hue (all of them without one)
+        x = _masked_blend(x, torch.where(hue_at > j, ops[:, j], none), v[:, 4:8])
+    x = torch.where((hue_at < 4).view(b, 1, 1, 1), shift_hue_batch(x, v[:, 7]), x)
+    for j in range(3):  # the blends after it
+        at = hue_at + 1 + j
+        op = ops.gather(1, at.clamp(max=3).view(b, 1)).view(b)
+        x = _masked_blend(x, torch.where(at <= 3, op, none), v[:, 4:8])
+    perm = v[:, 8:11].round().long()  # identity rows copy exactly
+    x = x.gather(1, perm.view(b, 3, 1, 1).expand(-1, -1, x.shape[2], x.shape[3]))
+    x = torch.where(v[:, 11].view(b, 1, 1, 1) > 0.5, _gray(x, _CV_GRAY).expand_as(x), x)
+    sigma = v[:, 12]
+    blurred = gaussian_blur_batch(
+        x, torch.where(sigma > 0, sigma, torch.ones_like(sigma)), blur_kernel_px(max(x.shape[2:]))
+    )
+    x = torch.where(sigma.view(b, 1, 1, 1) > 0, blurred, x)
+    return torch.where((v[:, 13].view(b, 1, 1, 1) > 0.5) & (x >= SOLARIZE_THRESHOLD), 255 - x, x)
 
 
 def shuffle_batch(x: torch.Tensor, perm: torch.Tensor, n: int) -> torch.Tensor:
@@ -169,8 +162,8 @@ def render_crops(
     size = (cfg.input_size, cfg.input_size)
     out = warp_affine_batch(shuffle_batch(x, perm, cfg.n), matrices, size)
     if cfg.concat_original:
-        identity = torch.as_tensor(
-            composite_matrix(side, cfg.input_size, SpatialParams()), dtype=torch.float64
+        identity = constant(
+            composite_matrix(side, cfg.input_size, SpatialParams()).tolist(), torch.float64, x.device
         )
         original = warp_affine_batch(x, identity.expand(x.shape[0], 2, 3), size)
         out = torch.cat([original, out], dim=3)
@@ -206,7 +199,7 @@ def batch_images(batch: dict, cfg: PretrainConfig, device: torch.device) -> torc
         if not ok.all():
             batch["mask"] = batch["mask"] * ok.view(-1, 1).to(batch["mask"].dtype)
         return render_crops(crops, batch["color"], batch["perm"], batch["matrix"], cfg)
-    if "crop" not in batch:
+    if "crop" not in batch:  # the loader's uint8 images (normalised in the step: network_input)
         return batch["image"].to(device, non_blocking=True)
     crops = batch["crop"].to(device, non_blocking=True)
     # the colour draws stay a host tensor: which samples get which operation is decided there

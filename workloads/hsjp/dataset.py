@@ -31,7 +31,6 @@ from workloads.data.device_decode import BYTES_KEY, read_jpeg_bytes
 from workloads.data.transforms import (
     affine_points,
     get_affine_transform,
-    normalize_image,
     read_image,
     read_image_skipping,
     warp_crop,
@@ -145,7 +144,8 @@ def build_sample(
 
 class PuzzleDataset(Dataset):
     """Training (`train=True`, key `(epoch, index)` from engine.EpochSampler) or validation puzzles
-    (`train=False`, key = index). Items: {"image": [3, H, W] float (ImageNet-normalised),
+    (`train=False`, key = index). Items: {"image": [H, W, 3] uint8 RGB (normalised on the training device,
+    `transforms.network_input`: a quarter of the bytes of a float input),
     "centers_xy": [N², 2] float32, "mask": [N²] float32}.
 
     `render_on_device=True` (training only; `augment_on: device`): instead of "image", the item carries
@@ -222,7 +222,7 @@ class PuzzleDataset(Dataset):
                 matrix=torch.from_numpy(draw.matrix),
             )
         else:
-            item["image"] = normalize_image(render_sample(crop, draw, self.cfg))
+            item["image"] = torch.from_numpy(render_sample(crop, draw, self.cfg))  # uint8 HWC
         return item
 
 

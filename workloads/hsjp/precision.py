@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from workloads.config import RuntimeConfig
+from workloads.data.transforms import network_input
 from workloads.engine import unwrap
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ def evaluate_precision(
     device: torch.device,
     runtime: RuntimeConfig,
 ) -> dict:
-    """P over every batch of `loader` (items: image [3, H, W], centers_xy [K, 2], mask [K]).
+    """P over every batch of `loader` (items: image [H, W, 3] uint8 or [3, H, W] normalised, centers_xy
+    [K, 2], mask [K]); the images are normalised on `device`.
 
     Returns {"precision": P, "patch_accuracy": share of located patches, "puzzles": count}.
     The model is put back in its previous train/eval mode afterwards.
@@ -73,9 +75,7 @@ def evaluate_precision(
     channels_last = wants_channels_last(runtime, device)
     try:
         for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = network_input(batch["image"].to(device, non_blocking=True), channels_last)
             heatmaps = net(images)  # fp32 whatever runtime.amp trained in: P is a reported number
             pred = decode_peaks(heatmaps.float(), stride)
             true = batch["centers_xy"].to(device)

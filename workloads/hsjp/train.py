@@ -17,26 +17,32 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from workloads.config import DataConfig, PretrainConfig, to_dict
 from workloads.context import StageContext, StageResult
 from workloads.data.device_decode import collate_with_bytes, decodes_on_device
+from workloads.data.transforms import network_input
 from workloads.engine import (
     EpochSampler,
     LoopSpec,
     apply_memory_format,
     autocast,
+    compile_step,
+    configure_backends,
     loss_summary,
     make_loader,
     make_optimizer,
     make_scheduler,
+    prefetch,
     run_epochs,
+    use_static_graph,
 )
 from workloads.hsjp.batched import batch_images, check_placement, renders_on_device
 from workloads.hsjp.collapse import PrecisionCollapse
@@ -65,6 +71,8 @@ class _Loop:
     sampler: EpochSampler
     heatmap_hw: tuple[int, int]
     stride: float
+    forward_loss: Callable
+    """`make_forward_loss`, compiled when the runtime says so (engine.compile_step)."""
 
 
 def heatmap_hw_of(cfg: PretrainConfig) -> tuple[int, int]:
@@ -72,36 +80,64 @@ def heatmap_hw_of(cfg: PretrainConfig) -> tuple[int, int]:
     return cfg.heatmap_size, cfg.heatmap_size * (2 if cfg.concat_original else 1)
 
 
-def train_epoch(loop: _Loop, epoch: int) -> dict:
-    """One pass over this rank's shard; returns {"loss": mean eq. (2) over all ranks, "images": count}."""
-    cfg, ctx, device = loop.cfg, loop.ctx, loop.ctx.device
-    loop.sampler.set_epoch(epoch)
-    loop.model.train()
+def prepare_batch(batch: dict, loop: _Loop) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, target heatmaps [B, K, H, W], mask [B, K]) on the device from a loader batch: the images
+    rendered there with augment_on: device (decoded too with decode_on: device), or the loader's uint8
+    images as they are (normalised in the step); the targets of paper eq. (1) made there."""
+    cfg, device = loop.cfg, loop.ctx.device
+    images = batch_images(
+        batch, cfg, device
+    )  # before the mask: a file the device cannot decode zeroes its row
+    centers = batch["centers_xy"].to(device, non_blocking=True)  # [B, K, 2] xy input px
+    mask = batch["mask"].to(device, non_blocking=True)  # [B, K]
+    return images, make_heatmaps(centers, mask, loop.heatmap_hw, loop.stride, cfg.sigma), mask
+
+
+def make_forward_loss(cfg: PretrainConfig, device: torch.device, heatmap_hw: tuple[int, int]):
+    """fn(model, images, target, mask) → the masked MSE of paper eq. (2) (float32), the input normalised /
+    laid out on the device, the forward under the configured autocast. What `engine.compile_step` compiles."""
     channels_last = wants_channels_last(cfg.runtime, device)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    seen, steps = 0, len(loop.loader)
-    report_every = max(1, steps // REPORTS_PER_EPOCH)
-    t0 = time.perf_counter()
-    for step, batch in enumerate(loop.loader):
-        images = batch_images(batch, cfg, device)  # rendered here with augment_on: device
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        centers = batch["centers_xy"].to(device, non_blocking=True)  # [B, K, 2] xy input px
-        mask = batch["mask"].to(device, non_blocking=True)  # [B, K]
-        target = make_heatmaps(centers, mask, loop.heatmap_hw, loop.stride, cfg.sigma)  # [B, K, H, W]
+
+    def forward_loss(model: nn.Module, images: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+        x = network_input(images, channels_last)
         with autocast(cfg.runtime, device):
-            pred = loop.model(images)
-        if step == 0 and tuple(pred.shape[-2:]) != loop.heatmap_hw:
+            pred = model(x)
+        if tuple(pred.shape[-2:]) != heatmap_hw:
             raise ValueError(
                 f"pretrain.heatmap_size = {cfg.heatmap_size}: the model outputs "
-                f"{tuple(pred.shape[-2:])} heatmaps for input {tuple(images.shape[-2:])}, "
-                f"expected {loop.heatmap_hw} (heatmap_size must be input_size / 4)"
+                f"{tuple(pred.shape[-2:])} heatmaps for input {tuple(x.shape[-2:])}, "
+                f"expected {heatmap_hw} (heatmap_size must be input_size / 4)"
             )
-        loss = masked_mse(pred, target, mask)  # paper eq. (2), float32
-        loop.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        loop.optimizer.step()
-        total += loss.detach().double() * images.shape[0]
+        return masked_mse(pred, target, mask)  # paper eq. (2), float32
+
+    return forward_loss
+
+
+def train_step(loop: _Loop, images: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One Adam step on prepared tensors (`prepare_batch`); returns the loss, still on the device."""
+    loss = loop.forward_loss(loop.model, images, target, mask)
+    loop.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    loop.optimizer.step()
+    return loss.detach()
+
+
+def train_epoch(loop: _Loop, epoch: int) -> dict:
+    """One pass over this rank's shard; returns {"loss": mean eq. (2) over all ranks, "images": count,
+    "data_wait_share"}. Batches are prepared two ahead (`engine.prefetch`, a side stream on CUDA); the
+    running loss stays on the device and is read only at the REPORTS_PER_EPOCH progress reports."""
+    ctx, device = loop.ctx, loop.ctx.device
+    loop.sampler.set_epoch(epoch)
+    loop.model.train()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    seen, steps, wait = 0, len(loop.loader), 0.0
+    report_every = max(1, steps // REPORTS_PER_EPOCH)
+    batches = prefetch(loop.loader, lambda b: prepare_batch(b, loop), device)
+    t0 = t_wait = time.perf_counter()
+    for step, (images, target, mask) in enumerate(batches):
+        wait += time.perf_counter() - t_wait
+        loss = train_step(loop, images, target, mask)
+        total += loss.double() * images.shape[0]
         seen += images.shape[0]
         if (step + 1) % report_every == 0 or step + 1 == steps:
             running = _global_mean(total, seen, ctx.world_size)
@@ -117,7 +153,13 @@ def train_epoch(loop: _Loop, epoch: int) -> dict:
             if not math.isfinite(running):
                 log.warning("epoch %d step %d: loss %s, ending the epoch early", epoch, step + 1, running)
                 return {"loss": running, "images": seen}
-    return {"loss": _global_mean(total, seen, ctx.world_size), "images": seen}
+        t_wait = time.perf_counter()
+    elapsed = time.perf_counter() - t0
+    return {
+        "loss": _global_mean(total, seen, ctx.world_size),
+        "images": seen,
+        "data_wait_share": wait / max(elapsed, 1e-9),
+    }
 
 
 def _global_mean(total: torch.Tensor, seen: int, world_size: int) -> float:
@@ -126,6 +168,24 @@ def _global_mean(total: torch.Tensor, seen: int, world_size: int) -> float:
     if world_size > 1 and dist.is_available() and dist.is_initialized():
         dist.all_reduce(buf)
     return float(buf[0] / max(buf[1], 1.0))
+
+
+def combine_precision(local: dict, patches: int, world_size: int, device: torch.device) -> dict:
+    """P, patch accuracy and puzzle count over every rank's share (`evaluate_precision` of each) — the
+    solved / located counts summed, so P is the share of all validation puzzles, as on one rank."""
+    if world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return local
+    n = float(local["puzzles"])
+    counts = torch.tensor(
+        [round(local["precision"] * n), round(local["patch_accuracy"] * n * patches), n],
+        dtype=torch.float64,
+        device=device,
+    )
+    dist.all_reduce(counts)
+    solved, located, total = (float(v) for v in counts.cpu())
+    if total == 0:
+        raise ValueError("pretext evaluation: no validation puzzles on any rank (empty validation set)")
+    return {"precision": solved / total, "patch_accuracy": located / (total * patches), "puzzles": int(total)}
 
 
 def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> StageResult:
@@ -140,8 +200,8 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.n * cfg.n, generator=torch.Generator().manual_seed(cfg.seed))
     model = ctx.prepare_model(apply_memory_format(model, cfg.runtime, device))
-    if cfg.runtime.compile and device.type == "cuda":
-        model = torch.compile(model)
+    configure_backends(device)
+    use_static_graph(model, cfg.runtime, device)
     check_placement(cfg, data, device)
     decode_here = decodes_on_device(data, device)
     train_set = PuzzleDataset(
@@ -168,24 +228,31 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
     optimizer = make_optimizer(model, cfg.lr)
     scheduler = make_scheduler(optimizer, cfg.milestones, cfg.lr_factor)
     stride = heatmap_stride(cfg.input_size, cfg.heatmap_size)
-    loop = _Loop(cfg, ctx, model, optimizer, loader, sampler, heatmap_hw_of(cfg), stride)
-    val_loader: list[DataLoader] = []  # built on first use, rank 0 only
+    hw = heatmap_hw_of(cfg)
+    forward_loss = compile_step(make_forward_loss(cfg, device, hw), cfg.runtime, device)
+    loop = _Loop(cfg, ctx, model, optimizer, loader, sampler, hw, stride, forward_loss)
+    val_loader: list[DataLoader] = []  # built on first use (every rank: its share)
 
-    def evaluate() -> dict:
-        if ctx.rank != 0:
-            return {}
+    def evaluate() -> dict:  # every rank scores its share of the puzzles; the counts are summed
         if not val_loader:
             val_set = PuzzleDataset(load_instances(data, train=False, seed=cfg.seed), cfg, train=False)
+            share = Subset(val_set, range(ctx.rank, len(val_set), ctx.world_size))  # no padding: exact P
             val_loader.append(
                 DataLoader(
-                    val_set,
+                    share,
                     batch_size=cfg.batch_size,
                     shuffle=False,
                     num_workers=data.loader_workers,
                     pin_memory=device.type == "cuda",
                 )
             )
-        return evaluate_precision(model, val_loader[0], stride, cfg.eps, device, cfg.runtime)
+        local = (
+            evaluate_precision(model, val_loader[0], stride, cfg.eps, device, cfg.runtime)
+            if len(val_loader[0].dataset)
+            else {"precision": 0.0, "patch_accuracy": 0.0, "puzzles": 0}
+        )
+        result = combine_precision(local, cfg.n * cfg.n, ctx.world_size, device)
+        return result if ctx.rank == 0 else {}
 
     spec = LoopSpec(
         epochs=cfg.epochs,

@@ -156,15 +156,16 @@ def make_sample(
 def make_sample_joints(
     image_rgb: np.ndarray, inst: PersonInstance, params: AugParams, cfg: FinetuneConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`make_sample` without the heatmaps: (image [3, H, W] normalised, joints [17, 2] float64 xy crop px,
-    visible [17] float32). The training step turns the batch into the same targets on the device
-    (`targets.make_heatmaps_batched`)."""
+    """`make_sample` without the heatmaps and the normalisation: (image [H, W, 3] uint8 RGB, joints [17, 2]
+    float64 xy crop px, visible [17] float32). The training step normalises the batch on the device
+    (`transforms.network_input`: the numbers of `normalize_image`, a quarter of the bytes through the
+    loader queues and the host→device copy) and makes the same targets there (`targets.make_heatmaps_batched`)."""
     image_mat, joints, vis = crop_geometry(
         params, inst.keypoints[:, :2], inst.joints_vis, image_rgb.shape[1], cfg.input_hw
     )
     crop = warp_crop(image_rgb, image_mat, (cfg.input_hw[1], cfg.input_hw[0]))  # [H, W, 3] uint8
     return (
-        normalize_image(crop),
+        torch.from_numpy(np.ascontiguousarray(crop)),
         torch.from_numpy(joints),
         torch.from_numpy(np.asarray(vis, dtype=np.float32)),
     )
@@ -174,8 +175,9 @@ def make_sample_joints(
 class PoseTrainDataset(Dataset):
     """Training samples keyed by `(epoch, index)` (engine.make_loader); all randomness from sample_rng.
 
-    Items are (image, heatmaps [17, h, w], weights [17]), or with `device_targets` (image, joints [17, 2]
-    xy crop px, visible [17]) for the training step to build the same targets on its device, or with
+    Items are (image [3, H, W] normalised, heatmaps [17, h, w], weights [17]), or with `device_targets`
+    (image [H, W, 3] uint8, joints [17, 2] xy crop px, visible [17]) for the training step to normalise and
+    build the same targets on its device, or with
     `decode_on_device` as well (`data.decode_on: device`) a dict {"jpeg": the file's bytes, "path",
     "crop_matrix" [2, 3] image → crop (flip included), "joints", "visible"} for the step to decode and crop
     on its device (collate with device_decode.collate_with_bytes).

@@ -8,7 +8,11 @@ mean(joint scores > IN_VIS_THRE) × box score, and apply OKS-NMS per image (OKS_
 
 Images are decoded by a small thread pool (cv2 releases the GIL), one task per image so that an image
 with many boxes is read once; at most `2 · workers` images are in flight, so memory stays bounded.
-Crops use RGB input (`read_image`), as the training dataset of this project does.
+Crops use RGB input (`read_image`), as the training dataset of this project does, and stay uint8 on the
+host (a quarter of the bytes; no float work per box there): the mirror and the ImageNet normalisation
+are done on the device for the batch. The model runs with its BatchNorms folded into the convolutions
+(`models.folding`, the same function up to float rounding); the peaks are decoded on the device and
+brought to the host once, at the end, so the host never waits for the device batch by batch.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from torch import nn
 from workloads.config import FinetuneConfig
 from workloads.data.coco import PIXEL_STD, CocoDataError, PersonInstance
 from workloads.data.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY_ID
-from workloads.data.transforms import get_affine_transform, normalize_image, read_image, warp_crop
-from workloads.pose.decode import decode_heatmaps, heatmap_to_image
+from workloads.data.transforms import get_affine_transform, network_input, read_image, warp_crop
+from workloads.models.folding import fold_batchnorm
+from workloads.pose.decode import get_max_preds, heatmap_to_image, refine_quarter_offset
 from workloads.pose.flip import merge_flipped
 from workloads.pose.nms import oks_nms
 
@@ -42,12 +47,14 @@ def predict(
     device: torch.device | str,
     batch_size: int = 64,
     workers: int | None = None,
+    fold_bn: bool = True,
 ) -> list[dict]:
     """COCO keypoint results (`image_id`, `category_id` 1, `keypoints` [51] x,y,score, `score`).
 
     `instances` are GT boxes or detections (`load_persons` / `load_detections`). The model is put in
-    eval mode for the call and restored afterwards. `workers` image-decoding threads (None → up to 8,
-    one per CPU). Timing is logged (instances/s, share of the time spent waiting on image decoding).
+    eval mode for the call and restored afterwards; with `fold_bn` a BN-folded copy of it runs instead
+    (`models.folding.fold_batchnorm`). `workers` image-decoding threads (None → up to 8, one per CPU).
+    Timing is logged (instances/s, share of the time spent waiting on image decoding).
     """
     if not instances:
         log.warning("predict: no person instances given; returning no results")
@@ -60,6 +67,9 @@ def predict(
     start = time.perf_counter()
     wait_s = 0.0
     batches = _iter_batches(instances, cfg.input_hw, batch_size, workers)
+    decoded: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []  # on the device until the end
+    heatmap_wh = (0, 0)
+    net = model
     try:
         while True:
             t0 = time.perf_counter()
@@ -68,21 +78,27 @@ def predict(
             if batch is None:
                 break
             indices, images = batch
-            heatmaps = _forward(model, images, cfg, device)  # [B, K, h, w]
+            if fold_bn and net is model:
+                net = inference_model(model, images[:1], device)
+            heatmaps = _forward(net, images, cfg, device)  # [B, K, h, w]
             if heatmaps.shape[1] != NUM_KEYPOINTS:
                 raise ValueError(
                     f"predict: the model gives {heatmaps.shape[1]} heatmaps, expected {NUM_KEYPOINTS}"
                 )
-            coords, maxvals = decode_heatmaps(heatmaps)
+            coords, maxvals = get_max_preds(heatmaps)  # decode_heatmaps, kept on the device
+            decoded.append((indices, refine_quarter_offset(heatmaps, coords), maxvals))
             heatmap_wh = (heatmaps.shape[3], heatmaps.shape[2])
-            for row, i in enumerate(indices):
-                inst = instances[i]
-                xy = heatmap_to_image(coords[row], inst.center_xy, inst.scale_wh, heatmap_wh)
-                keypoints[i, :, :2] = xy
-                keypoints[i, :, 2] = maxvals[row]
     finally:
         batches.close()  # stops the decoding threads early if the loop failed
         model.train(was_training)
+    if decoded:  # one device → host copy for the whole evaluation
+        all_coords = torch.cat([c for _, c, _ in decoded]).cpu().double().numpy()
+        all_maxvals = torch.cat([m for _, _, m in decoded]).cpu().double().numpy()
+        order = [i for indices, _, _ in decoded for i in indices]
+        for row, i in enumerate(order):
+            inst = instances[i]
+            keypoints[i, :, :2] = heatmap_to_image(all_coords[row], inst.center_xy, inst.scale_wh, heatmap_wh)
+            keypoints[i, :, 2] = all_maxvals[row]
     elapsed = time.perf_counter() - start
     log.info(
         "predict: %d instances in %.2f s (%.1f inst/s on %s, flip_test=%s); %.0f%% waiting on image decode",
@@ -92,15 +108,28 @@ def predict(
     return to_results(instances, keypoints, cfg.in_vis_thre, cfg.oks_thre)
 
 
+def inference_model(model: nn.Module, example_uint8: torch.Tensor, device: torch.device) -> nn.Module:
+    """`model` with its BatchNorms folded into the convolutions (eval mode), checked on `example_uint8`
+    ([1, H, W, 3], one crop of the batch); the model itself when there is nothing to fold."""
+    example = network_input(example_uint8.to(device))
+    folded, count = fold_batchnorm(model, example)
+    return folded if count else model
+
+
 def _forward(
     model: nn.Module, images: torch.Tensor, cfg: FinetuneConfig, device: torch.device
 ) -> torch.Tensor:
-    """[B, 3, H, W] → [B, K, h, w] float32 heatmaps; the mirrored batch runs in the same pass."""
+    """uint8 [B, H, W, 3] crops (or normalised float [B, 3, H, W]) → [B, K, h, w] float32 heatmaps;
+    mirrored and normalised on `device`, the mirrored batch in the same pass."""
+    if device.type == "cuda" and not images.is_pinned():
+        images = images.pin_memory()
     inputs = images.to(device, non_blocking=True)
-    if cfg.flip_test:
-        inputs = torch.cat([inputs, inputs.flip(3)])
-    if cfg.runtime.channels_last == "on" or (cfg.runtime.channels_last == "auto" and device.type == "cuda"):
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    if cfg.flip_test:  # the width axis: 2 of NHWC, 3 of NCHW
+        inputs = torch.cat([inputs, inputs.flip(2 if inputs.dtype == torch.uint8 else 3)])
+    channels_last = cfg.runtime.channels_last == "on" or (
+        cfg.runtime.channels_last == "auto" and device.type == "cuda"
+    )
+    inputs = network_input(inputs, channels_last)
     with torch.no_grad():  # always fp32 whatever runtime.amp trained in (the official numerics)
         heatmaps = model(inputs)
     heatmaps = heatmaps.float()
@@ -145,10 +174,11 @@ def to_results(
 
 
 def crop_instance(image: np.ndarray, inst: PersonInstance, input_hw: tuple[int, int]) -> torch.Tensor:
-    """Test-time crop of one person: [3, H, W] normalised, no rotation (HRNet test transform)."""
+    """Test-time crop of one person: [H, W, 3] uint8 RGB, no rotation (HRNet test transform); normalised
+    on the device (`transforms.network_input`, the numbers of `normalize_image`)."""
     output_wh = (int(input_hw[1]), int(input_hw[0]))
     mat = get_affine_transform(inst.center_xy, inst.scale_wh, 0.0, output_wh)
-    return normalize_image(warp_crop(image, mat, output_wh))
+    return torch.from_numpy(np.ascontiguousarray(warp_crop(image, mat, output_wh)))
 
 
 def _crop_group(
@@ -189,7 +219,7 @@ def _iter_crops(
 def _iter_batches(
     instances: Sequence[PersonInstance], input_hw, batch_size: int, workers: int
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """(indices, [B, 3, H, W]) batches of at most `batch_size` crops."""
+    """(indices, uint8 [B, H, W, 3]) batches of at most `batch_size` crops."""
     indices: list[int] = []
     crops: list[torch.Tensor] = []
     for i, crop in _iter_crops(instances, input_hw, workers):

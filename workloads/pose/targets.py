@@ -29,6 +29,8 @@ import math
 import numpy as np
 import torch
 
+from workloads.hostsync import constant
+
 
 def make_heatmaps(
     joints_xy: np.ndarray,
@@ -93,8 +95,8 @@ def make_heatmaps_batched(
     dev = joints.device
     vis = torch.as_tensor(visible, device=dev).to(torch.float64).reshape(joints.shape[:2])  # [B, K]
     hm_h, hm_w = int(heatmap_hw[0]), int(heatmap_hw[1])
-    size_xy = torch.tensor([hm_w, hm_h], dtype=torch.float64, device=dev)
-    stride_xy = torch.tensor([input_hw[1] / hm_w, input_hw[0] / hm_h], dtype=torch.float64, device=dev)
+    size_xy = constant((hm_w, hm_h), torch.float64, dev)  # made once per device: no host copy per step
+    stride_xy = constant((input_hw[1] / hm_w, input_hw[0] / hm_h), torch.float64, dev)
     radius = sigma * 3  # official tmp_size
     mu = torch.trunc(joints / stride_xy + 0.5)  # [B, K, 2], official int(x + 0.5)
     ul = torch.trunc(mu - radius)

@@ -13,7 +13,8 @@ select the training persons (`dataset.select_train_instances`).
 
 The epoch loop, exact resume, checkpoints, eval cadence, best-AP selection and collapse detection
 are the shared engine's (`engine.run_epochs`, select_key "AP"); this module supplies the train step
-and the evaluation (rank 0: `inference.predict` on the val persons, then `evaluate_keypoints`).
+and the evaluation (`inference.predict` of each rank's share of the val images, gathered to rank 0
+for `evaluate_keypoints`).
 Epochs are 0-based. Evaluation boxes: `data.detection_file` unless `cfg.use_gt_boxes` or no file
 is given, then the GT boxes of the val persons with keypoints (HRNet's GT-box mode, score 1).
 """
@@ -25,6 +26,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,18 +40,22 @@ from workloads.context import StageContext, StageResult
 from workloads.data.coco import PersonInstance, annotation_path, load_detections, load_persons
 from workloads.data.device_decode import collate_with_bytes, decode_and_crop, decodes_on_device
 from workloads.data.keypoints import NUM_KEYPOINTS
-from workloads.data.transforms import normalize_batch
+from workloads.data.transforms import network_input, normalize_batch
 from workloads.engine import (
     EpochSampler,
     LoopSpec,
     apply_memory_format,
     autocast,
+    compile_step,
+    configure_backends,
     loss_summary,
     make_loader,
     make_optimizer,
     make_scheduler,
+    prefetch,
     run_epochs,
     unwrap,
+    use_static_graph,
 )
 from workloads.models import build_model, freeze_stages, load_backbone, load_imagenet, stage_of_parameter
 from workloads.numerics import numerics_record
@@ -149,6 +155,8 @@ class _Loop:
     optimizer: torch.optim.Optimizer
     loader: DataLoader
     sampler: EpochSampler
+    forward_loss: Callable
+    """`make_forward_loss`, compiled when the runtime says so (engine.compile_step)."""
 
 
 def wants_channels_last(cfg: FinetuneConfig, device: torch.device) -> bool:
@@ -168,12 +176,15 @@ def batch_size_of(batch) -> int:
     return len(batch["path"]) if isinstance(batch, dict) else int(batch[0].shape[0])
 
 
-def train_step(
-    model: nn.Module, batch, optimizer: torch.optim.Optimizer, cfg: FinetuneConfig, device: torch.device
-) -> torch.Tensor:
-    """One Adam step on (images [B, 3, H, W], heatmaps [B, 17, h, w], weights [B, 17]) or on
-    (images, joints [B, 17, 2] xy crop px, visible [B, 17]) whose targets are made here, on `device`
-    (`PoseTrainDataset(device_targets=True)`); returns the loss."""
+def prepare_batch(batch, cfg: FinetuneConfig, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The step's tensors on `device` from a loader batch: (images, heatmaps [B, 17, h, w], weights [B, 17]).
+
+    images: uint8 [B, H, W, 3] as the loader ships them (normalised in the step, `network_input`), float
+    [B, 3, H, W] normalised, or decoded and cropped here (`decode_on: device`). A batch of joints
+    ([B, 17, 2] xy crop px + visible [B, 17], `PoseTrainDataset(device_targets=True)`) gets its
+    heatmaps made here, on `device` — the same targets as the per-sample path. Host → device copies are
+    of pinned loader memory, non-blocking; nothing here reads a device value on the host (except the
+    decode_on: device path: the decoder itself is host-driven)."""
     if isinstance(batch, dict):  # decode_on: device — decode, crop and normalise here
         crops, ok = decode_and_crop(batch, (cfg.input_hw[1], cfg.input_hw[0]), device)
         images = normalize_batch(crops)
@@ -183,17 +194,44 @@ def train_step(
         images, targets, weights = (t.to(device, non_blocking=True) for t in batch)
     if targets.dim() == 3:  # joints: the same targets as the per-sample path, batched on the device
         targets, weights = make_heatmaps_batched(targets, weights, cfg.input_hw, cfg.heatmap_hw, cfg.sigma)
-    if wants_channels_last(cfg, device):
-        images = images.contiguous(memory_format=torch.channels_last)
-    with autocast(cfg.runtime, device):
-        pred = model(images)
-    if pred.shape != targets.shape:
-        raise ValueError(
-            f"finetune.heatmap_hw = {tuple(cfg.heatmap_hw)}: the model outputs {tuple(pred.shape[1:])} "
-            f"for input {tuple(images.shape[-2:])}, expected {tuple(targets.shape[1:])} "
-            "(heatmap_hw must be input_hw / 4)"
-        )
-    loss = joints_mse(pred, targets, weights)  # official JointsMSE with target weights, float32
+    return images, targets, weights
+
+
+def make_forward_loss(cfg: FinetuneConfig, device: torch.device):
+    """fn(model, images, heatmaps, weights) → the official JointsMSE loss (float32): the input normalised
+    on the device, the forward under the configured autocast. What `engine.compile_step` compiles."""
+    channels_last = wants_channels_last(cfg, device)
+
+    def forward_loss(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor):
+        x = network_input(images, channels_last)
+        with autocast(cfg.runtime, device):
+            pred = model(x)
+        if pred.shape != targets.shape:
+            raise ValueError(
+                f"finetune.heatmap_hw = {tuple(cfg.heatmap_hw)}: the model outputs {tuple(pred.shape[1:])} "
+                f"for input {tuple(x.shape[-2:])}, expected {tuple(targets.shape[1:])} "
+                "(heatmap_hw must be input_hw / 4)"
+            )
+        return joints_mse(pred, targets, weights)  # official JointsMSE with target weights, float32
+
+    return forward_loss
+
+
+def train_step(
+    model: nn.Module,
+    batch,
+    optimizer: torch.optim.Optimizer,
+    cfg: FinetuneConfig,
+    device: torch.device,
+    forward_loss=None,
+    prepared: bool = False,
+) -> torch.Tensor:
+    """One Adam step on a loader batch (`prepare_batch`; `prepared=True`: its result already) — (images,
+    heatmaps, weights) or (images, joints, visible) — with `forward_loss` (`make_forward_loss`, maybe
+    compiled); returns the loss, still on the device."""
+    images, targets, weights = batch if prepared else prepare_batch(batch, cfg, device)
+    forward_loss = forward_loss or make_forward_loss(cfg, device)
+    loss = forward_loss(model, images, targets, weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -201,18 +239,22 @@ def train_step(
 
 
 def train_epoch(loop: _Loop, epoch: int) -> dict:
-    """One pass over this rank's shard: {"loss": sample mean over all ranks, "images", "data_wait_share"}."""
-    ctx, device = loop.ctx, loop.ctx.device
+    """One pass over this rank's shard: {"loss": sample mean over all ranks, "images", "data_wait_share"}.
+
+    The batches are prepared two ahead (`engine.prefetch`: on a side stream on CUDA) and the running
+    loss stays on the device; the host reads it only at the REPORTS_PER_EPOCH progress reports, so a
+    step in between makes the host wait for nothing (tests/workloads/test_host_syncs.py)."""
+    ctx, device, cfg = loop.ctx, loop.ctx.device, loop.cfg
     loop.sampler.set_epoch(epoch)
     loop.model.train()  # frozen stages keep their BN in eval mode (StagedModel.train)
     total = torch.zeros((), dtype=torch.float64, device=device)
     seen, steps, wait = 0, len(loop.loader), 0.0
     report_every = max(1, steps // REPORTS_PER_EPOCH)
+    batches = prefetch(loop.loader, lambda b: (prepare_batch(b, cfg, device), batch_size_of(b)), device)
     t0 = t_wait = time.perf_counter()
-    for step, batch in enumerate(loop.loader):
+    for step, (tensors, count) in enumerate(batches):
         wait += time.perf_counter() - t_wait
-        loss = train_step(loop.model, batch, loop.optimizer, loop.cfg, device)
-        count = batch_size_of(batch)
+        loss = train_step(loop.model, tensors, loop.optimizer, cfg, device, loop.forward_loss, prepared=True)
         total += loss.double() * count
         seen += count
         if (step + 1) % report_every == 0 or step + 1 == steps:
@@ -304,14 +346,66 @@ def write_gt_subset(gt_json: Path, image_ids: set[int], out_path: Path) -> Path:
     return out_path
 
 
+def shard_by_image(instances: list[PersonInstance], rank: int, world_size: int) -> list[int]:
+    """Indices of the instances this rank predicts: whole images (OKS-NMS and the rescoring are per image,
+    so a shard's results are final), dealt out largest first to the rank with the fewest boxes so far —
+    the same split on every rank, and shares within one image's boxes of each other."""
+    if world_size <= 1:
+        return list(range(len(instances)))
+    by_image: dict[int, list[int]] = {}
+    for i, inst in enumerate(instances):
+        by_image.setdefault(int(inst.image_id), []).append(i)
+    load = [0] * world_size
+    mine: list[int] = []
+    for image_id in sorted(by_image, key=lambda k: (-len(by_image[k]), k)):
+        target = min(range(world_size), key=lambda r: (load[r], r))
+        load[target] += len(by_image[image_id])
+        if target == rank:
+            mine.extend(by_image[image_id])
+    return sorted(mine)
+
+
+def gather_results(results: list[dict], rank: int, world_size: int) -> list[dict] | None:
+    """Every rank's results on rank 0 (None on the others); the list itself without DDP."""
+    if world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return results
+    parts: list | None = [None] * world_size if rank == 0 else None
+    dist.gather_object(results, parts, dst=0)
+    if rank != 0:
+        return None
+    return [r for part in parts or [] for r in part or []]
+
+
 def evaluate_model(
-    model: nn.Module, val: ValSet, cfg: FinetuneConfig, data: DataConfig, device: torch.device
+    model: nn.Module,
+    val: ValSet,
+    cfg: FinetuneConfig,
+    data: DataConfig,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict:
-    """AP..., ap_per_oks, errors of `model` on the val persons against the val annotations."""
+    """AP..., ap_per_oks, errors of `model` on the val persons against the val annotations.
+
+    Sharded over `world_size` ranks (`shard_by_image`): every rank predicts its images, the results are
+    gathered to rank 0, which runs COCOeval and returns the metrics; the other ranks return {}."""
     t0 = time.perf_counter()
-    results = inference.predict(
-        unwrap(model), val.instances, cfg, device, batch_size=EVAL_BATCH, workers=max(1, data.loader_workers)
+    mine = shard_by_image(val.instances, rank, world_size)
+    results = (
+        inference.predict(
+            unwrap(model),
+            [val.instances[i] for i in mine],
+            cfg,
+            device,
+            batch_size=EVAL_BATCH,
+            workers=max(1, data.loader_workers),
+        )
+        if mine
+        else []
     )
+    results = gather_results(results, rank, world_size)
+    if results is None:
+        return {}
     gt_json = annotation_path(data.coco_root, data.val_split)
     with tempfile.TemporaryDirectory(prefix="hsjp-eval-") as tmp:
         if val.image_ids is not None:
@@ -321,6 +415,7 @@ def evaluate_model(
         eval_boxes=val.boxes,
         eval_instances=len(val.instances),
         eval_images=len({inst.image_id for inst in val.instances}),
+        eval_ranks=world_size,
         eval_seconds=time.perf_counter() - t0,
     )
     log.info(
@@ -354,8 +449,8 @@ def run_finetune(
     torch.manual_seed(cfg.seed)
     model, report, frozen = build_finetune_model(cfg, init, ctx)
     model = ctx.prepare_model(apply_memory_format(model, cfg.runtime, device))
-    if cfg.runtime.compile and device.type == "cuda":
-        model = torch.compile(model)
+    configure_backends(device)
+    use_static_graph(model, cfg.runtime, device)
     train_persons, total_persons = load_train_instances(cfg, data)
     decode_here = decodes_on_device(data, device)
     loader, sampler = make_loader(
@@ -374,15 +469,21 @@ def run_finetune(
     )
     optimizer = make_optimizer(model, cfg.lr)  # trainable parameters only
     scheduler = make_scheduler(optimizer, cfg.milestones, cfg.lr_factor)
-    loop = _Loop(cfg, ctx, model, optimizer, loader, sampler)
-    val: list[ValSet] = []  # built on first use, rank 0 only
+    loop = _Loop(
+        cfg,
+        ctx,
+        model,
+        optimizer,
+        loader,
+        sampler,
+        compile_step(make_forward_loss(cfg, device), cfg.runtime, device),
+    )
+    val: list[ValSet] = []  # built on first use (every rank: each predicts its share)
 
-    def evaluate() -> dict:
-        if ctx.rank != 0:
-            return {}
+    def evaluate() -> dict:  # every rank predicts its share; rank 0 scores (the others return {})
         if not val:
             val.append(load_val_instances(cfg, data))
-        return evaluate_model(model, val[0], cfg, data, device)
+        return evaluate_model(model, val[0], cfg, data, device, ctx.rank, ctx.world_size)
 
     stage_config = {"finetune": to_dict(cfg), "data": to_dict(data), "init": to_dict(init) if init else None}
     spec = LoopSpec(

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from workloads.config import ConfigError, DataConfig, FinetuneConfig, PretrainConfig
+from workloads.data import device_decode
 from workloads.data.coco import CocoDataError, load_persons
 from workloads.data.device_decode import (
     BYTES_KEY,
@@ -35,6 +36,7 @@ from workloads.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     get_affine_transform,
+    network_input,
     normalize_batch,
     read_image,
     warp_crop,
@@ -143,7 +145,7 @@ def test_pose_items_decoded_on_the_device_match_the_loader_path(coco_mini):
     assert torch.equal(a[1], b["joints"]) and torch.equal(a[2], b["visible"])
     assert isinstance(b[BYTES_KEY], list) and batch_size_of(b) == batch_size_of(a) == 12
     crops, ok = decode_and_crop(b, (96, 128), CPU)
-    diff = np.abs(_grey_levels(normalize_batch(crops)) - _grey_levels(a[0]))
+    diff = np.abs(_grey_levels(normalize_batch(crops)) - _grey_levels(network_input(a[0])))
     assert ok.all() and diff.max() <= 1.0, (diff.mean(), diff.max())
     with pytest.raises(ValueError, match="decode_on_device needs device_targets"):
         PoseTrainDataset(persons, cfg, seed=1, decode_on_device=True)
@@ -159,7 +161,7 @@ def test_pretext_batches_decoded_on_the_device_match_the_loader_path(coco_mini):
     a = torch.utils.data.default_collate([loader[k] for k in keys])
     b = collate_with_bytes([device[k] for k in keys])
     assert torch.equal(a["centers_xy"], b["centers_xy"]) and "crop" not in b
-    diff = np.abs(_grey_levels(batch_images(b, cfg, CPU)) - _grey_levels(a["image"]))
+    diff = np.abs(_grey_levels(batch_images(b, cfg, CPU)) - _grey_levels(network_input(a["image"])))
     assert diff.mean() <= 1.5 and np.percentile(diff, 99) <= 8.0, (diff.mean(), np.percentile(diff, 99))
     assert torch.equal(a["mask"], b["mask"])  # every file decoded: no sample left out
     with pytest.raises(ValueError, match="decode_on_device needs render_on_device"):
@@ -181,7 +183,9 @@ def test_an_undecodable_pretext_file_is_left_out_of_the_loss(synthetic_root, tmp
 
 def test_placement_switches_resolve_and_a_contradiction_is_named():
     data, cfg = DataConfig(), PretrainConfig()
-    assert decodes_on_device(data, torch.device("cuda")) and not decodes_on_device(data, CPU)
+    # auto: the loader on CPU, and on CUDA too until the race test has passed on a device
+    assert decodes_on_device(data, torch.device("cuda")) is device_decode.DEVICE_DECODE_VERIFIED
+    assert not decodes_on_device(data, CPU) and decodes_on_device(replace(data, decode_on="device"), CPU)
     assert renders_on_device(cfg, CPU, replace(data, decode_on="device"))  # decoding there implies rendering
     with pytest.raises(ConfigError, match="data.decode_on = 'device'.*pretrain.augment_on = 'loader'"):
         check_placement(replace(cfg, augment_on="loader"), replace(data, decode_on="device"), CPU)
@@ -208,6 +212,18 @@ def test_nvjpeg_decode_and_crop_match_opencv_within_a_few_levels(coco_mini):
         collate_with_bytes([device[k] for k in keys]), (192, 256), torch.device("cuda")
     )
     assert crops.is_cuda and ok.all()
-    diff = np.abs(_grey_levels(normalize_batch(crops).cpu()) - _grey_levels(a[0]))
+    diff = np.abs(_grey_levels(normalize_batch(crops).cpu()) - _grey_levels(network_input(a[0])))
     # nvJPEG's IDCT / chroma upsampling are not libjpeg-turbo's: a few grey levels, not more
     assert diff.mean() <= 2.0 and np.percentile(diff, 99) <= 12.0, (diff.mean(), np.percentile(diff, 99))
+
+
+def test_auto_on_cuda_chooses_the_loader_until_the_race_test_passed_and_says_so_once(monkeypatch, caplog):
+    monkeypatch.setattr(device_decode, "_AUTO_NOTED", [])
+    monkeypatch.setattr(device_decode, "DEVICE_DECODE_VERIFIED", False)
+    cuda = torch.device("cuda")
+    with caplog.at_level(logging.INFO, logger="workloads.data.device_decode"):
+        assert not decodes_on_device(DataConfig(), cuda) and not decodes_on_device(DataConfig(), cuda)
+    notes = [r.getMessage() for r in caplog.records if "test_decode_race" in r.getMessage()]
+    assert len(notes) == 1 and "decodes in the loader" in notes[0]
+    monkeypatch.setattr(device_decode, "DEVICE_DECODE_VERIFIED", True)
+    assert decodes_on_device(DataConfig(), cuda) and not decodes_on_device(DataConfig(), CPU)

@@ -146,3 +146,25 @@ def test_normalize_image_layout_and_values():
     assert t[0, 0, 1].item() == pytest.approx((1 - 0.485) / 0.229, rel=1e-5)
     assert t[1, 0, 1].item() == pytest.approx((0 - 0.456) / 0.224, rel=1e-5)
     assert t[2, 0, 0].item() == pytest.approx(-0.406 / 0.225, rel=1e-5)
+
+
+def test_uint8_warp_equals_the_float_grid_sample_warp():
+    """warp_affine_uint8 (gathered neighbours) is warp_affine_batch (grid_sample) on a float copy, up to
+    float32 rounding of the weights — including outside the image (zeros) and mirrored matrices."""
+    from workloads.data.transforms import warp_affine_batch, warp_affine_uint8
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (3, 3, 37, 53), dtype=torch.uint8, generator=g)
+    mats = torch.tensor(
+        [
+            [[0.7, 0.2, -3.0], [-0.2, 0.7, 4.5]],
+            [[-1.3, 0.0, 60.0], [0.0, 1.3, -5.0]],  # a mirror, parts outside the image
+            [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+        ],
+        dtype=torch.float64,
+    )
+    ref = warp_affine_batch(x.float(), mats, (41, 29))
+    got = warp_affine_uint8(x, mats, (41, 29))
+    assert got.shape == ref.shape == (3, 3, 29, 41) and got.dtype == torch.float32
+    assert (got - ref).abs().max() < 0.05
+    assert torch.equal(got[2][:, :29, :37], x[2, :, :29, :37].float())  # identity: an exact copy

@@ -11,6 +11,7 @@ import torch
 
 from workloads.config import DataConfig, ModelConfig, PretrainConfig
 from workloads.context import LocalContext
+from workloads.data.transforms import network_input
 from workloads.hsjp.dataset import PuzzleDataset, load_instances
 from workloads.hsjp.loss import masked_mse
 from workloads.hsjp.targets import heatmap_stride, make_heatmaps
@@ -54,7 +55,7 @@ def test_a_few_steps_lower_the_loss(coco_mini):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(10):
-        loss = masked_mse(model(batch["image"]), target, batch["mask"])
+        loss = masked_mse(model(network_input(batch["image"])), target, batch["mask"])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -10,6 +10,7 @@ import torch
 
 from workloads.config import FinetuneConfig, ModelConfig
 from workloads.data.coco import PersonInstance, box_to_center_scale
+from workloads.data.transforms import network_input
 from workloads.engine import make_optimizer
 from workloads.models import build_model
 from workloads.pose.dataset import PoseTrainDataset
@@ -108,7 +109,9 @@ def test_device_target_samples_and_train_step_equal_the_per_sample_path(tmp_path
     keys = [(2, i) for i in range(len(persons))]  # augmented (rotation / flip / half-body draws)
     a = [torch.stack(t) for t in zip(*(per_sample[k] for k in keys))]
     b = [torch.stack(t) for t in zip(*(joints[k] for k in keys))]
-    assert torch.equal(a[0], b[0]) and b[1].shape == (3, 17, 2) and b[2].shape == (3, 17)
+    # uint8 NHWC from the loader, normalised on the device: bit-identical to the worker's normalize_image
+    assert b[0].dtype == torch.uint8 and b[0].shape == (3, *INPUT_HW, 3)
+    assert torch.equal(a[0], network_input(b[0])) and b[1].shape == (3, 17, 2) and b[2].shape == (3, 17)
     hm, wt = make_heatmaps_batched(b[1], b[2], cfg.input_hw, cfg.heatmap_hw, cfg.sigma)
     assert torch.allclose(hm, a[1], rtol=0, atol=1e-6) and torch.equal(wt, a[2]) and wt.sum() > 10
 

@@ -1,0 +1,395 @@
+"""Bounded, explained retries of a failed stage (issue 18, item 1), Ray-free.
+
+A stage that raises is retried at most `compute.max_failures` times, each retry after a backoff
+(`retry_backoff_s`, × `retry_backoff_factor` per retry, at most `retry_backoff_max_s`), and fails at
+once when the same error (exception type and message) comes twice in a row: a deterministic bug or a
+node without the COCO mount fails in seconds instead of restarting for days. A planned preemption
+(Ray Train's `PreemptionError`: a node announced its end) is not the stage's fault: it never counts as
+a repeat, and it has its own budget (`PREEMPTION_BUDGET`), as Ray Train V2 keeps `max_preemption_failures`
+apart from `max_failures`.
+
+Every failure explains itself: `attempts.json` in the stage folder keeps the history of the current run
+(exception type, message, the traceback's last line, node, time) and the decision; `error.txt` holds the
+worker's traceback and node; `summary_line` is what the run prints as it happens; `status_text` is
+what `hsjp-study status` shows (`retrying 2/3: <error>` / `failed: <error>`).
+
+`run_with_retries(run_once, store, stage_id, policy, run_token=...)` is the whole loop for a caller
+that can block; a scheduler that cannot uses its steps:
+
+    attempt = attempt_from_exception(exc, node=node_of_the_stage, run_token=token)
+    decision = record_failure(store, stage_id, attempt, policy)   # attempts.json + error.txt
+    print(summary_line(stage_id, decision))
+    if decision.retry: run the stage again after decision.delay_s
+    else: the stage is failed, its dependants skipped
+    ... on success: clear_attempts(store, stage_id)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from orchestrator.inputs import ComputeConfig
+    from orchestrator.store import Store
+
+T = TypeVar("T")
+ATTEMPTS_FILE = "attempts.json"
+"""Per stage: the failed attempts of the latest run and the decision taken (read by `status`)."""
+PREEMPTION_BUDGET = 100
+"""Planned preemptions tolerated per stage and run before it fails (they do not use max_failures)."""
+PREEMPTION_TYPES = frozenset({"PreemptionError"})
+"""Exception type names of a planned node drain (ray.train.PreemptionError in Ray 2.60)."""
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+_MESSAGE_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """The retry budget and backoff of a stage (from the study's `compute` section)."""
+
+    max_failures: int = 3
+    backoff_s: float = 10.0
+    backoff_factor: float = 2.0
+    backoff_max_s: float = 300.0
+    max_preemptions: int = PREEMPTION_BUDGET
+
+    def __post_init__(self) -> None:
+        if self.max_failures < 0:
+            raise ValueError(f"max_failures = {self.max_failures}: must be ≥ 0 (a budget, not unlimited)")
+
+    @classmethod
+    def from_compute(cls, compute: ComputeConfig) -> FailurePolicy:
+        return cls(
+            max_failures=compute.max_failures,
+            backoff_s=compute.retry_backoff_s,
+            backoff_factor=compute.retry_backoff_factor,
+            backoff_max_s=compute.retry_backoff_max_s,
+        )
+
+    def delay_s(self, retry: int) -> float:
+        """Wait before retry number `retry` (1 = the first retry)."""
+        return float(min(self.backoff_max_s, self.backoff_s * self.backoff_factor ** max(0, retry - 1)))
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One failed attempt of a stage."""
+
+    exc_type: str
+    """Name of the root exception (the worker's, not Ray's wrapper)."""
+    message: str
+    last_line: str
+    """The traceback's last line (`ValueError: boom`): what the one-line summary and status show."""
+    node: str | None = None
+    """Where it ran (a node IP or id), when the caller knows."""
+    traceback: str = ""
+    """The worker's traceback as text (error.txt)."""
+    time: float = field(default_factory=time.time)
+    run_token: str = ""
+    """The run that made the attempt: a new `hsjp-study run` starts with a fresh budget."""
+
+    @property
+    def preempted(self) -> bool:
+        return self.exc_type in PREEMPTION_TYPES
+
+    def signature(self) -> tuple[str, str]:
+        """What "the same error" compares: type and message, object addresses (0x7f...) masked."""
+        return self.exc_type, _ADDRESS.sub("0x…", self.message.strip())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Attempt:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do after a failed attempt."""
+
+    retry: bool
+    delay_s: float
+    """Backoff before the retry (0 when failing)."""
+    failures: int
+    """Failures that count against the budget in this run (preemptions excluded)."""
+    budget: int
+    reason: str
+    """`retry`, `preempted`, `repeated` (same error twice in a row), `budget` or `preemptions`."""
+    error: str
+    """The latest attempt's last traceback line."""
+    node: str | None = None
+
+    @property
+    def state(self) -> str:
+        return "retrying" if self.retry else "failed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "state": self.state, "status": status_text(self)}
+
+
+def decide(history: list[Attempt], policy: FailurePolicy) -> Decision:
+    """The decision after the last attempt of `history` (all failed attempts of this run, oldest first).
+
+    * the same error twice in a row (not a preemption) → fail now (`repeated`);
+    * more failures than `max_failures` → fail (`budget`); more preemptions than allowed → fail;
+    * else retry after `policy.delay_s(n)`, n = the failures so far (a preemption: no wait, it is
+      not the stage's fault and the node is gone).
+    """
+    if not history:
+        raise ValueError("decide() needs at least one failed attempt")
+    last = history[-1]
+    counted = [a for a in history if not a.preempted]
+    preemptions = len(history) - len(counted)
+    base = {
+        "failures": len(counted),
+        "budget": policy.max_failures,
+        "error": last.last_line,
+        "node": last.node,
+    }
+    if last.preempted:
+        if preemptions > policy.max_preemptions:
+            return Decision(retry=False, delay_s=0.0, reason="preemptions", **base)
+        return Decision(retry=True, delay_s=0.0, reason="preempted", **base)
+    previous = next((a for a in reversed(history[:-1]) if not a.preempted), None)
+    if previous is not None and previous.signature() == last.signature():
+        return Decision(retry=False, delay_s=0.0, reason="repeated", **base)
+    if len(counted) > policy.max_failures:
+        return Decision(retry=False, delay_s=0.0, reason="budget", **base)
+    return Decision(retry=True, delay_s=policy.delay_s(len(counted)), reason="retry", **base)
+
+
+# ------------------------------------------------------------------------------------------- text
+def status_text(decision: Decision) -> str:
+    """`retrying 2/3: <error>` (retry 2 of a budget of 3) or `failed: <error>`."""
+    if decision.retry:
+        return f"retrying {decision.failures}/{decision.budget}: {decision.error}"
+    return f"failed: {decision.error}"
+
+
+def summary_line(stage_id: str, decision: Decision) -> str:
+    """The one line the run prints when an attempt fails."""
+    where = f" on {decision.node}" if decision.node else ""
+    head = f"stage {stage_id} failed{where}: {decision.error}"
+    if decision.reason == "preempted":
+        return f"{head} — node preempted; restarting (not counted against max_failures)"
+    if decision.retry:
+        return (
+            f"{head} — retry {decision.failures}/{decision.budget} in {decision.delay_s:g} s "
+            "(compute.max_failures)"
+        )
+    why = {
+        "repeated": "the same error twice in a row",
+        "budget": f"retry budget spent (compute.max_failures = {decision.budget})",
+        "preemptions": f"preempted more than {PREEMPTION_BUDGET} times",
+    }[decision.reason]
+    return f"{head} — failed: {why}; its dependants are skipped (error.txt in the stage folder)"
+
+
+def error_text(stage_id: str, attempt: Attempt, decision: Decision, number: int = 1) -> str:
+    """error.txt: which run / stage / attempt, the node, the decision, then the worker's traceback
+    (last, so the file's last line is the traceback's last line, as `status` shows it)."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(attempt.time))
+    lines = [
+        f"run {attempt.run_token}",
+        f"stage {stage_id}",
+        f"attempt {number} (failures counted {decision.failures}, max_failures {decision.budget}), at {when}",
+        f"node: {attempt.node or 'unknown'}",
+        f"decision: {status_text(decision)} ({decision.reason})",
+        "",
+        attempt.traceback.rstrip() or attempt.last_line,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------- from exceptions
+def root_exception(exc: BaseException) -> BaseException:
+    """The error a stage's own code raised, under Ray's wrappers (duck-typed, no Ray import):
+    Train V2's WorkerGroupError (`worker_failures`, lowest rank first) and ControllerError
+    (`controller_failure`), Train's UserExceptionWithTraceback (`_base_exc`), Core's RayTaskError
+    (`cause`)."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        failures = getattr(exc, "worker_failures", None)
+        if isinstance(failures, dict) and failures:
+            exc = failures[min(failures)]
+            continue
+        for attr in ("controller_failure", "_base_exc", "cause"):
+            inner = getattr(exc, attr, None)
+            if isinstance(inner, BaseException):
+                exc = inner
+                break
+        else:
+            break
+    return exc
+
+
+def attempt_from_exception(
+    exc: BaseException, *, node: str | None = None, run_token: str = "", traceback_text: str | None = None
+) -> Attempt:
+    """An Attempt from what `trainer.fit()` (or the stage runner) raised. The traceback is the text of
+    the outermost error when it carries the workers' tracebacks (Train's WorkerGroupError does),
+    else the formatted Python traceback."""
+    import traceback as tb
+
+    root = root_exception(exc)
+    message = str(root).strip()
+    exc_type = type(root).__name__
+    if traceback_text is None:
+        outer = str(exc)
+        traceback_text = outer if "Traceback (most recent call last)" in outer else ""
+        if not traceback_text:
+            traceback_text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+    one = f"{exc_type}: {message.splitlines()[0] if message else ''}".rstrip(": ")
+    last = last_line(traceback_text) or one
+    if exc_type not in last:  # a wrapper's text ends elsewhere: name the root error
+        last = one
+    return Attempt(
+        exc_type=exc_type,
+        message=message[:_MESSAGE_LIMIT],
+        last_line=last[:_MESSAGE_LIMIT],
+        node=node,
+        traceback=traceback_text,
+        run_token=run_token,
+    )
+
+
+def last_line(text: str | None) -> str:
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+# ------------------------------------------------------------------------------------------- loop
+class StageGaveUp(RuntimeError):
+    """A stage failed for good (budget spent, or the same error twice); `decision` says why."""
+
+    def __init__(self, stage_id: str, decision: Decision):
+        super().__init__(f"stage {stage_id} {status_text(decision)}")
+        self.stage_id, self.decision = stage_id, decision
+
+
+def run_with_retries(
+    run_once: Callable[[], T],
+    store: Store,
+    stage_id: str,
+    policy: FailurePolicy,
+    *,
+    run_token: str,
+    node: Callable[[], str | None] | None = None,
+    report: Callable[[str], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    study: str = "",
+) -> T:
+    """Call `run_once` (one attempt of a stage) until it returns, under `policy`: each failure is
+    recorded (attempts.json, error.txt), reported as one line, and either retried after its backoff
+    or ends in StageGaveUp. On success this run's attempts are cleared. `node` names where the failed
+    attempt ran, when the caller can tell."""
+    report = report or (lambda line: print(line, file=sys.stderr, flush=True))
+    while True:
+        try:
+            result = run_once()
+        except Exception as exc:  # noqa: BLE001 — every failure of the stage is the policy's to judge
+            attempt = attempt_from_exception(exc, node=node() if node else None, run_token=run_token)
+            decision = record_failure(store, stage_id, attempt, policy, study=study)
+            report(summary_line(stage_id, decision))
+            if not decision.retry:
+                raise StageGaveUp(stage_id, decision) from exc
+            sleep(decision.delay_s)
+            continue
+        clear_attempts(store, stage_id)
+        return result
+
+
+# ------------------------------------------------------------------------------------------ store
+def attempts_path(store: Store, stage_id: str) -> str:
+    return store.stage_path(stage_id, ATTEMPTS_FILE)
+
+
+def read_attempts(store: Store, stage_id: str) -> dict | None:
+    """attempts.json ({run_token, attempts: [...], decision: {...}}), None when absent or unreadable."""
+    try:
+        data = store.read_json(attempts_path(store, stage_id))
+    except Exception:  # noqa: BLE001 — a corrupt bookkeeping file must not break status or the run
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def history(store: Store, stage_id: str, run_token: str) -> list[Attempt]:
+    """This run's failed attempts of a stage, oldest first (an earlier run's do not count)."""
+    data = read_attempts(store, stage_id) or {}
+    if data.get("run_token") != run_token:
+        return []
+    return [Attempt.from_dict(a) for a in data.get("attempts", []) if isinstance(a, dict)]
+
+
+def record_failure(
+    store: Store, stage_id: str, attempt: Attempt, policy: FailurePolicy, study: str = ""
+) -> Decision:
+    """Append `attempt` to the stage's history of this run, decide, write attempts.json and error.txt.
+    `study`: the study whose run makes the attempt (lets `status` tell a retry whose run has ended)."""
+    past = history(store, stage_id, attempt.run_token)
+    decision = decide([*past, attempt], policy)
+    store.write_json(
+        attempts_path(store, stage_id),
+        {
+            "run_token": attempt.run_token,
+            "study": study,
+            "attempts": [a.to_dict() for a in (*past, attempt)],
+            "decision": decision.to_dict(),
+        },
+    )
+    store.record_error(stage_id, error_text(stage_id, attempt, decision, number=len(past) + 1))
+    return decision
+
+
+def clear_attempts(store: Store, stage_id: str) -> None:
+    """After the stage succeeded (error.txt is cleared by the stage runner)."""
+    store.remove(attempts_path(store, stage_id))
+
+
+def stage_failure_status(store: Store, stage_id: str) -> dict | None:
+    """For `status`: {state: retrying|failed, status: 'retrying 2/3: …', error, node, reason, study},
+    or None. A `retrying` whose study's run is known to have ended (its lock is free) is `failed`,
+    with `stopped while retrying 2/3: …`: nothing will retry it until the next run."""
+    data = read_attempts(store, stage_id) or {}
+    decision = data.get("decision")
+    if not isinstance(decision, dict) or decision.get("state") not in ("retrying", "failed"):
+        return None
+    out = {k: decision.get(k) for k in ("state", "status", "error", "node", "reason")}
+    out["study"] = data.get("study") or ""
+    if out["state"] == "retrying" and out["study"] and run_active(store, out["study"]) is False:
+        out["state"], out["status"] = "failed", f"stopped while {out['status']} (its run ended)"
+    return out
+
+
+def run_active(store: Store, study: str) -> bool | None:
+    """Whether an `hsjp-study run` of `study` holds its lock now (`<store>/locks/study-<name>.lock`,
+    orchestrator.execution.study_lock); None when it cannot be told (object store, invalid name).
+    Probed with a non-blocking flock on a read-only descriptor: nothing is written."""
+    import fcntl
+    import os
+
+    if not store.is_local or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", study) or ".." in study:
+        return None
+    path = os.path.join(store.base, "locks", f"study-{study}.lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False  # never locked there: no run of it is active
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
