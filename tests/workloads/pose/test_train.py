@@ -209,7 +209,7 @@ def test_decoding_on_the_device_trains_as_the_loader_path_does(tmp_path, coco_mi
     """data.decode_on: device (torchvision decode + one batched crop, targets on the device) vs OpenCV in
     the loader: the same inputs up to 8-bit rounding, so the same loss curve: within 1 % after the first
     epoch and 5 % after the second (rounding-level input differences grow over Adam steps of a tiny
-    net, as for the pretext's device rendering in tests/workloads/hsjp/test_batched.py; measured here
+    net, as for the pretext's device rendering in tests/workloads/hsjp/test_train.py; measured here
     0.7 % and 2.8 % with the package versions of 2026-12)."""
     data = DataConfig(coco_root=str(coco_mini), max_train_instances=8, max_val_instances=2, loader_workers=0)
     cfg = _cfg()
