@@ -88,8 +88,11 @@ def standin_pretrain(
     fail_flag: str | None = None,
     start_sleep_s: float = 0.0,
     end_sleep_s: float = 0.0,
+    fail_always: bool = False,
 ) -> StageResult:
     _log_call(calls_file, "pretrain", ctx)
+    if fail_always:  # a deterministic bug: every attempt raises the same error
+        raise RuntimeError("stand-in pretrain: always fails")
     if fail_flag and not os.path.exists(fail_flag):  # fail once: the next attempt succeeds
         open(fail_flag, "w").close()
         raise RuntimeError("stand-in pretrain: injected failure")
@@ -148,8 +151,9 @@ def workloads(
     start_sleep_s: float = 0.0,
     end_sleep_s: float = 0.0,
     pause_kind: str = "finetune",
+    fail_always: str | None = None,
 ) -> dict:
-    """The stand-in registry; `fail_flag`: the `fail_kind` stage raises once (until the flag file exists);
+    """The stand-in registry; `fail_always`: that kind's stage raises the same error on every attempt; `fail_flag`: the `fail_kind` stage raises once (until the flag file exists);
     `start_sleep_s` / `end_sleep_s`: the `pause_kind` stage sleeps before its first epoch / after its
     last one (a wide window for a kill between stages or at a stage's end)."""
     flags = {fail_kind: fail_flag}
@@ -160,6 +164,7 @@ def workloads(
             calls_file=calls_file,
             sleep_s=sleep_s,
             fail_flag=flags.get("pretrain"),
+            fail_always=fail_always == "pretrain",
             **pauses.get("pretrain", {}),
         ),
         "finetune": functools.partial(

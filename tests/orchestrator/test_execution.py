@@ -301,3 +301,45 @@ def test_smoke_study_end_to_end_then_nothing_recomputed(local_ray, smoke_referen
     assert {
         sid: store.read_bytes(store.stage_path(sid, "metrics.jsonl")) for sid in plan.stages
     } == metrics_before
+
+
+@pytest.mark.slow
+def test_an_always_failing_stage_stops_at_its_second_identical_error_and_says_why(
+    local_ray, tmp_path, capsys
+):
+    """A deterministic bug: the stand-in pretrain raises the same error every time. With a budget of 3
+    it is tried twice (the retry after a 1 s backoff) and then failed, "the same error twice in a row",
+    within seconds; its finetune is not run; the other trial finishes; the run says why as it happens,
+    error.txt keeps the worker's traceback and node, and `status` shows it."""
+    from orchestrator.status import render_status, study_status
+
+    compute = standins.tiny_compute(max_failures=3, retry_backoff_s=1.0)
+    plan = standins.make_plan(
+        "always",
+        [
+            ("t-bug", standins.pretrain_config(), standins.finetune_config(epochs=1)),
+            ("t-ok", standins.pretrain_config(method="scratch"), standins.finetune_config(epochs=1)),
+        ],
+        salt="always",
+        compute=compute,
+    )
+    store, calls = Store(tmp_path / "store"), str(tmp_path / "calls.jsonl")
+    bad = plan.trials[0].pretrain
+    t0 = time.time()
+    summary = run_study(
+        plan, store, study_text="name: always\n", workloads=standins.workloads(calls, fail_always="pretrain")
+    )
+    took = time.time() - t0
+
+    assert summary["counts"] == {"failed": 1, "done": 1}, summary
+    assert [c["kind"] for c in standins.read_calls(calls)].count("pretrain") == 2
+    out = capsys.readouterr().out
+    assert f"stage {bad} failed on " in out and "RuntimeError: stand-in pretrain: always fails" in out
+    assert "retry 1/3 in 1 s" in out and "the same error twice in a row" in out
+    text = store.read_error(bad)
+    assert text.strip().splitlines()[-1] == "RuntimeError: stand-in pretrain: always fails"
+    assert "node" in text.lower()
+    rows = {r["stage_id"]: r for r in study_status(plan, store)}
+    assert rows[bad]["detail"] == "failed: RuntimeError: stand-in pretrain: always fails"
+    assert "failed: RuntimeError: stand-in pretrain: always fails" in render_status(list(rows.values()), plan)
+    print(f"always-failing stage stopped after 2 attempts; study run {took:.1f} s")
