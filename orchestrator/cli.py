@@ -25,6 +25,7 @@ from orchestrator.inputs import check_inputs, data_config, prepare_data
 from orchestrator.plan import Plan, make_plan, render_plan
 from orchestrator.status import FINISHED, render_status, study_status, summarize
 from orchestrator.study import Study, load_study
+from orchestrator.tracking import check_available as check_trackers
 from workloads.config import ConfigError
 
 if TYPE_CHECKING:
@@ -183,6 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_storage(args.storage)  # a file, an unknown scheme, an unwritable place: refused first
     study = _load(args.study)
     check_inputs(study)  # everything checkable is checked before the store is touched
+    check_trackers(study.tracking, f"{study.path}: tracking")  # a missing mlflow / wandb: exit 2 now
     from orchestrator.ray_guard import check_ray
 
     check_ray()  # Ray too old, or Train V1 selected (RAY_TRAIN_V2_ENABLED=0): refused before Ray starts

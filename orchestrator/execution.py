@@ -29,6 +29,7 @@ from ray import tune
 
 from orchestrator import host
 from orchestrator import progress as progress_mod
+from orchestrator import tracking
 from orchestrator.progress import Progress, TuneProgressCallback
 from orchestrator.stages import StageFailed, run_stage
 from orchestrator.store import Store, StoreError, check_study_name
@@ -332,7 +333,7 @@ def _run_tune(
                 name="tune",
                 storage_path=store.uri_of("studies", plan.study),
                 failure_config=tune.FailureConfig(max_failures=plan.compute.max_failures),
-                callbacks=[TuneProgressCallback()],
+                callbacks=[TuneProgressCallback(), *tracking.tune_callbacks(plan.tracking, plan.study)],
                 verbose=0,
             ),
         )

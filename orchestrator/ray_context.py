@@ -25,6 +25,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
+from orchestrator import tb
 from orchestrator.store import Store
 from workloads.config import to_dict
 from workloads.context import StageResult
@@ -134,6 +135,7 @@ class RayStageContext:
         )
         if self.rank == 0:  # progress only: a resume follows Ray's registered checkpoints, not this row
             self.store.append_metrics(self.stage_id, row)
+            tb.log_epoch(self.store, self.stage_id, row)  # <store>/stages/<id>/tb/ (orchestrator.tb)
 
     def report(self, metrics: dict) -> None:
         """Within-epoch progress. Not forwarded through Ray Train: its report is a barrier that every

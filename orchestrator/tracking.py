@@ -1,0 +1,131 @@
+"""Experiment trackers of a study (`tracking:` in the study file; off by default) through Ray Tune's own
+callbacks: MLflow (`ray.air.integrations.mlflow.MLflowLoggerCallback`) and Weights & Biases
+(`ray.air.integrations.wandb.WandbLoggerCallback`). Each Tune trial becomes one MLflow / W&B run whose
+metrics are the trial's reported results (per epoch: loss, lr, img/s, precision or AP, ...), each
+logged at its `training_iteration`.
+
+```yaml
+tracking:
+  mlflow: {tracking_uri: file:///path/mlruns, experiment_name: hsjp-smoke}   # both optional
+  wandb:  {project: hsjp, mode: offline, dir: /path/wandb}                   # mode: online | offline | disabled
+```
+The packages are extras (`pip install 'hsjp-study[mlflow]'`, `'hsjp-study[wandb]'`); a tracker that is
+asked for but not installed is a `TrackingError` naming the extra (the CLI exits 2 before anything runs).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from workloads.config import ConfigError
+
+MLFLOW_KEYS = ("tracking_uri", "experiment_name", "tags", "save_artifact")
+WANDB_KEYS = ("project", "mode", "dir", "group", "entity", "tags", "api_key_file", "log_config")
+WANDB_MODES = ("online", "offline", "disabled")
+EXTRAS = {"mlflow": ("mlflow", "hsjp-study[mlflow]"), "wandb": ("wandb", "hsjp-study[wandb]")}
+"""tracker → (module Ray's callback imports, the pip extra that installs it)."""
+EXCLUDED = ("config", "time_this_iter_s", "pid", "hostname", "node_ip", "date", "timestamp")
+"""Result fields W&B should not log as metrics (Tune bookkeeping)."""
+
+
+class TrackingError(ConfigError):
+    """A requested tracker's package is missing (the CLI exits 2 and names the extra)."""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    mlflow: dict[str, Any] | None = None
+    wandb: dict[str, Any] | None = None
+    trackers: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in (("mlflow", self.mlflow), ("wandb", self.wandb)) if v is not None}
+
+
+def parse_tracking(raw: Any, where: str) -> TrackingConfig:
+    """The `tracking:` mapping of a study file; ConfigError naming `<where>: tracking.<key>` on a mistake."""
+    if raw is None:
+        return TrackingConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: tracking = {raw!r}: expected a mapping with mlflow and / or wandb")
+    unknown = [k for k in raw if k not in EXTRAS]
+    if unknown:
+        raise ConfigError(f"{where}: tracking.{unknown[0]}: unknown tracker; allowed: mlflow, wandb")
+    out: dict[str, dict | None] = {"mlflow": None, "wandb": None}
+    for name, allowed in (("mlflow", MLFLOW_KEYS), ("wandb", WANDB_KEYS)):
+        if name not in raw:
+            continue
+        section = raw[name] if raw[name] is not None else {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}: tracking.{name} = {section!r}: expected a mapping (may be empty: {{}})")
+        bad = [k for k in section if k not in allowed]
+        if bad:
+            raise ConfigError(f"{where}: tracking.{name}.{bad[0]}: unknown key; allowed: {', '.join(allowed)}")
+        if "tags" in section and not isinstance(section["tags"], (dict if name == "mlflow" else list)):
+            kind = "a mapping" if name == "mlflow" else "a list"
+            raise ConfigError(f"{where}: tracking.{name}.tags = {section['tags']!r}: expected {kind}")
+        out[name] = dict(section)
+    wandb = out["wandb"]
+    if wandb is not None and wandb.get("mode", "online") not in WANDB_MODES:
+        raise ConfigError(
+            f"{where}: tracking.wandb.mode = {wandb['mode']!r}: expected one of {', '.join(WANDB_MODES)}"
+        )
+    trackers = tuple(k for k, v in out.items() if v is not None)
+    return TrackingConfig(mlflow=out["mlflow"], wandb=wandb, trackers=trackers)
+
+
+def check_available(cfg: TrackingConfig, where: str = "tracking") -> None:
+    """TrackingError naming the extra when a requested tracker's package is not importable."""
+    for name in cfg.trackers:
+        module, extra = EXTRAS[name]
+        if importlib.util.find_spec(module) is None:
+            raise TrackingError(
+                f"{where}.{name} is set but the {module} package is not installed: pip install '{extra}'"
+            )
+
+
+def tune_callbacks(cfg: TrackingConfig | dict | None, study: str) -> list:
+    """Ray Tune callbacks for the study's trackers (empty when none is configured)."""
+    if isinstance(cfg, dict):
+        cfg = parse_tracking(cfg, "plan")
+    if cfg is None or not cfg.trackers:
+        return []
+    check_available(cfg)
+    callbacks: list = []
+    if cfg.mlflow is not None:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        m = cfg.mlflow
+        callbacks.append(
+            MLflowLoggerCallback(
+                tracking_uri=m.get("tracking_uri"),
+                experiment_name=m.get("experiment_name") or f"hsjp-{study}",
+                tags={"study": study, **(m.get("tags") or {})},
+                save_artifact=bool(m.get("save_artifact", False)),
+            )
+        )
+    if cfg.wandb is not None:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        w = cfg.wandb
+        mode = w.get("mode", "online")
+        if mode in ("offline", "disabled"):  # Ray asks for an API key unless W&B's mode says none is needed
+            os.environ.setdefault("WANDB_MODE", mode)
+        extra = {k: w[k] for k in ("dir", "entity", "tags") if w.get(k) is not None}
+        if "dir" in extra:
+            os.makedirs(extra["dir"], exist_ok=True)
+        callbacks.append(
+            WandbLoggerCallback(
+                project=w.get("project") or f"hsjp-{study}",
+                group=w.get("group") or study,
+                api_key_file=w.get("api_key_file"),
+                log_config=bool(w.get("log_config", False)),
+                excludes=list(EXCLUDED),
+                mode=mode,
+                **extra,
+            )
+        )
+    return callbacks
