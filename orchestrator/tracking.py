@@ -99,6 +99,10 @@ def tune_callbacks(cfg: TrackingConfig | dict | None, study: str) -> list:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
         m = cfg.mlflow
+        uri = str(m.get("tracking_uri") or "")
+        if uri.startswith("file:") or (uri and "://" not in uri):
+            # MLflow ≥ 3.7 refuses its file store unless told; a file tracking_uri asks for exactly that
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         callbacks.append(
             MLflowLoggerCallback(
                 tracking_uri=m.get("tracking_uri"),

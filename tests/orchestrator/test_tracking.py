@@ -202,4 +202,4 @@ def test_mlflow_wandb_and_tensorboard_record_every_epoch_of_a_study(local_ray, t
     assert len(runs_dir) == len(plan.trials)
     history = [h for h in wandb_history(runs_dir[0]) if "loss" in h]
     assert sorted(h["loss"] for h in history) == pytest.approx(sorted(r["loss"] for r in rows))
-    assert {h["epoch"] for h in history if h.get("stage_id") == trial.finetune} == set(range(4))
+    assert sorted(h["epoch"] for h in history) == sorted([*range(3), *range(4)])  # W&B logs numbers only
