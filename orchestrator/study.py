@@ -172,7 +172,9 @@ def _load_merged(path: Path, raw: dict, text: str) -> Study:
         parts.append(_load_single(sub_path, sub_raw, sub_text))
     data = load_data(raw["data"], path) if "data" in raw else _agreed(parts, "data", path)
     compute = load_compute(raw["compute"], path) if "compute" in raw else _agreed(parts, "compute", path)
-    tracking = parse_tracking(raw["tracking"], str(path)) if "tracking" in raw else _agreed(parts, "tracking", path)
+    tracking = (
+        parse_tracking(raw["tracking"], str(path)) if "tracking" in raw else _agreed(parts, "tracking", path)
+    )
     full_text = text + "".join(f"\n---\n# {p.path}\n{p.text}" for p in parts)
     trials = tuple(t for p in parts for t in p.trials)
     if len(trials) > compute.trial_limit:

@@ -60,10 +60,14 @@ def parse_tracking(raw: Any, where: str) -> TrackingConfig:
             continue
         section = raw[name] if raw[name] is not None else {}
         if not isinstance(section, dict):
-            raise ConfigError(f"{where}: tracking.{name} = {section!r}: expected a mapping (may be empty: {{}})")
+            raise ConfigError(
+                f"{where}: tracking.{name} = {section!r}: expected a mapping (may be empty: {{}})"
+            )
         bad = [k for k in section if k not in allowed]
         if bad:
-            raise ConfigError(f"{where}: tracking.{name}.{bad[0]}: unknown key; allowed: {', '.join(allowed)}")
+            raise ConfigError(
+                f"{where}: tracking.{name}.{bad[0]}: unknown key; allowed: {', '.join(allowed)}"
+            )
         if "tags" in section and not isinstance(section["tags"], (dict if name == "mlflow" else list)):
             kind = "a mapping" if name == "mlflow" else "a list"
             raise ConfigError(f"{where}: tracking.{name}.tags = {section['tags']!r}: expected {kind}")

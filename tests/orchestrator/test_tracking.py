@@ -76,7 +76,9 @@ def test_study_and_plan_carry_the_tracking_config(tmp_path):
 
 def test_missing_tracker_package_exits_2_naming_the_extra(tmp_path, monkeypatch, capsys):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
     study = _study_with_tracking(tmp_path, "  wandb: {project: p, mode: offline}\n")
     store = tmp_path / "store"
     assert cli.main(["run", str(study), "--storage", str(store)]) == 2
@@ -141,15 +143,17 @@ def wandb_history(run_dir: Path) -> list[dict]:
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
             if record.WhichOneof("record_type") == "history":
-                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+                rows.append(
+                    {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                )
     return rows
 
 
 @pytest.fixture
 def local_ray():
-    from orchestrator.execution import start_local_ray
-
     import ray
+
+    from orchestrator.execution import start_local_ray
 
     start_local_ray(num_cpus=2)
     yield
@@ -164,6 +168,7 @@ def test_mlflow_wandb_and_tensorboard_record_every_epoch_of_a_study(local_ray, t
 
     sys.path.insert(0, str(HERE))
     import standins
+
     from orchestrator.execution import run_study
 
     ray.cloudpickle.register_pickle_by_value(standins)
@@ -178,7 +183,9 @@ def test_mlflow_wandb_and_tensorboard_record_every_epoch_of_a_study(local_ray, t
         },
     )
     store = Store(tmp_path / "store")
-    summary = run_study(plan, store, study_text="name: tracked\n", progress=False, workloads=standins.workloads())
+    summary = run_study(
+        plan, store, study_text="name: tracked\n", progress=False, workloads=standins.workloads()
+    )
     assert summary["counts"] == {"done": 1}
     trial = plan.trials[0]
     expected = {trial.pretrain: 3, trial.finetune: 4}

@@ -233,8 +233,14 @@ def test_matches_evaluate_keypoints_on_the_real_samples(coco_mini, tmp_path):
         k = np.asarray(a["keypoints"], dtype=np.float64).reshape(17, 3)
         k[:, :2] += rng.normal(0, 0.05 * np.sqrt(a["area"]) * 4 * OKS_SIGMAS[:, None], size=(17, 2))
         k[:, 2] = 1
-        dets.append({"image_id": a["image_id"], "category_id": 1, "keypoints": k.reshape(-1).tolist(),
-                     "score": float(rng.uniform())})
+        dets.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": 1,
+                "keypoints": k.reshape(-1).tolist(),
+                "score": float(rng.uniform()),
+            }
+        )
     ev = run_cocoeval(gt, dets)
     ours = Accumulator(read_outcome(extract(ev).to_bytes())).stats()
     np.testing.assert_allclose(ours, cocoeval_columns(ev), rtol=0, atol=1e-12)
