@@ -299,7 +299,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = args.out or (os.path.join(args.storage, "report") if "://" not in args.storage else "hsjp-report")
     from reports.build import make_report
 
-    files = make_report(args.storage, out)
+    files = make_report(args.storage, out, progress=True)
     index = next((f for f in reversed(files) if str(f).endswith(".html")), Path(out))
     print(f"report: {len(files)} files in {out}; open {index}")
     return 0
