@@ -224,7 +224,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{store.uri_of('stages')}"
     )
     print(
-        f"next: hsjp-study status {study.path} --storage {store.uri}   |   hsjp-study report --storage {store.uri}"
+        f"next: hsjp-study status {study.path} --storage {store.uri} [--watch]   |   hsjp-study report --storage {store.uri}"
     )
     if failed:
         print(f"{len(failed)} stage(s) did not finish: {', '.join(failed)}", file=sys.stderr)
