@@ -120,15 +120,14 @@ def test_tensorboard_events_reach_an_object_store(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- through Ray
-def wandb_history(run_dir: Path) -> list[dict]:
-    """History rows of an offline W&B run, read from its `run-*.wandb` file: a LevelDB-format log
-    (32 KiB blocks of records: crc32, length, type; W&B adds a 7-byte ':W&B' header) of protobuf
-    `Record`s, whose `history` items carry JSON values."""
+def wandb_records(run_dir: Path) -> list:
+    """The protobuf `Record`s of an offline W&B run, read from its `run-*.wandb` file: a LevelDB-format
+    log (32 KiB blocks of records: crc32, length, type; W&B adds a 7-byte ':W&B' header)."""
     from wandb.proto import wandb_internal_pb2
 
     data = next(run_dir.glob("run-*.wandb")).read_bytes()
     assert data[:4] == b":W&B"
-    block, pos, pending, rows = 32768, 7, b"", []
+    block, pos, pending, records = 32768, 7, b"", []
     while pos + 7 <= len(data):
         left = block - pos % block
         if left < 7:  # block trailer
@@ -142,11 +141,22 @@ def wandb_history(run_dir: Path) -> list[dict]:
         if kind in (1, 4):  # FULL or LAST: a whole record
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
-            if record.WhichOneof("record_type") == "history":
-                rows.append(
-                    {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
-                )
-    return rows
+            records.append(record)
+    return records
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    """History rows of an offline W&B run ({key: value}, values JSON-decoded)."""
+    return [
+        {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+        for r in wandb_records(run_dir)
+        if r.WhichOneof("record_type") == "history"
+    ]
+
+
+def wandb_closed(run_dir: Path) -> bool:
+    """Whether the run was finished (W&B wrote its exit record)."""
+    return any(r.WhichOneof("record_type") == "exit" for r in wandb_records(run_dir))
 
 
 @pytest.fixture
@@ -207,6 +217,7 @@ def test_mlflow_wandb_and_tensorboard_record_every_epoch_of_a_study(local_ray, t
 
     runs_dir = list((wandb_dir / "wandb").glob("offline-run-*"))
     assert len(runs_dir) == len(plan.trials)
+    assert wandb_closed(runs_dir[0])
     history = [h for h in wandb_history(runs_dir[0]) if "loss" in h]
     assert sorted(h["loss"] for h in history) == pytest.approx(sorted(r["loss"] for r in rows))
     assert sorted(h["epoch"] for h in history) == sorted([*range(3), *range(4)])  # W&B logs numbers only
