@@ -27,9 +27,8 @@ import filelock
 import ray
 from ray import tune
 
-from orchestrator import host
+from orchestrator import host, tracking
 from orchestrator import progress as progress_mod
-from orchestrator import tracking
 from orchestrator.progress import Progress, TuneProgressCallback
 from orchestrator.stages import StageFailed, run_stage
 from orchestrator.store import Store, StoreError, check_study_name
