@@ -14,8 +14,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test]"
-	$(BIN)/python -c "import torch, torchvision, ray, pycocotools, cv2"
+	$(BIN)/python -m pip install -q -e ".[test,mlflow,wandb]"
+	$(BIN)/python -c "import torch, torchvision, ray, pycocotools, cv2, moto, mlflow, wandb, tensorboard"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.inputs import check_inputs, data_config, prepare_data
 from orchestrator.plan import Plan, make_plan, render_plan, render_prediction
-from orchestrator.status import FINISHED, render_status, study_status, summarize
+from orchestrator.status import FINISHED, dashboard_url, render_status, study_status, summarize, watch
 from orchestrator.study import Study, load_study
+from orchestrator.tracking import check_available as check_trackers
 from workloads.config import ConfigError
 
 if TYPE_CHECKING:
@@ -135,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", cmd_status, "per stage: done / running / waiting / failed / collapsed, metric, ETA")
     p.add_argument("study", nargs="?", help="study file (default: the smoke study)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        const=5.0,
+        type=_positive_float,
+        metavar="SECONDS",
+        help="refresh the table every SECONDS (default 5) until the study is complete; Ctrl-C stops",
+    )
+    p.add_argument("--address", help="Ray cluster whose dashboard URL to show (default: $RAY_ADDRESS)")
     _storage_arg(p)
 
     p = add("report", cmd_report, "Tables 1-3 and Figures 3-6 (beside the paper's numbers) from the store")
@@ -193,6 +203,16 @@ def ray_address(given: str | None) -> str | None:
     return given or os.environ.get("RAY_ADDRESS") or None
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number of seconds")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -215,6 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_storage(args.storage)  # a file, an unknown scheme, an unwritable place: refused first
     study = _load(args.study)
     check_inputs(study)  # everything checkable is checked before the store is touched
+    check_trackers(study.tracking, f"{study.path}: tracking")  # a missing mlflow / wandb: exit 2 now
     from orchestrator.ray_guard import check_ray
 
     check_ray()  # Ray too old, or Train V1 selected (RAY_TRAIN_V2_ENABLED=0): refused before Ray starts
@@ -235,7 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{store.uri_of('stages')}"
     )
     print(
-        f"next: hsjp-study status {study.path} --storage {store.uri}   |   hsjp-study report --storage {store.uri}"
+        f"next: hsjp-study status {study.path} --storage {store.uri} [--watch]   |   hsjp-study report --storage {store.uri}"
     )
     if failed:
         print(f"{len(failed)} stage(s) did not finish: {', '.join(failed)}", file=sys.stderr)
@@ -309,6 +330,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     study = _load(args.study)
     store = _existing_store(args.storage)
     plan = make_plan(study, data_config(study.data, store.base))
+    if args.watch is not None:
+        if args.json:
+            raise ConfigError("status: --watch and --json do not go together (use --json in a loop instead)")
+        url = dashboard_url(ray_address(getattr(args, "address", None)))
+        head = f"Ray dashboard: {url}\n" if url else ""
+
+        def render() -> tuple[str, bool]:
+            rows = study_status(plan, store)
+            return head + render_status(rows, plan), summarize(rows, plan)["complete"]
+
+        watch(render, interval_s=args.watch)
+        return 0
     rows = study_status(plan, store)
     from orchestrator.disk import store_usage
 
@@ -331,7 +364,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = args.out or (os.path.join(args.storage, "report") if "://" not in args.storage else "hsjp-report")
     from reports.build import make_report
 
-    files = make_report(args.storage, out)
+    files = make_report(args.storage, out, progress=True)
     index = next((f for f in reversed(files) if str(f).endswith(".html")), Path(out))
     print(f"report: {len(files)} files in {out}; open {index}")
     return 0

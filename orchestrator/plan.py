@@ -107,6 +107,8 @@ class Plan:
     """The study's data spec (what the stage ids hash; the image counts of the estimate)."""
     parts: tuple[str, ...] = ()
     """Merged study: the names of its parts."""
+    tracking: dict = dataclasses.field(default_factory=dict)
+    """The study's `tracking:` (MLflow / W&B; orchestrator.tracking); not part of any stage id."""
 
     def backbones(self) -> list[str]:
         """The backbones the plan's work stages train."""
@@ -200,6 +202,7 @@ def make_plan(study: Study, data: DataConfig) -> Plan:
         trials=trials,
         data_spec=study.data,
         parts=study.parts,
+        tracking=study.tracking.to_dict(),
     )
 
 

@@ -40,6 +40,7 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
+from orchestrator import tb
 from orchestrator.scheduler import TERMINAL, StageScheduler
 from orchestrator.stages import StageFailed, compute_stage, publish, staging_path
 from orchestrator.store import Store, StoreError
@@ -311,6 +312,57 @@ class StageCallback(tune.Callback):
         self._done(trial, None)
 
 
+def tracking_callbacks(cfg: Any, study: str) -> list:
+    """Ray Tune's own MLflow / W&B callbacks for the study's trackers (`orchestrator.tracking` parses and
+    checks the `tracking:` key; empty when none is configured)."""
+    from orchestrator.tracking import EXCLUDED, check_available, parse_tracking
+
+    if isinstance(cfg, dict):
+        cfg = parse_tracking(cfg, "plan")
+    if cfg is None or not cfg.trackers:
+        return []
+    check_available(cfg)
+    callbacks: list = []
+    if cfg.mlflow is not None:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        m = cfg.mlflow
+        uri = str(m.get("tracking_uri") or "")
+        if uri.startswith("file:") or (uri and "://" not in uri):
+            # MLflow ≥ 3.7 refuses its file store unless told; a file tracking_uri asks for exactly that
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        callbacks.append(
+            MLflowLoggerCallback(
+                tracking_uri=m.get("tracking_uri"),
+                experiment_name=m.get("experiment_name") or f"hsjp-{study}",
+                tags={"study": study, **(m.get("tags") or {})},
+                save_artifact=bool(m.get("save_artifact", False)),
+            )
+        )
+    if cfg.wandb is not None:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        w = cfg.wandb
+        mode = w.get("mode", "online")
+        if mode in ("offline", "disabled"):  # Ray asks for an API key unless W&B's mode says none is needed
+            os.environ.setdefault("WANDB_MODE", mode)
+        extra = {k: w[k] for k in ("dir", "entity", "tags") if w.get(k) is not None}
+        if "dir" in extra:
+            os.makedirs(extra["dir"], exist_ok=True)
+        callbacks.append(
+            WandbLoggerCallback(
+                project=w.get("project") or f"hsjp-{study}",
+                group=w.get("group") or study,
+                api_key_file=w.get("api_key_file"),
+                log_config=bool(w.get("log_config", False)),
+                excludes=list(EXCLUDED),
+                mode=mode,
+                **extra,
+            )
+        )
+    return callbacks
+
+
 def _label(trial: Any) -> str:
     sid = (trial.config or {}).get("stage", trial.trial_id)
     labels = getattr(ACTIVE.progress, "labels", None) or {}
@@ -377,7 +429,11 @@ def run_on_ray(
                 # retries are the stage's failure policy (orchestrator.failures, via the scheduler):
                 # a dead trial is one failed attempt of its stage, not a Tune retry on top
                 failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=[StageCallback(), *(callbacks or [])],
+                callbacks=[
+                    StageCallback(),
+                    *tracking_callbacks(getattr(plan, "tracking", None), plan.study),
+                    *(callbacks or []),
+                ],
                 verbose=0,
             ),
         )
@@ -708,6 +764,7 @@ class RayStageContext:
         )
         if self.rank == 0:  # progress only: a resume follows Ray's registered checkpoints, not this row
             self.store.append_metrics(self.stage_id, row)
+            tb.log_epoch(self.store, self.stage_id, row)  # <store>/stages/<id>/tb/ (orchestrator.tb)
 
     def report(self, metrics: dict) -> None:
         """Within-epoch progress. Not forwarded through Ray Train: its report is a barrier that every

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING, Any
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
 from orchestrator.failures import stage_failure_status
 from orchestrator.plan import Plan, StageSpec, describe_stage
@@ -201,3 +206,80 @@ def format_duration(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+# ------------------------------------------------------------------------------------------ watching
+def dashboard_url(address: str | None = None, timeout_s: float = 3.0) -> str | None:
+    """The Ray dashboard URL of the cluster at `address` (else $RAY_ADDRESS, else the cluster `ray start`
+    recorded in Ray's temp folder), read from the cluster's GCS key-value store without joining it as a
+    driver; None when there is no cluster, it has no dashboard (the local Ray of `hsjp-study run`
+    starts none) or it does not answer within `timeout_s`."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith(("http://", "https://")):  # a job-submission address is the dashboard
+        return address
+    if address in (None, "auto", "local"):
+        address = _recorded_address()
+    if not address or address.startswith("ray://"):
+        return None
+    found: list[str | None] = []
+
+    def lookup() -> None:
+        try:
+            found.append(_gcs_webui_url(address))
+        except Exception:  # noqa: BLE001 — a stale address or a cluster that went away
+            found.append(None)
+
+    thread = threading.Thread(target=lookup, daemon=True)  # GcsClient retries a dead address for long
+    thread.start()
+    thread.join(timeout_s)
+    url = found[0] if found else None
+    return (url if url.startswith("http") else f"http://{url}") if url else None
+
+
+def _recorded_address() -> str | None:
+    """The GCS address `ray start` wrote to Ray's temp folder (/tmp/ray/ray_current_cluster), if any."""
+    try:
+        from ray._private.utils import read_ray_address
+
+        return read_ray_address() or None
+    except Exception:  # noqa: BLE001 — Ray missing or nothing recorded
+        return None
+
+
+def _gcs_webui_url(address: str) -> str | None:
+    """The dashboard's `webui:url` entry of the GCS at `address` (what ray.init reports as dashboard_url)."""
+    from ray._private.ray_constants import KV_NAMESPACE_DASHBOARD
+    from ray._raylet import GcsClient
+
+    value = GcsClient(address=address).internal_kv_get(b"webui:url", KV_NAMESPACE_DASHBOARD)
+    return value.decode() if value else None
+
+
+def watch(
+    render: Callable[[], tuple[str, bool]],
+    *,
+    interval_s: float = 5.0,
+    out: TextIO | None = None,
+    clear: bool | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    max_refreshes: int | None = None,
+) -> int:
+    """Print `render()`'s text every `interval_s` until it says the study is complete (or Ctrl-C);
+    returns the number of refreshes. On a terminal the screen is redrawn in place."""
+    out = out or sys.stdout
+    clear = out.isatty() if clear is None else clear
+    n = 0
+    try:
+        while True:
+            text, complete = render()
+            n += 1
+            stamp = time.strftime("%H:%M:%S")
+            tail = "study complete" if complete else f"refreshing every {interval_s:g} s; Ctrl-C to stop"
+            out.write(("\033[H\033[J" if clear else ("\n" if n > 1 else "")) + f"{text}\n[{stamp}] {tail}\n")
+            out.flush()
+            if complete or (max_refreshes is not None and n >= max_refreshes):
+                return n
+            sleep(interval_s)
+    except KeyboardInterrupt:
+        out.write("\n")
+        return n

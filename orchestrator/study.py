@@ -42,12 +42,13 @@ from orchestrator.inputs import (  # noqa: F401  (ComputeConfig, DataSpec, prepa
     short,
     suggest,
 )
+from orchestrator.tracking import TrackingConfig, parse_tracking
 from workloads.config import ConfigError, FinetuneConfig, ModelConfig, PretrainConfig, from_dict, to_dict
 
 log = logging.getLogger(__name__)
 
-_STUDY_KEYS = ("name", "description", "data", "compute", "defaults", "matrix", "include", "seeds")
-_MERGED_KEYS = ("name", "description", "studies", "data", "compute")
+_STUDY_KEYS = ("name", "description", "data", "compute", "defaults", "matrix", "include", "seeds", "tracking")
+_MERGED_KEYS = ("name", "description", "studies", "data", "compute", "tracking")
 INPUT_MULTIPLE = 32  # HRNet and ResNet downsample 32× (workloads.models: input sizes divisible by 32)
 _SECTIONS: dict[str, type] = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "model": ModelConfig}
 
@@ -81,6 +82,8 @@ class Study:
     """Names of the merged studies, in order; empty for a plain study."""
     unset_env: tuple[tuple[str, str], ...] = ()
     """Dry runs only (`load_study(dry_run=True)`): (VAR, key) of each `${VAR}` left unexpanded."""
+    tracking: TrackingConfig = TrackingConfig()
+    """MLflow / W&B through Ray Tune's callbacks (`orchestrator.tracking`); none by default."""
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -143,7 +146,10 @@ def _load_single(path: Path, raw: dict, text: str) -> Study:
     for origin, overrides in rows:
         for seed in seeds:
             trials.append(_make_trial(base, overrides, seed, origin, name, path))
-    return Study(name=name, path=path, text=text, data=data, compute=compute, trials=tuple(trials))
+    tracking = parse_tracking(raw.get("tracking"), str(path))
+    return Study(
+        name=name, path=path, text=text, data=data, compute=compute, trials=tuple(trials), tracking=tracking
+    )
 
 
 def _load_merged(path: Path, raw: dict, text: str) -> Study:
@@ -166,6 +172,9 @@ def _load_merged(path: Path, raw: dict, text: str) -> Study:
         parts.append(_load_single(sub_path, sub_raw, sub_text))
     data = load_data(raw["data"], path) if "data" in raw else _agreed(parts, "data", path)
     compute = load_compute(raw["compute"], path) if "compute" in raw else _agreed(parts, "compute", path)
+    tracking = (
+        parse_tracking(raw["tracking"], str(path)) if "tracking" in raw else _agreed(parts, "tracking", path)
+    )
     full_text = text + "".join(f"\n---\n# {p.path}\n{p.text}" for p in parts)
     trials = tuple(t for p in parts for t in p.trials)
     if len(trials) > compute.trial_limit:
@@ -181,6 +190,7 @@ def _load_merged(path: Path, raw: dict, text: str) -> Study:
         compute=compute,
         trials=trials,
         parts=tuple(p.name for p in parts),
+        tracking=tracking,
     )
 
 

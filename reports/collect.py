@@ -101,6 +101,13 @@ class StoreReader:
         with self.fs.open_input_stream(path) as f:
             return f.read().decode(errors="replace")
 
+    def read_bytes(self, *parts: str) -> bytes | None:
+        path = self._path(*parts)
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
     def read_json(self, *parts: str) -> Any | None:
         """Parsed JSON, or None when absent or unreadable (a warning names the file)."""
         text = self.read_text(*parts)

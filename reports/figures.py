@@ -22,6 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from reports.cells import ANY, Cell, aggregate, method_group, protocol_finetunes, references
+from reports.intervals import Bootstraps, cell_runs
 from reports.tables import load_reported
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,22 @@ def _done_rows(group: pd.DataFrame) -> pd.DataFrame:
 
 
 # -------------------------------------------------------------------------------------- Figure 3
-def figure3(stages: pd.DataFrame, reported: dict | None = None) -> tuple[Figure, pd.DataFrame]:
-    """AP (%) at each OKS threshold per method; mean over seeds, band = ± std."""
+def _interval_err(boots: Bootstraps | None, group: pd.DataFrame, column: str, point: float) -> tuple:
+    """(lo, hi, [[below], [above]] in %) of a cell's 95 % interval, or NaNs / None without one."""
+    if boots is None:
+        return math.nan, math.nan, None
+    iv = boots.cell(cell_runs(group["stage_id"], group), column)
+    if not iv.ok:
+        return math.nan, math.nan, None
+    lo, hi = 100 * iv.lo, 100 * iv.hi
+    return lo, hi, [[max(0.0, point - lo)], [max(0.0, hi - point)]]
+
+
+def figure3(
+    stages: pd.DataFrame, reported: dict | None = None, boots: Bootstraps | None = None
+) -> tuple[Figure, pd.DataFrame]:
+    """AP (%) at each OKS threshold per method; mean over seeds, band = ± std, error bars = 95 %
+    bootstrap interval (when the runs stored their per-image outcome)."""
     reported = reported or load_reported()
     refs = references(stages, "hrnet_w32")
     fig, ax = _figure("Fig. 3: AP at each OKS threshold (HRNet-W32)")
@@ -94,12 +109,20 @@ def figure3(stages: pd.DataFrame, reported: dict | None = None) -> tuple[Figure,
                 else np.full(len(OKS_THRESHOLDS), math.nan)
             ),
         )
+        bounds = [_interval_err(boots, group, f"AP@{t:.2f}", m)[:2] for t, m in zip(OKS_THRESHOLDS, mean)]
+        lo, hi = np.array([b[0] for b in bounds]), np.array([b[1] for b in bounds])
+        has_ci = bool(np.isfinite(lo).all())
         ax.plot(OKS_THRESHOLDS, mean, marker="o", label=METHOD_LABELS[method], color=METHOD_COLORS[method])
+        if has_ci:
+            ax.errorbar(
+                OKS_THRESHOLDS, mean, yerr=np.clip([mean - lo, hi - mean], 0, None), fmt="none", capsize=2,
+                color=METHOD_COLORS[method],
+            )  # fmt: skip
         if len(values) > 1:
             ax.fill_between(OKS_THRESHOLDS, mean - std, mean + std, alpha=0.2, color=METHOD_COLORS[method])
         rows += [
-            {"method": method, "oks": t, "ap": m, "ap_std": s, "n": len(values)}
-            for t, m, s in zip(OKS_THRESHOLDS, mean, std)
+            {"method": method, "oks": t, "ap": m, "ap_std": s, "n": len(values), "ap_lo": a, "ap_hi": b}
+            for t, m, s, a, b in zip(OKS_THRESHOLDS, mean, std, lo, hi)
         ]
     ax.set_xlabel("OKS threshold")
     ax.set_ylabel("AP (%)")
@@ -107,12 +130,16 @@ def figure3(stages: pd.DataFrame, reported: dict | None = None) -> tuple[Figure,
     if rows:
         ax.legend(fontsize=8)
     _empty_note(ax, missing)
-    _caption(fig, reported, "fig3")
-    return fig, pd.DataFrame(rows, columns=["method", "oks", "ap", "ap_std", "n"])
+    _caption(
+        fig, reported, "fig3", "Error bars: 95 % interval, paired bootstrap over images." if boots else ""
+    )
+    return fig, pd.DataFrame(rows, columns=["method", "oks", "ap", "ap_std", "n", "ap_lo", "ap_hi"])
 
 
 # -------------------------------------------------------------------------------------- Figure 4
-def figure4(stages: pd.DataFrame, reported: dict | None = None) -> tuple[Figure, pd.DataFrame]:
+def figure4(
+    stages: pd.DataFrame, reported: dict | None = None, boots: Bootstraps | None = None
+) -> tuple[Figure, pd.DataFrame]:
     """Stacked bars of the overall error shares (%) per method; mean over seeds."""
     reported = reported or load_reported()
     refs = references(stages, "hrnet_w32")
@@ -155,8 +182,11 @@ def _freeze_label(freeze: int | None) -> str:
     return "none" if freeze is None else f"0–{freeze}"
 
 
-def figure5(stages: pd.DataFrame, reported: dict | None = None) -> tuple[Figure, pd.DataFrame]:
-    """AP (%) of HSJP-pretrained HRNet-W32 when freezing stages 0..k during finetuning."""
+def figure5(
+    stages: pd.DataFrame, reported: dict | None = None, boots: Bootstraps | None = None
+) -> tuple[Figure, pd.DataFrame]:
+    """AP (%) of HSJP-pretrained HRNet-W32 when freezing stages 0..k during finetuning; error bars: the
+    95 % bootstrap interval when available, else ± std over seeds."""
     reported = reported or load_reported()
     refs = references(stages, "hrnet_w32")
     hsjp = protocol_finetunes(stages, refs, method="hsjp", freeze=ANY)
@@ -170,10 +200,14 @@ def figure5(stages: pd.DataFrame, reported: dict | None = None) -> tuple[Figure,
         group, others = method_group(stages, refs, "hsjp", freeze=freeze)
         cell: Cell = aggregate(group, "AP", others)
         height = 100 * cell.mean if cell.values else 0.0
+        lo, hi, ci_err = (
+            _interval_err(boots, group, "AP", height) if cell.values else (math.nan, math.nan, None)
+        )
         ax.bar(
             i,
             height,
-            yerr=100 * cell.std if cell.n > 1 else None,
+            yerr=ci_err if ci_err is not None else (100 * cell.std if cell.n > 1 else None),
+            capsize=3,
             width=0.6,
             color="tab:gray" if freeze is None else "tab:red",
         )
@@ -197,6 +231,8 @@ def figure5(stages: pd.DataFrame, reported: dict | None = None) -> tuple[Figure,
                 "n": cell.n,
                 "status": cell.status,
                 "settings": cell.settings,
+                "ap_lo": lo,
+                "ap_hi": hi,
             }
         )
     ax.set_xticks(range(len(freezes)), [_freeze_label(f) for f in freezes])
@@ -204,20 +240,41 @@ def figure5(stages: pd.DataFrame, reported: dict | None = None) -> tuple[Figure,
         0,
         max(
             1.0,
-            1.15 * max((r["ap"] + (r["ap_std"] if r["n"] > 1 else 0) for r in rows if r["n"]), default=0.0),
+            1.15
+            * max(
+                (
+                    max(
+                        r["ap"] + (r["ap_std"] if r["n"] > 1 else 0),
+                        r["ap_hi"] if r["ap_hi"] == r["ap_hi"] else 0,
+                    )
+                    for r in rows
+                    if r["n"]
+                ),
+                default=0.0,
+            ),
         ),
     )
     ax.set_xlabel("frozen backbone stages")
     ax.set_ylabel("AP (%)")
-    _caption(fig, reported, "fig5")
-    data = pd.DataFrame(rows, columns=["freeze", "label", "ap", "ap_std", "n", "status", "settings"])
+    _caption(
+        fig,
+        reported,
+        "fig5",
+        "Error bars: 95 % interval (paired bootstrap over images) where stored, else ± std over seeds.",
+    )
+    data = pd.DataFrame(
+        rows, columns=["freeze", "label", "ap", "ap_std", "n", "status", "settings", "ap_lo", "ap_hi"]
+    )
     data["freeze"] = pd.Series([r["freeze"] for r in rows], index=data.index, dtype=object)  # ints, None
     return fig, data
 
 
 # -------------------------------------------------------------------------------------- Figure 6
-def figure6(stages: pd.DataFrame, reported: dict | None = None) -> tuple[Figure, pd.DataFrame]:
-    """AP (%) against the share of training labels (%), one line per method that has runs."""
+def figure6(
+    stages: pd.DataFrame, reported: dict | None = None, boots: Bootstraps | None = None
+) -> tuple[Figure, pd.DataFrame]:
+    """AP (%) against the share of training labels (%), one line per method that has runs; error bars:
+    the 95 % bootstrap interval when available, else ± std over seeds."""
     reported = reported or load_reported()
     refs = references(stages, "hrnet_w32")
     fig, ax = _figure("Fig. 6: finetuning on a share of the keypoint labels (HRNet-W32)")
@@ -230,15 +287,21 @@ def figure6(stages: pd.DataFrame, reported: dict | None = None) -> tuple[Figure,
             group, others = method_group(stages, refs, method, label_fraction=frac)
             cell = aggregate(group, "AP", others)
             if cell.values:
-                points.append((100 * frac, 100 * cell.mean, 100 * cell.std, cell.n))
+                lo, hi, _ = _interval_err(boots, group, "AP", 100 * cell.mean)
+                points.append((100 * frac, 100 * cell.mean, 100 * cell.std, cell.n, lo, hi))
         if not points:
             missing.append(METHOD_LABELS[method])
             continue
-        x, y, s, n = map(np.array, zip(*points))
+        x, y, s, n, lo, hi = map(np.array, zip(*points))
+        seed_err = np.where(n > 1, s, 0.0)
+        has_ci = np.isfinite(lo)
         ax.errorbar(
             x,
             y,
-            yerr=np.where(n > 1, s, 0.0),
+            yerr=[
+                np.where(has_ci, np.clip(y - lo, 0, None), seed_err),
+                np.where(has_ci, np.clip(hi - y, 0, None), seed_err),
+            ],
             marker="o",
             capsize=3,
             label=METHOD_LABELS[method],
@@ -246,8 +309,16 @@ def figure6(stages: pd.DataFrame, reported: dict | None = None) -> tuple[Figure,
             linestyle="-" if method == "hsjp" else "--",
         )
         rows += [
-            {"method": method, "label_fraction": xi, "ap": yi, "ap_std": si, "n": int(ni)}
-            for xi, yi, si, ni in zip(x, y, s, n)
+            {
+                "method": method,
+                "label_fraction": xi,
+                "ap": yi,
+                "ap_std": si,
+                "n": int(ni),
+                "ap_lo": a,
+                "ap_hi": b,
+            }
+            for xi, yi, si, ni, a, b in zip(x, y, s, n, lo, hi)
         ]
     ax.set_xlabel("keypoint labels used (%)")
     ax.set_ylabel("AP (%)")
@@ -256,5 +327,12 @@ def figure6(stages: pd.DataFrame, reported: dict | None = None) -> tuple[Figure,
     if rows:
         ax.legend(fontsize=8)
     _empty_note(ax, missing)
-    _caption(fig, reported, "fig6")
-    return fig, pd.DataFrame(rows, columns=["method", "label_fraction", "ap", "ap_std", "n"])
+    _caption(
+        fig,
+        reported,
+        "fig6",
+        "Error bars: 95 % interval (paired bootstrap over images) where stored, else ± std over seeds.",
+    )
+    return fig, pd.DataFrame(
+        rows, columns=["method", "label_fraction", "ap", "ap_std", "n", "ap_lo", "ap_hi"]
+    )

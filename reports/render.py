@@ -115,8 +115,22 @@ def table_markdown(table: pd.DataFrame) -> str:
         "Notes:",
     ]
     lines += [f"- {n}" for n in table.attrs["notes"]]
-    lines += ["", "Where each row's numbers come from:", ""] + [f"- {s}" for s in sources]
+    lines += ["", "Where each row's numbers come from:", ""]
+    lines += [
+        f"- {s}{_md_stage_links(ids)}" for s, ids in zip(sources, table.get("stages", [""] * len(sources)))
+    ]
     return "\n".join(lines) + "\n"
+
+
+def _md_stage_links(stage_ids) -> str:
+    ids = str(stage_ids or "").split()
+    return (" — stages: " + ", ".join(f"[{s}](stages/{s}.html)" for s in ids)) if ids else ""
+
+
+def _html_stage_links(stage_ids) -> str:
+    ids = str(stage_ids or "").split()
+    links = ", ".join(f"<a href='stages/{html.escape(s)}.html'>{html.escape(s)}</a>" for s in ids)
+    return f" — stages: {links}" if ids else ""
 
 
 _TEX = {
@@ -137,6 +151,8 @@ _TEX = {
     "≤": r"$\leq$",
     "Δ": r"$\Delta$",
     "|": r"$|$",
+    "−": "-",
+    "≥": r"$\geq$",
 }
 
 
@@ -167,6 +183,69 @@ def table_latex(table: pd.DataFrame, label: str) -> str:
     lines += [tex_escape(s) + r"\\" for s in sources]
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------- differences
+DIFF_TITLES = {
+    "comparison": "Comparison",
+    "a": "A",
+    "b": "B",
+    "text": "Δ AP [95 %]",
+    "paper": "paper Δ",
+    "how": "interval",
+}
+
+
+def differences_display(frame: pd.DataFrame) -> pd.DataFrame:
+    """The differences table as shown: comparison, Δ with its interval, the paper's Δ, how, A and B."""
+    return pd.DataFrame(
+        {
+            "Comparison": frame["comparison"],
+            "Δ AP [95 %]": frame["text"],
+            "paper Δ": [_num(v, 1, signed=True) or "—" for v in frame["paper_delta"]],
+            "interval": frame["how"],
+            "A": frame["a"],
+            "B": frame["b"],
+        }
+    )
+
+
+def write_differences(frame: pd.DataFrame, out: Path) -> list[Path]:
+    """`differences.md`, `.csv` (every column, unrounded) and `.tex`."""
+    shown = differences_display(frame)
+    md = [f"## {frame.attrs['title']}", "", "| " + " | ".join(shown.columns) + " |"]
+    md.append("|" + "|".join("---" for _ in shown.columns) + "|")
+    md += [
+        "| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
+        for row in shown.itertuples(index=False)
+    ]
+    md += ["", "Notes:"] + [f"- {n}" for n in frame.attrs["notes"]]
+    tex = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\scriptsize",
+        r"\begin{tabular}{" + "l" * 4 + "}",
+        r"\toprule",
+        " & ".join(tex_escape(c) for c in list(shown.columns)[:4]) + r" \\",
+        r"\midrule",
+    ]
+    tex += [
+        " & ".join(tex_escape(v) for v in list(row)[:4]) + r" \\" for row in shown.itertuples(index=False)
+    ]
+    tex += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        rf"\caption{{{tex_escape(frame.attrs['title'])}}}",
+        r"\label{tab:differences}",
+        r"\par\raggedright\tiny",
+    ]
+    tex += [tex_escape(n) + r"\\" for n in frame.attrs["notes"]]
+    tex.append(r"\end{table}")
+    paths = [out / "differences.md", out / "differences.csv", out / "differences.tex"]
+    paths[0].write_text("\n".join(md) + "\n")
+    frame.to_csv(paths[1], index=False)
+    paths[2].write_text("\n".join(tex) + "\n")
+    return paths
 
 
 # -------------------------------------------------------------------------------------- writers
@@ -241,6 +320,9 @@ def write_index(
     seconds: float,
     n_stages: int,
     stages: pd.DataFrame | None = None,
+    differences: pd.DataFrame | None = None,
+    curves: dict[str, str] | None = None,
+    stage_pages: list[tuple[str, str]] | None = None,
 ) -> Path:
     """One page with every table (HTML), every figure (relative links to the PNGs) and the downloads;
     docs/paper-silent-choices.md is copied beside it and linked."""
@@ -266,9 +348,20 @@ def write_index(
             f"<a href='{name}.tex'>LaTeX</a> · GPU-hours: {table.attrs['gpu_hours']:.2f}</p>",
             shown.to_html(index=False, escape=True, border=0),
             "<ul class='src'>" + "".join(f"<li>{esc(n)}</li>" for n in table.attrs["notes"]) + "</ul>",
-            "<details class='src'><summary>where each row comes from</summary><ul>"
-            + "".join(f"<li>{esc(s)}</li>" for s in sources)
+            "<details class='src' open><summary>where each row comes from</summary><ul>"
+            + "".join(
+                f"<li>{esc(s)}{_html_stage_links(ids)}</li>"
+                for s, ids in zip(sources, table.get("stages", [""] * len(sources)))
+            )
             + "</ul></details>",
+        ]
+    if differences is not None:
+        parts += [
+            f"<h2 id='differences'>{esc(differences.attrs['title'])}</h2>",
+            "<p><a href='differences.md'>Markdown</a> · <a href='differences.csv'>CSV</a> · "
+            "<a href='differences.tex'>LaTeX</a></p>",
+            differences_display(differences).to_html(index=False, escape=True, border=0),
+            "<ul class='src'>" + "".join(f"<li>{esc(n)}</li>" for n in differences.attrs["notes"]) + "</ul>",
         ]
     for name, data in figures.items():
         parts += [
@@ -277,6 +370,19 @@ def write_index(
             f"<p><a href='{name}.pdf'>PDF</a> · <a href='{name}.csv'>plotted series (CSV, {len(data)} "
             "points)</a></p>",
         ]
+    for study, name in (curves or {}).items():
+        parts += [
+            f"<h2 id='{name}'>Learning curves: {esc(study)}</h2>",
+            f"<p><img src='{name}.png' alt='{name}'></p>",
+            f"<p><a href='{name}.pdf'>PDF</a> · <a href='{name}.csv'>plotted series (CSV)</a></p>",
+        ]
+    if stage_pages:
+        parts += ["<h2 id='stages'>Stages</h2>", "<ul class='src'>"]
+        parts += [
+            f"<li><a href='stages/{esc(sid)}.html'>{esc(sid)}</a> — {esc(label)}</li>"
+            for sid, label in stage_pages
+        ]
+        parts.append("</ul>")
     parts.append("</body></html>")
     path = out / "index.html"
     path.write_text("\n".join(parts))

@@ -132,7 +132,11 @@ def s3_server():
 @pytest.fixture(scope="session")
 def smoke_reference(tmp_path_factory):
     """The shipped smoke study run once, uninterrupted, into a local store with the real workloads
-    (plan, store, summary): what the end-to-end tests check and what interrupted runs must equal."""
+    (plan, store, summary): what the end-to-end tests check and what interrupted runs must equal. When
+    mlflow and wandb are installed (`make test` installs them) the run has every tracker on — an MLflow
+    file store and W&B offline under `tracking_dirs` — which changes no result."""
+    import dataclasses
+    import importlib.util
     from types import SimpleNamespace
 
     from orchestrator.execution import run_study
@@ -141,8 +145,19 @@ def smoke_reference(tmp_path_factory):
     from orchestrator.store import Store
     from orchestrator.study import load_study
 
+    base = tmp_path_factory.mktemp("smoke-reference")
     study = load_study(REPO / "studies" / "smoke.yaml")
-    store = Store(tmp_path_factory.mktemp("smoke-reference") / "store")
+    store = Store(base / "store")
     plan = make_plan(study, prepare_data(study, store))
+    tracking_dirs = None
+    if all(importlib.util.find_spec(m) is not None for m in ("mlflow", "wandb")):
+        tracking_dirs = SimpleNamespace(mlruns=base / "mlruns", wandb=base / "wandb")
+        plan = dataclasses.replace(
+            plan,
+            tracking={
+                "mlflow": {"tracking_uri": tracking_dirs.mlruns.as_uri(), "experiment_name": "smoke"},
+                "wandb": {"project": "hsjp-smoke", "mode": "offline", "dir": str(tracking_dirs.wandb)},
+            },
+        )
     summary = run_study(plan, store, study_text=study.text)
-    return SimpleNamespace(study=study, plan=plan, store=store, summary=summary)
+    return SimpleNamespace(study=study, plan=plan, store=store, summary=summary, tracking_dirs=tracking_dirs)

@@ -375,7 +375,7 @@ def run_epochs(
         if evaluated:
             sync_buffers(model, ctx.world_size)
             ev = evaluate()
-            metrics.update(ev)
+            metrics.update({k: v for k, v in ev.items() if not k.startswith("_")})  # `_`: not a metric
             value = ev.get(spec.select_key)
             if value is not None and (out.best_value is None or value > out.best_value):
                 out.best_value, out.best_epoch, out.best_eval = float(value), epoch, dict(ev)

@@ -167,7 +167,7 @@ def test_report_calls_the_report_builder(tmp_path, monkeypatch, capsys):
     Store(tmp_path / "store")
     seen = {}
 
-    def make_report(storage, out):
+    def make_report(storage, out, **options):  # options: progress=True (bootstrap progress on stderr)
         seen.update(storage=storage, out=out)
         return [Path(out) / "table1.md", Path(out) / "index.html"]
 

@@ -15,10 +15,11 @@ from reports.build import make_report
 TABLES = ("table1", "table2", "table3")
 FIGURES = ("figure3", "figure4", "figure5", "figure6")
 EXPECTED = (
-    {f"{t}.{ext}" for t in TABLES for ext in ("md", "csv", "tex")}
+    {f"{t}.{ext}" for t in (*TABLES, "differences") for ext in ("md", "csv", "tex")}
     | {f"{f}.{ext}" for f in FIGURES for ext in ("png", "pdf", "csv")}
     | {"results.csv", "index.html"}
 )
+STUDIES = ("s", "fig5", "fig6")  # the known store's studies: one learning-curve figure each
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +30,14 @@ def report(known_store, tmp_path_factory):
     return out, files, time.perf_counter() - start
 
 
-def test_writes_every_file(report):
+def test_writes_every_file(report, known_store):
     out, files, seconds = report
-    assert {p.name for p in files} == EXPECTED
-    assert all(p.parent == out and p.stat().st_size > 0 for p in files)
+    curves = {f"curves-{s}.{ext}" for s in STUDIES for ext in ("png", "pdf", "csv")}
+    top = {p.name for p in files if p.parent == out}
+    assert top == EXPECTED | curves
+    pages = {p.name for p in files if p.parent == out / "stages"}
+    assert pages == {f"{sid}.{ext}" for sid in known_store.stages for ext in ("html", "png")}
+    assert all(p.stat().st_size > 0 for p in files)
     assert files[-1].name == "index.html"
     assert seconds < 60
 
@@ -48,11 +53,13 @@ def test_index_links_every_table_and_figure(report):
     out = report[0]
     page = (out / "index.html").read_text()
     images = set(re.findall(r"<img src='([^']+)'", page))
-    assert images == {f"{f}.png" for f in FIGURES}
+    assert images == {f"{f}.png" for f in FIGURES} | {f"curves-{s}.png" for s in STUDIES}
     links = set(re.findall(r"href='([^']+)'", page))
     assert {f"{f}.pdf" for f in FIGURES} <= links and "results.csv" in links
-    assert {f"{t}.{ext}" for t in TABLES for ext in ("md", "csv", "tex")} <= links
+    assert {f"{t}.{ext}" for t in (*TABLES, "differences") for ext in ("md", "csv", "tex")} <= links
     assert "73.00 ± 1.41 (n=2)" in page
+    pages = {link for link in links if link.startswith("stages/")}
+    assert pages and all((out / link).is_file() for link in pages)  # every stage link resolves
 
 
 def test_results_csv_lists_every_finetune(report, known_store):

@@ -24,6 +24,8 @@ from pycocotools.cocoeval import COCOeval
 
 from workloads.data.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
 from workloads.pose.errors import ERROR_TYPES, analyze_errors, summarize_counts
+from workloads.pose.per_image import PER_IMAGE_KEY
+from workloads.pose.per_image import extract as extract_per_image
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +35,14 @@ REQUIRED_RESULT_KEYS = ("image_id", "category_id", "keypoints", "score")
 
 
 def evaluate_keypoints(
-    gt_json: str | os.PathLike, results: list[dict] | str | os.PathLike, *, errors: bool = True
+    gt_json: str | os.PathLike,
+    results: list[dict] | str | os.PathLike,
+    *,
+    errors: bool = True,
+    per_image: bool = False,
 ) -> dict:
-    """AP/AR stats, `ap_per_oks` {"0.50": .., "0.95": ..} and (if `errors`) the error breakdown.
+    """AP/AR stats, `ap_per_oks` {"0.50": .., "0.95": ..}, (if `errors`) the error breakdown and (if
+    `per_image`) the encoded per-image outcome under `per_image.PER_IMAGE_KEY` (bytes; no results: absent).
 
     `results` is a list of COCO keypoint results or the path of a JSON file holding one. Every result
     must reference an image of `gt_json` (ValueError otherwise). No results → all zeros, a warning.
@@ -61,6 +68,8 @@ def evaluate_keypoints(
     metrics["ap_per_oks"] = ap_per_oks(ev)
     if errors:
         metrics["errors"] = analyze_errors(coco_gt, coco_dt)
+    if per_image:
+        metrics[PER_IMAGE_KEY] = extract_per_image(ev).to_bytes()
     return metrics
 
 

@@ -63,6 +63,7 @@ from workloads.pose import evaluate as pose_evaluate
 from workloads.pose import inference, testdev
 from workloads.pose.dataset import PoseTrainDataset, load_train_instances
 from workloads.pose.loss import joints_mse
+from workloads.pose.per_image import PER_IMAGE_FILE, PER_IMAGE_KEY
 from workloads.pose.targets import make_heatmaps_batched
 from workloads.provenance import provenance
 
@@ -410,7 +411,7 @@ def evaluate_model(
     with tempfile.TemporaryDirectory(prefix="hsjp-eval-") as tmp:
         if val.image_ids is not None:
             gt_json = write_gt_subset(gt_json, val.image_ids, Path(tmp) / "gt.json")
-        metrics = pose_evaluate.evaluate_keypoints(gt_json, results)
+        metrics = pose_evaluate.evaluate_keypoints(gt_json, results, per_image=True)
     metrics.update(
         eval_boxes=val.boxes,
         eval_instances=len(val.instances),
@@ -494,15 +495,20 @@ def run_finetune(
         config=stage_config,
     )
     out = run_epochs(ctx, model, optimizer, scheduler, lambda e: train_epoch(loop, e), evaluate, spec)
-    metrics = {} if out.collapsed else dict(out.best_eval)
-    if out.collapsed and out.best_eval:
-        metrics["before_collapse"] = dict(out.best_eval)
+    best_eval = dict(out.best_eval)
+    per_image = best_eval.pop(PER_IMAGE_KEY, None)  # the best epoch's, kept through resumes by the engine
+    metrics = {} if out.collapsed else best_eval
+    if out.collapsed and best_eval:
+        metrics["before_collapse"] = best_eval
     artifacts: dict[str, bytes] = {}
+    if per_image is not None and not out.collapsed:
+        artifacts[PER_IMAGE_FILE] = per_image  # the report's bootstrap over images (reports/bootstrap.py)
     if cfg.test_splits and not out.collapsed and out.best_model is not None and ctx.rank == 0:
         # the splits without annotations (test-dev): the server's results file of the best-AP model
-        metrics["test_splits"], artifacts = testdev.predict_test_splits(
+        metrics["test_splits"], files = testdev.predict_test_splits(
             model, out.best_model, cfg, data, device, testdev.submission_name(stage_config)
         )
+        artifacts.update(files)
     metrics.update(
         {
             "best_epoch": out.best_epoch,

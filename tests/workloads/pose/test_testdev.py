@@ -45,7 +45,11 @@ def test_a_smoke_sized_finetune_writes_the_server_results_file_and_zip(tmp_path,
     name = summary["results_file"]
     assert name.startswith(f"person_keypoints_{SPLIT}_hrnetw32-scratch-") and name.endswith("_results.json")
     assert summary["zip_file"] == name.removesuffix(".json") + ".zip" and summary["images"] == 4
-    assert set(result.artifacts) == {name, summary["zip_file"]}
+    assert set(result.artifacts) == {
+        name,
+        summary["zip_file"],
+        "per_image.npz",
+    }  # + the val outcome (issue 19)
     results = json.loads(result.artifacts[name])
     check_results_file(results, image_ids)
     with zipfile.ZipFile(io.BytesIO(result.artifacts[summary["zip_file"]])) as zf:

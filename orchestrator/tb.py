@@ -1,0 +1,105 @@
+"""TensorBoard event files per stage, written while it trains (no Ray here).
+
+Rank 0 of a stage writes one scalar per epoch and metric into `<store>/stages/<id>/tb/`, so
+`tensorboard --logdir <store>/stages` shows every stage of every study, each run named by its stage id
+(one Ray Tune trial per stage). Tags: `train/loss`, `train/lr`, `train/img_per_s`, `train/seconds`,
+`train/data_wait_share`, and `eval/<metric>` for what the evaluation gave (HSJP precision P,
+patch accuracy; AP, AP50, ..., AR of a finetune) at the epochs it ran; the step is the 0-based epoch.
+
+Writer: tensorboardX's synchronous EventsWriter (tensorboardX comes with ray[tune]). Local stores are
+written in place, the event file flushed after every epoch. A URI store (s3://, gs://) is written to a local temporary folder and its
+event file copied whole into the stage's `tb/` after every epoch (through the store's pyarrow
+filesystem, so no TensorBoard filesystem plugin is needed). A resumed stage adds a new event file
+beside the earlier ones; TensorBoard merges them. A failure to write is logged once per stage as a
+warning and never fails the stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TB_DIR = "tb"
+TRAIN_KEYS = ("loss", "lr", "img_per_s", "seconds", "data_wait_share", "images")
+NOT_SCALARS = ("epoch", "epochs", "time", "world_size", "resumed_from", "stage_id", "step", "steps")
+
+
+def tag_of(key: str) -> str:
+    return f"train/{key}" if key in TRAIN_KEYS else f"eval/{key}"
+
+
+def scalars(row: dict) -> dict[str, float]:
+    """The row's numbers as {tag: value} (booleans, strings, nested values and bookkeeping left out)."""
+    out = {}
+    for key, value in row.items():
+        if key in NOT_SCALARS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(float(value)):
+            out[tag_of(str(key))] = float(value)
+    return out
+
+
+class StageWriter:
+    """The event file of one stage in this process (see the module docstring). Synchronous
+    (tensorboardX's EventsWriter, not its queue-and-thread SummaryWriter): every epoch is on disk
+    when `write` returns, even if the process is killed right after."""
+
+    def __init__(self, store: Any, stage_id: str):
+        from tensorboardX.event_file_writer import EventsWriter
+
+        self.store, self.stage_id = store, stage_id
+        if store.is_local:
+            self.folder = store.stage_path(stage_id, TB_DIR)
+            os.makedirs(self.folder, exist_ok=True)
+        else:
+            self.folder = tempfile.mkdtemp(prefix=f"hsjp-tb-{stage_id}-")
+        self.events = EventsWriter(os.path.join(self.folder, "events"))
+
+    def write(self, row: dict) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+
+        step, now = int(row["epoch"]), time.time()
+        for tag, value in scalars(row).items():
+            self.events.write_event(Event(wall_time=now, step=step, summary=scalar(tag, value)))
+        self.events.flush()
+        if not self.store.is_local:
+            for name in os.listdir(self.folder):
+                with open(os.path.join(self.folder, name), "rb") as f:
+                    self.store.write_bytes(self.store.stage_path(self.stage_id, TB_DIR, name), f.read())
+
+    def close(self) -> None:
+        self.events.close()
+
+
+_WRITERS: dict[tuple[str, str], StageWriter | None] = {}
+
+
+def log_epoch(store: Any, stage_id: str, row: dict) -> None:
+    """Append one epoch row of `stage_id` to its TensorBoard events (rank 0 calls this)."""
+    if not isinstance(row.get("epoch"), int):
+        return
+    key = (store.uri, stage_id)
+    try:
+        if key not in _WRITERS:
+            _WRITERS[key] = StageWriter(store, stage_id)
+        writer = _WRITERS[key]
+        if writer is not None:
+            writer.write(row)
+    except Exception as exc:  # noqa: BLE001 — TensorBoard output must never fail a stage
+        log.warning("stage %s: TensorBoard events not written (%s: %s)", stage_id, type(exc).__name__, exc)
+        _WRITERS[key] = None
+
+
+def close_all() -> None:
+    """Close every writer of this process (tests; a finished stage process exits anyway)."""
+    for writer in _WRITERS.values():
+        if writer is not None:
+            writer.close()
+    _WRITERS.clear()
