@@ -82,7 +82,9 @@ def slope_per_waiting(rows: list[tuple[float, int, int, float]]) -> tuple[float 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), metavar="STUDY:G")
-    ap.add_argument("--time-scale", type=float, help="seconds per estimated hour (default: lower bound 120 s)")
+    ap.add_argument(
+        "--time-scale", type=float, help="seconds per estimated hour (default: lower bound 120 s)"
+    )
     ap.add_argument("--target-s", type=float, default=120.0, help="lower bound in seconds when no time scale")
     args = ap.parse_args()
 
@@ -108,16 +110,22 @@ def main() -> None:
         predicted = max(s.end_h for s in list_schedule(plan, {"GPU": float(gpus), "CPU": float("inf")}))
         slope, n = slope_per_waiting(rows)
         peak_wait = max((w for _, _, w, _ in rows), default=0)
-        print(f"{path} on {gpus} GPUs ({out['stages']} stages, time scale {out['time_scale']:.3g} s/h, "
-              f"wall {time.time() - t0:.0f} s):")
+        print(
+            f"{path} on {gpus} GPUs ({out['stages']} stages, time scale {out['time_scale']:.3g} s/h, "
+            f"wall {time.time() - t0:.0f} s):"
+        )
         print(f"  {out['line']}")
-        print(f"  predicted by list scheduling on the estimates: {predicted * out['time_scale']:.1f} s "
-              f"(simulated / predicted {out['makespan'] / (predicted * out['time_scale']):.3f})")
+        print(
+            f"  predicted by list scheduling on the estimates: {predicted * out['time_scale']:.1f} s "
+            f"(simulated / predicted {out['makespan'] / (predicted * out['time_scale']):.3f})"
+        )
         if rows:
             mbs = [m for *_, m in rows]
-            print(f"  node memory (driver + its Ray): {min(mbs):.0f}-{max(mbs):.0f} MB over {n} samples; "
-                  f"up to {peak_wait} stages waiting at once; memory per waiting stage "
-                  + (f"{slope:+.1f} MB (slope)" if slope is not None else "n/a (waiting count never varied)"))
+            print(
+                f"  node memory (driver + its Ray): {min(mbs):.0f}-{max(mbs):.0f} MB over {n} samples; "
+                f"up to {peak_wait} stages waiting at once; memory per waiting stage "
+                + (f"{slope:+.1f} MB (slope)" if slope is not None else "n/a (waiting count never varied)")
+            )
         if out["failed"]:
             print(f"  FAILED stages: {out['failed']}")
 
