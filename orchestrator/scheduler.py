@@ -115,6 +115,8 @@ class StageRun:
     started_at: float | None = None
     ended_at: float | None = None
     recheck_at: float = 0.0
+    waited: bool = False
+    """Another run held its lease at some point (the "waiting" line was printed)."""
     not_before: float = 0.0
     """A retry waits for its backoff: not launched before this time."""
     error: str | None = None
@@ -259,7 +261,9 @@ class StageScheduler:
                     )
             if not self.lease.try_acquire(run.spec.stage_id):
                 run.state, run.recheck_at = "elsewhere", now + self.recheck_s
-                self._emit(run, "waiting")
+                if not run.waited:  # said once, not at every re-check
+                    run.waited = True
+                    self._emit(run, "waiting")
                 continue
             run.state, run.started_at, run.how = "running", now, "computed"
             self._emit(run, "launched")
