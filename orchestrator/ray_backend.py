@@ -23,6 +23,7 @@ are the ones it was started with; the store stays the source of truth either way
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import math
@@ -739,7 +740,6 @@ class RayStageContext:
     def save_epoch(self, state: dict, metrics: dict) -> None:
         """Rank 0 writes `state.pt`; every rank reports (Ray Train's report is a barrier)."""
         import ray.train
-        import torch
 
         row = {
             **_plain(metrics),
@@ -749,18 +749,19 @@ class RayStageContext:
         }
         if self.resumed_from is not None:
             row["resumed_from"] = self.resumed_from
-        checkpoint = None
-        if self.rank == 0:  # `state` is host memory already (engine.host_copy): serialise it locally
-            folder = tempfile.mkdtemp(prefix="hsjp-ckpt-")
-            torch.save(state, os.path.join(folder, STATE_FILE))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        # the upload to the storage runs in Ray Train's background thread; the checkpoint is registered
-        # (and a resume can see it) only once it is complete; the local folder is deleted after the upload
+        checkpoint, upload = None, None
+        if self.rank == 0:  # `state` is host memory already (engine.host_copy): written in the background
+            checkpoint = ray.train.Checkpoint.from_directory(tempfile.mkdtemp(prefix="hsjp-ckpt-"))
+            upload = functools.partial(_write_state, ray.train.get_context().get_storage(), state)
+        # Ray Train runs `upload` in its background upload thread (ASYNC): the serialisation and the write
+        # of state.pt to the store leave the training step; the checkpoint is registered (and a resume can
+        # see it) only once the write is complete, so a crash mid-write leaves no registered half file
         ray.train.report(
             progress_metrics(row),
             checkpoint=checkpoint,
             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
             delete_local_checkpoint_after_upload=True,
+            checkpoint_upload_fn=upload,
         )
         if self.rank == 0:  # progress only: a resume follows Ray's registered checkpoints, not this row
             self.store.append_metrics(self.stage_id, row)
@@ -780,6 +781,23 @@ class RayStageContext:
         if self.world_size > 1:
             return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=dict(DDP_KWARGS))
         return model.to(self.device)
+
+
+def _write_state(storage: Any, state: dict, local: Any, checkpoint_dir_name: str) -> Any:
+    """Ray Train's `checkpoint_upload_fn` (run in its upload thread): `state.pt` serialised straight into
+    the Train run's checkpoint folder on the store (`StorageContext`, a Ray Train DeveloperAPI, names
+    it as Ray's own uploader would); `local` is the empty placeholder folder Ray then deletes."""
+    import ray.train
+    import torch
+
+    dest = storage.build_checkpoint_path_from_name(checkpoint_dir_name)
+    fs = storage.storage_filesystem
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    fs.create_dir(dest, recursive=True)
+    with fs.open_output_stream(f"{dest}/{STATE_FILE}") as f:
+        f.write(buf.getbuffer())
+    return ray.train.Checkpoint(dest, filesystem=fs)
 
 
 def checkpoint_dirs(dirs: list[str], latest: str) -> list[str]:
