@@ -1,0 +1,264 @@
+"""A graceful node drain (issue 18, item 7) on a simulated multi-node Ray cluster, all on this machine.
+
+A spot node announces its end through Ray's drain API: the GCS `DrainNode` call with reason
+`DRAIN_NODE_REASON_PREEMPTION` and a deadline (what `ray drain-node` and the autoscaler send). Ray
+Train V2's `PreemptionWatcher` sees the drain, the controller lets the workers run to the deadline
+(every epoch is checkpointed meanwhile), then ends the attempt with a `PreemptionError`; the stage
+restarts on the other worker node from its last registered epoch checkpoint. At the deadline the
+test removes the drained node, as the cloud provider would.
+
+The study is the deterministic stand-in plan of tests/orchestrator/standins.py, run once undisturbed
+on the same cluster (its own store) as the reference: the drained run must end with the same
+`metrics` and `epochs_trained` (`==`) and the same finetune weights (`torch.equal`), and the drain
+must not count against `compute.max_failures` (0 here, so a miscounted drain fails the stage).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+import ray
+import ray.cloudpickle
+from ray.cluster_utils import Cluster
+
+from orchestrator import failures
+from orchestrator.execution import run_study
+from orchestrator.ray_backend import TRIAL_RESOURCE
+from orchestrator.store import Store
+from tests.orchestrator import standins
+
+ray.cloudpickle.register_pickle_by_value(standins)
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+WORKER_NODES = 2
+PRETRAIN_EPOCHS = 2
+FINETUNE_EPOCHS = 8
+SLEEP_S = 1.0
+DRAIN_AT_EPOCH = 1
+"""The drain is announced once the finetune has recorded this epoch."""
+DEADLINE_S = 4
+"""The drain's deadline, seconds after the announcement (a spot notice is ~30 s to 2 min)."""
+WAIT_S = 300.0  # generous: 2 CPUs shared with other engineers' test runs
+CLUSTER_ENV = {
+    "RAY_AUTH_MODE": "disabled",  # a test cluster needs no token
+    # Ray Train's watcher is on by default; a local Ray started earlier in this process may have set
+    # it to 0 (orchestrator.ray_backend.start_local_ray): this cluster's nodes inherit it from here.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1",
+    "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",  # default 5 s: notice the drain within the deadline
+    # the controller registers one reported checkpoint per poll (default every 2 s): with the stand-in's
+    # 1 s epochs the registered checkpoint would fall behind the metrics rows
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+}
+
+
+# ---------------------------------------------------------------------------------- stand-ins
+def _on_node(workload, nodes_file: str, kind: str, cfg, data, ctx, *args, **kwargs):
+    """Run a stand-in workload, first noting (rank 0) which Ray node this attempt runs on."""
+    if ctx.rank == 0:
+        row = {"kind": kind, "node": ray.get_runtime_context().get_node_id(), "time": time.time()}
+        with open(nodes_file, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return workload(cfg, data, ctx, *args, **kwargs)
+
+
+def tagged_workloads(calls_file: str, nodes_file: str) -> dict:
+    return {
+        kind: functools.partial(_on_node, fn, nodes_file, kind)
+        for kind, fn in standins.workloads(calls_file, sleep_s=SLEEP_S).items()
+    }
+
+
+def read_lines(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plan_for(salt: str):
+    trial = (
+        "t-drain",
+        standins.pretrain_config(epochs=PRETRAIN_EPOCHS),
+        standins.finetune_config(epochs=FINETUNE_EPOCHS),
+    )
+    # max_failures 0: a drain counted as a failure would fail the stage
+    return standins.make_plan("drain", [trial], salt=salt, compute=standins.tiny_compute(max_failures=0))
+
+
+def drive(store: Store, salt: str, calls: str, nodes: str) -> dict:
+    return run_study(
+        plan_for(salt),
+        store,
+        study_text="name: drain\n",
+        progress=False,
+        workloads=tagged_workloads(calls, nodes),
+    )
+
+
+# ------------------------------------------------------------------------------------ cluster
+@pytest.fixture(scope="module")
+def cluster():
+    """Head: 0 CPUs + the trial-driver resource (drivers and Train controllers, never drained); two
+    worker nodes with 1 CPU each (the stages' Train workers). The environment above is set only
+    while the nodes start (they keep it), then restored."""
+    saved = {k: os.environ.get(k) for k in (*CLUSTER_ENV, "RAY_TMPDIR")}
+    # Own, short temp dir: Cluster() writes <tmp>/ray/ray_current_cluster, which a plain ray.init() of
+    # another process on this machine would otherwise connect to; Ray's sockets live there.
+    tmp = tempfile.mkdtemp(prefix="hsjpd", dir="/tmp")
+
+    def restore_env() -> None:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    os.environ.update({**CLUSTER_ENV, "RAY_TMPDIR": tmp})
+    c = None
+    try:
+        c = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}, "include_dashboard": False},
+        )
+        for _ in range(WORKER_NODES):
+            c.add_node(num_cpus=1)
+        c.wait_for_nodes()
+        ray.init(address=c.address, log_to_driver=False, configure_logging=False)
+        restore_env()
+        yield c
+    finally:
+        ray.shutdown()
+        if c is not None:
+            c.shutdown()
+        restore_env()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def drain(c: Cluster, node_id: str, deadline_s: float) -> int:
+    """Announce the end of `node_id` as a spot provider does: Ray's GCS DrainNode with reason
+    PREEMPTION and a deadline (the call `ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION
+    --deadline-remaining-seconds` makes). Returns the deadline (ms since the epoch)."""
+    from ray.core.generated import autoscaler_pb2
+
+    deadline_ms = int(time.time() * 1000) + int(deadline_s * 1000)
+    accepted, why = ray._raylet.GcsClient(address=c.gcs_address).drain_node(
+        node_id,  # hex: the GCS decodes it with FromHex
+        autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
+        "spot instance reclaimed (test)",
+        deadline_ms,
+    )
+    assert accepted, f"the drain of {node_id} was refused: {why}"
+    return deadline_ms
+
+
+def node_states() -> dict[str, bool]:
+    return {n["NodeID"]: bool(n["Alive"]) for n in ray.nodes()}
+
+
+def draining() -> dict[str, int]:
+    return ray._private.state.state.get_draining_nodes() or {}
+
+
+# -------------------------------------------------------------------------------------- test
+@pytest.mark.slow
+def test_drained_node_under_a_stage_resumes_elsewhere_with_identical_results(cluster, tmp_path):
+    # the reference: the same plan (another salt: other stage ids), undisturbed, on this cluster
+    ref_store = Store(tmp_path / "reference")
+    t0 = time.time()
+    ref = drive(ref_store, "drain-reference", str(tmp_path / "ref-calls.jsonl"), str(tmp_path / "ref.jsonl"))
+    t_ref = time.time() - t0
+    assert ref["counts"] == {"done": 1}, ref
+    ref_trial = plan_for("drain-reference").trials[0]
+
+    plan = plan_for("drain-drained")
+    trial = plan.trials[0]
+    store = Store(tmp_path / "store")
+    calls, nodes = str(tmp_path / "calls.jsonl"), str(tmp_path / "nodes.jsonl")
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = drive(store, "drain-drained", calls, nodes)
+        except BaseException as exc:  # noqa: BLE001 — reported by the test thread
+            outcome["error"] = exc
+
+    t0 = time.time()
+    driver = threading.Thread(target=run, daemon=True)
+    driver.start()
+    deadline = time.time() + WAIT_S
+    while DRAIN_AT_EPOCH not in standins.epochs_in_metrics(store, trial.finetune):
+        assert driver.is_alive(), f"the study ended before the drain: {outcome}"
+        assert time.time() < deadline, f"the finetune did not reach epoch {DRAIN_AT_EPOCH} in {WAIT_S} s"
+        time.sleep(0.1)
+    victim = next(w["node"] for w in reversed(read_lines(nodes)) if w["kind"] == "finetune")
+    t_drain = time.time()
+    deadline_ms = drain(cluster, victim, DEADLINE_S)
+    at_drain = standins.epochs_in_metrics(store, trial.finetune)
+    assert victim in draining(), "the GCS does not report the node as draining"
+
+    # until the deadline the stage keeps training on the drained node; then the provider takes it
+    seen_attempts: list[dict] = []
+    removed_at = None
+    while driver.is_alive() and time.time() < t_drain + WAIT_S:
+        data = failures.read_attempts(store, trial.finetune)
+        if data and data not in seen_attempts:
+            seen_attempts.append(data)
+        if removed_at is None and time.time() * 1000 >= deadline_ms:
+            before_removal = standins.epochs_in_metrics(store, trial.finetune)
+            victim_node = next((n for n in cluster.worker_nodes if n.node_id == victim), None)
+            if victim_node is not None and node_states().get(victim):
+                cluster.remove_node(victim_node)
+            removed_at = time.time()
+        time.sleep(0.1)
+    driver.join(timeout=5)
+    t_done = time.time()
+    assert not driver.is_alive(), f"the study did not finish within {WAIT_S} s of the drain"
+    assert "error" not in outcome, outcome.get("error")
+
+    epochs = standins.epochs_in_metrics(store, trial.finetune)
+    where = [w for w in read_lines(nodes) if w["kind"] == "finetune"]
+    rows = store.read_metrics(trial.finetune)
+    resumed = [r for r in rows if r.get("resumed_from") is not None]
+    print(
+        f"\nreference {t_ref:.1f} s; drained run: drain at {t_drain - t0:.1f} s after epochs {at_drain} "
+        f"(deadline {DEADLINE_S} s), epochs by the deadline {before_removal}, node removed "
+        f"{removed_at - t_drain:.1f} s after the drain; finetune attempts on "
+        f"{[(w['node'][:8], round(w['time'] - t_drain, 1)) for w in where]} (s after the drain); "
+        f"first resumed epoch row {resumed[0] if resumed else None}; epochs in metrics {epochs}; "
+        f"attempts.json seen {json.dumps(seen_attempts)[:2000]}; study done {t_done - t_drain:.1f} s "
+        f"after the drain"
+    )
+
+    summary = outcome["summary"]
+    assert summary["counts"] == {"done": 1}, summary
+    kinds = [c["kind"] for c in standins.read_calls(calls)]
+    assert kinds.count("pretrain") == 1, "the finished pretrain was recomputed"
+    assert kinds.count("finetune") == 2, kinds  # the drained attempt + one restart
+    assert where[0]["node"] == victim and where[1]["node"] != victim, where
+    assert where[1]["node"] in node_states() and node_states()[where[1]["node"]], where
+    # the restart resumed from a checkpoint of the drained attempt, losing at most its current epoch
+    assert epochs[: len(before_removal)] == before_removal, (before_removal, epochs)
+    tail = epochs[len(before_removal) :]
+    assert tail == list(range(tail[0], FINETUNE_EPOCHS)), (before_removal, tail)
+    assert tail[0] >= max(before_removal), (before_removal, tail)
+    result = store.read_result(trial.finetune)
+    assert result["resumed_from"] == tail[0] - 1
+
+    for kind in ("pretrain", "finetune"):
+        got, want = store.read_result(getattr(trial, kind)), ref_store.read_result(getattr(ref_trial, kind))
+        assert got["status"] == want["status"] == "done", kind
+        assert got["metrics"] == want["metrics"], (kind, got["metrics"], want["metrics"])
+        assert got["epochs_trained"] == want["epochs_trained"] == list(range(got["epochs_trained"][-1] + 1))
+        assert store.read_error(getattr(trial, kind)) is None, kind
+    weights, ref_weights = store.load_weights(trial.finetune), ref_store.load_weights(ref_trial.finetune)
+    assert weights.keys() == ref_weights.keys()
+    for key, value in weights.items():
+        assert value.equal(ref_weights[key]), key
