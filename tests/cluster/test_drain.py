@@ -159,6 +159,38 @@ def drain(c: Cluster, node_id: str, deadline_s: float) -> int:
     return deadline_ms
 
 
+def test_a_drain_is_a_preemption_to_the_failure_policy():
+    """What `trainer.fit()` raises for a drained node (Ray's own exception classes, no Ray started):
+    Train's PreemptionError (the drain was seen), or a WorkerGroupError whose worker died with its
+    drained node (`RayActorError.preempted`, the drain not seen in time). Both are preemptions:
+    restarted at once and not counted; a worker lost without a drain is counted."""
+    from ray.exceptions import ActorDiedError, RayActorError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+    from ray.train.v2.api.exceptions import PreemptionError, WorkerGroupError
+    from ray.train.v2.api.preemption import PreemptionInfo
+
+    policy = failures.FailurePolicy(max_failures=0)
+    seen = PreemptionError(PreemptionInfo(deadline_ms=1, preempted_node_to_ranks={"ab12": [0]}), True)
+    attempt = failures.attempt_from_exception(seen, node="10.0.0.1", run_token="r")
+    assert attempt.preempted and attempt.exc_type == "PreemptionError" and attempt.node == "ab12"
+    decision = failures.decide([attempt], policy)
+    assert decision.retry and decision.reason == "preempted" and decision.delay_s == 0.0
+    assert "node preempted; restarting" in failures.summary_line("s", decision)
+
+    def lost(preempted: bool) -> WorkerGroupError:
+        died = RayActorError(actor_id="a1", error_msg="The actor died.", preempted=preempted)
+        return WorkerGroupError("rank 0 died", {0: WorkerHealthCheckFailedError("health check", died)})
+
+    unseen = failures.attempt_from_exception(lost(True), run_token="r")
+    assert unseen.preempted and unseen.drained
+    assert failures.decide([attempt, unseen], policy).reason == "preempted"
+    assert failures.Attempt.from_dict(unseen.to_dict()).preempted  # attempts.json keeps it
+    plain = failures.attempt_from_exception(lost(False), run_token="r")
+    assert not plain.preempted
+    assert failures.decide([attempt, unseen, plain], policy).reason == "budget"
+    assert not failures.attempt_from_exception(ActorDiedError(), run_token="r").preempted
+
+
 def node_states() -> dict[str, bool]:
     return {n["NodeID"]: bool(n["Alive"]) for n in ray.nodes()}
 
@@ -251,6 +283,16 @@ def test_drained_node_under_a_stage_resumes_elsewhere_with_identical_results(clu
     assert tail[0] >= max(before_removal), (before_removal, tail)
     result = store.read_result(trial.finetune)
     assert result["resumed_from"] == tail[0] - 1
+    # the drain reached the stage's failure policy as one preemption: recorded, restarted at once, not
+    # counted against max_failures (0); cleared once the stage finished
+    assert seen_attempts, "no attempts.json was written for the drained attempt"
+    recorded = seen_attempts[-1]
+    assert [a["exc_type"] for a in recorded["attempts"]] == ["PreemptionError"], recorded
+    assert recorded["attempts"][0]["node"] == victim, recorded
+    decision = recorded["decision"]
+    assert decision["retry"] and decision["reason"] == "preempted" and decision["delay_s"] == 0.0
+    assert decision["failures"] == 0 and decision["budget"] == 0, decision
+    assert failures.read_attempts(store, trial.finetune) is None
 
     for kind in ("pretrain", "finetune"):
         got, want = store.read_result(getattr(trial, kind)), ref_store.read_result(getattr(ref_trial, kind))
