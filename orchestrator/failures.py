@@ -172,7 +172,10 @@ def decide(history: list[Attempt], policy: FailurePolicy) -> Decision:
 
 # ------------------------------------------------------------------------------------------- text
 def status_text(decision: Decision) -> str:
-    """`retrying 2/3: <error>` (retry 2 of a budget of 3) or `failed: <error>`."""
+    """`retrying 2/3: <error>` (retry 2 of a budget of 3), `retrying after a preemption: <error>` (not
+    counted) or `failed: <error>`."""
+    if decision.reason == "preempted":
+        return f"retrying after a preemption: {decision.error}"
     if decision.retry:
         return f"retrying {decision.failures}/{decision.budget}: {decision.error}"
     return f"failed: {decision.error}"
