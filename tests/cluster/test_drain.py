@@ -43,8 +43,9 @@ FINETUNE_EPOCHS = 8
 SLEEP_S = 1.0
 DRAIN_AT_EPOCH = 1
 """The drain is announced once the finetune has recorded this epoch."""
-DEADLINE_S = 4
-"""The drain's deadline, seconds after the announcement (a spot notice is ~30 s to 2 min)."""
+DEADLINE_S = 4.5
+"""The drain's deadline, seconds after the announcement (a spot notice is ~30 s to 2 min); not a
+whole number of the stand-in's 1 s epochs, so it falls inside an epoch, as a real one does."""
 WAIT_S = 300.0  # generous: 2 CPUs shared with other engineers' test runs
 CLUSTER_ENV = {
     "RAY_AUTH_MODE": "disabled",  # a test cluster needs no token
