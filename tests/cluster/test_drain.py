@@ -3,9 +3,11 @@
 A spot node announces its end through Ray's drain API: the GCS `DrainNode` call with reason
 `DRAIN_NODE_REASON_PREEMPTION` and a deadline (what `ray drain-node` and the autoscaler send). Ray
 Train V2's `PreemptionWatcher` sees the drain, the controller lets the workers run to the deadline
-(every epoch is checkpointed meanwhile), then ends the attempt with a `PreemptionError`; the stage
-restarts on the other worker node from its last registered epoch checkpoint. At the deadline the
-test removes the drained node, as the cloud provider would.
+(every epoch is checkpointed meanwhile), then ends the attempt with a `PreemptionError`, which
+`fit_stage` leaves to the stage's failure policy (`max_preemption_failures=0`): recorded in
+attempts.json as a preemption, not counted, restarted at once; the restart runs on the other worker
+node from the last registered epoch checkpoint. At the deadline the test removes the drained node,
+as the cloud provider would.
 
 The study is the deterministic stand-in plan of tests/orchestrator/standins.py, run once undisturbed
 on the same cluster (its own store) as the reference: the drained run must end with the same
@@ -282,7 +284,7 @@ def test_drained_node_under_a_stage_resumes_elsewhere_with_identical_results(clu
     drained_epochs = [int(r["epoch"]) for r in rows[:split]]
     restart_epochs = [int(r["epoch"]) for r in rows[split:]]
     resumed_from = rows[split]["resumed_from"] if split < len(rows) else None
-    recorded = [
+    attempts = [
         (a["exc_type"], (a["node"] or "")[:8], d["decision"]["reason"], d["decision"]["status"][:60])
         for d in seen_attempts
         for a in d["attempts"]
@@ -294,7 +296,7 @@ def test_drained_node_under_a_stage_resumes_elsewhere_with_identical_results(clu
         f"announcement; finetune attempts (node, s after the announcement) "
         f"{[(w['node'][:8], round(w['time'] - t_drain, 1)) for w in where]}; the restart resumed from "
         f"epoch {resumed_from}'s checkpoint and trained {restart_epochs}; "
-        f"attempts recorded {recorded}; study done {t_done - t_drain:.1f} s after the announcement "
+        f"attempts recorded {attempts}; study done {t_done - t_drain:.1f} s after the announcement "
         f"({t_done - t0:.1f} s in all)"
     )
 
