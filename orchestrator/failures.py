@@ -4,7 +4,8 @@ A stage that raises is retried at most `compute.max_failures` times, each retry 
 (`retry_backoff_s`, × `retry_backoff_factor` per retry, at most `retry_backoff_max_s`), and fails at
 once when the same error (exception type and message) comes twice in a row: a deterministic bug or a
 node without the COCO mount fails in seconds instead of restarting for days. A planned preemption
-(Ray Train's `PreemptionError`: a node announced its end) is not the stage's fault: it never counts as
+(Ray Train's `PreemptionError`: a node announced its end; or a worker that died with its drained
+node before Train saw the announcement) is not the stage's fault: it never counts as
 a repeat, and it has its own budget (`PREEMPTION_BUDGET`), as Ray Train V2 keeps `max_preemption_failures`
 apart from `max_failures`.
 
@@ -93,10 +94,13 @@ class Attempt:
     time: float = field(default_factory=time.time)
     run_token: str = ""
     """The run that made the attempt: a new `hsjp-study run` starts with a fresh budget."""
+    drained: bool = False
+    """A worker died with its node's drain (Ray's `RayActorError.preempted`) before Ray Train saw the
+    announcement: a preemption too, whatever the error type."""
 
     @property
     def preempted(self) -> bool:
-        return self.exc_type in PREEMPTION_TYPES
+        return self.drained or self.exc_type in PREEMPTION_TYPES
 
     def signature(self) -> tuple[str, str]:
         """What "the same error" compares: type and message, object addresses (0x7f...) masked."""
@@ -168,7 +172,10 @@ def decide(history: list[Attempt], policy: FailurePolicy) -> Decision:
 
 # ------------------------------------------------------------------------------------------- text
 def status_text(decision: Decision) -> str:
-    """`retrying 2/3: <error>` (retry 2 of a budget of 3) or `failed: <error>`."""
+    """`retrying 2/3: <error>` (retry 2 of a budget of 3), `retrying after a preemption: <error>` (not
+    counted) or `failed: <error>`."""
+    if decision.reason == "preempted":
+        return f"retrying after a preemption: {decision.error}"
     if decision.retry:
         return f"retrying {decision.failures}/{decision.budget}: {decision.error}"
     return f"failed: {decision.error}"
@@ -241,6 +248,9 @@ def attempt_from_exception(
     import traceback as tb
 
     root = root_exception(exc)
+    drained_nodes = getattr(getattr(root, "preemption_info", None), "preempted_node_ids", None)
+    if drained_nodes:  # a PreemptionError: name the drained node(s), not the caller's
+        node = ", ".join(str(n) for n in drained_nodes)
     message = str(root).strip()
     exc_type = type(root).__name__
     if traceback_text is None:
@@ -259,7 +269,26 @@ def attempt_from_exception(
         node=node,
         traceback=traceback_text,
         run_token=run_token,
+        drained=_died_with_drain(exc),
     )
+
+
+def _died_with_drain(exc: BaseException) -> bool:
+    """Whether a worker under Ray's wrappers died because its node was drained for a preemption
+    (`RayActorError.preempted`, under Train V2's WorkerGroupError / WorkerHealthCheckFailedError):
+    what Ray Train 2.60 itself charges to its preemption budget, not to `max_failures`."""
+    stack, seen = [exc], set()
+    while stack:
+        e = stack.pop()
+        if id(e) in seen or not isinstance(e, BaseException):
+            continue
+        seen.add(id(e))
+        if getattr(e, "preempted", False) is True:
+            return True
+        failures = getattr(e, "worker_failures", None)
+        stack.extend(failures.values() if isinstance(failures, dict) else ())
+        stack.extend(getattr(e, a, None) for a in ("health_check_failure", "cause", "_base_exc"))
+    return False
 
 
 def last_line(text: str | None) -> str:

@@ -80,9 +80,6 @@ def start_local_ray(
     # Ray 2.60 turns token authentication on for `ray start` clusters; a local Ray started here needs
     # none. A user's explicit setting wins.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # One node that nobody drains: Ray Train's per-stage PreemptionWatcher actor (one more process
-    # per stage) has nothing to watch. Workers inherit this environment; on a cluster it stays on.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     options = dict(
         address="local",
         resources={TRIAL_RESOURCE: 10_000, **resources},
@@ -91,13 +88,31 @@ def start_local_ray(
         configure_logging=False,
     )
     if not claim:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, **options)
+        with _local_node_env():
+            ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, **options)
         return
     with host.LocalClaim(demand, study=study, num_cpus=num_cpus, num_gpus=num_gpus) as local:
-        with local.visible_gpus():  # the raylet inherits CUDA_VISIBLE_DEVICES = the claimed GPUs
+        # the raylet inherits CUDA_VISIBLE_DEVICES = the claimed GPUs, and _local_node_env
+        with local.visible_gpus(), _local_node_env():
             context = ray.init(num_cpus=local.claim.cpus, num_gpus=len(local.claim.gpu_ids), **options)
         info = getattr(context, "address_info", None) or {}
         local.register(address=info.get("gcs_address", ""), session_dir=info.get("session_dir", ""))
+
+
+@contextlib.contextmanager
+def _local_node_env():
+    """While the local Ray starts (its raylet, and so every worker, inherits the environment): one node
+    that nobody drains, so Ray Train's per-stage PreemptionWatcher actor (one more process per stage)
+    is off. A user's explicit setting wins. Set only for the start, so that a Ray cluster this process
+    joins or starts later (tests) keeps the watcher that drains need."""
+    name = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+    before = os.environ.get(name)
+    os.environ.setdefault(name, "0")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
 
 
 def connect(address: str | None, demand: Any = None, study: str = "") -> tuple[bool, float]:
@@ -644,8 +659,10 @@ def fit_stage(
             storage_path=path,
             storage_filesystem=fs,
             # a worker / node lost ends this fit; the stage's failure policy (budget, backoff, the same
-            # error twice) decides the retry, which resumes from the last registered checkpoint
-            failure_config=ray.train.FailureConfig(max_failures=0),
+            # error twice) decides the retry, which resumes from the last registered checkpoint. So
+            # does a drained node (Train's PreemptionError; its default -1 retries it here, unbounded
+            # and unrecorded): the policy records it, restarts at once, bounds it by PREEMPTION_BUDGET
+            failure_config=ray.train.FailureConfig(max_failures=0, max_preemption_failures=0),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=_train_callbacks(),
         ),
