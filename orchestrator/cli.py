@@ -1,4 +1,4 @@
-"""`hsjp-study`: run, plan, inspect and report the HSJP paper's studies (DESIGN.md, top).
+"""`hsjp-study`: run, plan, inspect and report the HSJP paper's studies (docs/design.md).
 
     hsjp-study run [STUDY]      schedule every stage on Ray (default: the embedded smoke study)
     hsjp-study run STUDY --simulate --gpus G     the same scheduler on fake GPUs, stages as timed holds
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STUDY = REPO / "studies" / "smoke.yaml"
 _USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
-# matched by name so that --help / plan import neither torch (store) nor pycocotools (coco)
+# matched by name so that --help / plan import neither pyarrow (store) nor pycocotools (coco)
 _USER_ERROR_NAMES = {"StoreError", "CocoDataError", "RayVersionError", "HostBusy"}
 
 

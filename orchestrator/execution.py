@@ -96,7 +96,7 @@ def mount_fs_type(path: str, mounts_text: str | None = None) -> str | None:
 def check_storage_for_cluster(
     store: Store, nodes: list[dict], *, shared: bool | None = None, mounts_text: str | None = None
 ) -> None:
-    """Refuse a node-local store on a cluster that spans several hosts (ray.md §6: every node reads
+    """Refuse a node-local store on a cluster that spans several hosts (docs/ray.md §6: every node reads
     and writes the store directly; a path on one host's disk breaks checkpoints, results and resume).
 
     `nodes` is `ray.nodes()`. A URI store, a single host (however many Ray nodes run on it), a path on

@@ -1,4 +1,4 @@
-"""What a study runs on (DESIGN.md, data flow 1): its data and its compute, loaded strictly from the
+"""What a study runs on (docs/design.md §1): its data and its compute, loaded strictly from the
 study file, and the up-front checks / preparation done before anything is scheduled.
 
 `data` is a COCO 2017 folder (paper §4.1; `${ENV}` expanded) or a synthetic COCO-format set that is
@@ -43,7 +43,7 @@ _ENV = re.compile(r"\$\{([^}]*)\}")
 
 @dataclass(frozen=True)
 class ComputeConfig:
-    """Resources of every stage (a Ray Train run) and of the study (Ray Tune), DESIGN.md §3."""
+    """Resources of every stage (a Ray Train run) and of the study (Ray Tune), docs/design.md §3."""
 
     workers_per_stage: int = 1
     """Ray Train workers (DDP processes) per stage; the global batch is split between them."""

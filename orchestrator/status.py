@@ -1,4 +1,4 @@
-"""Where a study stands (`hsjp-study status`, DESIGN.md §4–5), read from the result store only.
+"""Where a study stands (`hsjp-study status`, docs/design.md §4–5), read from the result store only.
 
 A stage is `done` / `collapsed` / `skipped` when its result.json says so (`skipped`: a finetune whose
 pretrain collapsed), `no-work` for a scratch / imagenet pretrain (nothing to compute), `retrying` /

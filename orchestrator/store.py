@@ -1,4 +1,4 @@
-"""The result store (DESIGN.md §4): a local folder, a shared filesystem or a cloud URI.
+"""The result store (docs/design.md §4): a local folder, a shared filesystem or a cloud URI.
 
 ```
 <root>/stages/<kind>-<hash>/   config.json, metrics.jsonl, weights.pt (output), error.txt,

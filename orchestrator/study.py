@@ -1,4 +1,4 @@
-"""Study files (DESIGN.md, data flow 1): a strict YAML loader from `studies/*.yaml` to typed trials.
+"""Study files (docs/design.md §1): a strict YAML loader from `studies/*.yaml` to typed trials.
 
 A study names its data, its compute, default pretrain + finetune configs, a `matrix` of dotted keys
 whose cartesian product gives trials, `include` entries that add single trials (applied over the
@@ -206,7 +206,7 @@ def _agreed(parts: list[Study], key: str, path: Path) -> Any:
 
 
 def _study_name(raw: dict, path: Path) -> str:
-    from orchestrator.store import StoreError, check_study_name  # lazy: the store module imports torch
+    from orchestrator.store import StoreError, check_study_name  # lazy: loading a study needs no pyarrow
 
     name = raw.get("name", path.stem)
     try:

@@ -1,4 +1,4 @@
-"""Match the paper's table cells to what a study ran, and aggregate seeds (DESIGN.md §6).
+"""Match the paper's table cells to what a study ran, and aggregate seeds (docs/design.md §6).
 
 A smoke study runs tiny epochs, yet must still fill the tables, so a cell is matched by the
 classification of each run relative to the store's *reference* settings, computed per backbone:

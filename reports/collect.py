@@ -1,4 +1,4 @@
-"""Read a result store into one tidy table of stages (DESIGN.md §4 store layout, §6 report).
+"""Read a result store into one tidy table of stages (docs/design.md §4 store layout, §6 report).
 
 Reads the store FORMAT only — `<root>/stages/<id>/{result.json, config.json, metrics.jsonl,
 error.txt}` and `<root>/studies/<name>/plan.json` — never the orchestrator's code, Ray or torch.

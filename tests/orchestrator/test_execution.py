@@ -1,4 +1,4 @@
-"""Study execution (DESIGN.md §3–5): pure helpers (unit) and whole runs through a local Ray (slow).
+"""Study execution (docs/design.md §3–5): pure helpers (unit) and whole runs through a local Ray (slow).
 
 The slow tests use stand-in workloads (`standins.py`: an nn.Linear through the shared engine) so a
 stage costs Ray's fixed overhead only; the smoke-study test runs the real workloads.

@@ -90,7 +90,7 @@ def test_empty_store_reports_not_run_everywhere(tmp_path):
 
 
 def test_reports_import_no_ray_torch_or_orchestrator():
-    """The dependency rule (DESIGN.md): reports read the store format only."""
+    """The dependency rule (docs/design.md): reports read the store format only."""
     import subprocess
 
     code = (

@@ -3,7 +3,7 @@
 Layout and names follow the official pose_hrnet (leoxiaobin/deep-high-resolution-net.pytorch,
 config w32_256x192), so its pose checkpoint loads with strict=True and the official ImageNet
 HRNet-W32 checkpoint loads into the backbone (see `loading.py`). Facts in
-/work/shared/notes/pose-reference.md §1. Narrow variants (width, blocks, modules from
+docs/pose-reference.md §1. Narrow variants (width, blocks, modules from
 `ModelConfig`) come from the same code; `num_blocks` also sets layer1's Bottleneck count (the official
 code fixes it at 4, which W32's num_blocks = 4 reproduces). The output is the heatmap of the highest-resolution
 branch at input/4, through a 1×1 `final_layer` with any channel count.

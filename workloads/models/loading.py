@@ -5,7 +5,7 @@ so a silent partial load cannot invalidate a table. Keys under `skip_prefixes` a
 sides: not loaded from the checkpoint (listed as `skipped`) and not required from the model (the
 head `final_layer` is replaced between the pretext and the pose task).
 
-ImageNet checkpoints (pose-reference.md §1-§2):
+ImageNet checkpoints (docs/pose-reference.md §1-§2):
 - HRNet-W32: `hrnet_w32-36af842e.pth` of HRNet/HRNet-Image-Classification (cls_hrnet). Its
   classification head (`incre_modules`, `downsamp_modules`, `classifier`, and a `final_layer` whose
   name collides with the pose head) and the multi-scale fuse layers of the last stage-4 module
