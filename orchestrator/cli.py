@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.inputs import check_inputs, data_config, prepare_data
 from orchestrator.plan import Plan, make_plan, render_plan, render_prediction
-from orchestrator.status import FINISHED, dashboard_url, render_status, study_status, summarize, watch
+from orchestrator.status import FINISHED, dashboard_url, render_status, status_totals, study_status, watch
 from orchestrator.study import Study, load_study
 from orchestrator.tracking import check_available as check_trackers
 from workloads.config import ConfigError
@@ -338,7 +338,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         def render() -> tuple[str, bool]:
             rows = study_status(plan, store)
-            return head + render_status(rows, plan), summarize(rows, plan)["complete"]
+            return head + render_status(rows, plan), status_totals(rows, plan)["complete"]
 
         watch(render, interval_s=args.watch)
         return 0
@@ -348,7 +348,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     usage = store_usage(store)
     if args.json:
         out = {
-            "summary": summarize(rows, plan),
+            "summary": status_totals(rows, plan),
             "stages": rows,
             "store": {"uri": store.uri, **usage.to_dict()},
         }
@@ -381,9 +381,9 @@ def cmd_make_data(args: argparse.Namespace) -> int:
 def cmd_puzzle(args: argparse.Namespace) -> int:
     if not Path(args.image).is_file():
         raise FileNotFoundError(f"image {args.image} not found")
-    from workloads.hsjp.figure import draw_puzzle
+    from workloads.hsjp.figure import write_puzzle_figure
 
-    path = draw_puzzle(args.image, args.n, args.out, seed=args.seed, input_size=args.input_size)
+    path = write_puzzle_figure(args.image, args.n, args.out, seed=args.seed, input_size=args.input_size)
     print(f"puzzle N={args.n}: {path}")
     return 0
 

@@ -145,7 +145,7 @@ def _age_s(store: Store, path: str) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------- summary
-def summarize(rows: list[dict], plan: Plan) -> dict[str, Any]:
+def status_totals(rows: list[dict], plan: Plan) -> dict[str, Any]:
     """Counts per state, device-hours spent and the estimate of what is left."""
     counts = {s: sum(1 for r in rows if r["state"] == s) for s in STATES}
     est = plan.estimate()["stage_hours"]
@@ -170,7 +170,7 @@ def summarize(rows: list[dict], plan: Plan) -> dict[str, Any]:
 
 def render_status(rows: list[dict], plan: Plan) -> str:
     """A plain-text table: one line per stage, then totals."""
-    s = summarize(rows, plan)
+    s = status_totals(rows, plan)
     counts = ", ".join(f"{n} {state}" for state, n in s["counts"].items() if n)
     lines = [
         f"study {plan.study}: {s['trials']} trials, {s['stages']} stages — {counts}",

@@ -31,7 +31,6 @@ if TYPE_CHECKING:  # torch is imported where weights are read/written: `plan`/`s
 
 log = logging.getLogger(__name__)
 
-STAGE_KINDS = ("pretrain", "finetune")
 _STAGE_ID = re.compile(r"^(pretrain|finetune)-[0-9a-f]{8,64}$")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -221,9 +220,6 @@ class Store:
     def write_stage_config(self, stage_id: str, config: dict) -> None:
         self.write_json(self.stage_path(stage_id, "config.json"), config)
 
-    def read_stage_config(self, stage_id: str) -> dict | None:
-        return self.read_json(self.stage_path(stage_id, "config.json"))
-
     def append_metrics(self, stage_id: str, metrics: dict) -> None:
         self.append_line(self.stage_path(stage_id, "metrics.jsonl"), json.dumps(metrics, default=str))
 
@@ -312,21 +308,6 @@ class Store:
     def write_study(self, name: str, study_text: str, plan: dict) -> None:
         self.write_bytes(self.study_path(name, "study.yaml"), study_text.encode())
         self.write_json(self.study_path(name, "plan.json"), plan)
-
-    def read_plan(self, name: str) -> dict | None:
-        return self.read_json(self.study_path(name, "plan.json"))
-
-    def list_studies(self) -> list[str]:
-        root = self.path("studies")
-        if not self.exists(root):
-            return []
-        infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=False))
-        return sorted(
-            i.base_name
-            for i in infos
-            if i.type == pafs.FileType.Directory
-            and self.exists(self.path("studies", i.base_name, "plan.json"))
-        )
 
 
 def _redact(uri: str) -> str:

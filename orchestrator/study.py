@@ -28,16 +28,13 @@ from typing import Any
 import yaml
 
 from orchestrator import strict_yaml
-from orchestrator.inputs import (  # noqa: F401  (ComputeConfig, DataSpec, prepare_data: re-exported)
+from orchestrator.inputs import (
     ComputeConfig,
     DataSpec,
-    SyntheticSpec,
-    check_inputs,
     dry_run_inputs,
     expand_env,
     load_compute,
     load_data,
-    prepare_data,
     resolve_path,
     short,
     suggest,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workloads.models.stages import StagedModel
+from workloads.models.freezing import StagedModel
 
 BN_MOMENTUM = 0.1  # HRNet pose_hrnet.py: BN_MOMENTUM = 0.1
 STEM_CHANNELS = 64  # HRNet: conv1/conv2 3→64→64, layer1 Bottleneck planes 64 (→ 256)

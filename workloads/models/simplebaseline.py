@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from workloads.models.freezing import StagedModel
 from workloads.models.hrnet import BN_MOMENTUM, check_input_hw, init_official
-from workloads.models.stages import StagedModel
 
 NUM_DECONV = 3  # SimpleBaseline config: NUM_DECONV_LAYERS 3, kernels [4, 4, 4]
 DECONV_KERNEL, DECONV_PADDING, DECONV_OUTPUT_PADDING = 4, 1, 0  # pose_resnet: k4 → p1, op0
