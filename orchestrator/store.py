@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa_lib
 import pyarrow.fs as pafs
 
+from orchestrator.store_format import StoreError, parse_json, parse_json_lines, parse_json_or_warn
+
 if TYPE_CHECKING:  # torch is imported where weights are read/written: `plan`/`status` stay fast
     import torch
 
@@ -33,10 +35,6 @@ log = logging.getLogger(__name__)
 
 _STAGE_ID = re.compile(r"^(pretrain|finetune)-[0-9a-f]{8,64}$")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
-class StoreError(RuntimeError):
-    """A store path or file is invalid; the message names it."""
 
 
 URI_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
@@ -191,13 +189,7 @@ class Store:
 
     def read_json(self, path: str) -> Any | None:
         """The parsed file, None when absent. A corrupt file raises StoreError naming it."""
-        data = self.read_bytes(path)
-        if data is None:
-            return None
-        try:
-            return json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{path}: corrupt JSON ({exc})") from exc
+        return parse_json(self.read_bytes(path), path)
 
     def append_line(self, path: str, line: str) -> None:
         """Append a line (local: O_APPEND; object stores: read-modify-write of the whole object)."""
@@ -224,18 +216,8 @@ class Store:
         self.append_line(self.stage_path(stage_id, "metrics.jsonl"), json.dumps(metrics, default=str))
 
     def read_metrics(self, stage_id: str) -> list[dict]:
-        data = self.read_bytes(self.stage_path(stage_id, "metrics.jsonl")) or b""
-        rows = []
-        for i, line in enumerate(data.decode(errors="replace").splitlines()):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning(
-                    "%s line %d: unreadable metrics row skipped",
-                    self.stage_path(stage_id, "metrics.jsonl"),
-                    i + 1,
-                )
-        return rows
+        path = self.stage_path(stage_id, "metrics.jsonl")
+        return parse_json_lines(self.read_bytes(path), path)
 
     def save_weights(self, stage_id: str, state_dict: dict[str, torch.Tensor]) -> str:
         import torch
@@ -270,11 +252,8 @@ class Store:
     def read_result(self, stage_id: str) -> dict | None:
         """result.json of a stage; None when not finished. A corrupt result counts as not finished
         (with a warning naming the file), so the stage is redone rather than trusted."""
-        try:
-            return self.read_json(self.stage_path(stage_id, "result.json"))
-        except StoreError as exc:
-            log.warning("%s — the stage will be recomputed", exc)
-            return None
+        path = self.stage_path(stage_id, "result.json")
+        return parse_json_or_warn(self.read_bytes(path), path, "the stage will be recomputed")
 
     def is_done(self, stage_id: str) -> bool:
         return self.read_result(stage_id) is not None

@@ -25,6 +25,8 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs as pafs
 
+from orchestrator.store_format import parse_json_or_warn
+
 log = logging.getLogger(__name__)
 
 # Same values as workloads.config.BACKBONE_SCHEDULES (HRNet w32_256x192_adam_lr1e-3.yaml: 210 epochs;
@@ -108,16 +110,10 @@ class StoreReader:
         with self.fs.open_input_stream(path) as f:
             return f.read()
 
-    def read_json(self, *parts: str) -> Any | None:
-        """Parsed JSON, or None when absent or unreadable (a warning names the file)."""
-        text = self.read_text(*parts)
-        if text is None:
-            return None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            log.warning("%s: corrupt JSON (%s); treated as absent", self._path(*parts), exc)
-            return None
+    def read_json(self, *parts: str, consequence: str = "treated as absent") -> Any | None:
+        """Parsed JSON, or None when absent; a corrupt file reads as absent with a warning naming it
+        and `consequence` (the store format's one policy: `orchestrator.store_format`)."""
+        return parse_json_or_warn(self.read_text(*parts), self._path(*parts), consequence)
 
     def list_dirs(self, *parts: str) -> list[str]:
         path = self._path(*parts)
@@ -132,7 +128,9 @@ def read_plans(reader: StoreReader) -> dict[str, dict]:
     """plan.json of every study: {study name: plan}."""
     plans = {}
     for name in reader.list_dirs("studies"):
-        plan = reader.read_json("studies", name, "plan.json")
+        plan = reader.read_json(
+            "studies", name, "plan.json", consequence="the study is left out of the report"
+        )
         if isinstance(plan, dict):
             plans[name] = plan
     return plans
@@ -162,7 +160,9 @@ def read_raw_stages(reader: StoreReader, plans: dict[str, dict]) -> dict[str, di
     for stage_id in reader.list_dirs("stages"):
         if _STAGE_ID.match(stage_id):
             e = entry(stage_id)
-            e["result"] = reader.read_json("stages", stage_id, "result.json")
+            e["result"] = reader.read_json(
+                "stages", stage_id, "result.json", consequence="the stage counts as not finished"
+            )
             e["config_file"] = reader.read_json("stages", stage_id, "config.json")
             e["error"] = reader.read_text("stages", stage_id, "error.txt")
             e["started"] = True

@@ -17,11 +17,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from workloads.user_errors import UserError
+
 BACKBONES = ("hrnet_w32", "simplebaseline_r50")
 PRETRAIN_METHODS = ("hsjp", "scratch", "imagenet")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is wrong. The message names where (file / dotted key), the value and what is allowed."""
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from workloads.data.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY_ID
+from workloads.user_errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ BOX_PADDING = 1.25  # HRNet _xywh2cs: the box is enlarged by 25 %
 EXPECTED_LAYOUT = "annotations/person_keypoints_{split}.json and {split}/ (images) under the COCO root"
 
 
-class CocoDataError(RuntimeError):
+class CocoDataError(UserError, RuntimeError):
     """A COCO root, annotation, detection or image file is missing or malformed (the message names it)."""
 
 
