@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.inputs import check_inputs, data_config, prepare_data
 from orchestrator.plan import Plan, make_plan, render_plan, render_prediction
-from orchestrator.status import FINISHED, dashboard_url, render_status, status_totals, study_status, watch
+from orchestrator.status import dashboard_url, render_status, status_totals, study_status, watch
+from orchestrator.store_format import FINISHED_STATES
 from orchestrator.study import Study, load_study
 from orchestrator.tracking import check_available as check_trackers
 from workloads.config import ConfigError
@@ -262,7 +263,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _failed(summary: Any, plan: Plan, store: Store) -> list[str]:
     """Stages without a result after the run (the store is the source of truth)."""
     rows = study_status(plan, store)
-    bad = [r["stage_id"] for r in rows if r["state"] not in FINISHED]
+    bad = [r["stage_id"] for r in rows if r["state"] not in FINISHED_STATES]
     if isinstance(summary, dict) and summary.get("failures") and not bad:
         bad = [f.get("stage_id") or f.get("trial_id") for f in summary["failures"]]
     return bad

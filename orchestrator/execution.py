@@ -39,7 +39,8 @@ from orchestrator.scheduler import (
     unschedulable,
 )
 from orchestrator.stages import StageFailed, publish
-from orchestrator.store import Store, StoreError, check_study_name
+from orchestrator.store import Store
+from orchestrator.store_format import StoreError, check_study_name
 from workloads.config import ConfigError
 
 log = logging.getLogger(__name__)

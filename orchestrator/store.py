@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,15 +25,24 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa_lib
 import pyarrow.fs as pafs
 
-from orchestrator.store_format import StoreError, parse_json, parse_json_lines, parse_json_or_warn
+from orchestrator.store_format import (
+    RESULT_FILE,
+    SCHEMA_VERSION,
+    ResultRecord,
+    StoreError,
+    is_stage_id,
+    parse_json,
+    parse_json_lines,
+    parse_json_or_warn,
+    read_result_record,
+    stage_parts,
+    study_parts,
+)
 
 if TYPE_CHECKING:  # torch is imported where weights are read/written: `plan`/`status` stay fast
     import torch
 
 log = logging.getLogger(__name__)
-
-_STAGE_ID = re.compile(r"^(pretrain|finetune)-[0-9a-f]{8,64}$")
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 URI_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
@@ -76,21 +84,6 @@ def check_storage(storage: str, arg: str = "--storage") -> None:
     except OSError as exc:
         what = "write into" if probe_in == path else f"create the store folder under {probe_in}"
         raise StoreError(f"{arg} {storage}: cannot {what} ({exc.strerror or exc})") from None
-
-
-def check_stage_id(stage_id: str) -> str:
-    if not isinstance(stage_id, str) or not _STAGE_ID.fullmatch(stage_id):
-        raise StoreError(f"invalid stage id {stage_id!r}: expected '<pretrain|finetune>-<hex hash>'")
-    return stage_id
-
-
-def check_study_name(name: str) -> str:
-    if not isinstance(name, str) or not _STUDY_NAME.fullmatch(name) or ".." in name:
-        raise StoreError(
-            f"invalid study name {name!r}: use letters, digits, '_', '-', '.' (no '..', "
-            "not starting with '.' or '-'; at most 100 characters)"
-        )
-    return name
 
 
 class Store:
@@ -160,10 +153,10 @@ class Store:
         return self.uri_of(*parts), None
 
     def stage_path(self, stage_id: str, *parts: str) -> str:
-        return self.path("stages", check_stage_id(stage_id), *parts)
+        return self.path(*stage_parts(stage_id, *parts))
 
     def study_path(self, name: str, *parts: str) -> str:
-        return self.path("studies", check_study_name(name), *parts)
+        return self.path(*study_parts(name, *parts))
 
     # ----------------------------------------------------------------------------------- bytes
     def exists(self, path: str) -> bool:
@@ -241,19 +234,23 @@ class Store:
             raise StoreError(f"{path}: unreadable weights ({exc})") from exc
 
     def write_result(self, stage_id: str, result: dict) -> None:
-        """Publish a finished stage: result.json, written last and atomically."""
+        """Publish a finished stage: result.json (`store_format.ResultRecord`), written last and
+        atomically."""
         result = {
+            "schema_version": SCHEMA_VERSION,
             **result,
             "stage_id": stage_id,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        self.write_json(self.stage_path(stage_id, "result.json"), result)
+        self.write_json(self.stage_path(stage_id, RESULT_FILE), result)
 
-    def read_result(self, stage_id: str) -> dict | None:
-        """result.json of a stage; None when not finished. A corrupt result counts as not finished
-        (with a warning naming the file), so the stage is redone rather than trusted."""
-        path = self.stage_path(stage_id, "result.json")
-        return parse_json_or_warn(self.read_bytes(path), path, "the stage will be recomputed")
+    def read_result(self, stage_id: str) -> ResultRecord | None:
+        """result.json of a stage in the current schema (older versions upgraded); None when not
+        finished. A corrupt result counts as not finished (with a warning naming the file), so the
+        stage is redone rather than trusted."""
+        path = self.stage_path(stage_id, RESULT_FILE)
+        obj = parse_json_or_warn(self.read_bytes(path), path, "the stage will be recomputed")
+        return None if obj is None else read_result_record(obj, path)
 
     def is_done(self, stage_id: str) -> bool:
         return self.read_result(stage_id) is not None
@@ -274,7 +271,7 @@ class Store:
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=False))
         return sorted(
-            i.base_name for i in infos if i.type == pafs.FileType.Directory and _STAGE_ID.match(i.base_name)
+            i.base_name for i in infos if i.type == pafs.FileType.Directory and is_stage_id(i.base_name)
         )
 
     def iter_results(self) -> Iterator[dict]:

@@ -1,7 +1,18 @@
 """The result store's format, read by the orchestrator, `hsjp-study status` and the reports alike.
 
 Ray-free, torch-free and pyarrow-free: `reports` imports this module and nothing else of the
-orchestrator (docs/design.md, "Layers").
+orchestrator (docs/design.md, "Layers"). It holds the layout (folders, file names, stage ids, study
+names), the one set of stage state names, the `result.json` schema and the corrupt-JSON policy.
+
+**Layout** (relative to the store root; `orchestrator.store.Store` resolves it on a filesystem):
+
+```
+stages/<kind>-<hash>/    config.json    what identifies the stage (written when it starts)
+                         metrics.jsonl  one row per epoch (append-only)
+                         error.txt      the last failure's traceback (removed on success)
+                         result.json    `ResultRecord`, written atomically and last: present = finished
+studies/<name>/          study.yaml     the study file as run;  plan.json  its plan
+```
 
 **Corrupt JSON, one policy.** The store's JSON files are written atomically (a temporary file, then
 a rename), so a file that does not parse was damaged from outside (a crash of the filesystem, a
@@ -23,7 +34,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+import re
+from typing import Any, TypedDict
 
 from workloads.user_errors import UserError
 
@@ -32,6 +44,125 @@ log = logging.getLogger(__name__)
 
 class StoreError(UserError, RuntimeError):
     """A store path or file is invalid; the message names it."""
+
+
+# ------------------------------------------------------------------------------------------ layout
+STAGES_DIR, STUDIES_DIR = "stages", "studies"
+CONFIG_FILE, METRICS_FILE, ERROR_FILE, RESULT_FILE = (
+    "config.json",
+    "metrics.jsonl",
+    "error.txt",
+    "result.json",
+)
+STUDY_FILE, PLAN_FILE = "study.yaml", "plan.json"
+STAGE_KINDS = ("pretrain", "finetune")
+STAGE_ID = re.compile(r"^(pretrain|finetune)-[0-9a-f]{8,64}$")
+"""`<kind>-<content hash>` (orchestrator.plan names stages by a hash of what changes their result)."""
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def is_stage_id(name: str) -> bool:
+    return isinstance(name, str) and STAGE_ID.fullmatch(name) is not None
+
+
+def check_stage_id(stage_id: str) -> str:
+    if not is_stage_id(stage_id):
+        raise StoreError(f"invalid stage id {stage_id!r}: expected '<pretrain|finetune>-<hex hash>'")
+    return stage_id
+
+
+def check_study_name(name: str) -> str:
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name) or ".." in name:
+        raise StoreError(
+            f"invalid study name {name!r}: use letters, digits, '_', '-', '.' (no '..', "
+            "not starting with '.' or '-'; at most 100 characters)"
+        )
+    return name
+
+
+def stage_parts(stage_id: str, *parts: str) -> tuple[str, ...]:
+    """The path parts of a stage's folder (or a file in it) below the store root."""
+    return (STAGES_DIR, check_stage_id(stage_id), *parts)
+
+
+def study_parts(name: str, *parts: str) -> tuple[str, ...]:
+    return (STUDIES_DIR, check_study_name(name), *parts)
+
+
+# ------------------------------------------------------------------------------------------ states
+RESULT_STATUSES = ("done", "collapsed", "skipped")
+"""`status` of a result.json: trained to the end / ended by a collapse / not trained (its pretrain
+collapsed). A no-work pretrain (scratch, ImageNet) is published as "done" with `work` false."""
+STAGE_STATES = (
+    "done",
+    "no-work",
+    "collapsed",
+    "skipped",
+    "running",
+    "retrying",
+    "failed",
+    "waiting",
+    "queued",
+)
+"""Where a stage of a study stands (`hsjp-study status`, the reports): a result status, "no-work", or
+one of the unfinished states."""
+FINISHED_STATES = ("done", "no-work", "collapsed", "skipped")
+
+
+# ------------------------------------------------------------------------------------- result.json
+SCHEMA_VERSION = 1
+"""Version of `ResultRecord`. 1: `schema_version` added (issue 20). A result.json without it was
+written before and reads as version 0: the same fields, `status` possibly absent (= "done")."""
+
+
+class ResultRecord(TypedDict, total=False):
+    """What `result.json` holds (`orchestrator.stages.publish` writes it, `Store.write_result` adds the
+    id, the time and the version)."""
+
+    schema_version: int
+    stage_id: str
+    kind: str  # one of STAGE_KINDS
+    config: dict  # the stage's config as plain data (a finetune's carries `init`: its pretrain)
+    data: dict  # the data config
+    parent: str | None  # the pretrain of a finetune
+    work: bool  # False for scratch / ImageNet pretrains: nothing was trained
+    status: str  # one of RESULT_STATUSES
+    reason: str  # why a stage was skipped (optional)
+    metrics: dict  # finetune: AP, AP50, ..., ap_per_oks, errors; pretrain: precision, loss summary
+    collapsed: bool
+    collapsed_epoch: int | None
+    epochs_trained: list[int]
+    has_weights: bool
+    resumed_from: int | None
+    wall_seconds: float
+    device_hours: float
+    gpu_hours: float
+    provenance: dict  # git commit + dirty flag, package versions, device, config hash
+    finished_at: str  # UTC, ISO 8601
+
+
+def read_result_record(obj: Any, where: str) -> ResultRecord:
+    """A parsed result.json as the current schema: version 0 (no `schema_version`) is upgraded (a
+    missing `status` is "done"); a newer version than this code reads is refused, naming the file."""
+    if not isinstance(obj, dict):
+        raise StoreError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    version = obj.get("schema_version", 0)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{where}: schema_version {version!r}, this code reads up to {SCHEMA_VERSION} "
+            "(written by a newer hsjp-study: update this checkout)"
+        )
+    record: ResultRecord = {**obj}  # type: ignore[typeddict-item]
+    record["schema_version"] = SCHEMA_VERSION
+    record.setdefault("status", "done")
+    return record
+
+
+def stage_state(result: ResultRecord) -> str:
+    """The state of a finished stage from its result: its status, or "collapsed" for a run that
+    ended by a collapse (older results say status "done" with `collapsed` true)."""
+    status = result.get("status") or "done"
+    return "collapsed" if status == "done" and result.get("collapsed") else status
 
 
 def parse_json(data: bytes | str | None, where: str) -> Any | None:
@@ -70,4 +201,22 @@ def parse_json_lines(data: bytes | str | None, where: str) -> list[Any]:
     return rows
 
 
-__all__ = ["StoreError", "parse_json", "parse_json_lines", "parse_json_or_warn"]
+__all__ = [
+    "FINISHED_STATES",
+    "RESULT_STATUSES",
+    "SCHEMA_VERSION",
+    "STAGE_KINDS",
+    "STAGE_STATES",
+    "ResultRecord",
+    "StoreError",
+    "check_stage_id",
+    "check_study_name",
+    "is_stage_id",
+    "parse_json",
+    "parse_json_lines",
+    "parse_json_or_warn",
+    "read_result_record",
+    "stage_parts",
+    "stage_state",
+    "study_parts",
+]

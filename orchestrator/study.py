@@ -39,6 +39,7 @@ from orchestrator.inputs import (
     short,
     suggest,
 )
+from orchestrator.store_format import StoreError, check_study_name
 from orchestrator.tracking import TrackingConfig, parse_tracking
 from workloads.config import ConfigError, FinetuneConfig, ModelConfig, PretrainConfig, from_dict, to_dict
 
@@ -203,8 +204,6 @@ def _agreed(parts: list[Study], key: str, path: Path) -> Any:
 
 
 def _study_name(raw: dict, path: Path) -> str:
-    from orchestrator.store import StoreError, check_study_name  # lazy: loading a study needs no pyarrow
-
     name = raw.get("name", path.stem)
     try:
         return check_study_name(name)
