@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import difflib
 import hashlib
 import json
 import logging
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from workloads.config import BACKBONES, ConfigError, DataConfig, from_dict
+from workloads.config import BACKBONES, ConfigError, DataConfig, from_dict, suggest
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
@@ -270,11 +269,6 @@ def expand_env(value: str, where: str) -> str:
         return os.environ[name]
 
     return _ENV.sub(sub, value)
-
-
-def suggest(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def short(value: Any, limit: int = 80) -> str:
