@@ -67,19 +67,25 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
 
     Unwraps `{"state_dict": ...}` / `{"model": ...}` nestings and `module.` / `_orig_mod.` prefixes.
     """
+    return unwrap_state_dict(read_weights_file(path), str(path))
+
+
+def read_weights_file(path: str | Path) -> object:
+    """What a checkpoint file holds, read with `torch.load(weights_only=True)` on CPU (no code runs);
+    MissingFileError / CheckpointError naming the file when it is absent, pickles Python objects, or
+    is not a torch file (truncated, another format)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"checkpoint file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: torch.load(weights_only=True) refused it, so it is not a plain state dict "
             f"(it pickles Python objects). Re-save it as a dict of tensors. Reason: {str(exc)[:300]}"
-        ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({exc})") from exc
-    return unwrap_state_dict(obj, str(path))
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # truncated / not a torch file
+        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({str(exc)[:300]})") from None
 
 
 def unwrap_state_dict(obj: object, where: str = "checkpoint") -> dict[str, torch.Tensor]:
