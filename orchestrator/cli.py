@@ -248,7 +248,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     failed = _failed(summary, plan, store)
     print(
-        f"results: {store.uri_of('studies', plan.study)} (plan.json, results.csv); stages under "
+        f"results: {store.uri_of('studies', plan.study)} (plan.json, trials.csv); stages under "
         f"{store.uri_of('stages')}"
     )
     print(

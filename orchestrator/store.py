@@ -3,7 +3,7 @@
 ```
 <root>/stages/<kind>-<hash>/   config.json, metrics.jsonl, weights.pt (output), error.txt,
                                train/ (Ray Train run: epoch checkpoints), result.json (atomic, last)
-<root>/studies/<name>/         study.yaml as run, plan.json, results.csv, tune/ (Ray Tune state)
+<root>/studies/<name>/         study.yaml as run, plan.json, trials.csv, tune/ (Ray Tune state)
 ```
 `result.json`'s presence means the stage is finished. Every write of a JSON or weights file is
 atomic (temp file + rename; object stores write whole objects), so a reader never sees half a file.

@@ -11,7 +11,9 @@ stages/<kind>-<hash>/    config.json    what identifies the stage (written when 
                          metrics.jsonl  one row per epoch (append-only)
                          error.txt      the last failure's traceback (removed on success)
                          result.json    `ResultRecord`, written atomically and last: present = finished
-studies/<name>/          study.yaml     the study file as run;  plan.json  its plan
+studies/<name>/          study.yaml     the study file as run;  plan.json  its plan;
+                         trials.csv     one row per trial of the last run (the report's results.csv
+                                        is a different table: every finetune of the store)
 ```
 
 **Corrupt JSON, one policy.** The store's JSON files are written atomically (a temporary file, then
@@ -54,7 +56,7 @@ CONFIG_FILE, METRICS_FILE, ERROR_FILE, RESULT_FILE = (
     "error.txt",
     "result.json",
 )
-STUDY_FILE, PLAN_FILE = "study.yaml", "plan.json"
+STUDY_FILE, PLAN_FILE, TRIALS_FILE = "study.yaml", "plan.json", "trials.csv"
 STAGE_KINDS = ("pretrain", "finetune")
 STAGE_ID = re.compile(r"^(pretrain|finetune)-[0-9a-f]{8,64}$")
 """`<kind>-<content hash>` (orchestrator.plan names stages by a hash of what changes their result)."""
@@ -207,6 +209,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "STAGE_KINDS",
     "STAGE_STATES",
+    "TRIALS_FILE",
     "ResultRecord",
     "StoreError",
     "check_stage_id",
