@@ -1,5 +1,5 @@
 """The reference training pipeline that `benchmarks.throughput` measures beside this project's own
-(DESIGN.md "Performance"; shared/notes/performance.md §2, pose-reference.md §3).
+(docs/design.md "Performance"; docs/pose-reference.md §3–§4).
 
 It trains the way the official HRNet / SimpleBaseline code does (deep-high-resolution-net.pytorch:
 lib/dataset/JointsDataset.py, lib/core/function.py:train, lib/core/loss.py), written here from those

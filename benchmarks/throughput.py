@@ -1,5 +1,5 @@
 """Training and evaluation throughput of this project's pipelines against the reference (official-style)
-pipeline, measured in the same run (DESIGN.md "Performance").
+pipeline, measured in the same run (docs/design.md "Performance").
 
 For each backbone (HRNet-W32, SimpleBaseline-R50) and task (HSJP pretext 224×224 with N = 6, pose
 finetune 256×192) and for both pipelines it prints:

@@ -1,4 +1,4 @@
-"""`hsjp-study`: run, plan, inspect and report the HSJP paper's studies (DESIGN.md, top).
+"""`hsjp-study`: run, plan, inspect and report the HSJP paper's studies (docs/design.md).
 
     hsjp-study run [STUDY]      schedule every stage on Ray (default: the embedded smoke study)
     hsjp-study run STUDY --simulate --gpus G     the same scheduler on fake GPUs, stages as timed holds
@@ -7,8 +7,10 @@
     hsjp-study report           Tables 1-3, Figures 3-6 from the store
     hsjp-study make-data | puzzle | evaluate     tools: synthetic data, a puzzle figure, COCO evaluation
 
-A user mistake (bad study file, missing COCO folder, bad store path, missing file) prints
-`error: <message>` and exits 2 before anything is written; `--verbose` adds tracebacks and logs.
+A user mistake (a `workloads.user_errors.UserError`: bad study file, missing COCO folder, bad store
+path, missing file, bad checkpoint) prints `error: <message>` and exits 2 before anything is written;
+`--verbose` adds tracebacks and logs. Any other exception is a bug: its traceback, a line asking to
+report it, exit 1.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.inputs import check_inputs, data_config, prepare_data
 from orchestrator.plan import Plan, make_plan, render_plan, render_prediction
-from orchestrator.status import FINISHED, dashboard_url, render_status, study_status, summarize, watch
+from orchestrator.status import dashboard_url, render_status, status_totals, study_status, watch
+from orchestrator.store_format import FINISHED_STATES
 from orchestrator.study import Study, load_study
 from orchestrator.tracking import check_available as check_trackers
 from workloads.config import ConfigError
+from workloads.user_errors import MissingFileError, UserError
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
@@ -36,9 +40,10 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_STUDY = REPO / "studies" / "smoke.yaml"
-_USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
-# matched by name so that --help / plan import neither torch (store) nor pycocotools (coco)
-_USER_ERROR_NAMES = {"StoreError", "CocoDataError", "RayVersionError", "HostBusy"}
+BUG_NOTE = (
+    "hsjp-study: the error above is a bug in hsjp-study, not in your study or data; please report it "
+    "with this traceback and the command you ran"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,18 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except Exception as exc:
-        if not _is_user_error(exc, args.tool_errors):
-            raise
+    except UserError as exc:  # something the user can fix: one line, exit 2 (the traceback with -v)
         if verbose:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-
-def _is_user_error(exc: BaseException, tool_errors: tuple[type[BaseException], ...]) -> bool:
-    names = {c.__name__ for c in type(exc).__mro__}
-    return isinstance(exc, _USER_ERRORS + tool_errors) or bool(names & _USER_ERROR_NAMES)
+    except Exception:  # anything else is a bug: its traceback, and where to send it
+        traceback.print_exc()
+        print(BUG_NOTE, file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,9 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, func, help_text: str, tool_errors=()) -> argparse.ArgumentParser:
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        p.set_defaults(func=func, tool_errors=tuple(tool_errors))
+        p.set_defaults(func=func)
         return p
 
     p = add("run", cmd_run, "run every trial of a study on Ray (idempotent: resumes, never recomputes)")
@@ -151,18 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--out", help="output folder (default: <storage>/report)")
 
-    p = add("make-data", cmd_make_data, "write the synthetic COCO-format data set", (ValueError, OSError))
+    p = add("make-data", cmd_make_data, "write the synthetic COCO-format data set")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--train", type=_positive_int, default=48, help="training images (default 48)")
     p.add_argument("--val", type=_positive_int, default=12, help="validation images (default 12)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
 
-    p = add(
-        "puzzle",
-        cmd_puzzle,
-        "draw one HSJP puzzle of an image (the pretext task, paper Fig. 1)",
-        (ValueError,),
-    )
+    p = add("puzzle", cmd_puzzle, "draw one HSJP puzzle of an image (the pretext task, paper Fig. 1)")
     p.add_argument("image", help="an image file")
     p.add_argument(
         "--n", type=_positive_int, default=6, help="N: the crop is split into N×N patches (default 6)"
@@ -176,7 +173,6 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_evaluate,
         "COCO keypoint AP, AP per OKS threshold and error analysis of a results file (--gt, --results), "
         "or of a pose checkpoint run through our inference (--checkpoint: the setup check)",
-        (ValueError,),
     )
     p.add_argument("--gt", help="ground-truth annotation JSON (person_keypoints_val2017.json)")
     p.add_argument("--results", help="COCO keypoint results JSON")
@@ -252,7 +248,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     failed = _failed(summary, plan, store)
     print(
-        f"results: {store.uri_of('studies', plan.study)} (plan.json, results.csv); stages under "
+        f"results: {store.uri_of('studies', plan.study)} (plan.json, trials.csv); stages under "
         f"{store.uri_of('stages')}"
     )
     print(
@@ -267,7 +263,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _failed(summary: Any, plan: Plan, store: Store) -> list[str]:
     """Stages without a result after the run (the store is the source of truth)."""
     rows = study_status(plan, store)
-    bad = [r["stage_id"] for r in rows if r["state"] not in FINISHED]
+    bad = [r["stage_id"] for r in rows if r["state"] not in FINISHED_STATES]
     if isinstance(summary, dict) and summary.get("failures") and not bad:
         bad = [f.get("stage_id") or f.get("trial_id") for f in summary["failures"]]
     return bad
@@ -338,7 +334,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         def render() -> tuple[str, bool]:
             rows = study_status(plan, store)
-            return head + render_status(rows, plan), summarize(rows, plan)["complete"]
+            return head + render_status(rows, plan), status_totals(rows, plan)["complete"]
 
         watch(render, interval_s=args.watch)
         return 0
@@ -348,7 +344,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     usage = store_usage(store)
     if args.json:
         out = {
-            "summary": summarize(rows, plan),
+            "summary": status_totals(rows, plan),
             "stages": rows,
             "store": {"uri": store.uri, **usage.to_dict()},
         }
@@ -373,17 +369,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_make_data(args: argparse.Namespace) -> int:
     from workloads.data.synthetic import generate
 
-    summary = generate(args.out, n_train=args.train, n_val=args.val, seed=args.seed)
+    try:
+        summary = generate(args.out, n_train=args.train, n_val=args.val, seed=args.seed)
+    except OSError as exc:  # only files under --out are written here: a full disk, no permission
+        raise UserError(f"make-data --out {args.out}: cannot write the data set ({exc})") from exc
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def cmd_puzzle(args: argparse.Namespace) -> int:
     if not Path(args.image).is_file():
-        raise FileNotFoundError(f"image {args.image} not found")
-    from workloads.hsjp.figure import draw_puzzle
+        raise MissingFileError(f"puzzle: image {args.image} not found")
+    from workloads.hsjp.figure import write_puzzle_figure
 
-    path = draw_puzzle(args.image, args.n, args.out, seed=args.seed, input_size=args.input_size)
+    path = write_puzzle_figure(args.image, args.n, args.out, seed=args.seed, input_size=args.input_size)
     print(f"puzzle N={args.n}: {path}")
     return 0
 
@@ -408,7 +407,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _load(path: str | None, dry_run: bool = False) -> Study:
     if path is None:
         if not DEFAULT_STUDY.is_file():
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"the embedded smoke study {DEFAULT_STUDY} is missing (installed without the "
                 "repository's studies/?); give a study file: hsjp-study run STUDY.yaml"
             )

@@ -52,7 +52,8 @@ def add_arguments(p) -> None:
 
 
 def run_from_args(args) -> int:
-    from workloads.pose.checkpoint import CheckpointError, evaluate_checkpoint
+    from workloads.pose.checkpoint import evaluate_checkpoint
+    from workloads.user_errors import CheckpointError
 
     missing = [f"--{n.replace('_', '-')}" for n in ("backbone", "coco_root", "out") if not getattr(args, n)]
     if missing:

@@ -39,7 +39,8 @@ from orchestrator.scheduler import (
     unschedulable,
 )
 from orchestrator.stages import StageFailed, publish
-from orchestrator.store import Store, StoreError, check_study_name
+from orchestrator.store import Store
+from orchestrator.store_format import TRIALS_FILE, StoreError, check_study_name
 from workloads.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def mount_fs_type(path: str, mounts_text: str | None = None) -> str | None:
 def check_storage_for_cluster(
     store: Store, nodes: list[dict], *, shared: bool | None = None, mounts_text: str | None = None
 ) -> None:
-    """Refuse a node-local store on a cluster that spans several hosts (ray.md §6: every node reads
+    """Refuse a node-local store on a cluster that spans several hosts (docs/ray.md §6: every node reads
     and writes the store directly; a path on one host's disk breaks checkpoints, results and resume).
 
     `nodes` is `ray.nodes()`. A URI store, a single host (however many Ray nodes run on it), a path on
@@ -137,7 +138,7 @@ def run_study(
     """Run every stage of `plan` that is not finished in `store`; return the run's summary.
 
     `workloads` overrides the stage-kind → workload registry of `orchestrator.stages` (tests).
-    Writes `studies/<name>/study.yaml`, `plan.json` and, at the end, `results.csv`.
+    Writes `studies/<name>/study.yaml`, `plan.json` and, at the end, `trials.csv`.
     """
     with study_lock(store, plan.study):  # before anything is written or Ray starts
         t0 = time.time()
@@ -176,7 +177,7 @@ def run_study(
             ran=sum(1 for r in sched.stages.values() if r.how == "computed"),
             tune=mode,
         )
-        write_results_csv(plan, store, summary)
+        write_trials_csv(plan, store, summary)
         tracker.print_summary(summary)
         return summary
 
@@ -394,8 +395,8 @@ def summarize(plan: Any, store: Store, scheduler: StageScheduler | None = None) 
     return {"study": plan.study, "trials": trials, "counts": counts, "failures": failures}
 
 
-def write_results_csv(plan: Any, store: Store, summary: dict) -> str:
-    """studies/<name>/results.csv: one row per trial (id, params, stage ids, status, main metrics)."""
+def write_trials_csv(plan: Any, store: Store, summary: dict) -> str:
+    """studies/<name>/trials.csv: one row per trial (id, params, stage ids, status, main metrics)."""
     param_keys = sorted({k for t in summary["trials"] for k in t["params"]})
     fields = [
         "trial_id",
@@ -414,7 +415,7 @@ def write_results_csv(plan: Any, store: Store, summary: dict) -> str:
     writer.writeheader()
     for t in summary["trials"]:
         writer.writerow({**{k: t["params"].get(k) for k in param_keys}, **t})
-    path = store.study_path(plan.study, "results.csv")
+    path = store.study_path(plan.study, TRIALS_FILE)
     store.write_bytes(path, buf.getvalue().encode())
     return path
 
@@ -424,4 +425,4 @@ def _last_line(text: str | None) -> str:
     return lines[-1][:500] if lines else ""
 
 
-__all__ = ["run_study", "simulate_study", "summarize", "write_results_csv", "StageFailed", "Simulation"]
+__all__ = ["run_study", "simulate_study", "summarize", "write_trials_csv", "StageFailed", "Simulation"]

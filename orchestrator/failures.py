@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from orchestrator.store_format import parse_json_or_warn
+
 if TYPE_CHECKING:
     from orchestrator.inputs import ComputeConfig
     from orchestrator.store import Store
@@ -344,10 +346,8 @@ def attempts_path(store: Store, stage_id: str) -> str:
 
 def read_attempts(store: Store, stage_id: str) -> dict | None:
     """attempts.json ({run_token, attempts: [...], decision: {...}}), None when absent or unreadable."""
-    try:
-        data = store.read_json(attempts_path(store, stage_id))
-    except Exception:  # noqa: BLE001 — a corrupt bookkeeping file must not break status or the run
-        return None
+    path = attempts_path(store, stage_id)
+    data = parse_json_or_warn(store.read_bytes(path), path, "its retry history is ignored")
     return data if isinstance(data, dict) else None
 
 

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workloads.user_errors import UserError
+
 log = logging.getLogger(__name__)
 
 STATE_DIR_ENV = "HSJP_LOCAL_STATE"
@@ -51,7 +53,7 @@ TERM_WAIT_S = 5.0
 """Grace between SIGTERM and SIGKILL when ending orphans."""
 
 
-class HostBusy(RuntimeError):
+class HostBusy(UserError, RuntimeError):
     """Nothing is free on this machine for a local Ray (the CLI exits 2)."""
 
 

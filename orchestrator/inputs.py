@@ -1,4 +1,4 @@
-"""What a study runs on (DESIGN.md, data flow 1): its data and its compute, loaded strictly from the
+"""What a study runs on (docs/design.md §1): its data and its compute, loaded strictly from the
 study file, and the up-front checks / preparation done before anything is scheduled.
 
 `data` is a COCO 2017 folder (paper §4.1; `${ENV}` expanded) or a synthetic COCO-format set that is
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import difflib
 import hashlib
 import json
 import logging
@@ -19,16 +18,15 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from workloads.config import BACKBONES, ConfigError, DataConfig, from_dict
+from workloads.config import BACKBONES, ConfigError, DataConfig, from_dict, suggest
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
-    from orchestrator.study import Study
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +41,7 @@ _ENV = re.compile(r"\$\{([^}]*)\}")
 
 @dataclass(frozen=True)
 class ComputeConfig:
-    """Resources of every stage (a Ray Train run) and of the study (Ray Tune), DESIGN.md §3."""
+    """Resources of every stage (a Ray Train run) and of the study (Ray Tune), docs/design.md §3."""
 
     workers_per_stage: int = 1
     """Ray Train workers (DDP processes) per stage; the global batch is split between them."""
@@ -273,11 +271,6 @@ def expand_env(value: str, where: str) -> str:
     return _ENV.sub(sub, value)
 
 
-def suggest(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -300,7 +293,21 @@ def data_config(spec: DataSpec, storage_root: str) -> DataConfig:
     return dataclasses.replace(spec.config, coco_root=root, detection_file=f"{root}/{DETECTION_FILE}")
 
 
-def check_inputs(study: Study) -> None:
+class StudyInputs(Protocol):
+    """What the input checks read of a study (`orchestrator.study.Study` is one). A protocol, so that
+    this module does not import the study loader, which builds its `DataSpec` / `ComputeConfig` here."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def data(self) -> DataSpec: ...
+    @property
+    def trials(self) -> Sequence[Any]: ...
+    @property
+    def unset_env(self) -> Sequence[tuple[str, str]]: ...
+
+
+def check_inputs(study: StudyInputs) -> None:
     """Cheap up-front checks before anything is written: the COCO layout (CocoDataError naming the
     missing path) and every ImageNet checkpoint file (ConfigError naming the study key)."""
     if study.data.synthetic is None:
@@ -320,7 +327,7 @@ def check_inputs(study: Study) -> None:
             )
 
 
-def missing_inputs(study: Study) -> list[str]:
+def missing_inputs(study: StudyInputs) -> list[str]:
     """What a real run of `study` needs that is not here (one line each, nothing raised): unset
     environment variables, the COCO folder, ImageNet checkpoints, test-split files. Empty when `run`
     would find everything. Used by dry runs (`plan`), which need none of it."""
@@ -348,7 +355,7 @@ def missing_inputs(study: Study) -> list[str]:
     return out
 
 
-def check_test_splits(study: Study) -> None:
+def check_test_splits(study: StudyInputs) -> None:
     """Every `finetune.test_splits` entry has its image info file and image folder, and the study gives
     the detection file they need (CocoDataError / ConfigError naming the path or key)."""
     splits = {s: t for t in reversed(study.trials) for s in t.finetune.test_splits}
@@ -410,7 +417,7 @@ def check_coco_layout(cfg: DataConfig) -> None:
         )
 
 
-def prepare_data(study: Study, store: Store) -> DataConfig:
+def prepare_data(study: StudyInputs, store: Store) -> DataConfig:
     """The stages' DataConfig. COCO: the layout checked. Synthetic: generated once into the store
     (skipped when its files exist; a file lock and an atomic rename keep concurrent runs safe)."""
     spec = study.data

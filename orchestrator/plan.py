@@ -1,4 +1,4 @@
-"""The plan of a study (DESIGN.md, data flow 2): trials → a DAG of content-addressed stages.
+"""The plan of a study (docs/design.md §2): trials → a DAG of content-addressed stages.
 
 Every trial becomes a `pretrain` and a `finetune` stage. A stage id is `<kind>-<sha1[:16]>` of what
 changes its result: its config, the data identity (the study's data spec, never the store path), its
@@ -35,7 +35,8 @@ COCO_VAL_DETECTIONS = 104_125  # official HRNet log: "Total boxes: 104125" in th
 COCO_VAL_KEYPOINT_PERSONS = 6_352  # official HRNet log: "=> load 6352 samples" (val2017, GT boxes)
 SYNTHETIC_PERSONS_PER_IMAGE = 2  # workloads.data.synthetic draws 1-3 persons per image
 EVAL_SPEEDUP = 3.0  # a forward pass costs about a third of a training step (forward + backward)
-STAGE_START_S = 15.0  # start-up of a stage's Ray Train worker group (ray.md §5: ~10 s per fit on 2 cores)
+# start-up of a stage's Ray Train worker group (docs/ray.md §5: ~10 s per fit on 2 cores)
+STAGE_START_S = 15.0
 REFERENCE_PIXELS = 256 * 192  # the throughput table is given at the finetune input 256×192
 _ASSUMPTIONS = (
     f"device-hours = (train images × epochs + evaluated images / {EVAL_SPEEDUP:g}) × input px / {REFERENCE_PIXELS} "

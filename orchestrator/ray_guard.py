@@ -15,13 +15,15 @@ from __future__ import annotations
 import os
 import re
 
+from workloads.user_errors import UserError
+
 RAY_FLOOR = (2, 51, 0)
 """First Ray release where Train V2 is the default (Ray 2.51.0 release notes)."""
 V2_FLAG = "RAY_TRAIN_V2_ENABLED"
 """Ray Train's feature flag (ray.train.v2._internal.constants.V2_ENABLED_ENV_VAR); 0 selects V1."""
 
 
-class RayVersionError(RuntimeError):
+class RayVersionError(UserError, RuntimeError):
     """The installed Ray cannot run a study (too old, or Train V1 selected); the CLI exits 2."""
 
 

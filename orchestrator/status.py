@@ -1,4 +1,4 @@
-"""Where a study stands (`hsjp-study status`, DESIGN.md §4–5), read from the result store only.
+"""Where a study stands (`hsjp-study status`, docs/design.md §4–5), read from the result store only.
 
 A stage is `done` / `collapsed` / `skipped` when its result.json says so (`skipped`: a finetune whose
 pretrain collapsed), `no-work` for a scratch / imagenet pretrain (nothing to compute), `retrying` /
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from orchestrator.failures import stage_failure_status
 from orchestrator.plan import Plan, StageSpec, describe_stage
+from orchestrator.store_format import FINISHED_STATES, STAGE_STATES, stage_state
 from workloads.config import PretrainConfig
 
 if TYPE_CHECKING:
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATES = ("done", "no-work", "collapsed", "skipped", "running", "retrying", "failed", "waiting", "queued")
-FINISHED = ("done", "no-work", "collapsed", "skipped")
 _ETA_WINDOW = 5  # mean of the last epochs' durations
 
 
@@ -76,8 +75,7 @@ def _stage_row(spec: StageSpec, plan: Plan, store: Store, results: dict[str, dic
     metrics_rows = [r for r in store.read_metrics(spec.stage_id) if isinstance(r.get("epoch"), int)]
     _progress(row, metrics_rows, plan)
     if result is not None:
-        status = result.get("status") or "done"
-        row["state"] = "collapsed" if result.get("collapsed") and status == "done" else status
+        row["state"] = stage_state(result)
         value = (result.get("metrics") or {}).get(row["metric"])
         row["value"] = value if value is not None else row["value"]
         if row["epoch"] is None:
@@ -126,7 +124,7 @@ def _ready(parent: StageSpec, result: dict | None) -> bool:
     """A finetune may start once its pretrain has no work or finished without collapsing."""
     if not parent.work:
         return True
-    return result is not None and (result.get("status") or "done") == "done" and not result.get("collapsed")
+    return result is not None and stage_state(result) == "done"
 
 
 def _last_line(text: str) -> str:
@@ -145,13 +143,13 @@ def _age_s(store: Store, path: str) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------- summary
-def summarize(rows: list[dict], plan: Plan) -> dict[str, Any]:
+def status_totals(rows: list[dict], plan: Plan) -> dict[str, Any]:
     """Counts per state, device-hours spent and the estimate of what is left."""
-    counts = {s: sum(1 for r in rows if r["state"] == s) for s in STATES}
+    counts = {s: sum(1 for r in rows if r["state"] == s) for s in STAGE_STATES}
     est = plan.estimate()["stage_hours"]
     left = 0.0
     for r in rows:
-        if r["state"] in FINISHED:
+        if r["state"] in FINISHED_STATES:
             continue
         share = 1.0 - (r["epoch"] or 0) / r["epochs"] if r["epochs"] else 1.0
         left += est.get(r["stage_id"], 0.0) * max(0.0, share)
@@ -164,13 +162,13 @@ def summarize(rows: list[dict], plan: Plan) -> dict[str, Any]:
         "device_hours": sum(r["device_hours"] for r in rows),
         "estimated_hours_left": left,
         "unit": plan.estimate()["unit"],
-        "complete": all(r["state"] in FINISHED for r in rows),
+        "complete": all(r["state"] in FINISHED_STATES for r in rows),
     }
 
 
 def render_status(rows: list[dict], plan: Plan) -> str:
     """A plain-text table: one line per stage, then totals."""
-    s = summarize(rows, plan)
+    s = status_totals(rows, plan)
     counts = ", ".join(f"{n} {state}" for state, n in s["counts"].items() if n)
     lines = [
         f"study {plan.study}: {s['trials']} trials, {s['stages']} stages — {counts}",

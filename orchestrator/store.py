@@ -1,9 +1,9 @@
-"""The result store (DESIGN.md §4): a local folder, a shared filesystem or a cloud URI.
+"""The result store (docs/design.md §4): a local folder, a shared filesystem or a cloud URI.
 
 ```
 <root>/stages/<kind>-<hash>/   config.json, metrics.jsonl, weights.pt (output), error.txt,
                                train/ (Ray Train run: epoch checkpoints), result.json (atomic, last)
-<root>/studies/<name>/         study.yaml as run, plan.json, results.csv, tune/ (Ray Tune state)
+<root>/studies/<name>/         study.yaml as run, plan.json, trials.csv, tune/ (Ray Tune state)
 ```
 `result.json`'s presence means the stage is finished. Every write of a JSON or weights file is
 atomic (temp file + rename; object stores write whole objects), so a reader never sees half a file.
@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,18 +25,24 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa_lib
 import pyarrow.fs as pafs
 
+from orchestrator.store_format import (
+    RESULT_FILE,
+    SCHEMA_VERSION,
+    ResultRecord,
+    StoreError,
+    is_stage_id,
+    parse_json,
+    parse_json_lines,
+    parse_json_or_warn,
+    read_result_record,
+    stage_parts,
+    study_parts,
+)
+
 if TYPE_CHECKING:  # torch is imported where weights are read/written: `plan`/`status` stay fast
     import torch
 
 log = logging.getLogger(__name__)
-
-STAGE_KINDS = ("pretrain", "finetune")
-_STAGE_ID = re.compile(r"^(pretrain|finetune)-[0-9a-f]{8,64}$")
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
-class StoreError(RuntimeError):
-    """A store path or file is invalid; the message names it."""
 
 
 URI_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
@@ -79,21 +84,6 @@ def check_storage(storage: str, arg: str = "--storage") -> None:
     except OSError as exc:
         what = "write into" if probe_in == path else f"create the store folder under {probe_in}"
         raise StoreError(f"{arg} {storage}: cannot {what} ({exc.strerror or exc})") from None
-
-
-def check_stage_id(stage_id: str) -> str:
-    if not isinstance(stage_id, str) or not _STAGE_ID.fullmatch(stage_id):
-        raise StoreError(f"invalid stage id {stage_id!r}: expected '<pretrain|finetune>-<hex hash>'")
-    return stage_id
-
-
-def check_study_name(name: str) -> str:
-    if not isinstance(name, str) or not _STUDY_NAME.fullmatch(name) or ".." in name:
-        raise StoreError(
-            f"invalid study name {name!r}: use letters, digits, '_', '-', '.' (no '..', "
-            "not starting with '.' or '-'; at most 100 characters)"
-        )
-    return name
 
 
 class Store:
@@ -163,10 +153,10 @@ class Store:
         return self.uri_of(*parts), None
 
     def stage_path(self, stage_id: str, *parts: str) -> str:
-        return self.path("stages", check_stage_id(stage_id), *parts)
+        return self.path(*stage_parts(stage_id, *parts))
 
     def study_path(self, name: str, *parts: str) -> str:
-        return self.path("studies", check_study_name(name), *parts)
+        return self.path(*study_parts(name, *parts))
 
     # ----------------------------------------------------------------------------------- bytes
     def exists(self, path: str) -> bool:
@@ -192,13 +182,7 @@ class Store:
 
     def read_json(self, path: str) -> Any | None:
         """The parsed file, None when absent. A corrupt file raises StoreError naming it."""
-        data = self.read_bytes(path)
-        if data is None:
-            return None
-        try:
-            return json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{path}: corrupt JSON ({exc})") from exc
+        return parse_json(self.read_bytes(path), path)
 
     def append_line(self, path: str, line: str) -> None:
         """Append a line (local: O_APPEND; object stores: read-modify-write of the whole object)."""
@@ -221,25 +205,12 @@ class Store:
     def write_stage_config(self, stage_id: str, config: dict) -> None:
         self.write_json(self.stage_path(stage_id, "config.json"), config)
 
-    def read_stage_config(self, stage_id: str) -> dict | None:
-        return self.read_json(self.stage_path(stage_id, "config.json"))
-
     def append_metrics(self, stage_id: str, metrics: dict) -> None:
         self.append_line(self.stage_path(stage_id, "metrics.jsonl"), json.dumps(metrics, default=str))
 
     def read_metrics(self, stage_id: str) -> list[dict]:
-        data = self.read_bytes(self.stage_path(stage_id, "metrics.jsonl")) or b""
-        rows = []
-        for i, line in enumerate(data.decode(errors="replace").splitlines()):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning(
-                    "%s line %d: unreadable metrics row skipped",
-                    self.stage_path(stage_id, "metrics.jsonl"),
-                    i + 1,
-                )
-        return rows
+        path = self.stage_path(stage_id, "metrics.jsonl")
+        return parse_json_lines(self.read_bytes(path), path)
 
     def save_weights(self, stage_id: str, state_dict: dict[str, torch.Tensor]) -> str:
         import torch
@@ -263,22 +234,23 @@ class Store:
             raise StoreError(f"{path}: unreadable weights ({exc})") from exc
 
     def write_result(self, stage_id: str, result: dict) -> None:
-        """Publish a finished stage: result.json, written last and atomically."""
+        """Publish a finished stage: result.json (`store_format.ResultRecord`), written last and
+        atomically."""
         result = {
+            "schema_version": SCHEMA_VERSION,
             **result,
             "stage_id": stage_id,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        self.write_json(self.stage_path(stage_id, "result.json"), result)
+        self.write_json(self.stage_path(stage_id, RESULT_FILE), result)
 
-    def read_result(self, stage_id: str) -> dict | None:
-        """result.json of a stage; None when not finished. A corrupt result counts as not finished
-        (with a warning naming the file), so the stage is redone rather than trusted."""
-        try:
-            return self.read_json(self.stage_path(stage_id, "result.json"))
-        except StoreError as exc:
-            log.warning("%s — the stage will be recomputed", exc)
-            return None
+    def read_result(self, stage_id: str) -> ResultRecord | None:
+        """result.json of a stage in the current schema (older versions upgraded); None when not
+        finished. A corrupt result counts as not finished (with a warning naming the file), so the
+        stage is redone rather than trusted."""
+        path = self.stage_path(stage_id, RESULT_FILE)
+        obj = parse_json_or_warn(self.read_bytes(path), path, "the stage will be recomputed")
+        return None if obj is None else read_result_record(obj, path)
 
     def is_done(self, stage_id: str) -> bool:
         return self.read_result(stage_id) is not None
@@ -299,7 +271,7 @@ class Store:
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=False))
         return sorted(
-            i.base_name for i in infos if i.type == pafs.FileType.Directory and _STAGE_ID.match(i.base_name)
+            i.base_name for i in infos if i.type == pafs.FileType.Directory and is_stage_id(i.base_name)
         )
 
     def iter_results(self) -> Iterator[dict]:
@@ -312,21 +284,6 @@ class Store:
     def write_study(self, name: str, study_text: str, plan: dict) -> None:
         self.write_bytes(self.study_path(name, "study.yaml"), study_text.encode())
         self.write_json(self.study_path(name, "plan.json"), plan)
-
-    def read_plan(self, name: str) -> dict | None:
-        return self.read_json(self.study_path(name, "plan.json"))
-
-    def list_studies(self) -> list[str]:
-        root = self.path("studies")
-        if not self.exists(root):
-            return []
-        infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=False))
-        return sorted(
-            i.base_name
-            for i in infos
-            if i.type == pafs.FileType.Directory
-            and self.exists(self.path("studies", i.base_name, "plan.json"))
-        )
 
 
 def _redact(uri: str) -> str:

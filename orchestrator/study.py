@@ -1,4 +1,4 @@
-"""Study files (DESIGN.md, data flow 1): a strict YAML loader from `studies/*.yaml` to typed trials.
+"""Study files (docs/design.md §1): a strict YAML loader from `studies/*.yaml` to typed trials.
 
 A study names its data, its compute, default pretrain + finetune configs, a `matrix` of dotted keys
 whose cartesian product gives trials, `include` entries that add single trials (applied over the
@@ -28,28 +28,35 @@ from typing import Any
 import yaml
 
 from orchestrator import strict_yaml
-from orchestrator.inputs import (  # noqa: F401  (ComputeConfig, DataSpec, prepare_data: re-exported)
+from orchestrator.inputs import (
     ComputeConfig,
     DataSpec,
-    SyntheticSpec,
-    check_inputs,
     dry_run_inputs,
     expand_env,
     load_compute,
     load_data,
-    prepare_data,
     resolve_path,
     short,
-    suggest,
 )
+from orchestrator.store_format import StoreError, check_study_name
 from orchestrator.tracking import TrackingConfig, parse_tracking
-from workloads.config import ConfigError, FinetuneConfig, ModelConfig, PretrainConfig, from_dict, to_dict
+from workloads.config import (
+    HEATMAP_STRIDE,
+    INPUT_MULTIPLE,
+    ConfigError,
+    FinetuneConfig,
+    ModelConfig,
+    PretrainConfig,
+    from_dict,
+    heatmap_hw_of_input,
+    suggest,
+    to_dict,
+)
 
 log = logging.getLogger(__name__)
 
 _STUDY_KEYS = ("name", "description", "data", "compute", "defaults", "matrix", "include", "seeds", "tracking")
 _MERGED_KEYS = ("name", "description", "studies", "data", "compute", "tracking")
-INPUT_MULTIPLE = 32  # HRNet and ResNet downsample 32× (workloads.models: input sizes divisible by 32)
 _SECTIONS: dict[str, type] = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "model": ModelConfig}
 
 
@@ -206,8 +213,6 @@ def _agreed(parts: list[Study], key: str, path: Path) -> Any:
 
 
 def _study_name(raw: dict, path: Path) -> str:
-    from orchestrator.store import StoreError, check_study_name  # lazy: the store module imports torch
-
     name = raw.get("name", path.stem)
     try:
         return check_study_name(name)
@@ -423,10 +428,11 @@ def check_shapes(pre: PretrainConfig, ft: FinetuneConfig, where: str) -> None:
                 f"{where}: pretrain.input_size = {pre.input_size}: must be a multiple of "
                 f"{INPUT_MULTIPLE} (e.g. 64, 96, 224)"
             )
-        if pre.heatmap_size != pre.input_size // 4:
+        expected, _ = heatmap_hw_of_input(pre.input_size, pre.input_size)
+        if pre.heatmap_size != expected:
             raise ConfigError(
-                f"{where}: pretrain.heatmap_size = {pre.heatmap_size}: must be input_size / 4 = "
-                f"{pre.input_size // 4}"
+                f"{where}: pretrain.heatmap_size = {pre.heatmap_size}: must be input_size / {HEATMAP_STRIDE} = "
+                f"{expected}"
             )
     h, w = ft.input_hw
     if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
@@ -434,9 +440,10 @@ def check_shapes(pre: PretrainConfig, ft: FinetuneConfig, where: str) -> None:
             f"{where}: finetune.input_hw = {[h, w]}: both sides must be multiples of "
             f"{INPUT_MULTIPLE} (e.g. [256, 192], [128, 96])"
         )
-    if tuple(ft.heatmap_hw) != (h // 4, w // 4):
+    if tuple(ft.heatmap_hw) != heatmap_hw_of_input(h, w):
         raise ConfigError(
-            f"{where}: finetune.heatmap_hw = {list(ft.heatmap_hw)}: must be input_hw / 4 = {[h // 4, w // 4]}"
+            f"{where}: finetune.heatmap_hw = {list(ft.heatmap_hw)}: must be input_hw / {HEATMAP_STRIDE} = "
+            f"{list(heatmap_hw_of_input(h, w))}"
         )
 
 

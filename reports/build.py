@@ -1,5 +1,5 @@
 """`hsjp-study report`: read every stage of a store and write Tables 1–3, the differences table,
-Figures 3–6, learning curves per study, a page per stage, results.csv and index.html (DESIGN.md §6).
+Figures 3–6, learning curves per study, a page per stage, results.csv and index.html (docs/design.md §6).
 Works from the store alone: no Ray, no GPU. AP cells and differences get 95 % intervals from the
 finetunes' stored per-image outcomes (paired bootstrap over images, `reports.intervals`; the samples
 are cached under `<out>/bootstrap-cache/`, so a rebuild redoes only new stages)."""

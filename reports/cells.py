@@ -1,4 +1,4 @@
-"""Match the paper's table cells to what a study ran, and aggregate seeds (DESIGN.md §6).
+"""Match the paper's table cells to what a study ran, and aggregate seeds (docs/design.md §6).
 
 A smoke study runs tiny epochs, yet must still fill the tables, so a cell is matched by the
 classification of each run relative to the store's *reference* settings, computed per backbone:
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from orchestrator.store_format import RESULT_STATUSES
 from reports.collect import OFFICIAL_FINETUNE_EPOCHS
 
 PAPER_N, PAPER_LR, PAPER_PT_EPOCHS = 6, 1e-3, 240  # paper §3.4, §5.2
-FINISHED = ("done", "collapsed", "skipped")
 # Runs in one group differ only in their seeds: `variant` hashes every other setting (collect.py)
 PRETRAIN_KEY = ("backbone", "method", "n", "lr", "pt_epochs", "concat_original", "variant")
 FINETUNE_KEY = (*PRETRAIN_KEY, "freeze", "label_fraction", "ft_epochs", "split")
@@ -129,7 +129,7 @@ def pick_group(
     def score(item):
         _, g = item
         hits = [len(where(g, **p)) == len(g) for p in prefer]
-        finished = int(g["status"].isin(FINISHED).sum())
+        finished = int(g["status"].isin(RESULT_STATUSES).sum())
         latest = max((str(x) for x in g["finished_at"] if isinstance(x, str)), default="")
         return (hits[0] if hits else False, sum(hits[1:]), finished, latest)
 

@@ -1,7 +1,8 @@
-"""Read a result store into one tidy table of stages (DESIGN.md §4 store layout, §6 report).
+"""Read a result store into one tidy table of stages (docs/design.md §4 store layout, §6 report).
 
 Reads the store FORMAT only — `<root>/stages/<id>/{result.json, config.json, metrics.jsonl,
-error.txt}` and `<root>/studies/<name>/plan.json` — never the orchestrator's code, Ray or torch.
+error.txt}` and `<root>/studies/<name>/plan.json`, as `orchestrator.store_format` defines them (ids,
+state names, the result.json schema, the corrupt-JSON policy) — no other orchestrator code, Ray or torch.
 One row per stage (pretrain and finetune); a finetune row also carries what classifies it
 (backbone, init method, the pretrain's N / lr / epochs / concat_original, freeze, label fraction,
 finetune epochs), its pretrain's precision, status and GPU-hours (so tables need no joins), and
@@ -18,12 +19,21 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
 import pyarrow.fs as pafs
+
+from orchestrator.store_format import (
+    RESULT_FILE,
+    STAGES_DIR,
+    ResultRecord,
+    is_stage_id,
+    parse_json_or_warn,
+    read_result_record,
+    stage_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +84,6 @@ STAGE_COLUMNS = (
     "finished_at",
 )
 INT_COLUMNS = ("n", "pt_epochs", "pt_seed", "freeze", "ft_epochs", "ft_seed")
-_STAGE_ID = re.compile(r"^(pretrain|finetune)-[0-9a-f]{8,64}$")
 
 
 class StoreReader:
@@ -108,16 +117,17 @@ class StoreReader:
         with self.fs.open_input_stream(path) as f:
             return f.read()
 
-    def read_json(self, *parts: str) -> Any | None:
-        """Parsed JSON, or None when absent or unreadable (a warning names the file)."""
-        text = self.read_text(*parts)
-        if text is None:
-            return None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            log.warning("%s: corrupt JSON (%s); treated as absent", self._path(*parts), exc)
-            return None
+    def read_json(self, *parts: str, consequence: str = "treated as absent") -> Any | None:
+        """Parsed JSON, or None when absent; a corrupt file reads as absent with a warning naming it
+        and `consequence` (the store format's one policy: `orchestrator.store_format`)."""
+        return parse_json_or_warn(self.read_text(*parts), self._path(*parts), consequence)
+
+    def read_result(self, stage_id: str) -> ResultRecord | None:
+        """A stage's result.json in the current schema (`store_format.read_result_record`), None when
+        the stage is not finished or the file is corrupt (warned: it counts as not finished)."""
+        parts = (STAGES_DIR, stage_id, RESULT_FILE)
+        obj = self.read_json(*parts, consequence="the stage counts as not finished")
+        return None if obj is None else read_result_record(obj, self._path(*parts))
 
     def list_dirs(self, *parts: str) -> list[str]:
         path = self._path(*parts)
@@ -132,7 +142,9 @@ def read_plans(reader: StoreReader) -> dict[str, dict]:
     """plan.json of every study: {study name: plan}."""
     plans = {}
     for name in reader.list_dirs("studies"):
-        plan = reader.read_json("studies", name, "plan.json")
+        plan = reader.read_json(
+            "studies", name, "plan.json", consequence="the study is left out of the report"
+        )
         if isinstance(plan, dict):
             plans[name] = plan
     return plans
@@ -160,9 +172,9 @@ def read_raw_stages(reader: StoreReader, plans: dict[str, dict]) -> dict[str, di
                 for trial_id in [trial.get("trial_id"), *(trial.get("aliases") or [])]:
                     raw[trial["finetune"]]["trials"].add(f"{study}/{trial_id}")
     for stage_id in reader.list_dirs("stages"):
-        if _STAGE_ID.match(stage_id):
+        if is_stage_id(stage_id):
             e = entry(stage_id)
-            e["result"] = reader.read_json("stages", stage_id, "result.json")
+            e["result"] = reader.read_result(stage_id)
             e["config_file"] = reader.read_json("stages", stage_id, "config.json")
             e["error"] = reader.read_text("stages", stage_id, "error.txt")
             e["started"] = True
@@ -240,9 +252,7 @@ def _status(e: dict) -> tuple[str, str]:
     """(status, reason) of one stage."""
     res = e.get("result")
     if isinstance(res, dict):
-        status = str(res.get("status") or "done")
-        if status == "done" and res.get("collapsed"):
-            status = "collapsed"
+        status = stage_state(res)
         metrics = res.get("metrics") or {}
         reason = res.get("reason") or metrics.get("reason") or ""
         if status == "collapsed" and not reason and res.get("collapsed_epoch") is not None:

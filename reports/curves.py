@@ -9,13 +9,13 @@ figures without pyplot and return the plotted series as data (as `figures` does)
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 
 import pandas as pd
 from matplotlib.figure import Figure
 
+from orchestrator.store_format import parse_json_lines
 from reports.cells import fmt_lr
 from reports.collect import StoreReader
 
@@ -27,14 +27,9 @@ SERIES = ("epoch", "loss", "lr", "seconds", "img_per_s", "precision", "AP")
 def read_epochs(reader: StoreReader, stage_id: str) -> pd.DataFrame:
     """The per-epoch rows of a stage (columns SERIES that exist), sorted by epoch; the last row of an
     epoch wins (a resumed stage re-trains the epochs after its last checkpoint)."""
-    text = reader.read_text("stages", stage_id, "metrics.jsonl") or ""
+    text = reader.read_text("stages", stage_id, "metrics.jsonl")
     rows: dict[int, dict] = {}
-    for i, line in enumerate(text.splitlines()):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("stages/%s/metrics.jsonl line %d: unreadable, skipped", stage_id, i + 1)
-            continue
+    for row in parse_json_lines(text, f"stages/{stage_id}/metrics.jsonl"):
         if isinstance(row, dict) and isinstance(row.get("epoch"), int):
             rows[row["epoch"]] = {k: row.get(k) for k in SERIES}
     frame = pd.DataFrame([rows[e] for e in sorted(rows)], columns=list(SERIES))

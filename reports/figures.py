@@ -33,7 +33,6 @@ METHOD_COLORS = {"scratch": "tab:gray", "imagenet": "tab:blue", "hsjp": "tab:red
 ERROR_TYPES = ("good", "jitter", "inversion", "swap", "miss")  # Ronchi & Perona, ICCV'17 (paper [37])
 OKS_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # COCOeval iouThrs 0.50:0.05:0.95
 PAPER_FREEZE = (2, 3, 4)  # paper Fig. 5: stages 0–2, 0–3, 0–4
-PAPER_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 10))  # paper Fig. 6: 10 % .. 90 %
 
 
 def _figure(title: str) -> tuple[Figure, object]:

@@ -108,7 +108,7 @@ def _page(
     stages: pd.DataFrame,
 ) -> str:
     sid, esc = r["stage_id"], html.escape
-    result = reader.read_json("stages", sid, "result.json") or {}
+    result = reader.read_result(sid) or {}
     config = (
         result.get("config") or (reader.read_json("stages", sid, "config.json") or {}).get("config") or {}
     )

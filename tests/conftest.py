@@ -1,5 +1,5 @@
-"""Shared fixtures: the real COCO samples in ../shared/data (skipped with a reason when absent), and an
-S3-protocol object store on loopback (moto)."""
+"""Shared fixtures: the real COCO samples named by HSJP_SHARED_DATA (default: a `shared/data` folder beside
+the checkout; skipped with a reason when absent), and an S3-protocol object store on loopback (moto)."""
 
 from __future__ import annotations
 
@@ -33,19 +33,21 @@ def local_ray_records(tmp_path_factory) -> Path:
 def _sample(name: str) -> Path:
     root = SHARED_DATA / name
     if not (root / "annotations").is_dir():
-        pytest.skip(f"real COCO samples not found at {root} (set HSJP_SHARED_DATA or place ../shared/data)")
+        pytest.skip(
+            f"real COCO samples not found at {root} (set HSJP_SHARED_DATA to the folder of coco-mini)"
+        )
     return root
 
 
 @pytest.fixture
 def coco_mini() -> Path:
-    """../shared/data/coco-mini: 30 train + 30 val images of COCO 2017 with original ids."""
+    """coco-mini: 30 train + 30 val images of COCO 2017 with original ids."""
     return _sample("coco-mini")
 
 
 @pytest.fixture
 def coco_dets() -> Path:
-    """../shared/data/coco-dets: 4 val2017 images + HRNet's person detection slice (118 boxes)."""
+    """coco-dets: 4 val2017 images + HRNet's person detection slice (118 boxes)."""
     return _sample("coco-dets")
 
 

@@ -17,11 +17,19 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from workloads.user_errors import UserError
+
 BACKBONES = ("hrnet_w32", "simplebaseline_r50")
+INPUT_MULTIPLE = (
+    32  # HRNet's four branch resolutions (stride 4..32) must tile exactly; ResNet downsamples 32×
+)
+HEATMAP_STRIDE = (
+    4  # both backbones output heatmaps at input / 4 (224 → 56, paper §3.3; 256×192 → 64×48, §4.2)
+)
 PRETRAIN_METHODS = ("hsjp", "scratch", "imagenet")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is wrong. The message names where (file / dotted key), the value and what is allowed."""
 
 
@@ -533,12 +541,23 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def _unknown_key_message(key: str, valid: list[str], where: str) -> str:
+def heatmap_hw_of_input(h: int, w: int) -> tuple[int, int]:
+    """(H, W) of the heatmaps a backbone outputs for an input of h × w: input / HEATMAP_STRIDE."""
+    return h // HEATMAP_STRIDE, w // HEATMAP_STRIDE
+
+
+def suggest(word: Any, options: Any) -> str:
+    """ " (did you mean 'x'?)" for the valid option nearest to `word` (or one it is a prefix of), else ""."""
+    valid = [str(o) for o in options]
     close = (
-        difflib.get_close_matches(str(key), valid, n=1)
-        or sorted(v for v in valid if v.startswith(str(key)) or str(key).startswith(v))[:1]
+        difflib.get_close_matches(str(word), valid, n=1)
+        or sorted(v for v in valid if v.startswith(str(word)) or str(word).startswith(v))[:1]
     )
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _unknown_key_message(key: str, valid: list[str], where: str) -> str:
+    hint = suggest(key, valid)
     return f"{_join(where, str(key))}: unknown key{hint}; valid keys: {', '.join(sorted(valid))}"
 
 
@@ -588,9 +607,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 def _choice(value: Any, allowed: tuple[str, ...], where: str) -> None:
     if value not in allowed:
-        close = difflib.get_close_matches(str(value), allowed, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{where} = {value!r}: unknown{hint}; allowed: {', '.join(allowed)}")
+        raise ConfigError(
+            f"{where} = {value!r}: unknown{suggest(value, allowed)}; allowed: {', '.join(allowed)}"
+        )
 
 
 def _at_least(value: float, low: float, where: str) -> None:

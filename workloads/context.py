@@ -1,4 +1,4 @@
-"""The seam between workloads and whoever runs them (DESIGN.md, "The seam").
+"""The seam between workloads and whoever runs them (docs/design.md, "The seam").
 
 A workload (`run_pretrain`, `run_finetune`) is a plain function of (config, data config, StageContext).
 The orchestrator implements StageContext on top of Ray Train (DDP, checkpoints, reporting);
@@ -78,7 +78,7 @@ class StageResult:
 class LocalContext:
     """Single-process StageContext backed by a folder: `epoch-XXXX.pt` checkpoints + `metrics.jsonl`.
 
-    Used by tests and by `hsjp-study` commands that run a stage without Ray.
+    Used by tests and by `benchmarks/throughput.py`, which run a stage's loop without Ray.
     """
 
     def __init__(

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from workloads.config import RuntimeConfig
+from workloads.config import HEATMAP_STRIDE, RuntimeConfig
 from workloads.context import StageContext
 
 log = logging.getLogger(__name__)
@@ -135,10 +135,26 @@ def autocast(runtime: RuntimeConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
+def wants_channels_last(runtime: RuntimeConfig, device: torch.device) -> bool:
+    """The one channels_last rule, for the model (`apply_memory_format`) and its input batches alike:
+    "on", or "auto" on CUDA (where cuDNN's NHWC kernels are the fast ones)."""
+    return runtime.channels_last == "on" or (runtime.channels_last == "auto" and device.type == "cuda")
+
+
 def apply_memory_format(model: nn.Module, runtime: RuntimeConfig, device: torch.device) -> nn.Module:
-    if runtime.channels_last == "on" or (runtime.channels_last == "auto" and device.type == "cuda"):
+    if wants_channels_last(runtime, device):
         return model.to(memory_format=torch.channels_last)
     return model
+
+
+def check_heatmap_output(pred: torch.Tensor, expected_hw: tuple[int, int], key: str, value: Any) -> None:
+    """The model's heatmaps [B, K, H, W] have the configured size (`key` = `value`): a backbone outputs
+    input / HEATMAP_STRIDE, so a mismatch is a config that slipped past the study checks."""
+    if tuple(pred.shape[-2:]) != tuple(expected_hw):
+        raise ValueError(
+            f"{key} = {value}: the model outputs {tuple(pred.shape[-2:])} heatmaps, expected "
+            f"{tuple(expected_hw)} (heatmaps are input / {HEATMAP_STRIDE})"
+        )
 
 
 def configure_backends(device: torch.device) -> None:
@@ -319,6 +335,69 @@ class LoopOutcome:
     collapsed: bool = False
     collapsed_epoch: int | None = None
     collapse_reason: str | None = None
+
+
+REPORTS_PER_EPOCH = 4  # within-epoch progress reports (each costs one device sync)
+
+
+def global_mean(total: torch.Tensor, seen: int, world_size: int) -> float:
+    """Sample-weighted mean over every rank (equal shards: EpochSampler pads them)."""
+    buf = torch.stack([total.double(), torch.tensor(float(seen), dtype=torch.float64, device=total.device)])
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(buf)
+    return float(buf[0] / max(buf[1], 1.0))
+
+
+def train_one_epoch(
+    ctx: StageContext,
+    model: nn.Module,
+    loader: DataLoader,
+    sampler: Any,
+    epoch: int,
+    prepare: Callable[[Any], tuple[Any, int]],
+    step: Callable[[Any], torch.Tensor],
+) -> dict:
+    """The within-epoch loop both tasks share: one pass over this rank's shard, returning {"loss":
+    sample mean over all ranks, "images", "data_wait_share"}.
+
+    `prepare(batch)` → (the step's tensors on the device, sample count); `step(tensors)` → the loss,
+    still on the device (one optimiser step). Batches are prepared two ahead (`prefetch`: a side
+    stream on CUDA) and the running loss stays on the device: the host reads it only at the
+    REPORTS_PER_EPOCH progress reports (tests/workloads/test_host_syncs.py). A non-finite running loss
+    ends the epoch early; `run_epochs` then records the collapse."""
+    sampler.set_epoch(epoch)
+    model.train()  # frozen stages keep their BN in eval mode (StagedModel.train)
+    total = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    seen, steps, wait = 0, len(loader), 0.0
+    report_every = max(1, steps // REPORTS_PER_EPOCH)
+    batches = prefetch(loader, prepare, ctx.device)
+    t0 = t_wait = time.perf_counter()
+    for i, (tensors, count) in enumerate(batches):
+        wait += time.perf_counter() - t_wait
+        loss = step(tensors)
+        total += loss.double() * count
+        seen += count
+        if (i + 1) % report_every == 0 or i + 1 == steps:
+            running = global_mean(total, seen, ctx.world_size)
+            ctx.report(
+                {
+                    "epoch": epoch,
+                    "step": i + 1,
+                    "steps": steps,
+                    "loss": running,
+                    "img_per_s": seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9),
+                }
+            )
+            if not math.isfinite(running):
+                log.warning("epoch %d step %d: loss %s, ending the epoch early", epoch, i + 1, running)
+                return {"loss": running, "images": seen}
+        t_wait = time.perf_counter()
+    elapsed = time.perf_counter() - t0
+    return {
+        "loss": global_mean(total, seen, ctx.world_size),
+        "images": seen,
+        "data_wait_share": wait / max(elapsed, 1e-9),
+    }
 
 
 TrainEpochFn = Callable[[int], dict]  # epoch -> {"loss": float, "images": int, ...}

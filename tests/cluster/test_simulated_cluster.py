@@ -70,7 +70,7 @@ def read_lines(path: str) -> list[dict]:
 def cluster():
     """Head: 0 CPUs + the trial-driver resource; two worker nodes with 1 CPU each."""
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TMPDIR")}
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # a test cluster needs no token (ray.md §3a)
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # a test cluster needs no token (docs/ray.md §3a)
     # Own temp dir: Cluster() writes <tmp>/ray/ray_current_cluster, which a plain ray.init() of
     # another process on this machine would otherwise connect to. Short: Ray's sockets live there.
     tmp = tempfile.mkdtemp(prefix="hsjpc", dir="/tmp")
@@ -183,7 +183,7 @@ def test_killed_driver_rerun_against_the_cluster_resumes(cluster, tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    time.sleep(5)  # orphaned Train workers outlive the driver by ~2 s (ray.md §3c)
+    time.sleep(5)  # orphaned Train workers outlive the driver by ~2 s (docs/ray.md §3c)
     before = standins.epochs_in_metrics(store, trial.finetune)
     assert store.is_done(trial.pretrain) and not store.is_done(trial.finetune)
 

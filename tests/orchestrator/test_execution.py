@@ -1,4 +1,4 @@
-"""Study execution (DESIGN.md §3–5): pure helpers (unit) and whole runs through a local Ray (slow).
+"""Study execution (docs/design.md §3–5): pure helpers (unit) and whole runs through a local Ray (slow).
 
 The slow tests use stand-in workloads (`standins.py`: an nn.Linear through the shared engine) so a
 stage costs Ray's fixed overhead only; the smoke-study test runs the real workloads.
@@ -120,7 +120,7 @@ def test_finished_study_reruns_without_ray(tmp_path):
     assert store.read_bytes(store.study_path("done", "study.yaml")) == b"name: done\n"
     assert json.loads(store.read_bytes(store.study_path("done", "plan.json")))["study"] == "done"
     rows = list(
-        csv.DictReader(io.StringIO(store.read_bytes(store.study_path("done", "results.csv")).decode()))
+        csv.DictReader(io.StringIO(store.read_bytes(store.study_path("done", "trials.csv")).decode()))
     )
     assert [(r["trial_id"], r["status"], r["AP"], r["pretrain.method"]) for r in rows] == [
         ("t1", "done", "0.5", "scratch")
@@ -182,7 +182,7 @@ def test_chain_publishes_results_skips_after_collapse_and_reruns_nothing(local_r
     skipped = store.read_result(t_collapse.finetune)
     assert skipped["status"] == "skipped" and skipped["reason"] == "pretrain collapsed"
     assert sorted(c["kind"] for c in standins.read_calls(calls)) == ["finetune", "pretrain"]
-    csv_rows = store.read_bytes(store.study_path("chain", "results.csv")).decode().splitlines()
+    csv_rows = store.read_bytes(store.study_path("chain", "trials.csv")).decode().splitlines()
     assert len(csv_rows) == 3 and csv_rows[0].startswith("trial_id,")
     out = capsys.readouterr().out
     assert "epoch 2/2" in out and "skipped" in out and "wall" in out and "t-collapse" in out

@@ -1,9 +1,9 @@
-"""Resume after the driver is SIGKILLed mid-stage (DESIGN.md §5), through a real local Ray.
+"""Resume after the driver is SIGKILLed mid-stage (docs/design.md §5), through a real local Ray.
 
 A study driver runs in a subprocess (this file run as a script) and is killed once the finetune's
 metrics show epoch ≥ 2. Running the study again must not recompute the finished pretrain and must
 continue the finetune from its last registered epoch checkpoint (Train V2 may lose the last 1–2
-checkpoint intervals, ray.md §3c), not from epoch 0.
+checkpoint intervals, docs/ray.md §3c), not from epoch 0.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def test_killed_driver_resumes_the_stage_and_keeps_finished_ones(tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    time.sleep(5)  # orphaned Train workers outlive the driver by ~2 s (ray.md §3c)
+    time.sleep(5)  # orphaned Train workers outlive the driver by ~2 s (docs/ray.md §3c)
     assert store.is_done(trial.pretrain) and not store.is_done(trial.finetune)
     before = standins.epochs_in_metrics(store, trial.finetune)
 

@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.inputs import data_config
 from orchestrator.plan import make_plan
-from orchestrator.status import format_duration, render_status, study_status, summarize
+from orchestrator.status import format_duration, render_status, status_totals, study_status
 from orchestrator.store import Store
 from orchestrator.study import load_study
 
@@ -108,7 +108,7 @@ def test_collapsed_and_skipped_results(setup):
 def test_summary_and_render(setup):
     store, plan, t = setup
     rows = study_status(plan, store)
-    s = summarize(rows, plan)
+    s = status_totals(rows, plan)
     assert not s["complete"] and s["counts"]["queued"] == 3 and s["counts"]["waiting"] == 3
     assert s["estimated_hours_left"] > 0
     for sid, spec in plan.stages.items():
@@ -123,7 +123,7 @@ def test_summary_and_render(setup):
                 },
             )
     rows = study_status(plan, store)
-    s = summarize(rows, plan)
+    s = status_totals(rows, plan)
     assert s["complete"] and s["counts"]["done"] == 6 and s["gpu_hours"] == pytest.approx(0.06)
     assert s["estimated_hours_left"] == 0
     text = render_status(rows, plan)

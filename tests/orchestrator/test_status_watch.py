@@ -34,7 +34,7 @@ def test_watch_redraws_a_terminal_in_place_and_stops_on_ctrl_c():
 def test_status_watch_on_a_finished_study_prints_once(tmp_path, capsys, monkeypatch):
     store = tmp_path / "store"
     store.mkdir()
-    monkeypatch.setattr(cli, "summarize", lambda rows, plan: {"complete": True})
+    monkeypatch.setattr(cli, "status_totals", lambda rows, plan: {"complete": True})
     monkeypatch.setattr(cli, "dashboard_url", lambda address: "http://10.0.0.1:8265")
     assert cli.main(["status", "--watch", "0.01", "--storage", str(store)]) == 0
     out = capsys.readouterr().out

@@ -115,7 +115,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def wait_workers_gone(calls: str) -> None:
-    """Orphaned Train workers outlive a SIGKILLed driver by a few seconds (ray.md §3c) and may still
+    """Orphaned Train workers outlive a SIGKILLed driver by a few seconds (docs/ray.md §3c) and may still
     write checkpoints / metrics: wait until every worker that logged a call is gone."""
     pids = {c["pid"] for c in standins.read_calls(calls)}
     wait_until(lambda: not any(pid_alive(p) for p in pids), f"workers {sorted(pids)} to exit")
@@ -355,7 +355,7 @@ def test_driver_killed_mid_pretrain_with_truncated_checkpoint(reference, tmp_pat
     trial = plan.trials[0]
 
     # the pretrain pauses after its last epoch, so it cannot finish while Train registers a second
-    # checkpoint (registration lags the epoch by a second or two, ray.md §3)
+    # checkpoint (registration lags the epoch by a second or two, docs/ray.md §3b)
     proc, log_path = start_driver(tmp_path, root, calls, salt, end_sleep_s=PAUSE_S, pause_kind="pretrain")
     try:  # two registered pretrain checkpoints: a latest to truncate and one to fall back to
         wait_until(

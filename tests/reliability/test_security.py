@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.store import Store, StoreError, check_stage_id, check_study_name
+from orchestrator.store import Store
+from orchestrator.store_format import StoreError, check_stage_id, check_study_name
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("orchestrator", "workloads", "reports", "benchmarks")

@@ -23,6 +23,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from workloads.data.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY_ID
+from workloads.user_errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ BOX_PADDING = 1.25  # HRNet _xywh2cs: the box is enlarged by 25 %
 EXPECTED_LAYOUT = "annotations/person_keypoints_{split}.json and {split}/ (images) under the COCO root"
 
 
-class CocoDataError(RuntimeError):
+class CocoDataError(UserError, RuntimeError):
     """A COCO root, annotation, detection or image file is missing or malformed (the message names it)."""
 
 
@@ -257,6 +258,28 @@ def _read_detections(det_file: Path) -> list[dict]:
     return dets
 
 
+def detection_instance(
+    det: dict, img: dict, image_path: str, aspect_ratio: float, padding: float = BOX_PADDING
+) -> PersonInstance:
+    """A person instance of one detection (COCO results format) on image `img`: the box unclipped, as
+    HRNet uses it, no keypoints, the detector's score (val2017 and test-dev alike)."""
+    box = np.asarray(det["bbox"], dtype=np.float64)
+    center, scale = box_to_center_scale(box, aspect_ratio, padding)
+    return PersonInstance(
+        image_id=int(det["image_id"]),
+        ann_id=None,
+        image_path=image_path,
+        image_wh=(int(img["width"]), int(img["height"])),
+        bbox_xywh=box,
+        center_xy=center,
+        scale_wh=scale,
+        keypoints=np.zeros((NUM_KEYPOINTS, 3), dtype=np.float64),
+        num_keypoints=0,
+        area=float(box[2] * box[3]),
+        score=float(det["score"]),
+    )
+
+
 def load_detections(
     det_file: str | os.PathLike,
     root: str | os.PathLike,
@@ -283,22 +306,8 @@ def load_detections(
         if img is None:
             unknown.add(int(det["image_id"]))
             continue
-        box = np.asarray(det["bbox"], dtype=np.float64)
-        center, scale = box_to_center_scale(box, aspect_ratio, padding)
         instances.append(
-            PersonInstance(
-                image_id=int(det["image_id"]),
-                ann_id=None,
-                image_path=_image_path(Path(root), split, img),
-                image_wh=(int(img["width"]), int(img["height"])),
-                bbox_xywh=box,
-                center_xy=center,
-                scale_wh=scale,
-                keypoints=np.zeros((NUM_KEYPOINTS, 3), dtype=np.float64),
-                num_keypoints=0,
-                area=float(box[2] * box[3]),
-                score=float(det["score"]),
-            )
+            detection_instance(det, img, _image_path(Path(root), split, img), aspect_ratio, padding)
         )
     if unknown:
         msg = (

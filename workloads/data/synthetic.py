@@ -4,7 +4,7 @@
 Writes, under `out_dir`, the COCO 2017 layout: `annotations/person_keypoints_{train,val}2017.json`,
 `train2017/%012d.jpg`, `val2017/%012d.jpg`, and HRNet's detection file
 `person_detection_results/COCO_val2017_detections_AP_H_56_person.json` (jittered GT boxes, a few
-misses and false positives). Each image has 1-3 stick figures (`figures.py`) on a textured background,
+misses and false positives). Each image has 1-3 stick figures (`stick_figures.py`) on a textured background,
 with occluders and figures overlapping each other, so visibility flags 0, 1 and 2 all occur, and a few
 persons (small ones, and some at random) carry no labelled keypoints. Deterministic by seed: every
 image has its own RNG `(seed, split, index)`, JSON is written with fixed rounding and key order.
@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from workloads.data.coco import annotation_path
-from workloads.data.figures import draw_figure, sample_figure
 from workloads.data.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY_ID, person_category
+from workloads.data.stick_figures import draw_figure, sample_figure
 
 log = logging.getLogger(__name__)
 

@@ -56,12 +56,12 @@ def _label(ax, centers_xy: np.ndarray, labels, fontsize: float) -> None:
         ax.text(x, y, str(text), color="yellow", ha="center", va="center", fontsize=fontsize, weight="bold")
 
 
-def draw_puzzle(
+def write_puzzle_figure(
     image_path: str | os.PathLike, n: int, out_path: str | os.PathLike, seed: int = 0, input_size: int = 224
 ) -> Path:
     """Write a PNG of one N×N puzzle of `image_path` (panels in the module docstring); returns its path."""
     cfg = PretrainConfig(n=n, input_size=input_size, heatmap_size=max(1, input_size // 4))
-    cfg.validate("draw_puzzle")
+    cfg.validate("write_puzzle_figure")
     side = padded_size(input_size, n)
     crop = square_crop(read_image(image_path), side)
     rng = np.random.default_rng(seed)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from workloads.config import RuntimeConfig
 from workloads.data.transforms import network_input
-from workloads.engine import unwrap
+from workloads.engine import unwrap, wants_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,6 @@ def precision_of(solved: torch.Tensor) -> float:
     return int(solved.sum()) / solved.numel()
 
 
-def wants_channels_last(runtime: RuntimeConfig, device: torch.device) -> bool:
-    """Same rule as engine.apply_memory_format, for the input batches."""
-    return runtime.channels_last == "on" or (runtime.channels_last == "auto" and device.type == "cuda")
-
-
 @torch.no_grad()
 def evaluate_precision(
     model: nn.Module,
@@ -79,9 +74,8 @@ def evaluate_precision(
             heatmaps = net(images)  # fp32 whatever runtime.amp trained in: P is a reported number
             pred = decode_peaks(heatmaps.float(), stride)
             true = batch["centers_xy"].to(device)
-            hits = located_patches(pred, true, eps_px)
-            located.append(hits.cpu())
-            solved.append(hits.all(dim=-1).cpu())
+            located.append(located_patches(pred, true, eps_px).cpu())  # eq. 3
+            solved.append(solved_puzzles(pred, true, eps_px).cpu())  # eq. 4
     finally:
         net.train(was_training)
     solved_t = torch.cat(solved)

@@ -3,7 +3,8 @@ the masked MSE of eq. (2) under Adam + MultiStepLR (§3.4), select the epoch wit
 precision P (§3.5), and hand its weights downstream.
 
 The epoch loop, resume, checkpointing, evaluation cadence, best-model selection and collapse detection
-are the shared engine's (`engine.run_epochs`); this module supplies `train_epoch` and `evaluate`.
+are the shared engine's (`engine.run_epochs`, the within-epoch loop `engine.train_one_epoch`); this module
+supplies the batch preparation, the train step and `evaluate`.
 Epochs are 0-based (`best_epoch` 9 is the 10th epoch). A run collapses (`collapsed: True`, its
 finetunes skipped) as the paper's Table 2 lr 2e-3 run did, when P stays 0 at every evaluation after
 `cfg.collapse_warmup_epochs` (hsjp/collapse.py; ended early after `collapse_patience` such
@@ -15,8 +16,6 @@ loss is checked only at the few progress reports (a sync), and ends the epoch ea
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,29 +33,29 @@ from workloads.engine import (
     LoopSpec,
     apply_memory_format,
     autocast,
+    check_heatmap_output,
     compile_step,
     configure_backends,
     loss_summary,
     make_loader,
     make_optimizer,
     make_scheduler,
-    prefetch,
     run_epochs,
+    train_one_epoch,
     use_static_graph,
+    wants_channels_last,
 )
 from workloads.hsjp.batched import batch_images, check_placement, renders_on_device
 from workloads.hsjp.collapse import PrecisionCollapse
 from workloads.hsjp.dataset import PuzzleDataset, load_instances
 from workloads.hsjp.loss import masked_mse
-from workloads.hsjp.precision import evaluate_precision, wants_channels_last
+from workloads.hsjp.precision import evaluate_precision
 from workloads.hsjp.targets import heatmap_stride, make_heatmaps
 from workloads.models import build_model
 from workloads.numerics import numerics_record
 from workloads.provenance import provenance
 
 log = logging.getLogger(__name__)
-
-REPORTS_PER_EPOCH = 4  # within-epoch progress reports (each costs one device sync)
 
 
 @dataclass
@@ -102,12 +101,7 @@ def make_forward_loss(cfg: PretrainConfig, device: torch.device, heatmap_hw: tup
         x = network_input(images, channels_last)
         with autocast(cfg.runtime, device):
             pred = model(x)
-        if tuple(pred.shape[-2:]) != heatmap_hw:
-            raise ValueError(
-                f"pretrain.heatmap_size = {cfg.heatmap_size}: the model outputs "
-                f"{tuple(pred.shape[-2:])} heatmaps for input {tuple(x.shape[-2:])}, "
-                f"expected {heatmap_hw} (heatmap_size must be input_size / 4)"
-            )
+        check_heatmap_output(pred, heatmap_hw, "pretrain.heatmap_size", cfg.heatmap_size)
         return masked_mse(pred, target, mask)  # paper eq. (2), float32
 
     return forward_loss
@@ -123,51 +117,21 @@ def train_step(loop: _Loop, images: torch.Tensor, target: torch.Tensor, mask: to
 
 
 def train_epoch(loop: _Loop, epoch: int) -> dict:
-    """One pass over this rank's shard; returns {"loss": mean eq. (2) over all ranks, "images": count,
-    "data_wait_share"}. Batches are prepared two ahead (`engine.prefetch`, a side stream on CUDA); the
-    running loss stays on the device and is read only at the REPORTS_PER_EPOCH progress reports."""
-    ctx, device = loop.ctx, loop.ctx.device
-    loop.sampler.set_epoch(epoch)
-    loop.model.train()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    seen, steps, wait = 0, len(loop.loader), 0.0
-    report_every = max(1, steps // REPORTS_PER_EPOCH)
-    batches = prefetch(loop.loader, lambda b: prepare_batch(b, loop), device)
-    t0 = t_wait = time.perf_counter()
-    for step, (images, target, mask) in enumerate(batches):
-        wait += time.perf_counter() - t_wait
-        loss = train_step(loop, images, target, mask)
-        total += loss.double() * images.shape[0]
-        seen += images.shape[0]
-        if (step + 1) % report_every == 0 or step + 1 == steps:
-            running = _global_mean(total, seen, ctx.world_size)
-            ctx.report(
-                {
-                    "epoch": epoch,
-                    "step": step + 1,
-                    "steps": steps,
-                    "loss": running,
-                    "img_per_s": seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9),
-                }
-            )
-            if not math.isfinite(running):
-                log.warning("epoch %d step %d: loss %s, ending the epoch early", epoch, step + 1, running)
-                return {"loss": running, "images": seen}
-        t_wait = time.perf_counter()
-    elapsed = time.perf_counter() - t0
-    return {
-        "loss": _global_mean(total, seen, ctx.world_size),
-        "images": seen,
-        "data_wait_share": wait / max(elapsed, 1e-9),
-    }
+    """One pass over this rank's shard (`engine.train_one_epoch`): {"loss": mean eq. (2) over all ranks,
+    "images", "data_wait_share"}."""
+    return train_one_epoch(
+        loop.ctx,
+        loop.model,
+        loop.loader,
+        loop.sampler,
+        epoch,
+        prepare=lambda b: _with_count(prepare_batch(b, loop)),
+        step=lambda tensors: train_step(loop, *tensors),
+    )
 
 
-def _global_mean(total: torch.Tensor, seen: int, world_size: int) -> float:
-    """Sample-weighted mean over every rank (equal shards: EpochSampler pads them)."""
-    buf = torch.stack([total.double(), torch.tensor(float(seen), dtype=torch.float64, device=total.device)])
-    if world_size > 1 and dist.is_available() and dist.is_initialized():
-        dist.all_reduce(buf)
-    return float(buf[0] / max(buf[1], 1.0))
+def _with_count(tensors: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], int]:
+    return tensors, tensors[0].shape[0]  # the batch size: a host-side shape, no sync
 
 
 def combine_precision(local: dict, patches: int, world_size: int, device: torch.device) -> dict:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from workloads.config import ModelConfig
+from workloads.models.freezing import StagedModel, freeze_stages, stage_names, stage_of_parameter
 from workloads.models.hrnet import PoseHRNet
 from workloads.models.loading import (
     HEAD_PREFIXES,
@@ -22,7 +23,6 @@ from workloads.models.loading import (
     load_state_file,
 )
 from workloads.models.simplebaseline import PoseResNet
-from workloads.models.stages import StagedModel, freeze_stages, stage_names, stage_of_parameter
 
 __all__ = [
     "HEAD_PREFIXES",

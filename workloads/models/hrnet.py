@@ -3,7 +3,7 @@
 Layout and names follow the official pose_hrnet (leoxiaobin/deep-high-resolution-net.pytorch,
 config w32_256x192), so its pose checkpoint loads with strict=True and the official ImageNet
 HRNet-W32 checkpoint loads into the backbone (see `loading.py`). Facts in
-/work/shared/notes/pose-reference.md §1. Narrow variants (width, blocks, modules from
+docs/pose-reference.md §1. Narrow variants (width, blocks, modules from
 `ModelConfig`) come from the same code; `num_blocks` also sets layer1's Bottleneck count (the official
 code fixes it at 4, which W32's num_blocks = 4 reproduces). The output is the heatmap of the highest-resolution
 branch at input/4, through a 1×1 `final_layer` with any channel count.
@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workloads.models.stages import StagedModel
+from workloads.config import HEATMAP_STRIDE, INPUT_MULTIPLE
+from workloads.models.freezing import StagedModel
 
 BN_MOMENTUM = 0.1  # HRNet pose_hrnet.py: BN_MOMENTUM = 0.1
 STEM_CHANNELS = 64  # HRNet: conv1/conv2 3→64→64, layer1 Bottleneck planes 64 (→ 256)
-INPUT_MULTIPLE = 32  # four branch resolutions (stride 4..32) must tile exactly for the fuse layers
 
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -149,7 +149,7 @@ def check_input_hw(x: torch.Tensor) -> None:
     if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
         raise ValueError(
             f"input size {h}x{w} (HxW) is not divisible by {INPUT_MULTIPLE}; "
-            f"use e.g. 256x192 or 224x224 so the heatmap is exactly input/4"
+            f"use e.g. 256x192 or 224x224 so the heatmap is exactly input / {HEATMAP_STRIDE}"
         )
 
 

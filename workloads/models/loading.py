@@ -5,7 +5,7 @@ so a silent partial load cannot invalidate a table. Keys under `skip_prefixes` a
 sides: not loaded from the checkpoint (listed as `skipped`) and not required from the model (the
 head `final_layer` is replaced between the pretext and the pose task).
 
-ImageNet checkpoints (pose-reference.md §1-§2):
+ImageNet checkpoints (docs/pose-reference.md §1-§2):
 - HRNet-W32: `hrnet_w32-36af842e.pth` of HRNet/HRNet-Image-Classification (cls_hrnet). Its
   classification head (`incre_modules`, `downsamp_modules`, `classifier`, and a `final_layer` whose
   name collides with the pose head) and the multi-scale fuse layers of the last stage-4 module
@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from workloads.config import ConfigError
 from workloads.engine import unwrap
+from workloads.user_errors import CheckpointError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +67,25 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
 
     Unwraps `{"state_dict": ...}` / `{"model": ...}` nestings and `module.` / `_orig_mod.` prefixes.
     """
+    return unwrap_state_dict(read_weights_file(path), str(path))
+
+
+def read_weights_file(path: str | Path) -> object:
+    """What a checkpoint file holds, read with `torch.load(weights_only=True)` on CPU (no code runs);
+    MissingFileError / CheckpointError naming the file when it is absent, pickles Python objects, or
+    is not a torch file (truncated, another format)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise MissingFileError(f"checkpoint file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: torch.load(weights_only=True) refused it, so it is not a plain state dict "
             f"(it pickles Python objects). Re-save it as a dict of tensors. Reason: {str(exc)[:300]}"
-        ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({exc})") from exc
-    return unwrap_state_dict(obj, str(path))
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # truncated / not a torch file
+        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({str(exc)[:300]})") from None
 
 
 def unwrap_state_dict(obj: object, where: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -86,13 +94,13 @@ def unwrap_state_dict(obj: object, where: str = "checkpoint") -> dict[str, torch
         inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), dict)), None)
         if inner is None:
             bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:5]
-            raise ValueError(
+            raise CheckpointError(
                 f"{where}: not a state dict: entries {bad} are not tensors and there is no "
                 f"'state_dict' or 'model' entry holding one"
             )
         obj = inner
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a dict of tensors, got {type(obj).__name__}")
+        raise CheckpointError(f"{where}: expected a dict of tensors, got {type(obj).__name__}")
     state = dict(obj)
     for prefix in WRAPPER_PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
@@ -127,13 +135,13 @@ def load_backbone(
     matched = [k for k in candidates if k in target]
     if wanted and len(matched) < MIN_MATCH_FRACTION * len(wanted):
         first = report.unexpected[0] if report.unexpected else (report.missing or ["<none>"])[0]
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint looks like a checkpoint of another architecture than {type(inner).__name__}: "
             f"only {len(matched)} of {len(wanted)} model keys match; first unmatched key {first!r}"
         )
     for k in matched:
         if tuple(candidates[k].shape) != tuple(target[k].shape):
-            raise ValueError(
+            raise CheckpointError(
                 f"shape mismatch for {k!r}: checkpoint {tuple(candidates[k].shape)} vs "
                 f"model {tuple(target[k].shape)}"
             )
@@ -154,12 +162,12 @@ def load_backbone(
 def load_imagenet(model: nn.Module, path: str | Path, backbone: str) -> LoadReport:
     """Load the official ImageNet classification weights of `backbone` into the model's trunk."""
     if backbone not in IMAGENET_SOURCES:
-        raise ValueError(
+        raise ConfigError(
             f"backbone={backbone!r} has no ImageNet loader; valid: {', '.join(IMAGENET_SOURCES)}"
         )
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"ImageNet checkpoint not found: {path}. Official weights: {IMAGENET_SOURCES[backbone]}"
         )
     state = load_state_file(path)
@@ -171,4 +179,4 @@ def load_imagenet(model: nn.Module, path: str | Path, backbone: str) -> LoadRepo
     try:
         return load_backbone(model, state, skip_prefixes=skip)
     except ValueError as exc:  # name the file: the key alone does not say which checkpoint was wrong
-        raise ValueError(f"{path}: {exc} (expected {IMAGENET_SOURCES[backbone]})") from exc
+        raise CheckpointError(f"{path}: {exc} (expected {IMAGENET_SOURCES[backbone]})") from exc

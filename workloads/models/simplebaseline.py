@@ -5,7 +5,7 @@ module names at the top level (`conv1, bn1, layer1..layer4`), so torchvision's I
 weights load directly. The head follows the official pose_resnet (microsoft/human-pose-estimation
 .pytorch, config 256x192_d256x3): three ConvTranspose2d k4 s2 p1 without bias, each + BN + ReLU
 (`deconv_layers.{0,3,6}`), then a 1×1 `final_layer` with bias and any channel count. Output is at
-input/4. Facts in /work/shared/notes/pose-reference.md §2.
+input/4. Facts in docs/pose-reference.md §2.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from workloads.models.freezing import StagedModel
 from workloads.models.hrnet import BN_MOMENTUM, check_input_hw, init_official
-from workloads.models.stages import StagedModel
 
 NUM_DECONV = 3  # SimpleBaseline config: NUM_DECONV_LAYERS 3, kernels [4, 4, 4]
 DECONV_KERNEL, DECONV_PADDING, DECONV_OUTPUT_PADDING = 4, 1, 0  # pose_resnet: k4 → p1, op0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,8 @@ import torch
 from torch import nn
 
 from workloads.config import FinetuneConfig, ModelConfig
+from workloads.models.loading import read_weights_file
+from workloads.user_errors import CheckpointError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,6 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class CheckpointError(ValueError):
-    """The checkpoint cannot be loaded strictly into the model (the message names the file and key)."""
-
-
 @dataclass
 class LoadedCheckpoint:
     state: dict[str, torch.Tensor]
@@ -55,16 +52,7 @@ class LoadedCheckpoint:
 def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """The state dict of a checkpoint file in any supported format (CheckpointError naming the file)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {path} not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: not a plain checkpoint (torch.load(weights_only=True) refused it: {str(exc)[:200]})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # truncated / not a torch file
-        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({str(exc)[:200]})") from None
+    obj = read_weights_file(path)
     entry = "(top level)"
     if isinstance(obj, dict) and not _is_state_dict(obj):
         key = next((k for k in NESTED_KEYS if isinstance(obj.get(k), dict) and _is_state_dict(obj[k])), None)
@@ -156,7 +144,7 @@ def evaluate_checkpoint(
     root = Path(coco_root)
     annotated = annotation_path(root, split).is_file()
     if not annotated and not image_info_path(root, split).is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"split {split!r}: neither {annotation_path(root, split)} nor {image_info_path(root, split)} found"
         )
     if not annotated and detections is None:

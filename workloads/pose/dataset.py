@@ -2,7 +2,7 @@
 
 Samples are the persons with keypoints of the training split, selected with HRNet's filter
 (`workloads.data.coco.load_persons(with_keypoints=True)`). Augmentations follow the official
-`JointsDataset.__getitem__` (HRNet w32_256x192 config; pose-reference.md §3), in its order:
+`JointsDataset.__getitem__` (HRNet w32_256x192 config; docs/pose-reference.md §3), in its order:
 
 1. half-body (prob `half_body_prob`, needs > `half_body_min_joints` visible joints): upper body
    (joints 0-10) if randn < 0.5 (sic, ≈69 %) and > 2 upper joints visible, else lower body if > 2

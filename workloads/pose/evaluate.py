@@ -26,6 +26,7 @@ from workloads.data.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
 from workloads.pose.errors import ERROR_TYPES, analyze_errors, summarize_counts
 from workloads.pose.per_image import PER_IMAGE_KEY
 from workloads.pose.per_image import extract as extract_per_image
+from workloads.user_errors import BadFileError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -95,28 +96,28 @@ def empty_metrics(errors: bool = True) -> dict:
 def load_ground_truth(gt_json: str | os.PathLike) -> COCO:
     path = Path(gt_json)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"ground-truth annotation file {path} not found (expected a COCO keypoint json)"
         )
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             return COCO(str(path))
     except json.JSONDecodeError as err:
-        raise ValueError(f"ground-truth annotation file {path} is not valid JSON: {err}") from err
+        raise BadFileError(f"ground-truth annotation file {path} is not valid JSON: {err}") from err
 
 
 def load_results(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"results file {path} not found (expected a JSON list of COCO keypoint results)"
         )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"results file {path} is not valid JSON: {err}") from err
+        raise BadFileError(f"results file {path} is not valid JSON: {err}") from err
     if not isinstance(data, list):
-        raise ValueError(f"results file {path}: expected a JSON list of results, got {type(data).__name__}")
+        raise BadFileError(f"results file {path}: expected a JSON list of results, got {type(data).__name__}")
     return data
 
 
@@ -125,17 +126,17 @@ def check_results(dets: list[dict], coco_gt: COCO, gt_json, source: str) -> None
     for i, det in enumerate(dets):
         missing = [k for k in REQUIRED_RESULT_KEYS if not isinstance(det, dict) or k not in det]
         if missing:
-            raise ValueError(
+            raise BadFileError(
                 f"{source}: result #{i} lacks {missing}; each result needs {list(REQUIRED_RESULT_KEYS)}"
             )
         if len(det["keypoints"]) != 3 * NUM_KEYPOINTS:
-            raise ValueError(
+            raise BadFileError(
                 f"{source}: result #{i} has {len(det['keypoints'])} keypoint values, expected "
                 f"{3 * NUM_KEYPOINTS} (x, y, score for {NUM_KEYPOINTS} COCO joints)"
             )
     unknown = sorted({det["image_id"] for det in dets} - set(coco_gt.getImgIds()), key=str)
     if unknown:
-        raise ValueError(
+        raise BadFileError(
             f"{source}: {len(unknown)} image id(s) not in the ground truth {gt_json}, e.g. {unknown[:5]}; "
             "results must be for images of this annotation file"
         )

@@ -32,6 +32,7 @@ from workloads.config import FinetuneConfig
 from workloads.data.coco import PIXEL_STD, CocoDataError, PersonInstance
 from workloads.data.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY_ID
 from workloads.data.transforms import get_affine_transform, network_input, read_image, warp_crop
+from workloads.engine import wants_channels_last
 from workloads.models.folding import fold_batchnorm
 from workloads.pose.decode import get_max_preds, heatmap_to_image, refine_quarter_offset
 from workloads.pose.flip import merge_flipped
@@ -126,10 +127,7 @@ def _forward(
     inputs = images.to(device, non_blocking=True)
     if cfg.flip_test:  # the width axis: 2 of NHWC, 3 of NCHW
         inputs = torch.cat([inputs, inputs.flip(2 if inputs.dtype == torch.uint8 else 3)])
-    channels_last = cfg.runtime.channels_last == "on" or (
-        cfg.runtime.channels_last == "auto" and device.type == "cuda"
-    )
-    inputs = network_input(inputs, channels_last)
+    inputs = network_input(inputs, wants_channels_last(cfg.runtime, device))
     with torch.no_grad():  # always fp32 whatever runtime.amp trained in (the official numerics)
         heatmaps = model(inputs)
     heatmaps = heatmaps.float()

@@ -3,7 +3,7 @@
 Official definition: for each joint j, 0.5 · MSE_mean(pred_j · w_j, gt_j · w_j) over batch × pixels,
 summed over joints and divided by K. That equals 0.5 · mean over (batch, joint, pixel) of
 (w_bj · (pred − gt))², which is what is computed here in one pass (in float32, also under bf16
-autocast). Source: `deep-high-resolution-net.pytorch:lib/core/loss.py` (pose-reference.md §3).
+autocast). Source: `deep-high-resolution-net.pytorch:lib/core/loss.py` (docs/pose-reference.md §3).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ training sample; JPEG decoding (~5 ms) is the CPU cost that matters. The rules:
 the targets on the GPU from the joints (a sample then carries 17×3 numbers instead of 17×64×48).
 
 Source: `deep-high-resolution-net.pytorch:lib/dataset/JointsDataset.py:generate_target`
-(see shared/notes/pose-reference.md §3).
+(see docs/pose-reference.md §3).
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -31,8 +30,8 @@ from workloads.data.coco import (
     CocoDataError,
     PersonInstance,
     _read_detections,
-    box_to_center_scale,
     check_images,
+    detection_instance,
 )
 from workloads.data.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY_ID
 from workloads.pose import inference
@@ -105,23 +104,8 @@ def load_test_detections(
         if img is None:
             unknown.add(int(det["image_id"]))
             continue
-        box = np.asarray(det["bbox"], dtype=np.float64)
-        center, scale = box_to_center_scale(box, aspect_ratio)
-        instances.append(
-            PersonInstance(
-                image_id=int(det["image_id"]),
-                ann_id=None,
-                image_path=str(folder / img.get("file_name", f"{int(img['id']):012d}.jpg")),
-                image_wh=(int(img["width"]), int(img["height"])),
-                bbox_xywh=box,
-                center_xy=center,
-                scale_wh=scale,
-                keypoints=np.zeros((NUM_KEYPOINTS, 3), dtype=np.float64),
-                num_keypoints=0,
-                area=float(box[2] * box[3]),
-                score=float(det["score"]),
-            )
-        )
+        image_path = str(folder / img.get("file_name", f"{int(img['id']):012d}.jpg"))
+        instances.append(detection_instance(det, img, image_path, aspect_ratio))
     if unknown:
         msg = f"detection file {det_file}: {len(unknown)} image id(s) not in {image_info_path(root, split)}"
         if not instances:

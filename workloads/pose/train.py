@@ -12,7 +12,8 @@ built, so Adam only sees the trainable parameters. `label_fraction` and `data.ma
 select the training persons (`dataset.select_train_instances`).
 
 The epoch loop, exact resume, checkpoints, eval cadence, best-AP selection and collapse detection
-are the shared engine's (`engine.run_epochs`, select_key "AP"); this module supplies the train step
+are the shared engine's (`engine.run_epochs`, select_key "AP"; the within-epoch loop
+`engine.train_one_epoch`); this module supplies the batch preparation, the train step
 and the evaluation (`inference.predict` of each rank's share of the val images, gathered to rank 0
 for `evaluate_keypoints`).
 Epochs are 0-based. Evaluation boxes: `data.detection_file` unless `cfg.use_gt_boxes` or no file
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,16 +46,18 @@ from workloads.engine import (
     LoopSpec,
     apply_memory_format,
     autocast,
+    check_heatmap_output,
     compile_step,
     configure_backends,
     loss_summary,
     make_loader,
     make_optimizer,
     make_scheduler,
-    prefetch,
     run_epochs,
+    train_one_epoch,
     unwrap,
     use_static_graph,
+    wants_channels_last,
 )
 from workloads.models import build_model, freeze_stages, load_backbone, load_imagenet, stage_of_parameter
 from workloads.numerics import numerics_record
@@ -69,7 +71,6 @@ from workloads.provenance import provenance
 
 log = logging.getLogger(__name__)
 
-REPORTS_PER_EPOCH = 4  # within-epoch progress reports (each costs one device sync)
 EVAL_BATCH = 64  # inference batch (official TEST.BATCH_SIZE_PER_GPU 32, ×2 with the flip in one pass)
 # Architecture fields that must agree between a pretrain and its finetune, per backbone
 # (deconv_layers are part of what an HSJP SimpleBaseline hands over: only final_layer is replaced).
@@ -160,12 +161,6 @@ class _Loop:
     """`make_forward_loss`, compiled when the runtime says so (engine.compile_step)."""
 
 
-def wants_channels_last(cfg: FinetuneConfig, device: torch.device) -> bool:
-    return cfg.runtime.channels_last == "on" or (
-        cfg.runtime.channels_last == "auto" and device.type == "cuda"
-    )
-
-
 def uses_device_targets(device: torch.device) -> bool:
     """Build the heatmaps on the training device from the batch's joints (CUDA), or per sample in the
     loader workers (CPU, where both give the same targets and the workers run beside the step)."""
@@ -201,18 +196,13 @@ def prepare_batch(batch, cfg: FinetuneConfig, device: torch.device) -> tuple[tor
 def make_forward_loss(cfg: FinetuneConfig, device: torch.device):
     """fn(model, images, heatmaps, weights) → the official JointsMSE loss (float32): the input normalised
     on the device, the forward under the configured autocast. What `engine.compile_step` compiles."""
-    channels_last = wants_channels_last(cfg, device)
+    channels_last = wants_channels_last(cfg.runtime, device)
 
     def forward_loss(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor):
         x = network_input(images, channels_last)
         with autocast(cfg.runtime, device):
             pred = model(x)
-        if pred.shape != targets.shape:
-            raise ValueError(
-                f"finetune.heatmap_hw = {tuple(cfg.heatmap_hw)}: the model outputs {tuple(pred.shape[1:])} "
-                f"for input {tuple(x.shape[-2:])}, expected {tuple(targets.shape[1:])} "
-                "(heatmap_hw must be input_hw / 4)"
-            )
+        check_heatmap_output(pred, targets.shape[-2:], "finetune.heatmap_hw", list(cfg.heatmap_hw))
         return joints_mse(pred, targets, weights)  # official JointsMSE with target weights, float32
 
     return forward_loss
@@ -240,53 +230,20 @@ def train_step(
 
 
 def train_epoch(loop: _Loop, epoch: int) -> dict:
-    """One pass over this rank's shard: {"loss": sample mean over all ranks, "images", "data_wait_share"}.
-
-    The batches are prepared two ahead (`engine.prefetch`: on a side stream on CUDA) and the running
-    loss stays on the device; the host reads it only at the REPORTS_PER_EPOCH progress reports, so a
-    step in between makes the host wait for nothing (tests/workloads/test_host_syncs.py)."""
-    ctx, device, cfg = loop.ctx, loop.ctx.device, loop.cfg
-    loop.sampler.set_epoch(epoch)
-    loop.model.train()  # frozen stages keep their BN in eval mode (StagedModel.train)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    seen, steps, wait = 0, len(loop.loader), 0.0
-    report_every = max(1, steps // REPORTS_PER_EPOCH)
-    batches = prefetch(loop.loader, lambda b: (prepare_batch(b, cfg, device), batch_size_of(b)), device)
-    t0 = t_wait = time.perf_counter()
-    for step, (tensors, count) in enumerate(batches):
-        wait += time.perf_counter() - t_wait
-        loss = train_step(loop.model, tensors, loop.optimizer, cfg, device, loop.forward_loss, prepared=True)
-        total += loss.double() * count
-        seen += count
-        if (step + 1) % report_every == 0 or step + 1 == steps:
-            running = _global_mean(total, seen, ctx.world_size)
-            ctx.report(
-                {
-                    "epoch": epoch,
-                    "step": step + 1,
-                    "steps": steps,
-                    "loss": running,
-                    "img_per_s": seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9),
-                }
-            )
-            if not math.isfinite(running):
-                log.warning("epoch %d step %d: loss %s, ending the epoch early", epoch, step + 1, running)
-                return {"loss": running, "images": seen}
-        t_wait = time.perf_counter()
-    elapsed = time.perf_counter() - t0
-    return {
-        "loss": _global_mean(total, seen, ctx.world_size),
-        "images": seen,
-        "data_wait_share": wait / max(elapsed, 1e-9),
-    }
-
-
-def _global_mean(total: torch.Tensor, seen: int, world_size: int) -> float:
-    """Sample-weighted mean over every rank (equal shards: EpochSampler pads them)."""
-    buf = torch.stack([total.double(), torch.tensor(float(seen), dtype=torch.float64, device=total.device)])
-    if world_size > 1 and dist.is_available() and dist.is_initialized():
-        dist.all_reduce(buf)
-    return float(buf[0] / max(buf[1], 1.0))
+    """One pass over this rank's shard (`engine.train_one_epoch`): {"loss": sample mean over all ranks,
+    "images", "data_wait_share"}."""
+    cfg, device = loop.cfg, loop.ctx.device
+    return train_one_epoch(
+        loop.ctx,
+        loop.model,
+        loop.loader,
+        loop.sampler,
+        epoch,
+        prepare=lambda b: (prepare_batch(b, cfg, device), batch_size_of(b)),
+        step=lambda tensors: train_step(
+            loop.model, tensors, loop.optimizer, cfg, device, loop.forward_loss, prepared=True
+        ),
+    )
 
 
 # -------------------------------------------------------------------------------------- evaluation

@@ -66,7 +66,7 @@ def test_counts_equal_pycocotools(coco_mini, split):
     assert len(pretext) == len(person_ids)
     assert len(pose) == len(with_kpts)
     assert {p.ann_id for p in pose} == {a["id"] for a in with_kpts}
-    # README of shared/data: train 87 anns (one crowd) / 53 with keypoints, val 65 / 40
+    # the coco-mini sample holds: train 87 anns (one crowd) / 53 with keypoints, val 65 / 40
     assert (len(pretext), len(pose)) == {"train2017": (86, 53), "val2017": (65, 40)}[split]
 
 

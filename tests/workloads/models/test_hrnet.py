@@ -19,7 +19,7 @@ def w32():
 
 
 def test_w32_parameter_and_key_counts_match_official(w32):
-    # pose-reference.md §1: 28,536,113 trainable params, 1754 state-dict entries
+    # docs/pose-reference.md §1: 28,536,113 trainable params, 1754 state-dict entries
     assert sum(p.numel() for p in w32.parameters() if p.requires_grad) == 28_536_113
     state = w32.state_dict()
     assert len(state) == 1754

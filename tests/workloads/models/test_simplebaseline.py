@@ -16,7 +16,7 @@ def r50():
 
 
 def test_r50_parameter_count_matches_official(r50):
-    # pose-reference.md §2: 33,999,697 (trunk 23,508,032 + deconvs 10,487,296 + final 4,369)
+    # docs/pose-reference.md §2: 33,999,697 (trunk 23,508,032 + deconvs 10,487,296 + final 4,369)
     assert sum(p.numel() for p in r50.parameters()) == 33_999_697
     assert sum(p.numel() for n, p in r50.named_parameters() if n.startswith("deconv_layers.")) == 10_487_296
 

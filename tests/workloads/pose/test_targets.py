@@ -13,7 +13,7 @@ INPUT_HW, HEATMAP_HW, SIGMA = (256, 192), (64, 48), 2.0  # HRNet config
 
 
 def _reference(joints_xy, visible, input_hw, heatmap_hw, sigma):
-    """The official generate_target written as its per-joint loop (pose-reference.md §3)."""
+    """The official generate_target written as its per-joint loop (docs/pose-reference.md §3)."""
     h, w = heatmap_hw
     stride = (input_hw[1] / w, input_hw[0] / h)
     radius = sigma * 3

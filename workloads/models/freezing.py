@@ -17,7 +17,7 @@ so freezing 0..4 trains only the head (HRNet) or deconvolutions + head (SimpleBa
 Here each HRNet transition sits with the stage it feeds. mmpose's `frozen_stages` groups the other
 way: i = 1 freezes layer1 + transition1, 2 stage2 + transition2, 3 stage3 + transition3, 4 stage4.
 The two groupings differ only in where transition1..3 go; "0..4" freezes the same parameters under
-both (see /work/shared/notes/pose-reference.md §1).
+both (see docs/pose-reference.md §1).
 
 Frozen stages get `requires_grad = False` and their BatchNorm layers stay in eval mode (running
 statistics frozen, as mmpose does) even after `model.train()`: `StagedModel.train` re-applies it.
