@@ -98,8 +98,10 @@ def test_smoke_study_is_small_cpu_synthetic():
     s = load_study(STUDIES / "smoke.yaml")
     assert not s.compute.use_gpu and s.data.synthetic is not None and s.data.config.loader_workers == 0
     assert len(s.trials) <= 5
+    # small enough for ~3 minutes on 2 cores: a width-8 HRNet, at most 24 pretext epochs (where N=2
+    # solves ~90 % of its puzzles) and 20 finetune epochs
     assert all(
-        t.pretrain.model.width == 8 and t.pretrain.epochs <= 10 and t.finetune.total_epochs <= 20
+        t.pretrain.model.width == 8 and t.pretrain.epochs <= 24 and t.finetune.total_epochs <= 20
         for t in s.trials
     )
 
