@@ -126,6 +126,13 @@ def main() -> None:
                 f"up to {peak_wait} stages waiting at once; memory per waiting stage "
                 + (f"{slope:+.1f} MB (slope)" if slope is not None else "n/a (waiting count never varied)")
             )
+        lat = out.get("launch_latency_s") or []
+        if lat:
+            lat = sorted(lat)
+            print(
+                f"  from the scheduler's launch to the stage holding its resources (Tune trial + actor + "
+                f"placement group): median {lat[len(lat) // 2]:.2f} s, max {lat[-1]:.2f} s over {len(lat)} stages"
+            )
         if out["failed"]:
             print(f"  FAILED stages: {out['failed']}")
 

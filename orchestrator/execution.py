@@ -346,6 +346,11 @@ def simulate_study(plan: Plan, sim: Simulation, *, progress: bool = False) -> di
         "gpus": sim.gpus,
         "cpus": sim.cpus_for(plan),
         "stages": sum(1 for r in sched.stages.values() if r.how == "computed"),
+        "launch_latency_s": [
+            r.started_at - r.launched_at
+            for r in sched.stages.values()
+            if r.how == "computed" and r.started_at is not None and r.launched_at is not None
+        ],
         "failed": sched.failed(),
         "line": line,
     }

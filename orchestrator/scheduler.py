@@ -113,6 +113,8 @@ class StageRun:
     """How this run got it: found / computed / waited (another run computed it) / no work / skipped."""
     ready_at: float | None = None
     started_at: float | None = None
+    launched_at: float | None = None
+    """When the scheduler handed it out (started_at: when its trial began holding its resources)."""
     ended_at: float | None = None
     recheck_at: float = 0.0
     waited: bool = False
@@ -265,7 +267,7 @@ class StageScheduler:
                     run.waited = True
                     self._emit(run, "waiting")
                 continue
-            run.state, run.started_at, run.how = "running", now, "computed"
+            run.state, run.started_at, run.launched_at, run.how = "running", now, now, "computed"
             self._emit(run, "launched")
             return run.spec.stage_id
         return None
