@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from orchestrator.host import descendants
+
 REPO = Path(__file__).resolve().parent.parent
 STAGE_HEAD = (
     "ray::ImplicitFunc",
@@ -32,25 +34,6 @@ STAGE_HEAD = (
     "ray::_StatsActor",
 )
 WORKER = ("ray::RayTrainWorker",)
-
-
-def _children(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    inside, changed = {root}, True
-    while changed:
-        changed = False
-        for pid, ppid in parents.items():
-            if ppid in inside and pid not in inside:
-                inside.add(pid)
-                changed = True
-    return sorted(inside)
 
 
 def _pss_mb(pid: int) -> float:
@@ -97,7 +80,7 @@ def main() -> None:
     t0 = time.time()
     while proc.poll() is None:
         by_kind: dict[str, list[float]] = {}
-        for pid in _children(proc.pid):
+        for pid in [proc.pid, *descendants(proc.pid)]:
             by_kind.setdefault(_kind(pid, proc.pid), []).append(_pss_mb(pid))
         for kind, values in by_kind.items():
             peak[kind] = max(peak.get(kind, 0.0), max(values))

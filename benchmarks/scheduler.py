@@ -20,34 +20,22 @@ import threading
 import time
 from pathlib import Path
 
+from orchestrator.host import descendants
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS = ("studies/paper.yaml:8", "studies/paper.yaml:32", "studies/label_fraction.yaml:8")
 
 
 def tree_rss_mb(root: int) -> float:
     """Resident memory (MB) of `root` and all its descendants, from /proc."""
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    total = 0
+    for pid in [root, *descendants(root)]:
         try:
-            with open(f"/proc/{entry}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            with open(f"/proc/{pid}/status") as f:
+                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
         except OSError:
             continue
-        pid = int(entry)
-        parents[pid] = int(fields.get("PPid", "0").strip() or 0)
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) if "VmRSS" in fields else 0
-    inside = {root}
-    changed = True
-    while changed:
-        changed = False
-        for pid, ppid in parents.items():
-            if ppid in inside and pid not in inside:
-                inside.add(pid)
-                changed = True
-    return sum(rss.get(p, 0) for p in inside) / 1024.0
+    return total / 1024.0
 
 
 def sample(stop: threading.Event, rows: list[tuple[float, int, int, float]]) -> None:
