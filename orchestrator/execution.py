@@ -145,19 +145,20 @@ def run_study(
         run_token = uuid.uuid4().hex  # this run's attempts (a new run starts with a fresh failure budget)
         tracker = Progress(enabled=progress, t0=t0, labels=stage_labels(plan))
         previous = _previous_plan(store, plan.study)
+        results = {sid: store.read_result(sid) for sid in plan.stages}  # every result.json, read once
         sched = StageScheduler(
             plan,
-            resolve=store.read_result,
+            resolve=results.get,  # start() resolves from what was just read ...
             publish=functools.partial(_publish_without_training, store, plan),
             capacity={},
             on_event=tracker.on_stage_event,
             max_running=max_concurrent,
             judge=functools.partial(judge_failure, store, plan, run_token),
         )
-        finished = {sid for sid in plan.stages if store.read_result(sid) is not None}
-        tracker.note(describe_changes(previous, plan, finished))
+        tracker.note(describe_changes(previous, plan, {sid for sid, r in results.items() if r is not None}))
         store.write_study(plan.study, study_text, plan.to_dict())
         sched.start()
+        sched.resolve = store.read_result  # ... later looks read the store afresh (another run may publish)
         mode, setup_s = "none", 0.0
         if not sched.is_finished():
             if runner is None:
@@ -185,9 +186,10 @@ def run_study(
 def stage_labels(plan: Plan) -> dict[str, str]:
     """Stage id → the label progress lines show: the id and, for a finetune, its first trial's id."""
     first: dict[str, str] = {}
+    sharing = plan.sharing()
     for t in plan.trials:
         first.setdefault(t.finetune, t.trial_id)
-        first.setdefault(t.pretrain, t.trial_id if len(plan.sharing().get(t.pretrain, [])) == 1 else "")
+        first.setdefault(t.pretrain, t.trial_id if len(sharing.get(t.pretrain, [])) == 1 else "")
     return {sid: f"{sid} ({first[sid]})" if first.get(sid) else sid for sid in plan.stages}
 
 

@@ -42,7 +42,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from orchestrator import tb
-from orchestrator.scheduler import TERMINAL, StageScheduler
+from orchestrator.scheduler import TERMINAL, StageScheduler, total_epochs
 from orchestrator.stages import StageFailed, compute_stage, publish, staging_path
 from orchestrator.store import Store, StoreError
 
@@ -284,7 +284,7 @@ class StageCallback(tune.Callback):
                 sched.mark_running(sid)
         for sid, run in sched.stages.items():
             if run.state == "running" and sid not in live and sid in self._seen:
-                self._complete(sid, self._seen[sid])
+                self._done(self._seen[sid], None)
         self._seen.update({sid: t for sid, t in live.items()})
 
     def __init__(self) -> None:
@@ -323,9 +323,6 @@ class StageCallback(tune.Callback):
             ended_at=last.get("held_to"),
             decision=None if error else last.get("decision"),
         )
-
-    def _complete(self, sid: str, trial: Any) -> None:
-        self._done(trial, None)
 
 
 def tracking_callbacks(cfg: Any, study: str) -> list:
@@ -419,7 +416,7 @@ def run_on_ray(
             try:
                 log.info("restoring the Tune experiment %s", tune_dir)
                 tune.Tuner.restore(
-                    tune_dir if tune_fs is None else store.path("studies", plan.study, "tune"),
+                    tune_dir,  # only URI / local stores restore (_can_restore)
                     trainable=trial_fn,
                     resume_errored=True,
                     storage_filesystem=tune_fs,
@@ -562,7 +559,7 @@ def stage_trial(
         tune.report({**base, "state": "done", "held_from": held_from, "held_to": held_to})
         return
     t0 = time.time()
-    tune.report({**base, "state": "running", "time": t0, "epochs": _epochs(spec)})
+    tune.report({**base, "state": "running", "time": t0, "epochs": total_epochs(spec)})
     try:
         result = compute_stage(
             plan, sid, store, fit_stage, workloads=workloads, run_token=run_token, node=_node_ip()
@@ -597,10 +594,6 @@ def _node_ip() -> str | None:
         return ray.util.get_node_ip_address()
     except Exception:  # noqa: BLE001 — a label only
         return None
-
-
-def _epochs(spec: Any) -> int | None:
-    return getattr(spec.config, "total_epochs", None) or getattr(spec.config, "epochs", None)
 
 
 def hold_resources(plan: Any, spec: Any, scale: float) -> tuple[float, float]:

@@ -73,12 +73,23 @@ def fits(request: dict[str, float], free: dict[str, float]) -> bool:
     return all(free.get(k, 0.0) + _EPS >= v for k, v in request.items() if v > 0)
 
 
-def remaining_path_hours(plan: Plan, hours: dict[str, float]) -> dict[str, float]:
-    """Stage id → its estimated hours plus the longest chain of stages that wait for it."""
+def total_epochs(spec: StageSpec) -> int | None:
+    """The epochs a stage trains (a finetune's total, a pretrain's epochs; None for no-work stages)."""
+    return getattr(spec.config, "total_epochs", None) or getattr(spec.config, "epochs", None)
+
+
+def children_of(plan: Plan) -> dict[str, list[str]]:
+    """Stage id → the ids of the stages that start from it, in plan order."""
     children: dict[str, list[str]] = {}
     for sid, spec in plan.stages.items():
         if spec.parent:
             children.setdefault(spec.parent, []).append(sid)
+    return children
+
+
+def remaining_path_hours(plan: Plan, hours: dict[str, float]) -> dict[str, float]:
+    """Stage id → its estimated hours plus the longest chain of stages that wait for it."""
+    children = children_of(plan)
     memo: dict[str, float] = {}
 
     def path(sid: str) -> float:
@@ -155,10 +166,7 @@ class StageScheduler:
         priority = remaining_path_hours(self.plan, wall_hours(self.plan, hours))
         for i, (sid, spec) in enumerate(self.plan.stages.items()):
             self.stages[sid] = StageRun(spec, i, stage_request(self.plan, spec), priority[sid])
-        self.children: dict[str, list[str]] = {}
-        for sid, spec in self.plan.stages.items():
-            if spec.parent:
-                self.children.setdefault(spec.parent, []).append(sid)
+        self.children = children_of(self.plan)
 
     # ------------------------------------------------------------------------------------- start
     def start(self) -> None:
@@ -344,15 +352,6 @@ class StageScheduler:
     def is_finished(self) -> bool:
         return all(r.state in TERMINAL for r in self.stages.values())
 
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.stages.values():
-            out[r.state] = out.get(r.state, 0) + 1
-        return out
-
-    def waiting_elsewhere(self) -> list[str]:
-        return [sid for sid, r in self.stages.items() if r.state == "elsewhere"]
-
     def failed(self) -> list[str]:
         return [sid for sid, r in self.stages.items() if r.state == "failed"]
 
@@ -365,8 +364,7 @@ class StageScheduler:
                     "stage_id": run.spec.stage_id,
                     "kind": run.spec.kind,
                     "state": state,
-                    "epochs": getattr(run.spec.config, "total_epochs", None)
-                    or getattr(run.spec.config, "epochs", None),
+                    "epochs": total_epochs(run.spec),
                     "time": self.clock(),
                     **{k: v for k, v in extra.items() if v is not None},
                 }
@@ -389,17 +387,14 @@ def list_schedule(plan: Plan, capacity: dict[str, float]) -> list[Scheduled]:
     """The scheduler's choice replayed on the estimates with a virtual clock (hours): each stage lasts
     its estimated wall-clock hours. Stages that can never fit are left out (`unschedulable`)."""
     clock = [0.0]
+    done: dict[str, dict] = {}  # the estimate's own store: finished stages are "published" in memory
     sched = StageScheduler(
         plan,
-        resolve=lambda sid: None,
-        publish=lambda spec, status, summary: {},
+        resolve=done.get,
+        publish=lambda spec, status, summary: done.setdefault(spec.stage_id, {"status": status}),
         capacity=dict(capacity),
         clock=lambda: clock[0],
     )
-    # the estimate's own bookkeeping: finished stages are "published" in memory
-    done: dict[str, dict] = {}
-    sched.resolve = done.get
-    sched.publish = lambda spec, status, summary: done.setdefault(spec.stage_id, {"status": status})
     walls = wall_hours(plan, estimated_hours(plan))
     sched.start()
     events: list[tuple[float, int, str]] = []

@@ -72,10 +72,6 @@ def resolve_workload(kind: str, workloads: dict | None = None) -> Callable[..., 
         raise ImportError(f"workload {ref!r} for stage kind {kind!r} cannot be imported: {exc}") from exc
 
 
-def total_epochs(config: Any) -> int | None:
-    return getattr(config, "total_epochs", None) or getattr(config, "epochs", None)
-
-
 # ------------------------------------------------------------------------------------- computing
 def compute_stage(
     plan: Any,
