@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from workloads.config import BACKBONES, ConfigError, DataConfig, from_dict, suggest
+from workloads.config import BACKBONES, ConfigError, DataConfig, check_on_init, from_dict, suggest
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
@@ -71,6 +71,9 @@ class ComputeConfig:
     for the plan's estimate only. Defaults GPU_THROUGHPUT / CPU_THROUGHPUT; a study's entries override."""
     throughput_given: tuple[str, ...] = field(default=(), hash=False)
     """The backbones whose throughput the study gives (the others use the assumed defaults)."""
+
+    def __post_init__(self) -> None:
+        check_on_init(self, "compute")
 
     def validate(self, where: str = "compute") -> None:
         if self.workers_per_stage < 1:
@@ -127,6 +130,14 @@ class SyntheticSpec:
     seed: int = 0
     """Generator seed (same seed → byte-identical files)."""
 
+    def __post_init__(self) -> None:
+        check_on_init(self, "synthetic")
+
+    def validate(self, where: str = "synthetic") -> None:
+        for key in ("train", "val"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key} = {getattr(self, key)!r}: must be ≥ 1 images")
+
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -181,15 +192,11 @@ def load_data(raw: Any, path: Path) -> DataSpec:
         if isinstance(raw.get(key), str):
             raw[key] = resolve_path(raw[key], f"{where}.{key}", path)
     cfg = from_dict(DataConfig, raw, where)
-    cfg.validate(where)
     if synthetic_raw is None:
         if not cfg.coco_root:
             raise ConfigError(f"{where}.coco_root = {cfg.coco_root!r}: must be a non-empty path")
         return DataSpec(config=cfg)
     syn = from_dict(SyntheticSpec, synthetic_raw, f"{where}.synthetic")
-    for key in ("train", "val"):
-        if getattr(syn, key) < 1:
-            raise ConfigError(f"{where}.synthetic.{key} = {getattr(syn, key)!r}: must be ≥ 1 images")
     return DataSpec(config=cfg, synthetic=syn)
 
 
@@ -199,7 +206,6 @@ def load_compute(raw: Any, path: Path) -> ComputeConfig:
     raw = dict(raw) if isinstance(raw, dict) else raw
     given = raw.pop("throughput", None) if isinstance(raw, dict) else None
     cfg = from_dict(ComputeConfig, raw, where)
-    cfg.validate(where)
     if given is not None and not isinstance(given, dict):
         raise ConfigError(f"{where}.throughput = {short(given)}: expected a mapping backbone → images/s")
     throughput = dict(GPU_THROUGHPUT if cfg.use_gpu else CPU_THROUGHPUT)

@@ -51,6 +51,7 @@ from workloads.config import (
     heatmap_hw_of_input,
     suggest,
     to_dict,
+    types_only,
 )
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ def _load_defaults(raw: Any, path: Path) -> dict[str, dict]:
         sections["pretrain"]["checkpoint"] = resolve_path(sections["pretrain"]["checkpoint"], key, path)
     # Type-checked here but kept as given (not filled with defaults), so that a setting left out takes
     # the default of each trial's own backbone once the trial is built (BACKBONE_RECIPES).
-    with _float_hint():
+    with _float_hint(), types_only():
         for name, sec in sections.items():
             from_dict(_SECTIONS[name], sec, f"{where}.{name}")
     return sections
@@ -353,7 +354,7 @@ def _check_value(key: Any, value: Any, where: str, path: Path) -> Any:
             raise ConfigError(f"{where}.{key}: {'.'.join(parts[: i + 1])} is a value, not a section")
     if parts[-1] == "checkpoint" and isinstance(value, str):
         value = resolve_path(value, f"{where}.{key}", path)
-    with _float_hint():
+    with _float_hint(), types_only():  # the whole trial is value-checked when it is built
         from_dict(cls, {parts[-1]: value}, f"{where}.{'.'.join(parts[:-1])}")
     return value
 
@@ -397,8 +398,6 @@ def _make_trial(base: dict, overrides: dict, seed: int | None, origin: str, stud
     where = f"{path}: {origin}"
     pre = from_dict(PretrainConfig, data["pretrain"], f"{where}: pretrain")
     ft = from_dict(FinetuneConfig, data["finetune"], f"{where}: finetune")
-    pre.validate(f"{where}: pretrain")
-    ft.validate(f"{where}: finetune")
     check_shapes(pre, ft, where)
     if pre.model != ft.model:
         pm, fm = to_dict(pre.model), to_dict(ft.model)

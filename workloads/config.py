@@ -5,15 +5,22 @@ paper's / the official code's values and live here only. `from_dict` builds a co
 data strictly: an unknown key (with the nearest valid one suggested), a wrong type or an
 out-of-range value raises `ConfigError` naming the dotted key, the value and what is allowed.
 `to_dict` gives the plain data used for hashing and for `config.json`.
+
+Every config checks itself when it is made (`__post_init__` → `validate`), so no caller validates by
+hand and no invalid config exists: `from_dict` passes the dotted prefix it builds under (the file and
+key) to that check through `_WHERE`; a config made in code reports its section's name.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
 import math
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +40,33 @@ class ConfigError(UserError, ValueError):
     """A config value is wrong. The message names where (file / dotted key), the value and what is allowed."""
 
 
+_WHERE: contextvars.ContextVar[str] = contextvars.ContextVar("config_where", default="")
+"""The dotted key prefix `from_dict` is building a config under (`study.yaml: trial: pretrain`), read by
+`check_on_init`; empty outside `from_dict`."""
+
+
+_TYPES_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("config_types_only", default=False)
+
+
+def check_on_init(cfg: Any, section: str) -> None:
+    """`cfg.validate(where)` from a config's `__post_init__`: `where` is the prefix `from_dict` builds
+    under, else the config's `section` name (a config made in code). Not within `types_only()`."""
+    if not _TYPES_ONLY.get():
+        cfg.validate(_WHERE.get() or section)
+
+
+@contextlib.contextmanager
+def types_only() -> Iterator[None]:
+    """Configs made within are type-checked (`from_dict`) but not value-checked: for a part of a section
+    (a study's defaults block or one override), whose cross-field rules hold only for the whole trial,
+    which is checked when it is built."""
+    token = _TYPES_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _TYPES_ONLY.reset(token)
+
+
 # --------------------------------------------------------------------------------------------- model
 @dataclass(frozen=True)
 class ModelConfig:
@@ -50,6 +84,9 @@ class ModelConfig:
     """SimpleBaseline: Bottleneck blocks in layer1..layer4 (ResNet-50: 3, 4, 6, 3)."""
     deconv_channels: int = 256
     """SimpleBaseline: channels of each of the three 4×4 stride-2 deconvolutions (official: 256)."""
+
+    def __post_init__(self) -> None:
+        check_on_init(self, "model")
 
     def validate(self, where: str = "model") -> None:
         _choice(self.backbone, BACKBONES, f"{where}.backbone")
@@ -96,6 +133,9 @@ class DataConfig:
     stream-safety test has passed on a device (device_decode.DEVICE_DECODE_VERIFIED), then device.
     Evaluation always decodes with OpenCV."""
 
+    def __post_init__(self) -> None:
+        check_on_init(self, "data")
+
     def validate(self, where: str = "data") -> None:
         if self.max_train_instances is not None:
             _at_least(self.max_train_instances, 1, f"{where}.max_train_instances")
@@ -127,6 +167,9 @@ class RuntimeConfig:
     compile_mode: str = "default"
     """torch.compile mode: `default`, `max-autotune-no-cudagraphs`, or with CUDA graphs (static shapes:
     the training loaders drop the last partial batch) `reduce-overhead` / `max-autotune`."""
+
+    def __post_init__(self) -> None:
+        check_on_init(self, "runtime")
 
     def validate(self, where: str = "runtime") -> None:
         _choice(self.amp, AMP_MODES, f"{where}.amp")
@@ -181,6 +224,9 @@ class HSJPAugConfig:
     """Gaussian blur σ range in input px (SimCLR [6]: 0.1–2.0)."""
     solarize_prob: float = 0.2
     """Probability of solarisation (BYOL [17]: 0.2 on its second view)."""
+
+    def __post_init__(self) -> None:
+        check_on_init(self, "aug")
 
     def validate(self, where: str = "aug") -> None:
         for name in (
@@ -281,11 +327,11 @@ class PretrainConfig:
     def milestones(self) -> list[int]:
         return scale_milestones(self.lr_steps, 240, self.epochs)
 
+    def __post_init__(self) -> None:
+        check_on_init(self, "pretrain")
+
     def validate(self, where: str = "pretrain") -> None:
         _choice(self.method, PRETRAIN_METHODS, f"{where}.method")
-        self.model.validate(f"{where}.model")
-        self.aug.validate(f"{where}.aug")
-        self.runtime.validate(f"{where}.runtime")
         _choice(self.augment_on, AUGMENT_ON, f"{where}.augment_on")
         if self.method == "imagenet" and not self.checkpoint:
             raise ConfigError(
@@ -336,6 +382,9 @@ class PoseAugConfig:
     """Half-body probability. None → the backbone's: HRNet 0.3, SimpleBaseline 0 (none)."""
     half_body_min_joints: int = 8
     """Half-body needs more than this many visible joints (official NUM_JOINTS_HALF_BODY: 8)."""
+
+    def __post_init__(self) -> None:
+        check_on_init(self, "aug")
 
     def validate(self, where: str = "aug") -> None:
         if self.scale_factor is not None:
@@ -436,12 +485,15 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         """Fill `epochs`, `lr_steps` and the aug fields left None with the backbone's official recipe
         (BACKBONE_RECIPES), so
-        that `to_dict` (the plan, hashes, config.json) shows the values a run uses. An unknown backbone
-        is left for `validate` to report. `dataclasses.replace(cfg, model=...)` keeps the resolved
+        that `to_dict` (the plan, hashes, config.json) shows the values a run uses; then check the
+        whole config (`validate`). `dataclasses.replace(cfg, model=...)` keeps the resolved
         values of the old backbone: build a new FinetuneConfig to change the backbone."""
         recipe = BACKBONE_RECIPES.get(self.model.backbone)
-        if recipe is None:
-            return
+        if recipe is not None:
+            self._fill_recipe(recipe)
+        check_on_init(self, "finetune")
+
+    def _fill_recipe(self, recipe: BackboneRecipe) -> None:
         if self.epochs is None:
             object.__setattr__(self, "epochs", recipe.epochs)
         if self.lr_steps is None:
@@ -470,9 +522,6 @@ class FinetuneConfig:
         return scale_milestones(steps, base_epochs, self.total_epochs)
 
     def validate(self, where: str = "finetune") -> None:
-        self.model.validate(f"{where}.model")
-        self.aug.validate(f"{where}.aug")
-        self.runtime.validate(f"{where}.runtime")
         if self.epochs is not None:
             _at_least(self.epochs, 1, f"{where}.epochs")
         _in_range(self.lr, 1e-8, 1.0, f"{where}.lr")
@@ -527,7 +576,11 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         if key not in fields:
             raise ConfigError(_unknown_key_message(key, list(fields), where))
         kwargs[key] = _coerce(hints[key], value, _join(where, key))
-    return cls(**kwargs)
+    token = _WHERE.set(where)  # the config's __post_init__ check names this prefix
+    try:
+        return cls(**kwargs)
+    finally:
+        _WHERE.reset(token)
 
 
 def to_dict(cfg: Any) -> Any:

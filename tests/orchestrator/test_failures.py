@@ -17,7 +17,7 @@ from orchestrator.plan import make_plan
 from orchestrator.status import render_status, study_status
 from orchestrator.store import Store
 from orchestrator.study import load_study
-from workloads.config import ConfigError
+from workloads.config import ConfigError, from_dict
 
 SMOKE = Path(__file__).resolve().parents[2] / "studies" / "smoke.yaml"
 POLICY = FailurePolicy(max_failures=3, backoff_s=10.0, backoff_factor=2.0, backoff_max_s=25.0)
@@ -195,7 +195,7 @@ def test_a_corrupt_attempts_file_does_not_break_status(setup):
 # ---------------------------------------------------------------------------------- validation
 def test_unlimited_budget_is_refused_naming_the_budget_and_backoff():
     with pytest.raises(ConfigError) as info:
-        ComputeConfig(max_failures=-1).validate("s.yaml: compute")
+        from_dict(ComputeConfig, {"max_failures": -1}, "s.yaml: compute")  # checked when made
     msg = str(info.value)
     for part in ("s.yaml: compute.max_failures = -1", "retry_backoff_s = 10", "retry_backoff_factor = 2"):
         assert part in msg
@@ -223,7 +223,7 @@ def test_unlimited_budget_through_the_cli_exits_2_with_one_line(tmp_path, capsys
 )
 def test_bad_retry_settings_are_refused(field, value, expected):
     with pytest.raises(ConfigError, match=expected):
-        ComputeConfig(**{field: value}).validate()
+        ComputeConfig(**{field: value})  # a config checks itself when made
 
 
 # ------------------------------------------------------------------------------------------ loop

@@ -21,10 +21,10 @@ def setup(tmp_path):
     store = Store(tmp_path / "store")
     study = load_study(SMOKE)
     plan = make_plan(study, data_config(study.data, store.base))
-    # gpu accounting: 2 workers × half a GPU per stage
+    # gpu accounting: 2 workers × 2 GPUs per stage (GPU-hours count GPUs, device-hours workers)
     plan = dataclasses.replace(
         plan,
-        compute=dataclasses.replace(plan.compute, use_gpu=True, gpus_per_worker=0.5, workers_per_stage=2),
+        compute=dataclasses.replace(plan.compute, use_gpu=True, gpus_per_worker=2.0, workers_per_stage=2),
     )
     ids = {t.trial_id.split("-")[0]: t for t in plan.trials}  # t000 n2, t001 n3, t002 scratch, t003 n3+freeze
     return store, plan, ids
@@ -76,7 +76,7 @@ def test_each_state_is_classified(setup):
     assert running["state"] == "running" and running["epoch"] == 1 and running["epochs"] == epochs
     assert running["eta_s"] == pytest.approx(30.0 * (epochs - 1)) and running["value"] == 0.4
     assert running["device_hours"] == pytest.approx(30.0 * 2 / 3600)  # 2 workers
-    assert running["gpu_hours"] == pytest.approx(30.0 * 2 * 0.5 / 3600)  # half a GPU each
+    assert running["gpu_hours"] == pytest.approx(30.0 * 2 * 2.0 / 3600)  # 2 GPUs per worker
     assert running["updated_s_ago"] is not None and running["updated_s_ago"] < 60
     assert sorted(running["trials"]) == ["t001-n3", "t003-n3-freeze2"]
     for trial in ("t001", "t003"):  # their pretrain is still running

@@ -74,7 +74,7 @@ BAD_STUDIES = [
         "unknown_backbone",
         SMALL.replace("backbone: hrnet_w32", "backbone: resnet50", 1),
         [
-            "{path}: defaults: pretrain.model.backbone = 'resnet50': unknown",
+            "{path}: defaults.model.backbone = 'resnet50': unknown",  # where the study file says it
             "allowed: hrnet_w32, simplebaseline_r50",
         ],
     ),

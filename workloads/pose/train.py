@@ -401,8 +401,6 @@ def run_finetune(
     cfg: FinetuneConfig, data: DataConfig, ctx: StageContext, init: PretrainConfig | None = None
 ) -> StageResult:
     """Finetune on COCO keypoints (see the module docstring); the result's weights are the best-AP model."""
-    cfg.validate()
-    data.validate()
     device = ctx.device
     torch.manual_seed(cfg.seed)
     model, report, frozen = build_finetune_model(cfg, init, ctx)

@@ -190,11 +190,11 @@ def test_placement_switches_resolve_and_a_contradiction_is_named():
     with pytest.raises(ConfigError, match="data.decode_on = 'device'.*pretrain.augment_on = 'loader'"):
         check_placement(replace(cfg, augment_on="loader"), replace(data, decode_on="device"), CPU)
     with pytest.raises(ConfigError, match="data.decode_on = 'gpu': unknown"):
-        replace(data, decode_on="gpu").validate()
+        replace(data, decode_on="gpu")
     with pytest.raises(
         ConfigError, match="pretrain.augment_on = 'cuda': unknown; allowed: auto, loader, device"
     ):
-        replace(cfg, augment_on="cuda").validate()
+        replace(cfg, augment_on="cuda")
 
 
 @pytest.mark.realdata

@@ -50,9 +50,9 @@ def test_single_process_check_needs_no_process_group():
 
 def test_config_rejects_bad_collapse_settings():
     with pytest.raises(ConfigError, match="collapse_patience"):
-        PretrainConfig(collapse_patience=0).validate()
+        PretrainConfig(collapse_patience=0)
     with pytest.raises(ConfigError, match="collapse_warmup_epochs"):
-        PretrainConfig(collapse_warmup_epochs=-1).validate()
+        PretrainConfig(collapse_warmup_epochs=-1)
 
 
 class FlatHeatmaps(nn.Module):
