@@ -86,7 +86,7 @@ def step_rows(batch: int, input_size: int, backbones: list[str]) -> list[tuple[s
                                stride=heatmap_stride(cfg.input_size, cfg.heatmap_size),
                                forward_loss=hsjp_train.make_forward_loss(cfg, cpu, hw))  # fmt: skip
         b = pretext_draws(cfg, batch)
-        fn = lambda loop=loop, b=b: hsjp_train.train_step(loop, *hsjp_train.prepare_batch(dict(b), loop))  # noqa: E731
+        fn = lambda loop=loop, b=b: hsjp_train.train_step(loop, hsjp_train.prepare_batch(dict(b), loop))  # noqa: E731
         fn()
         rows.append((f"{backbone} pretext step (render + targets + fwd/bwd + Adam)", *counted(fn)))
 

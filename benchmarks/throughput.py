@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import cv2
@@ -254,7 +253,8 @@ def train_instances(task: str, root: str, cfg, count: int) -> list:
 def ours_pipeline(
     task: str, cfg, persons: list, sizes: Sizes, device: torch.device, tmp: Path, decode_on: str = "auto"
 ) -> Pipeline:
-    """The workloads' training path: their datasets, `prepare_batch`, compiled forward + loss, train step."""
+    """The workloads' training path: their datasets and the engine task each hands the loop (`task_of`:
+    `prepare_batch`, the compiled forward + loss, `train_step`)."""
     channels = cfg.n * cfg.n if task == "pretext" else NUM_KEYPOINTS
     model = build_model(cfg.model, channels, generator=torch.Generator().manual_seed(0))
     model = apply_memory_format(model, cfg.runtime, device).to(device)
@@ -270,21 +270,24 @@ def ours_pipeline(
             persons, cfg, train=True, seed=0, render_on_device=render, decode_on_device=decode
         )
         hw = hsjp_train.heatmap_hw_of(cfg)
-        loop = SimpleNamespace(cfg=cfg, ctx=ctx, model=model, optimizer=optimizer, heatmap_hw=hw,
-                               stride=heatmap_stride(cfg.input_size, cfg.heatmap_size),
-                               forward_loss=compile_step(hsjp_train.make_forward_loss(cfg, device, hw),
-                                                         cfg.runtime, device))  # fmt: skip
-        prepare = lambda b: hsjp_train.prepare_batch(b, loop)  # noqa: E731
-        step = lambda x: hsjp_train.train_step(loop, *x)  # noqa: E731
+        forward_loss = compile_step(hsjp_train.make_forward_loss(cfg, device, hw), cfg.runtime, device)
+        stride = heatmap_stride(cfg.input_size, cfg.heatmap_size)
     else:
         dataset = PoseTrainDataset(persons, cfg, seed=0, device_targets=decode or uses_device_targets(device),
                                    decode_on_device=decode)  # fmt: skip
         forward_loss = compile_step(pose_train.make_forward_loss(cfg, device), cfg.runtime, device)
-        prepare = lambda b: pose_train.prepare_batch(b, cfg, device)  # noqa: E731
-        step = lambda x: pose_train.train_step(model, x, optimizer, cfg, device, forward_loss, prepared=True)  # noqa: E731
     collate = collate_with_bytes if decode else None
-    loader, _ = make_loader(dataset, sizes.batch, ctx, seed=0, workers=sizes.workers, collate_fn=collate)
-    return Pipeline("ours", model, loader, prepare, step, _batch_size, prefetch=True)
+    loader, sampler = make_loader(
+        dataset, sizes.batch, ctx, seed=0, workers=sizes.workers, collate_fn=collate
+    )
+    if task == "pretext":  # the engine's task of each workload: its own prepare and train step
+        loop = hsjp_train.Loop(cfg, ctx, model, optimizer, loader, sampler, hw, stride, forward_loss)
+        work = hsjp_train.task_of(loop, None, dict)
+    else:
+        work = pose_train.task_of(
+            pose_train.Loop(cfg, ctx, model, optimizer, loader, sampler, forward_loss), None, dict
+        )
+    return Pipeline("ours", model, loader, work.prepare, work.train_step, _batch_size, prefetch=True)
 
 
 def reference_pipeline(task: str, cfg, persons: list, sizes: Sizes, device: torch.device) -> Pipeline:

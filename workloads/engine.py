@@ -348,33 +348,46 @@ def global_mean(total: torch.Tensor, seen: int, world_size: int) -> float:
     return float(buf[0] / max(buf[1], 1.0))
 
 
-def train_one_epoch(
-    ctx: StageContext,
-    model: nn.Module,
-    loader: DataLoader,
-    sampler: Any,
-    epoch: int,
-    prepare: Callable[[Any], tuple[Any, int]],
-    step: Callable[[Any], torch.Tensor],
-) -> dict:
-    """The within-epoch loop both tasks share: one pass over this rank's shard, returning {"loss":
-    sample mean over all ranks, "images", "data_wait_share"}.
+@dataclass
+class Task:
+    """What a workload hands the engine: its model, optimiser, lr scheduler and loader, and three
+    functions. `run_epochs` runs the epochs, `train_one_epoch` the batches of one."""
 
-    `prepare(batch)` → (the step's tensors on the device, sample count); `step(tensors)` → the loss,
-    still on the device (one optimiser step). Batches are prepared two ahead (`prefetch`: a side
-    stream on CUDA) and the running loss stays on the device: the host reads it only at the
-    REPORTS_PER_EPOCH progress reports (tests/workloads/test_host_syncs.py). A non-finite running loss
-    ends the epoch early; `run_epochs` then records the collapse."""
-    sampler.set_epoch(epoch)
-    model.train()  # frozen stages keep their BN in eval mode (StagedModel.train)
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    """Stepped once per epoch (`make_scheduler`)."""
+    loader: Iterable
+    sampler: Any
+    """The loader's `EpochSampler` (anything with `set_epoch`)."""
+    prepare: Callable[[Any], tuple[torch.Tensor, ...]]
+    """A loader batch → the step's tensors on the device, the images [B, ...] first (B counts the
+    samples: a host-side shape, no sync). Runs two batches ahead (`prefetch`)."""
+    train_step: Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
+    """The prepared tensors → the loss, still on the device, after one optimiser step."""
+    evaluate: Callable[[], dict]
+    """→ metrics incl. `LoopSpec.select_key` (on rank 0; other ranks may return {})."""
+
+
+def train_one_epoch(ctx: StageContext, task: Task, epoch: int) -> dict:
+    """One pass over this rank's shard, both tasks alike: {"loss": sample mean over all ranks, "images",
+    "data_wait_share"}.
+
+    Batches are prepared two ahead (`prefetch`: a side stream on CUDA) and the running loss stays on
+    the device: the host reads it only at the REPORTS_PER_EPOCH progress reports
+    (tests/workloads/test_host_syncs.py). A non-finite running loss ends the epoch early; `run_epochs`
+    then records the collapse."""
+    task.sampler.set_epoch(epoch)
+    task.model.train()  # frozen stages keep their BN in eval mode (StagedModel.train)
     total = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    seen, steps, wait = 0, len(loader), 0.0
+    seen, steps, wait = 0, len(task.loader), 0.0
     report_every = max(1, steps // REPORTS_PER_EPOCH)
-    batches = prefetch(loader, prepare, ctx.device)
+    batches = prefetch(task.loader, task.prepare, ctx.device)
     t0 = t_wait = time.perf_counter()
-    for i, (tensors, count) in enumerate(batches):
+    for i, tensors in enumerate(batches):
         wait += time.perf_counter() - t_wait
-        loss = step(tensors)
+        count = int(tensors[0].shape[0])
+        loss = task.train_step(tensors)
         total += loss.double() * count
         seen += count
         if (i + 1) % report_every == 0 or i + 1 == steps:
@@ -400,43 +413,18 @@ def train_one_epoch(
     }
 
 
-TrainEpochFn = Callable[[int], dict]  # epoch -> {"loss": float, "images": int, ...}
-EvaluateFn = Callable[[], dict]  # -> metrics incl. spec.select_key (rank 0; others may return {})
-
-
-def run_epochs(
-    ctx: StageContext,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    train_epoch: TrainEpochFn,
-    evaluate: EvaluateFn,
-    spec: LoopSpec,
-) -> LoopOutcome:
-    """Train epochs [start, spec.epochs) where start follows the latest checkpoint of this stage."""
-    out = LoopOutcome(best_value=None, best_epoch=None, best_model=None, best_eval={})
-    start = 0
-    state = ctx.resume_state()
-    if state is not None:
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if "rng" in state:
-            torch.set_rng_state(state["rng"])
-        best = state.get("best") or {}
-        out.best_value, out.best_epoch = best.get("value"), best.get("epoch")
-        out.best_model, out.best_eval = best.get("model"), best.get("eval") or {}
-        out.history = list(state.get("history") or [])
-        start = int(state["epoch"]) + 1
-        if state.get("collapsed"):
-            out.collapsed, out.collapsed_epoch = True, int(state["epoch"])
-            out.collapse_reason = state.get("collapse_reason")
-            return out
-        log.info("resuming at epoch %d of %d", start, spec.epochs)
+def run_epochs(ctx: StageContext, task: Task, spec: LoopSpec) -> LoopOutcome:
+    """Train epochs [start, spec.epochs) of `task` where start follows the latest checkpoint of this
+    stage: each epoch `train_one_epoch`, the lr step, every `spec.eval_every` epochs (and after the
+    last) `task.evaluate` and the best-model choice, the collapse checks, then the epoch checkpoint."""
+    model, optimizer, scheduler = task.model, task.optimizer, task.scheduler
+    out, start = _resume(ctx, task)
+    if out.collapsed:
+        return out
     for epoch in range(start, spec.epochs):
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        stats = train_epoch(epoch)
+        stats = train_one_epoch(ctx, task, epoch)
         seconds = time.perf_counter() - t0
         scheduler.step()
         loss = float(stats["loss"])
@@ -453,7 +441,7 @@ def run_epochs(
         evaluated = not collapsed and ((epoch + 1) % spec.eval_every == 0 or epoch == spec.epochs - 1)
         if evaluated:
             sync_buffers(model, ctx.world_size)
-            ev = evaluate()
+            ev = task.evaluate()
             metrics.update({k: v for k, v in ev.items() if not k.startswith("_")})  # `_`: not a metric
             value = ev.get(spec.select_key)
             if value is not None and (out.best_value is None or value > out.best_value):
@@ -478,6 +466,32 @@ def run_epochs(
         if collapsed:
             break
     return out
+
+
+def _resume(ctx: StageContext, task: Task) -> tuple[LoopOutcome, int]:
+    """(the loop's outcome so far, the first epoch to train) from this stage's latest epoch checkpoint
+    (model, optimiser, lr schedule, RNG, best model, history, loaded into `task`); a fresh outcome and
+    epoch 0 when there is none. A collapsed checkpoint comes back collapsed."""
+    out = LoopOutcome(best_value=None, best_epoch=None, best_model=None, best_eval={})
+    state = ctx.resume_state()
+    if state is None:
+        return out, 0
+    unwrap(task.model).load_state_dict(state["model"])
+    task.optimizer.load_state_dict(state["optimizer"])
+    task.scheduler.load_state_dict(state["scheduler"])
+    if "rng" in state:
+        torch.set_rng_state(state["rng"])
+    best = state.get("best") or {}
+    out.best_value, out.best_epoch = best.get("value"), best.get("epoch")
+    out.best_model, out.best_eval = best.get("model"), best.get("eval") or {}
+    out.history = list(state.get("history") or [])
+    start = int(state["epoch"]) + 1
+    if state.get("collapsed"):
+        out.collapsed, out.collapsed_epoch = True, int(state["epoch"])
+        out.collapse_reason = state.get("collapse_reason")
+        return out, start
+    log.info("resuming at epoch %d", start)
+    return out, start
 
 
 def _checkpoint(

@@ -24,7 +24,7 @@ from orchestrator.inputs import CPU_THROUGHPUT, ComputeConfig
 from orchestrator.plan import Plan, StageSpec, TrialSpec
 from workloads.config import DataConfig, FinetuneConfig, ModelConfig, PretrainConfig, to_dict
 from workloads.context import StageResult
-from workloads.engine import LoopSpec, loss_summary, make_optimizer, make_scheduler, run_epochs
+from workloads.engine import LoopSpec, Task, loss_summary, make_optimizer, make_scheduler, run_epochs
 
 TINY_MODEL = ModelConfig(backbone="hrnet_w32", width=4, num_blocks=1, num_modules=(1, 1, 1))
 
@@ -43,13 +43,14 @@ def _linear_stage(
     x = torch.randn(32, 4, generator=gen)
     y = 0.1 * x.sum(1, keepdim=True)
 
-    def train_epoch(epoch: int) -> dict:
-        loss = (model(x) - y).pow(2).mean()
+    def train_step(tensors: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        inputs, targets = tensors
+        loss = (model(inputs) - targets).pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         time.sleep(sleep_s)
-        return {"loss": float(loss.detach()), "images": 32}
+        return loss.detach()
 
     def evaluate() -> dict:
         with torch.no_grad():
@@ -63,7 +64,15 @@ def _linear_stage(
         collapse_loss=cfg.collapse_loss,
         config=to_dict(cfg),
     )
-    return run_epochs(ctx, model, optimizer, scheduler, train_epoch, evaluate, spec)
+    task = Task(model, optimizer, scheduler, [(x, y)], _OneBatch(), lambda b: b, train_step, evaluate)
+    return run_epochs(ctx, task, spec)
+
+
+class _OneBatch:
+    """The sampler of a one-batch loader: every epoch the same batch."""
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
 
 
 def _log_call(calls_file: str | None, kind: str, ctx: Any) -> None:

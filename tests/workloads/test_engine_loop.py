@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from workloads.config import RuntimeConfig, heatmap_hw_of_input, suggest
-from workloads.engine import check_heatmap_output, train_one_epoch, wants_channels_last
+from workloads.engine import Task, check_heatmap_output, train_one_epoch, wants_channels_last
 
 
 class _Ctx:
@@ -35,15 +35,17 @@ def _run(losses: list[float], counts: list[int]):
     ctx, sampler, model = _Ctx(), _Sampler(), torch.nn.Linear(1, 1)
     model.eval()
     loader = list(zip(losses, counts))
-    stats = train_one_epoch(
-        ctx,
+    task = Task(  # a batch of `count` samples whose step's loss is `loss`
         model,
+        None,
+        None,
         loader,
         sampler,
-        3,
-        prepare=lambda b: ((torch.tensor(b[0]),), b[1]),
-        step=lambda tensors: tensors[0],
+        prepare=lambda b: (torch.zeros(b[1]), torch.tensor(b[0])),
+        train_step=lambda tensors: tensors[1],
+        evaluate=dict,
     )
+    stats = train_one_epoch(ctx, task, 3)
     return stats, ctx, sampler, model
 
 

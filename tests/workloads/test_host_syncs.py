@@ -1,6 +1,6 @@
 """No host sync in a steady-state training step, for both tasks and both backbones (CPU, in CI).
 
-The real epoch loops (`pose.train.train_epoch`, `hsjp.train.train_epoch`) run a dozen steps on the
+The real epoch loop (`engine.train_one_epoch` of each task's `task_of`) run a dozen steps on the
 batches the CUDA path gets (pose: uint8 crops + joints, targets made in the step; pretext: uint8 crops +
 draws, rendered in the step) under `HostSyncCounter`, a TorchDispatchMode that sees every aten call.
 The loader below notes the counter each time the loop pulls a batch; with the two-ahead prefetch, the
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from workloads.config import FinetuneConfig, ModelConfig, PretrainConfig
-from workloads.engine import make_optimizer
+from workloads.engine import make_optimizer, train_one_epoch
 from workloads.hostsync import HostSyncCounter, OpCounter
 from workloads.hsjp import train as hsjp_train
 from workloads.hsjp.dataset import draw_puzzle
@@ -130,7 +130,7 @@ def test_pose_steady_state_step_has_no_host_sync(backbone, device):
     counter = HostSyncCounter()
     loader = ProbedLoader([_pinned(b, device) for b in _pose_batches(cfg, STEPS)], counter)
     ctx = Ctx(device)
-    loop = pose_train._Loop(
+    loop = pose_train.Loop(
         cfg,
         ctx,
         model,
@@ -140,7 +140,7 @@ def test_pose_steady_state_step_has_no_host_sync(backbone, device):
         pose_train.make_forward_loss(cfg, device),
     )
     with counter:
-        stats = pose_train.train_epoch(loop, 0)
+        stats = train_one_epoch(ctx, pose_train.task_of(loop, None, dict), 0)
     assert stats["images"] == 2 * STEPS and np.isfinite(stats["loss"])
     _check(loader, ctx)
 
@@ -174,7 +174,7 @@ def test_pretext_steady_state_step_has_no_host_sync(backbone, device):
     loader = ProbedLoader([_pinned(b, device) for b in _pretext_batches(cfg, STEPS)], counter)
     ctx = Ctx(device)
     hw = hsjp_train.heatmap_hw_of(cfg)
-    loop = hsjp_train._Loop(
+    loop = hsjp_train.Loop(
         cfg,
         ctx,
         model,
@@ -186,7 +186,7 @@ def test_pretext_steady_state_step_has_no_host_sync(backbone, device):
         hsjp_train.make_forward_loss(cfg, device, hw),
     )
     with counter:
-        stats = hsjp_train.train_epoch(loop, 0)
+        stats = train_one_epoch(ctx, hsjp_train.task_of(loop, None, dict), 0)
     assert stats["images"] == 2 * STEPS and np.isfinite(stats["loss"])
     _check(loader, ctx)
 

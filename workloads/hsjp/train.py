@@ -4,7 +4,7 @@ precision P (§3.5), and hand its weights downstream.
 
 The epoch loop, resume, checkpointing, evaluation cadence, best-model selection and collapse detection
 are the shared engine's (`engine.run_epochs`, the within-epoch loop `engine.train_one_epoch`); this module
-supplies the batch preparation, the train step and `evaluate`.
+hands it an `engine.Task` (`task_of`): the batch preparation, the train step and `evaluate`.
 Epochs are 0-based (`best_epoch` 9 is the 10th epoch). A run collapses (`collapsed: True`, its
 finetunes skipped) as the paper's Table 2 lr 2e-3 run did, when P stays 0 at every evaluation after
 `cfg.collapse_warmup_epochs` (hsjp/collapse.py; ended early after `collapse_patience` such
@@ -15,9 +15,11 @@ loss is checked only at the few progress reports (a sync), and ends the epoch ea
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,6 +33,7 @@ from workloads.data.transforms import network_input
 from workloads.engine import (
     EpochSampler,
     LoopSpec,
+    Task,
     apply_memory_format,
     autocast,
     check_heatmap_output,
@@ -41,7 +44,6 @@ from workloads.engine import (
     make_optimizer,
     make_scheduler,
     run_epochs,
-    train_one_epoch,
     use_static_graph,
     wants_channels_last,
 )
@@ -59,8 +61,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Loop:
-    """What train_epoch needs besides the epoch number."""
+class Loop:
+    """What the batch preparation and the train step share."""
 
     cfg: PretrainConfig
     ctx: StageContext
@@ -79,7 +81,7 @@ def heatmap_hw_of(cfg: PretrainConfig) -> tuple[int, int]:
     return cfg.heatmap_size, cfg.heatmap_size * (2 if cfg.concat_original else 1)
 
 
-def prepare_batch(batch: dict, loop: _Loop) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def prepare_batch(batch: dict, loop: Loop) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images, target heatmaps [B, K, H, W], mask [B, K]) on the device from a loader batch: the images
     rendered there with augment_on: device (decoded too with decode_on: device), or the loader's uint8
     images as they are (normalised in the step); the targets of paper eq. (1) made there."""
@@ -107,31 +109,28 @@ def make_forward_loss(cfg: PretrainConfig, device: torch.device, heatmap_hw: tup
     return forward_loss
 
 
-def train_step(loop: _Loop, images: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """One Adam step on prepared tensors (`prepare_batch`); returns the loss, still on the device."""
-    loss = loop.forward_loss(loop.model, images, target, mask)
+def train_step(loop: Loop, tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """One Adam step on prepared (images, targets, mask) (`prepare_batch`); returns the loss, still on
+    the device."""
+    loss = loop.forward_loss(loop.model, *tensors)
     loop.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     loop.optimizer.step()
     return loss.detach()
 
 
-def train_epoch(loop: _Loop, epoch: int) -> dict:
-    """One pass over this rank's shard (`engine.train_one_epoch`): {"loss": mean eq. (2) over all ranks,
-    "images", "data_wait_share"}."""
-    return train_one_epoch(
-        loop.ctx,
+def task_of(loop: Loop, scheduler: Any, evaluate: Callable[[], dict]) -> Task:
+    """The pretext as the engine runs it: `prepare_batch` (eq. 1 targets) and `train_step` (eq. 2)."""
+    return Task(
         loop.model,
+        loop.optimizer,
+        scheduler,
         loop.loader,
         loop.sampler,
-        epoch,
-        prepare=lambda b: _with_count(prepare_batch(b, loop)),
-        step=lambda tensors: train_step(loop, *tensors),
+        prepare=functools.partial(prepare_batch, loop=loop),
+        train_step=functools.partial(train_step, loop),
+        evaluate=evaluate,
     )
-
-
-def _with_count(tensors: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], int]:
-    return tensors, tensors[0].shape[0]  # the batch size: a host-side shape, no sync
 
 
 def combine_precision(local: dict, patches: int, world_size: int, device: torch.device) -> dict:
@@ -192,7 +191,7 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
     stride = heatmap_stride(cfg.input_size, cfg.heatmap_size)
     hw = heatmap_hw_of(cfg)
     forward_loss = compile_step(make_forward_loss(cfg, device, hw), cfg.runtime, device)
-    loop = _Loop(cfg, ctx, model, optimizer, loader, sampler, hw, stride, forward_loss)
+    loop = Loop(cfg, ctx, model, optimizer, loader, sampler, hw, stride, forward_loss)
     val_loader: list[DataLoader] = []  # built on first use (every rank: its share)
 
     def evaluate() -> dict:  # every rank scores its share of the puzzles; the counts are summed
@@ -226,7 +225,7 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
             cfg.collapse_warmup_epochs, cfg.collapse_patience, ctx.rank, ctx.world_size, device
         ),
     )
-    out = run_epochs(ctx, model, optimizer, scheduler, lambda e: train_epoch(loop, e), evaluate, spec)
+    out = run_epochs(ctx, task_of(loop, scheduler, evaluate), spec)
     metrics = {
         "precision": out.best_value,
         "best_epoch": out.best_epoch,

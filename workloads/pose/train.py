@@ -13,7 +13,7 @@ select the training persons (`dataset.select_train_instances`).
 
 The epoch loop, exact resume, checkpoints, eval cadence, best-AP selection and collapse detection
 are the shared engine's (`engine.run_epochs`, select_key "AP"; the within-epoch loop
-`engine.train_one_epoch`); this module supplies the batch preparation, the train step
+`engine.train_one_epoch`); this module hands it an `engine.Task` (`task_of`): the batch preparation, the train step
 and the evaluation (`inference.predict` of each rank's share of the val images, gathered to rank 0
 for `evaluate_keypoints`).
 Epochs are 0-based. Evaluation boxes: `data.detection_file` unless `cfg.use_gt_boxes` or no file
@@ -22,6 +22,7 @@ is given, then the GT boxes of the val persons with keypoints (HRNet's GT-box mo
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -29,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -44,6 +46,7 @@ from workloads.data.transforms import network_input, normalize_batch
 from workloads.engine import (
     EpochSampler,
     LoopSpec,
+    Task,
     apply_memory_format,
     autocast,
     check_heatmap_output,
@@ -54,7 +57,6 @@ from workloads.engine import (
     make_optimizer,
     make_scheduler,
     run_epochs,
-    train_one_epoch,
     unwrap,
     use_static_graph,
     wants_channels_last,
@@ -148,8 +150,8 @@ def initialise(
 
 # ---------------------------------------------------------------------------------------- training
 @dataclass
-class _Loop:
-    """What train_epoch needs besides the epoch number."""
+class Loop:
+    """What the engine's task of a finetune is made from (`task_of`)."""
 
     cfg: FinetuneConfig
     ctx: StageContext
@@ -229,20 +231,27 @@ def train_step(
     return loss.detach()
 
 
-def train_epoch(loop: _Loop, epoch: int) -> dict:
-    """One pass over this rank's shard (`engine.train_one_epoch`): {"loss": sample mean over all ranks,
-    "images", "data_wait_share"}."""
+def task_of(loop: Loop, scheduler: Any, evaluate: Callable[[], dict]) -> Task:
+    """The finetune as the engine runs it: `prepare_batch` (heatmap targets on the device) and
+    `train_step` (JointsMSE, one Adam step)."""
     cfg, device = loop.cfg, loop.ctx.device
-    return train_one_epoch(
-        loop.ctx,
+    return Task(
         loop.model,
+        loop.optimizer,
+        scheduler,
         loop.loader,
         loop.sampler,
-        epoch,
-        prepare=lambda b: (prepare_batch(b, cfg, device), batch_size_of(b)),
-        step=lambda tensors: train_step(
-            loop.model, tensors, loop.optimizer, cfg, device, loop.forward_loss, prepared=True
+        prepare=functools.partial(prepare_batch, cfg=cfg, device=device),
+        train_step=functools.partial(
+            train_step,
+            loop.model,
+            optimizer=loop.optimizer,
+            cfg=cfg,
+            device=device,
+            forward_loss=loop.forward_loss,
+            prepared=True,
         ),
+        evaluate=evaluate,
     )
 
 
@@ -425,7 +434,7 @@ def run_finetune(
     )
     optimizer = make_optimizer(model, cfg.lr)  # trainable parameters only
     scheduler = make_scheduler(optimizer, cfg.milestones, cfg.lr_factor)
-    loop = _Loop(
+    loop = Loop(
         cfg,
         ctx,
         model,
@@ -449,7 +458,7 @@ def run_finetune(
         collapse_loss=cfg.collapse_loss,
         config=stage_config,
     )
-    out = run_epochs(ctx, model, optimizer, scheduler, lambda e: train_epoch(loop, e), evaluate, spec)
+    out = run_epochs(ctx, task_of(loop, scheduler, evaluate), spec)
     best_eval = dict(out.best_eval)
     per_image = best_eval.pop(PER_IMAGE_KEY, None)  # the best epoch's, kept through resumes by the engine
     metrics = {} if out.collapsed else best_eval
