@@ -3,7 +3,7 @@
 
 Shape (one Ray Tune trial per *stage*):
 
-    run_on_ray(plan, store, scheduler)    a Tuner whose `StageSearcher` asks the Ray-free
+    RayRunner.run(plan, store, scheduler) a Tuner whose `StageSearcher` asks the Ray-free
                                           `orchestrator.scheduler.StageScheduler` for the next stage;
                                           it suggests only stages whose parent is finished and whose
                                           resources are free, so nothing waits as a trial
@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -382,84 +382,9 @@ def _label(trial: Any) -> str:
     return labels.get(sid, sid)
 
 
-def run_on_ray(
-    plan: Any,
-    store: Store,
-    scheduler: StageScheduler,
-    *,
-    workloads: dict | None = None,
-    simulate_scale: float | None = None,
-    restore: bool = False,
-    callbacks: list | None = None,
-    progress: Any = None,
-    run_token: str = "",
-) -> str:
-    """Run the scheduler's stages as Tune trials until every stage is settled; returns "restored" or
-    "fresh" (how the Tune experiment started)."""
-    trial_fn = tune.with_resources(
-        tune.with_parameters(
-            stage_trial,
-            plan=plan,
-            store=store,
-            workloads=workloads,
-            run_token=run_token or uuid.uuid4().hex,
-            simulate_scale=simulate_scale,
-        ),
-        trial_resources(cluster_capacity()),
-    )
-    tune_path, tune_fs = store.ray_storage("studies", plan.study)
-    tune_dir = store.uri_of("studies", plan.study, "tune")
-    ACTIVE.scheduler, ACTIVE.progress = scheduler, progress
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: progress.py prints
-    try:
-        if restore and _can_restore(tune_dir, tune_fs):
-            try:
-                log.info("restoring the Tune experiment %s", tune_dir)
-                tune.Tuner.restore(
-                    tune_dir,  # only URI / local stores restore (_can_restore)
-                    trainable=trial_fn,
-                    resume_errored=True,
-                    storage_filesystem=tune_fs,
-                ).fit()
-                if scheduler.is_finished():
-                    return "restored"
-                log.info("stages left after the restore; continuing in a fresh Tune experiment")
-            except Exception as exc:  # noqa: BLE001 — any failure to restore falls back to a fresh Tuner
-                log.warning(
-                    "restoring %s failed (%s: %s); starting a fresh Tune experiment",
-                    tune_dir,
-                    type(exc).__name__,
-                    exc,
-                )
-        store.remove(store.study_path(plan.study, "tune"))
-        tuner = tune.Tuner(
-            trial_fn,
-            tune_config=tune.TuneConfig(search_alg=StageSearcher(), num_samples=-1, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name="tune",
-                storage_path=tune_path,
-                storage_filesystem=tune_fs,
-                # retries are the stage's failure policy (orchestrator.failures, via the scheduler):
-                # a dead trial is one failed attempt of its stage, not a Tune retry on top
-                failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=[
-                    StageCallback(),
-                    *tracking_callbacks(getattr(plan, "tracking", None), plan.study),
-                    *(callbacks or []),
-                ],
-                verbose=0,
-            ),
-        )
-        tuner.fit()
-        return "fresh"
-    finally:
-        ACTIVE.scheduler, ACTIVE.progress = None, None
-
-
 class RayRunner:
-    """The runner of `orchestrator.execution.run_study` on Ray: connects (or starts a local Ray), checks
-    the store suits the cluster, takes the scheduler's capacity from the cluster, leases stages (file
-    locks on local / shared-filesystem stores, the lease actor on object stores) and runs the Tuner."""
+    """The runner of `orchestrator.execution.run_study` on Ray: one Ray Tune trial per stage, handed out
+    by the scheduler (`StageSearcher`) as stages become ready and fit."""
 
     def __init__(
         self,
@@ -484,10 +409,45 @@ class RayRunner:
         progress: Any = None,
         run_token: str = "",
     ) -> str:
+        """Run the scheduler's stages as Tune trials (`stage_trial`) until every stage is settled; returns
+        "restored" or "fresh" (how the Tune experiment started)."""
+        t0 = time.time()
+        with self._cluster(plan, store, scheduler):
+            self.setup_seconds = time.time() - t0
+            trial_fn = tune.with_resources(
+                tune.with_parameters(
+                    stage_trial,
+                    plan=plan,
+                    store=store,
+                    workloads=workloads,
+                    run_token=run_token or uuid.uuid4().hex,
+                    simulate_scale=self.simulate_scale,
+                ),
+                trial_resources(cluster_capacity()),
+            )
+            ACTIVE.scheduler, ACTIVE.progress = scheduler, progress
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: progress.py prints
+            try:
+                if (
+                    restore
+                    and self.simulate_scale is None
+                    and _fit_restored(plan, store, scheduler, trial_fn)
+                ):
+                    return "restored"
+                store.remove(store.study_path(plan.study, "tune"))
+                _fresh_tuner(plan, store, trial_fn).fit()
+                return "fresh"
+            finally:
+                ACTIVE.scheduler, ACTIVE.progress = None, None
+
+    @contextlib.contextmanager
+    def _cluster(self, plan: Any, store: Store, scheduler: StageScheduler) -> Iterator[None]:
+        """Within: connected to Ray (or a local Ray started, and shut down after), the store checked
+        against the cluster, the scheduler's capacity taken from it, stages leased (file locks on local /
+        shared-filesystem stores, the lease actor on object stores)."""
         from orchestrator.execution import check_storage_for_cluster
         from orchestrator.stages import FileLease
 
-        t0 = time.time()
         started = False
         if self.simulate_scale is not None:
             if ray.is_initialized():
@@ -512,22 +472,64 @@ class RayRunner:
             lease = FileLease(store) if store.is_local else ActorLease(holder=f"study:{plan.study}")
             scheduler.lease = lease
             scheduler.begin()
-            self.setup_seconds = time.time() - t0
-            return run_on_ray(
-                plan,
-                store,
-                scheduler,
-                workloads=workloads,
-                simulate_scale=self.simulate_scale,
-                restore=restore and self.simulate_scale is None,
-                progress=progress,
-                run_token=run_token or uuid.uuid4().hex,
-            )
+            yield
         finally:
             if lease is not None:
                 lease.release_all()
             if started:
                 shutdown()
+
+
+def _fresh_tuner(plan: Any, store: Store, trial_fn: Any) -> tune.Tuner:
+    """A new Tune experiment `studies/<name>/tune` whose searcher is the stage scheduler's."""
+    tune_path, tune_fs = store.ray_storage("studies", plan.study)
+    return tune.Tuner(
+        trial_fn,
+        tune_config=tune.TuneConfig(search_alg=StageSearcher(), num_samples=-1, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=tune_path,
+            storage_filesystem=tune_fs,
+            # retries are the stage's failure policy (orchestrator.failures, via the scheduler):
+            # a dead trial is one failed attempt of its stage, not a Tune retry on top
+            failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[
+                StageCallback(),
+                *tracking_callbacks(getattr(plan, "tracking", None), plan.study),
+            ],
+            verbose=0,
+        ),
+    )
+
+
+def _fit_restored(plan: Any, store: Store, scheduler: StageScheduler, trial_fn: Any) -> bool:
+    """Go on with the study's last Tune experiment (`Tuner.restore`, errored trials resumed); True when
+    that settled every stage. False when there is none to restore, it failed to restore, or stages are
+    left (a fresh experiment then runs them)."""
+    tune_path, tune_fs = store.ray_storage("studies", plan.study)
+    tune_dir = store.uri_of("studies", plan.study, "tune")
+    if not _can_restore(tune_dir, tune_fs):
+        return False
+    try:
+        log.info("restoring the Tune experiment %s", tune_dir)
+        tune.Tuner.restore(
+            tune_dir,  # only URI / local stores restore (_can_restore)
+            trainable=trial_fn,
+            resume_errored=True,
+            storage_filesystem=tune_fs,
+        ).fit()
+    except Exception as exc:  # noqa: BLE001 — any failure to restore falls back to a fresh Tuner
+        log.warning(
+            "restoring %s failed (%s: %s); starting a fresh Tune experiment",
+            tune_dir,
+            type(exc).__name__,
+            exc,
+        )
+        return False
+    if scheduler.is_finished():
+        return True
+    log.info("stages left after the restore; continuing in a fresh Tune experiment")
+    return False
 
 
 def _can_restore(tune_dir: str, fs: pafs.FileSystem | None) -> bool:
@@ -946,4 +948,4 @@ def _last_line(text: str | None) -> str:
     return lines[-1][:500] if lines else ""
 
 
-__all__ = ["ActorLease", "LeaseTable", "RayStageContext", "StoreError", "run_on_ray", "start_local_ray"]
+__all__ = ["ActorLease", "LeaseTable", "RayRunner", "RayStageContext", "StoreError", "start_local_ray"]
