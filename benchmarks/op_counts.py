@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from workloads.config import FinetuneConfig, ModelConfig, PretrainConfig
+from workloads.config import HEATMAP_STRIDE, FinetuneConfig, ModelConfig, PretrainConfig
 from workloads.hostsync import HostSyncCounter, OpCounter
 from workloads.hsjp.batched import color_augment_batch, render_batch
 from workloads.hsjp.dataset import draw_puzzle
@@ -50,7 +50,7 @@ def pretext_draws(cfg: PretrainConfig, batch: int) -> dict:
 
 
 def data_rows(batch: int, input_size: int) -> list[tuple[str, int, int, dict]]:
-    cfg = PretrainConfig(n=6, input_size=input_size, heatmap_size=input_size // 4)
+    cfg = PretrainConfig(n=6, input_size=input_size, heatmap_size=input_size // HEATMAP_STRIDE)
     b = pretext_draws(cfg, batch)
     x = b["crop"].permute(0, 3, 1, 2).float()
     rows = []
@@ -77,7 +77,7 @@ def step_rows(batch: int, input_size: int, backbones: list[str]) -> list[tuple[s
     rows = []
     for backbone in backbones:
         model_cfg = BACKBONES[backbone]
-        cfg = PretrainConfig(model=model_cfg, n=6, input_size=input_size, heatmap_size=input_size // 4,
+        cfg = PretrainConfig(model=model_cfg, n=6, input_size=input_size, heatmap_size=input_size // HEATMAP_STRIDE,
                              augment_on="device")  # fmt: skip
         model = build_model(model_cfg, 36).train()
         hw = hsjp_train.heatmap_hw_of(cfg)

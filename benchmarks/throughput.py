@@ -44,7 +44,15 @@ import numpy as np
 import torch
 
 from benchmarks import reference
-from workloads.config import DataConfig, FinetuneConfig, ModelConfig, PretrainConfig, RuntimeConfig
+from workloads.config import (
+    HEATMAP_STRIDE,
+    DataConfig,
+    FinetuneConfig,
+    ModelConfig,
+    PretrainConfig,
+    RuntimeConfig,
+    heatmap_hw_of_input,
+)
 from workloads.context import LocalContext
 from workloads.data import synthetic
 from workloads.data.coco import load_detections, load_persons
@@ -231,10 +239,10 @@ def make_configs(
     runtime = RuntimeConfig(amp="auto", compile=compile_model)
     model = sizes.models[backbone]
     side = sizes.pretext_input
-    pretrain = PretrainConfig(model=model, n=sizes.n, input_size=side, heatmap_size=side // 4,
+    pretrain = PretrainConfig(model=model, n=sizes.n, input_size=side, heatmap_size=side // HEATMAP_STRIDE,
                               batch_size=sizes.batch, runtime=runtime, augment_on=augment_on)  # fmt: skip
     h, w = sizes.finetune_hw
-    finetune = FinetuneConfig(model=model, input_hw=(h, w), heatmap_hw=(h // 4, w // 4), batch_size=sizes.batch,
+    finetune = FinetuneConfig(model=model, input_hw=(h, w), heatmap_hw=heatmap_hw_of_input(h, w), batch_size=sizes.batch,
                               runtime=runtime)  # fmt: skip
     return pretrain, finetune
 
@@ -369,7 +377,7 @@ def measure_render(root: str, sizes: Sizes, device: torch.device, repeats: int =
     batched on `device` (augment_on: device)."""
     side = sizes.pretext_input
     square = padded_size(side, sizes.n)
-    cfg = PretrainConfig(n=sizes.n, input_size=side, heatmap_size=side // 4)
+    cfg = PretrainConfig(n=sizes.n, input_size=side, heatmap_size=side // HEATMAP_STRIDE)
     persons = train_instances("pretext", root, cfg, sizes.batch)
     crops = [read_crop(p, square) for p in persons]
     draws = [draw_puzzle(cfg, sample_rng(0, 0, i), augment=True) for i in range(len(crops))]

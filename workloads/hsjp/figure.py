@@ -20,7 +20,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from workloads.config import HSJPAugConfig, PretrainConfig
+from workloads.config import HEATMAP_STRIDE, HSJPAugConfig, PretrainConfig
 from workloads.data.coco import PIXEL_STD
 from workloads.data.transforms import get_affine_transform, read_image, warp_crop
 from workloads.hsjp.augment import SpatialParams, composite_matrix, warp_composite
@@ -60,7 +60,9 @@ def write_puzzle_figure(
     image_path: str | os.PathLike, n: int, out_path: str | os.PathLike, seed: int = 0, input_size: int = 224
 ) -> Path:
     """Write a PNG of one N×N puzzle of `image_path` (panels in the module docstring); returns its path."""
-    cfg = PretrainConfig(n=n, input_size=input_size, heatmap_size=max(1, input_size // 4))  # checks n
+    cfg = PretrainConfig(
+        n=n, input_size=input_size, heatmap_size=max(1, input_size // HEATMAP_STRIDE)
+    )  # checks n
     side = padded_size(input_size, n)
     crop = square_crop(read_image(image_path), side)
     rng = np.random.default_rng(seed)
