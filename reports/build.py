@@ -60,11 +60,11 @@ def make_report(
     curves = {}
     studies = sorted({s for v in stages["studies"] for s in str(v or "").split(";") if s})
     for study in studies:
-        fig, data = study_curves(stages, boots.reader, study)
+        fig, data = study_curves(stages, boots.store, study)
         name = f"curves-{study}"
         written += write_figure(fig, data, out, name)
         curves[study] = name
-    pages = write_stage_pages(stages, boots.reader, out, storage=str(storage), tables=tables, boots=boots)
+    pages = write_stage_pages(stages, boots.store, out, storage=str(storage), tables=tables, boots=boots)
     written += pages
     written.append(write_results(stages, out))
     seconds = time.perf_counter() - start

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from orchestrator.store_format import RESULT_STATUSES
+from orchestrator.store_format import FINISHED_STATES, StageState
 from reports.collect import OFFICIAL_FINETUNE_EPOCHS
 
 PAPER_N, PAPER_LR, PAPER_PT_EPOCHS = 6, 1e-3, 240  # paper §3.4, §5.2
@@ -129,7 +129,7 @@ def pick_group(
     def score(item):
         _, g = item
         hits = [len(where(g, **p)) == len(g) for p in prefer]
-        finished = int(g["status"].isin(RESULT_STATUSES).sum())
+        finished = int(g["status"].isin(FINISHED_STATES).sum())
         latest = max((str(x) for x in g["finished_at"] if isinstance(x, str)), default="")
         return (hits[0] if hits else False, sum(hits[1:]), finished, latest)
 
@@ -268,9 +268,10 @@ def _blocked(r: pd.Series) -> str | None:
         return "collapsed"
     if status == "skipped":
         return "skipped"
-    if status == "running" or (status == "pending" and pt == "running"):
+    unstarted = status in (StageState.QUEUED, StageState.WAITING)
+    if status in (StageState.RUNNING, StageState.RETRYING) or (unstarted and pt == StageState.RUNNING):
         return "running"
-    if status == "failed" or (status == "pending" and pt == "failed"):
+    if status in (StageState.FAILED, StageState.BLOCKED) or (unstarted and pt == StageState.FAILED):
         return "failed"
     return None
 

@@ -17,7 +17,7 @@ from orchestrator.status import study_status
 from orchestrator.store import Store
 from orchestrator.store_format import SCHEMA_VERSION, StoreError, read_result_record, stage_state
 from orchestrator.study import load_study
-from reports.collect import StoreReader, collect
+from reports.collect import collect, open_store
 
 SMOKE = Path(__file__).resolve().parents[2] / "studies" / "smoke.yaml"
 
@@ -58,7 +58,7 @@ def test_an_older_result_json_reads_in_the_orchestrator_status_and_reports(publi
     assert record is not None and record["schema_version"] == SCHEMA_VERSION and record["status"] == "done"
     assert {k: record[k] for k in old} == old  # nothing else changed
     assert {r["stage_id"]: r for r in study_status(plan, store)}[sid]["state"] == "done"
-    assert StoreReader(store.base).read_result(sid)["status"] == "done"
+    assert open_store(store.base).read_result(sid)["status"] == "done"
     row = collect(store.base).set_index("stage_id").loc[sid]
     assert row["status"] == "done" and row["precision"] == 0.5
 
