@@ -108,22 +108,6 @@ class StageState(StrEnum):
     stage's lease lives in the running schedulers only) is still one of these, read as noted.
     """
 
-    WAITING = "waiting"
-    """Its pretrain is not finished yet. It holds nothing (no slot, no process)."""
-    QUEUED = "queued"
-    """It can start (its pretrain is finished or has no work); it waits for free resources."""
-    ELSEWHERE = "elsewhere"
-    """Another run sharing the store holds its lease and computes it; this run looks again every few
-    seconds. Runtime only: `status` reads the store, where the other run's stage is `running` (or
-    `queued` before its first epoch)."""
-    RUNNING = "running"
-    """Launched: training (its lease held), or, in `status`, epochs in metrics.jsonl and no result."""
-    RETRYING = "retrying"
-    """Its last attempt failed and it is retried after a backoff (`orchestrator.failures`)."""
-    FAILED = "failed"
-    """Its last attempt failed for good (error.txt, attempts.json); the next run retries it."""
-    BLOCKED = "blocked"
-    """It will not run now: its pretrain failed (or is blocked itself); the next run retries that."""
     DONE = "done"
     """Trained to the end (result.json)."""
     NO_WORK = "no-work"
@@ -132,12 +116,29 @@ class StageState(StrEnum):
     """Ended by a collapse (result.json): a collapsed pretrain hands over no weights."""
     SKIPPED = "skipped"
     """Not trained because its pretrain collapsed (result.json, with its `reason`)."""
+    RUNNING = "running"
+    """Launched: training (its lease held), or, in `status`, epochs in metrics.jsonl and no result."""
+    RETRYING = "retrying"
+    """Its last attempt failed and it is retried after a backoff (`orchestrator.failures`)."""
+    FAILED = "failed"
+    """Its last attempt failed for good (error.txt, attempts.json); the next run retries it."""
+    BLOCKED = "blocked"
+    """It will not run now: its pretrain failed (or is blocked itself); the next run retries that."""
+    ELSEWHERE = "elsewhere"
+    """Another run sharing the store holds its lease and computes it; this run looks again every few
+    seconds. Runtime only: `status` reads the store, where the other run's stage is `running` (or
+    `queued` before its first epoch)."""
+    WAITING = "waiting"
+    """Its pretrain is not finished yet. It holds nothing (no slot, no process)."""
+    QUEUED = "queued"
+    """It can start (its pretrain is finished or has no work); it waits for free resources."""
 
 
 RESULT_STATUSES = (StageState.DONE, StageState.COLLAPSED, StageState.SKIPPED)
 """`status` of a result.json: trained to the end / ended by a collapse / not trained (its pretrain
 collapsed). A no-work pretrain (scratch, ImageNet) is published as "done" with `work` false."""
 STAGE_STATES = tuple(StageState)
+"""Every state, finished ones first (the order `status` counts them in)."""
 FINISHED_STATES = frozenset({StageState.DONE, StageState.NO_WORK, StageState.COLLAPSED, StageState.SKIPPED})
 """States with a result.json: the stage is not computed again."""
 TERMINAL_STATES = FINISHED_STATES | {StageState.FAILED, StageState.BLOCKED}
@@ -146,7 +147,7 @@ TERMINAL_STATES = FINISHED_STATES | {StageState.FAILED, StageState.BLOCKED}
 
 class StageHow(StrEnum):
     """How a run got a stage (`hsjp-study run`'s summary table; trials.csv's `pretrain_how` /
-    `finetune_how`). Not a state: a `found` stage is `done`, `collapsed` or `skipped`."""
+    `finetune_how`). Not a state: a `found` stage is one of the FINISHED_STATES."""
 
     FOUND = "found"
     """Its result.json was in the store when the run started."""
