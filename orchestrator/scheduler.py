@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator.plan import Plan, StageSpec, stage_hours
-from orchestrator.store_format import TERMINAL_STATES, StageHow, StageState, stage_state
+from orchestrator.store_format import SKIP_REASON, TERMINAL_STATES, StageHow, StageState, stage_state
 
 log = logging.getLogger(__name__)
 
@@ -380,9 +380,6 @@ class StageScheduler:
             )
 
 
-SKIP_REASON = "pretrain collapsed"
-
-
 # ------------------------------------------------------------------------------ plan-time estimate
 @dataclass(frozen=True)
 class Scheduled:
@@ -421,7 +418,7 @@ def list_schedule(plan: Plan, capacity: dict[str, float]) -> list[Scheduled]:
         if not events:
             break
         clock[0], _, sid = heapq.heappop(events)
-        done[sid] = {"status": "done"}
+        done[sid] = {"status": StageState.DONE}
         sched.on_complete(sid)
     return out
 

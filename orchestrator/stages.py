@@ -21,8 +21,8 @@ from typing import Any
 import filelock
 
 from orchestrator import disk, failures
-from orchestrator.scheduler import SKIP_REASON  # noqa: F401  (re-exported: the skip reason of result.json)
 from orchestrator.store import Store
+from orchestrator.store_format import StageState
 from workloads.config import to_dict
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def compute_stage(
             *(r["epoch"] for r in store.read_metrics(stage_id) if "epoch" in r),
         }
     )
-    status = "collapsed" if summary.get("collapsed") else "done"
+    status = StageState.COLLAPSED if summary.get("collapsed") else StageState.DONE
     result = publish(store, plan, spec, status=status, summary=summary, wall_seconds=wall)
     store.clear_error(stage_id)
     failures.clear_attempts(store, stage_id)

@@ -139,6 +139,8 @@ RESULT_STATUSES = (StageState.DONE, StageState.COLLAPSED, StageState.SKIPPED)
 collapsed). A no-work pretrain (scratch, ImageNet) is published as "done" with `work` false."""
 STAGE_STATES = tuple(StageState)
 """Every state, finished ones first (the order `status` counts them in)."""
+SKIP_REASON = "pretrain collapsed"
+"""The `reason` of a skipped finetune's result.json."""
 FINISHED_STATES = frozenset({StageState.DONE, StageState.NO_WORK, StageState.COLLAPSED, StageState.SKIPPED})
 """States with a result.json: the stage is not computed again."""
 TERMINAL_STATES = FINISHED_STATES | {StageState.FAILED, StageState.BLOCKED}
@@ -308,6 +310,7 @@ def parse_json_lines(data: bytes | str | None, where: str) -> list[Any]:
 __all__ = [
     "FINISHED_STATES",
     "RESULT_STATUSES",
+    "SKIP_REASON",
     "SCHEMA_VERSION",
     "STAGE_KINDS",
     "STAGE_RECORD_KEYS",

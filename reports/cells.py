@@ -262,11 +262,12 @@ class Cell:
 def _blocked(r: pd.Series) -> str | None:
     """Why a run has no value: 'collapsed' | 'running' | 'failed' | None (not run / has a value)."""
     status, pt = r["status"], r.get("pt_status")
-    if r["kind"] == "finetune" and status != "collapsed" and pt == "collapsed":
+    collapsed, skipped = StageState.COLLAPSED, StageState.SKIPPED
+    if r["kind"] == "finetune" and status != collapsed and pt == collapsed:
         return "not available"  # paper Table 2: the collapsed pretrain's finetune is "Not Available"
-    if status == "collapsed" or pt == "collapsed" or (status == "skipped" and "collaps" in str(r["reason"])):
+    if status == collapsed or pt == collapsed or (status == skipped and "collaps" in str(r["reason"])):
         return "collapsed"
-    if status == "skipped":
+    if status == skipped:
         return "skipped"
     unstarted = status in (StageState.QUEUED, StageState.WAITING)
     if status in (StageState.RUNNING, StageState.RETRYING) or (unstarted and pt == StageState.RUNNING):
@@ -284,7 +285,7 @@ def aggregate(group: pd.DataFrame, metric: str, others: Sequence[str] = ()) -> C
         if r["kind"] == "finetune" and isinstance(r.get("parent"), str):
             cell.stage_ids.append(r["parent"])
         value = r[metric]
-        if r["status"] == "done" and value is not None and not math.isnan(value):
+        if r["status"] == StageState.DONE and value is not None and not math.isnan(value):
             cell.values.append(float(value))
             cell.bf16 = cell.bf16 or bool(r.get("bf16"))
     blocked = Counter(b for b in (_blocked(r) for _, r in group.iterrows()) if b)

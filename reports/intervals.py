@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from orchestrator.store_format import StageState
 from reports.bootstrap import COLUMNS, N_RESAMPLES, SEED, Outcome, bootstrap, image_set_key, read_outcome
 from reports.bootstrap import percentile_interval as boot_interval
 from reports.collect import open_store
@@ -230,7 +231,7 @@ def cell_runs(stage_ids: Iterable[str], stages: pd.DataFrame, metric: str = "AP"
         r = by_id.loc[sid]
         value = r[metric]
         if (
-            r["status"] == "done"
+            r["status"] == StageState.DONE
             and value is not None
             and not (isinstance(value, float) and math.isnan(value))
         ):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from orchestrator.store import Store
+from orchestrator.store_format import StageState
 from reports.curves import read_epochs, setting_label, stage_curve
 from reports.intervals import Bootstraps, cell_runs
 
@@ -115,7 +116,7 @@ def _page(
     weights = (
         f"<code>{esc(root)}/stages/{esc(sid)}/weights.pt</code>"
         if result.get("has_weights")
-        else "none" + (" (collapsed)" if r["status"] == "collapsed" else "")
+        else "none" + (" (collapsed)" if r["status"] == StageState.COLLAPSED else "")
     )
     outputs = [
         ("weights", weights),

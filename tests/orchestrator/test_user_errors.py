@@ -121,7 +121,9 @@ def test_every_store_reader_applies_the_same_policy(tmp_path, caplog):
         store.read_json(path)
     with caplog.at_level(logging.WARNING):
         assert store.read_result(STAGE) is None  # the stage is not finished: recomputed
-        assert open_store(tmp_path / "store").read_result(STAGE, "the report counts it as not finished") is None
+        assert (
+            open_store(tmp_path / "store").read_result(STAGE, "the report counts it as not finished") is None
+        )
         store.write_bytes(failures.attempts_path(store, STAGE), b"{not json")
         assert failures.read_attempts(store, STAGE) is None
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
