@@ -7,8 +7,9 @@ pretrain collapsed), `no-work` for a scratch / imagenet pretrain (nothing to com
 (`orchestrator.failures`) says so, `failed` when error.txt is there without a result, `running` when
 metrics.jsonl has epochs but there is no result yet, `blocked` when it is a finetune whose pretrain
 failed, `waiting` when its pretrain is not done otherwise, else `queued`. (`elsewhere`, another run
-holding the stage's lease, is known to the running schedulers only: here that stage is `running`.) Progress, the key metric (HSJP precision P / AP), device-hours spent and an
-ETA come from result.json and the per-epoch rows of metrics.jsonl.
+holding the stage's lease, is known to the running schedulers only: here that stage is `running`.)
+Progress, the key metric (HSJP precision P / AP), device-hours spent and an ETA come from result.json
+and the per-epoch rows of metrics.jsonl.
 """
 
 from __future__ import annotations

@@ -178,6 +178,7 @@ def test_failed_stage_records_its_error_blocks_its_finetunes_and_the_next_run_re
     assert {f["stage_id"] for f in first["failures"]} == {bad}
     assert "injected failure" in store.read_error(bad) and "injected failure" in first["failures"][0]["error"]
     assert store.read_result(plan.trials[0].finetune) is None  # blocked, not published: retried next run
+    assert [t["finetune_how"] for t in first["trials"][:2]] == ["blocked", "blocked"]
 
     second = run_study(
         plan, store, study_text="name: fail\n", progress=False, runner=FakeRunner({"CPU": 2.0})
