@@ -4,7 +4,8 @@ Ray-free, torch-free and pyarrow-free. It holds the layout (folders, file names,
 names), the one set of stage state names (`StageState`) and of the ways a run gets a stage
 (`StageHow`), the `config.json` / `result.json` schemas (`StageRecord`, `ResultRecord`,
 `SCHEMA_VERSION`) and the corrupt-JSON policy. `orchestrator.store.Store` reads and writes it on a
-filesystem; the reports read the store through those two modules only (docs/design.md, "Layers").
+filesystem; the reports read the store through those two modules (and the attempts reader of
+`orchestrator.failures`) only (docs/design.md, "Layers").
 
 **Layout** (relative to the store root; `orchestrator.store.Store` resolves it on a filesystem):
 
@@ -23,11 +24,13 @@ studies/<name>/          study.yaml     the study file as run;  plan.json  its p
 a rename), so a file that does not parse was damaged from outside (a crash of the filesystem, a
 hand edit, a partial copy):
 
-- `parse_json` raises `StoreError` naming the file; it is what `Store.read_json` does.
+- `parse_json` raises `StoreError` naming the file; it is what `Store.read_json` does, and what a
+  file nothing can stand in for gets (a corrupt `config.json`: the stage's config is unknown).
 - `parse_json_or_warn` is for readers that have a safe reading of "absent" (a corrupt `result.json`
   means the stage is not finished and is recomputed; a corrupt `plan.json` leaves its study out of
-  the report; a corrupt `attempts.json` forgets the retry history): one warning names the file and
-  that consequence, and the reader goes on with None.
+  the report; a corrupt `attempts.json` forgets the retry history; a corrupt `failed_on.json` leaves
+  the failing node unnamed): one warning names the file and that consequence, and the reader goes on
+  with None.
 - `parse_json_lines` is for the append-only logs (`metrics.jsonl`), where a crash mid-append leaves
   a partial last line: an unreadable line is skipped with a warning naming the file and line.
 
