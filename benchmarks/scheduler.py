@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from orchestrator.host import descendants
+from orchestrator.store_format import StageState
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS = ("studies/paper.yaml:8", "studies/paper.yaml:32", "studies/label_fraction.yaml:8")
@@ -46,8 +47,8 @@ def sample(stop: threading.Event, rows: list[tuple[float, int, int, float]]) -> 
         if sched is None:
             continue
         states = [r.state for r in sched.stages.values()]
-        running = states.count("running")
-        waiting = sum(states.count(s) for s in ("blocked", "ready", "elsewhere"))
+        running = states.count(StageState.RUNNING)
+        waiting = sum(states.count(s) for s in (StageState.WAITING, StageState.QUEUED, StageState.ELSEWHERE))
         rows.append((time.time(), running, waiting, tree_rss_mb(os.getpid())))
 
 

@@ -421,7 +421,7 @@ def _existing_store(storage: str) -> Store:
 
     if "://" not in storage and not Path(storage).expanduser().is_dir():
         raise StoreError(f"no store at {storage}: nothing has run there (give --storage or set HSJP_STORAGE)")
-    return Store(storage)
+    return Store(storage, create=False)
 
 
 def _storage_base(storage: str) -> str:

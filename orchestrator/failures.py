@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from orchestrator.store_format import parse_json_or_warn
+from orchestrator.store_format import StageState, is_study_name, parse_json_or_warn
 
 if TYPE_CHECKING:
     from orchestrator.inputs import ComputeConfig
@@ -134,8 +134,8 @@ class Decision:
     node: str | None = None
 
     @property
-    def state(self) -> str:
-        return "retrying" if self.retry else "failed"
+    def state(self) -> StageState:
+        return StageState.RETRYING if self.retry else StageState.FAILED
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "state": self.state, "status": status_text(self)}
@@ -390,12 +390,16 @@ def stage_failure_status(store: Store, stage_id: str) -> dict | None:
     with `stopped while retrying 2/3: …`: nothing will retry it until the next run."""
     data = read_attempts(store, stage_id) or {}
     decision = data.get("decision")
-    if not isinstance(decision, dict) or decision.get("state") not in ("retrying", "failed"):
+    if not isinstance(decision, dict) or decision.get("state") not in (
+        StageState.RETRYING,
+        StageState.FAILED,
+    ):
         return None
     out = {k: decision.get(k) for k in ("state", "status", "error", "node", "reason")}
     out["study"] = data.get("study") or ""
-    if out["state"] == "retrying" and out["study"] and run_active(store, out["study"]) is False:
-        out["state"], out["status"] = "failed", f"stopped while {out['status']} (its run ended)"
+    out["state"] = StageState(out["state"])
+    if out["state"] == StageState.RETRYING and out["study"] and run_active(store, out["study"]) is False:
+        out["state"], out["status"] = StageState.FAILED, f"stopped while {out['status']} (its run ended)"
     return out
 
 
@@ -406,7 +410,7 @@ def run_active(store: Store, study: str) -> bool | None:
     import fcntl
     import os
 
-    if not store.is_local or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", study) or ".." in study:
+    if not store.is_local or not is_study_name(study):
         return None
     path = os.path.join(store.base, "locks", f"study-{study}.lock")
     try:

@@ -1,9 +1,11 @@
 """Live progress of a study run: one concise line per event, a summary table at the end (Ray-free).
 
-Events reach it from the stage scheduler in the driver (`{"event": "stage", "state": "ready" |
-"launched" | "waiting" | "found" | "done" | "skipped" | "blocked" | "failed"}`) and as Ray Tune results
-of each stage's trial: its own state changes (`running`, `done`, `collapsed`, `failed`) and the epoch
-reports of its Ray Train workers (`{"stage_id", "epoch", "epochs", "loss", "precision" | "AP", ...}`).
+Events reach it from the stage scheduler in the driver (`{"event": "stage", "state": <a
+`store_format.StageState`>, "how": <a `StageHow`>}`: queued, running (launched), elsewhere, a stage
+found in the store or computed by another run, no-work, skipped, retrying, failed, blocked) and as Ray
+Tune results of each stage's trial: its own state changes (`running`, `done`, `collapsed`, `retrying`,
+`failed`; no `how`) and the epoch reports of its Ray Train workers (`{"stage_id", "epoch", "epochs",
+"loss", "precision" | "AP", ...}`). A line names the stage's state with the word `status` shows.
 `Progress` turns them into lines with epoch/total, the current metric, elapsed time and an ETA, and
 keeps the stage intervals that split the wall time by phase.
 """
@@ -16,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from orchestrator.store_format import StageHow, StageState
+
 log = logging.getLogger(__name__)
 
 METRIC_LABELS = (("AP", "AP"), ("precision", "P"))
@@ -26,7 +30,7 @@ METRIC_LABELS = (("AP", "AP"), ("precision", "P"))
 class StageProgress:
     stage_id: str
     kind: str = ""
-    state: str = "pending"
+    state: StageState = StageState.QUEUED
     epoch: int | None = None
     epochs: int | None = None
     loss: float | None = None
@@ -75,37 +79,38 @@ class Progress:
         now = time.time() if now is None else now
         st = self.stages.setdefault(ev["stage_id"], StageProgress(ev["stage_id"]))
         st.kind, st.epochs = ev.get("kind", st.kind), ev.get("epochs") or st.epochs
-        state = ev["state"]
-        if state in ("ready", "launched"):
-            return  # the trial's own "running" line follows at once; "ready" alone says little
-        if state == "running":
-            st.state, st.started, st.ended, st.epoch_times = "running", ev.get("time", now), None, []
+        state, how = _state(ev["state"]), ev.get("how")
+        found = how in (StageHow.FOUND, StageHow.WAITED)
+        if state == StageState.QUEUED or (state == StageState.RUNNING and how == StageHow.COMPUTED):
+            return  # queued alone says little; after the scheduler's launch the trial's own line follows
+        if state == StageState.RUNNING:
+            st.state, st.started, st.ended, st.epoch_times = state, ev.get("time", now), None, []
             st.first_epoch_s = None
-        elif state == "found":
-            if st.state == "pending":
-                st.state = ev.get("status") or "done"
-        elif state != "waiting":
+        elif found or state == StageState.ELSEWHERE:
+            if st.state != StageState.RUNNING:
+                st.state = state
+        else:
             st.state = state
             if st.started is not None:
                 st.ended = ev.get("time", now)
         extra = ""
-        if ev.get("wall_seconds") is not None and state != "found":
+        if ev.get("wall_seconds") is not None and not found:
             extra = f"  in {_duration(ev['wall_seconds'])}"
         if ev.get("error"):
             extra += f"  {ev['error']}"
         if ev.get("reason"):
             extra += f"  ({ev['reason']})"
         label = {
-            "found": "computed by another run" if ev.get("how") == "waited" else "already done",
-            "waiting": "waiting: another run is computing it (holds its lease)",
-            "blocked": "not run",
-        }.get(state, state)
-        if ev.get("work") is False and state == "done":
-            label = "no work (nothing to pretrain)"
+            StageHow.FOUND: f"{state}: already in the store",
+            StageHow.WAITED: f"{state}: computed by another run",
+        }.get(how) or {
+            StageState.ELSEWHERE: "elsewhere: another run is computing it (holds its lease)",
+            StageState.NO_WORK: "no-work: nothing to pretrain",
+        }.get(state, str(state))
         self._print(f"{self.labels.get(st.stage_id, st.stage_id)}  {label}{extra}", now)
 
     def _on_epoch(self, r: dict, now: float) -> None:
-        st = self.stages.setdefault(r["stage_id"], StageProgress(r["stage_id"], state="running"))
+        st = self.stages.setdefault(r["stage_id"], StageProgress(r["stage_id"], state=StageState.RUNNING))
         st.epoch, st.epochs = int(r["epoch"]), r.get("epochs") or st.epochs
         st.loss = r.get("loss")
         for key, label in METRIC_LABELS:
@@ -216,6 +221,15 @@ def format_summary(summary: dict) -> str:
     for f in summary.get("failures", []):
         lines.append(f"FAILED {f['trial_id']} {f.get('stage_id') or ''}: {f['error']}")
     return "\n".join(lines)
+
+
+def _state(word: str) -> StageState | str:
+    """An event's state; a word outside the vocabulary is shown as it is (a line, not a crash)."""
+    try:
+        return StageState(word)
+    except ValueError:
+        log.debug("progress: unknown stage state %r", word)
+        return word
 
 
 def _fmt(value: Any) -> str:

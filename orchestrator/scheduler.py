@@ -1,13 +1,18 @@
 """Stage-level scheduling, Ray-free: which stage of a plan runs next, and what a finished one unblocks.
 
 A study's plan is a DAG of stages (each finetune has one parent pretrain). `StageScheduler` keeps every
-stage in one of these states:
+stage in one of the states of `orchestrator.store_format.StageState`, the names `status` and the
+progress lines show too:
 
-    blocked   its parent is not finished yet                 (holds nothing: no slot, no process)
-    ready     it can start as soon as its resources are free
+    waiting   its parent is not finished yet                 (holds nothing: no slot, no process)
+    queued    it can start as soon as its resources are free (a retry: once its backoff has passed)
     elsewhere another run (another study on the same store) holds its lease: re-checked every few s
     running   launched (its lease is held by this run)
-    found / done / collapsed / skipped / no-work / failed      terminal for this run
+    done / no-work / collapsed / skipped / failed / blocked    terminal for this run (TERMINAL)
+
+and records how this run got it (`StageHow`: found in the store, computed, waited for another run,
+published without a trial as no-work or skipped, or blocked by its pretrain's failure). Its events
+(`on_event`) carry the stage's new state, and `how` where the scheduler itself decided it.
 
 A stage is launched only when it is ready *and* its resource request fits in what the running stages
 leave free, so nothing waits while holding a GPU or a process. Among ready stages the one with the
@@ -30,11 +35,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator.plan import Plan, StageSpec, stage_hours
+from orchestrator.store_format import SKIP_REASON, TERMINAL_STATES, StageHow, StageState, stage_state
 
 log = logging.getLogger(__name__)
 
-TERMINAL = frozenset({"found", "done", "collapsed", "skipped", "no-work", "failed"})
-"""States a stage ends a run in (a `failed` one is retried by the next run)."""
+TERMINAL = TERMINAL_STATES
+"""States a stage ends a run in (a failed or blocked one is retried by the next run)."""
 RECHECK_S = 5.0
 """How often a stage held by another run is looked at again (its result.json, then its lease)."""
 _EPS = 1e-9
@@ -119,9 +125,9 @@ class StageRun:
     order: int
     request: dict[str, float]
     priority: float
-    state: str = "blocked"
-    how: str = ""
-    """How this run got it: found / computed / waited (another run computed it) / no work / skipped."""
+    state: StageState = StageState.WAITING
+    how: StageHow | str = ""
+    """How this run got it ("" until decided)."""
     ready_at: float | None = None
     started_at: float | None = None
     launched_at: float | None = None
@@ -129,7 +135,7 @@ class StageRun:
     ended_at: float | None = None
     recheck_at: float = 0.0
     waited: bool = False
-    """Another run held its lease at some point (the "waiting" line was printed)."""
+    """Another run held its lease at some point (the "elsewhere" line was printed)."""
     not_before: float = 0.0
     """A retry waits for its backoff: not launched before this time."""
     error: str | None = None
@@ -181,7 +187,7 @@ class StageScheduler:
         """The runner is up (Ray started): stages ready before now count as ready from now on."""
         now = self.clock()
         for run in self.stages.values():
-            if run.state == "ready" and run.ready_at is not None:
+            if run.state == StageState.QUEUED and run.ready_at is not None:
                 run.ready_at = max(run.ready_at, now)
 
     def _unblock(self, sid: str, now: float) -> None:
@@ -189,52 +195,53 @@ class StageScheduler:
         run = self.stages[sid]
         result = self.resolve(sid)
         if result is not None:
-            self._finish(sid, "found", result.get("status") or "done", now)
+            self._finish(sid, StageHow.FOUND, result, now)
             return
         parent = self.stages.get(run.spec.parent) if run.spec.parent else None
-        if parent is not None and parent.state == "collapsed":
-            self._publish_without_trial(run, "skipped", {"reason": SKIP_REASON}, now)
+        if parent is not None and parent.state == StageState.COLLAPSED:
+            self._publish_without_trial(run, StageState.SKIPPED, {"reason": SKIP_REASON}, now)
             return
-        if parent is not None and parent.state in ("failed", "skipped"):
-            run.state, run.how = "failed", "blocked"
+        if parent is not None and parent.state in (StageState.FAILED, StageState.SKIPPED):
+            run.state, run.how = StageState.BLOCKED, StageHow.BLOCKED
             run.reason = f"its pretrain {parent.spec.stage_id} is {parent.state}"
-            self._emit(run, "blocked", reason=run.reason)
+            self._emit(run, StageState.BLOCKED, reason=run.reason)
             return
         if not run.spec.work:
-            self._publish_without_trial(run, "no-work", {}, now)
+            self._publish_without_trial(run, StageState.NO_WORK, {}, now)
             return
-        run.state, run.ready_at = "ready", now
-        self._emit(run, "ready")
+        run.state, run.ready_at = StageState.QUEUED, now
+        self._emit(run, StageState.QUEUED)
 
-    def _publish_without_trial(self, run: StageRun, state: str, summary: dict, now: float) -> None:
-        status = "skipped" if state == "skipped" else "done"
+    def _publish_without_trial(self, run: StageRun, state: StageState, summary: dict, now: float) -> None:
+        """A no-work pretrain or a skipped finetune: the scheduler publishes its result itself."""
+        skipped = state == StageState.SKIPPED
+        status = StageState.SKIPPED if skipped else StageState.DONE
         self.publish(run.spec, status, summary)
-        run.state, run.how, run.ended_at = state, "no work" if state == "no-work" else state, now
+        run.state, run.ended_at = state, now
+        run.how = StageHow.SKIPPED if skipped else StageHow.NO_WORK
         run.reason = summary.get("reason")
-        self._emit(
-            run, "skipped" if state == "skipped" else "done", status=status, work=False, reason=run.reason
-        )
+        self._emit(run, state, status=status, how=run.how, work=False, reason=run.reason)
         self._unblock_children(run.spec.stage_id, now)
 
-    def _finish(self, sid: str, how: str, status: str, now: float) -> None:
+    def _finish(self, sid: str, how: StageHow, result: dict, now: float) -> None:
         """`sid` has a result (found, computed, or computed by another run)."""
         run = self.stages[sid]
-        run.state = status if status in ("collapsed", "skipped") else "done"
+        run.state = stage_state(result)
         run.how, run.ended_at = how, now
-        if how != "computed":  # a computed stage's trial has said so itself
-            self._emit(run, "found", status=status, how=how)
+        if how != StageHow.COMPUTED:  # a computed stage's trial has said so itself
+            self._emit(run, run.state, status=result.get("status") or StageState.DONE, how=how)
         self._unblock_children(sid, now)
 
     def _unblock_children(self, sid: str, now: float) -> None:
         for child in self.children.get(sid, []):
-            if self.stages[child].state == "blocked":
+            if self.stages[child].state == StageState.WAITING:
                 self._unblock(child, now)
 
     # ------------------------------------------------------------------------------------ launch
     def used(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for run in self.stages.values():
-            if run.state == "running":
+            if run.state == StageState.RUNNING:
                 for k, v in run.request.items():
                     out[k] = out.get(k, 0.0) + v
         return out
@@ -250,7 +257,7 @@ class StageScheduler:
         """The stage to launch now (its lease taken, marked running), or None."""
         now = self.clock()
         self._recheck_elsewhere(now)
-        running = sum(1 for r in self.stages.values() if r.state == "running")
+        running = sum(1 for r in self.stages.values() if r.state == StageState.RUNNING)
         if self.max_running is not None and running >= self.max_running:
             return None
         free = self.free()
@@ -270,38 +277,39 @@ class StageScheduler:
                         self.capacity,
                     )
             if not self.lease.try_acquire(run.spec.stage_id):
-                run.state, run.recheck_at = "elsewhere", now + self.recheck_s
+                run.state, run.recheck_at = StageState.ELSEWHERE, now + self.recheck_s
                 if not run.waited:  # said once, not at every re-check
                     run.waited = True
-                    self._emit(run, "waiting")
+                    self._emit(run, StageState.ELSEWHERE)
                 continue
-            run.state, run.started_at, run.launched_at, run.how = "running", now, now, "computed"
-            self._emit(run, "launched")
+            run.state, run.started_at, run.launched_at = StageState.RUNNING, now, now
+            run.how = StageHow.COMPUTED
+            self._emit(run, StageState.RUNNING, how=run.how)  # launched: its trial's own line follows
             return run.spec.stage_id
         return None
 
     def ready(self) -> list[StageRun]:
-        return [r for r in self.stages.values() if r.state == "ready"]
+        """The queued stages (they can start once their resources are free)."""
+        return [r for r in self.stages.values() if r.state == StageState.QUEUED]
 
     def _recheck_elsewhere(self, now: float) -> None:
         for sid, run in self.stages.items():
-            if run.state != "elsewhere" or now < run.recheck_at:
+            if run.state != StageState.ELSEWHERE or now < run.recheck_at:
                 continue
             result = self.resolve(sid)
             if result is not None:
-                run.how = "waited"
-                self._finish(sid, "waited", result.get("status") or "done", now)
+                self._finish(sid, StageHow.WAITED, result, now)
             else:  # the other run may have died: try the lease again when it fits
-                run.state = "ready"
+                run.state = StageState.QUEUED
 
     def mark_running(self, sid: str) -> bool:
         """A stage Ray runs already (a trial restored by `Tuner.restore`): account it as running.
         False when it is finished (or unknown)."""
         run = self.stages.get(sid)
-        if run is None or run.state in TERMINAL or run.state == "running":
+        if run is None or run.state in TERMINAL or run.state == StageState.RUNNING:
             return False
         self.lease.try_acquire(sid)
-        run.state, run.started_at, run.how = "running", self.clock(), "computed"
+        run.state, run.started_at, run.how = StageState.RUNNING, self.clock(), StageHow.COMPUTED
         return True
 
     # ---------------------------------------------------------------------------------- complete
@@ -315,7 +323,7 @@ class StageScheduler:
     ) -> None:
         """A launched stage's trial ended: the store says whether it finished (its result.json). If not,
         `judge` decides (from the trial's own `decision` when it recorded one): retry after a backoff
-        (the stage is ready again, launched when that has passed) or failed (its dependants blocked)."""
+        (the stage is queued again, launched when that has passed) or failed (its dependants blocked)."""
         run = self.stages[sid]
         now = self.clock()
         self.lease.release(sid)
@@ -324,24 +332,24 @@ class StageScheduler:
         run.ended_at = ended_at if ended_at is not None else now
         result = self.resolve(sid)
         if result is not None:
-            self._finish(sid, "computed", result.get("status") or "done", run.ended_at)
+            self._finish(sid, StageHow.COMPUTED, result, run.ended_at)
             return
         run.error = error or "the stage's trial ended without a result"
         verdict = self.judge(sid, run.error, decision) if self.judge is not None else None
         if verdict is not None and verdict.get("retry"):
-            run.state, run.ready_at = "ready", run.ended_at
+            run.state, run.ready_at = StageState.QUEUED, run.ended_at
             run.not_before = run.ended_at + float(verdict.get("delay_s") or 0.0)
-            self._emit(run, "retrying", error=verdict.get("line") or run.error)
+            self._emit(run, StageState.RETRYING, error=verdict.get("line") or run.error)
             return
         if verdict is not None:
             run.error = verdict.get("error") or run.error
-        run.state = "failed"
-        self._emit(run, "failed", error=(verdict or {}).get("line") or run.error)
+        run.state = StageState.FAILED
+        self._emit(run, StageState.FAILED, error=(verdict or {}).get("line") or run.error)
         for child in self._descendants(sid):
             c = self.stages[child]
-            if c.state == "blocked":
-                c.state, c.how, c.reason = "failed", "blocked", f"its pretrain {sid} failed"
-                self._emit(c, "blocked", reason=c.reason)
+            if c.state == StageState.WAITING:
+                c.state, c.how, c.reason = StageState.BLOCKED, StageHow.BLOCKED, f"its pretrain {sid} failed"
+                self._emit(c, StageState.BLOCKED, reason=c.reason)
 
     def _descendants(self, sid: str) -> Iterable[str]:
         for child in self.children.get(sid, []):
@@ -353,9 +361,10 @@ class StageScheduler:
         return all(r.state in TERMINAL for r in self.stages.values())
 
     def failed(self) -> list[str]:
-        return [sid for sid, r in self.stages.items() if r.state == "failed"]
+        """The stages that did not finish: failed, or blocked by their pretrain's failure."""
+        return [sid for sid, r in self.stages.items() if r.state in (StageState.FAILED, StageState.BLOCKED)]
 
-    def _emit(self, run: StageRun, state: str, **extra: Any) -> None:
+    def _emit(self, run: StageRun, state: StageState, **extra: Any) -> None:
         log.info("stage %s: %s %s", run.spec.stage_id, state, extra or "")
         if self.on_event is not None:
             self.on_event(
@@ -363,15 +372,12 @@ class StageScheduler:
                     "event": "stage",
                     "stage_id": run.spec.stage_id,
                     "kind": run.spec.kind,
-                    "state": state,
+                    "state": StageState(state),
                     "epochs": total_epochs(run.spec),
                     "time": self.clock(),
                     **{k: v for k, v in extra.items() if v is not None},
                 }
             )
-
-
-SKIP_REASON = "pretrain collapsed"
 
 
 # ------------------------------------------------------------------------------ plan-time estimate
@@ -403,7 +409,7 @@ def list_schedule(plan: Plan, capacity: dict[str, float]) -> list[Scheduled]:
     while True:
         while (sid := sched.next_launch()) is not None:
             if sched.never_fits(plan.stages[sid]):
-                sched.stages[sid].state = "failed"
+                sched.stages[sid].state = StageState.FAILED
                 continue
             end = clock[0] + walls[sid]
             heapq.heappush(events, (end, seq, sid))
@@ -412,7 +418,7 @@ def list_schedule(plan: Plan, capacity: dict[str, float]) -> list[Scheduled]:
         if not events:
             break
         clock[0], _, sid = heapq.heappop(events)
-        done[sid] = {"status": "done"}
+        done[sid] = {"status": StageState.DONE}
         sched.on_complete(sid)
     return out
 
@@ -471,7 +477,7 @@ def intervals_of(sched: StageScheduler) -> list[Interval]:
     """The computed stages of a finished run as intervals (ready → start → end)."""
     out = []
     for sid, run in sched.stages.items():
-        if run.how == "computed" and None not in (run.ready_at, run.started_at, run.ended_at):
+        if run.how == StageHow.COMPUTED and None not in (run.ready_at, run.started_at, run.ended_at):
             out.append(Interval(sid, run.ready_at, run.started_at, run.ended_at, run.request.get("GPU", 0.0)))
     return out
 

@@ -21,8 +21,8 @@ from typing import Any
 import filelock
 
 from orchestrator import disk, failures
-from orchestrator.scheduler import SKIP_REASON  # noqa: F401  (re-exported: the skip reason of result.json)
 from orchestrator.store import Store
+from orchestrator.store_format import StageState
 from workloads.config import to_dict
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,10 @@ def compute_stage(
         if summary is None:
             raise RuntimeError(f"training of {stage_id} ended without {STAGING_FILE} from rank 0")
     except Exception as exc:
-        where = store.read_json(store.stage_path(stage_id, FAILED_ON_FILE)) or {}
-        attempt = failures.attempt_from_exception(exc, node=where.get("node") or node, run_token=run_token)
+        on_path = store.stage_path(stage_id, FAILED_ON_FILE)  # corrupt: the failure is still recorded
+        where = store.read_json_or_warn(on_path, "the failing worker's node is not named")
+        on_node = where.get("node") if isinstance(where, dict) else None
+        attempt = failures.attempt_from_exception(exc, node=on_node or node, run_token=run_token)
         decision = failures.record_failure(
             store, stage_id, attempt, failures.FailurePolicy.from_compute(plan.compute), study=plan.study
         )
@@ -129,7 +131,7 @@ def compute_stage(
             *(r["epoch"] for r in store.read_metrics(stage_id) if "epoch" in r),
         }
     )
-    status = "collapsed" if summary.get("collapsed") else "done"
+    status = StageState.COLLAPSED if summary.get("collapsed") else StageState.DONE
     result = publish(store, plan, spec, status=status, summary=summary, wall_seconds=wall)
     store.clear_error(stage_id)
     failures.clear_attempts(store, stage_id)
@@ -193,11 +195,14 @@ def stage_record(plan: Any, spec: Any) -> dict:
 def publish(
     store: Store, plan: Any, spec: Any, *, status: str, summary: dict, wall_seconds: float = 0.0
 ) -> dict:
-    """Write result.json (atomically, last) following the schema in the brief."""
+    """Write the stage's config.json (its `StageRecord`; a stage published without a trial has none
+    yet: `store_format.SCHEMA_VERSION` 2) and then result.json (`ResultRecord`, atomically, last)."""
     compute = plan.compute
+    record = stage_record(plan, spec)
+    store.write_stage_config(spec.stage_id, record)
     hours = wall_seconds / 3600.0 * compute.workers_per_stage
     result = {
-        **stage_record(plan, spec),
+        **record,
         "status": status,
         "metrics": summary.get("metrics", {}),
         "collapsed": bool(summary.get("collapsed", False)),

@@ -1,12 +1,15 @@
 """Where a study stands (`hsjp-study status`, docs/design.md §4–5), read from the result store only.
 
-A stage is `done` / `collapsed` / `skipped` when its result.json says so (`skipped`: a finetune whose
+States are `store_format.StageState`, the words the progress lines of `hsjp-study run` use. A stage
+is `done` / `collapsed` / `skipped` when its result.json says so (`skipped`: a finetune whose
 pretrain collapsed), `no-work` for a scratch / imagenet pretrain (nothing to compute), `retrying` /
 `failed` (shown as `retrying 2/3: <error>` / `failed: <error>`) when the stage's attempts.json
 (`orchestrator.failures`) says so, `failed` when error.txt is there without a result, `running` when
-metrics.jsonl has epochs but there is no result yet, `waiting` when it is a finetune whose pretrain
-is not done, else `queued`. Progress, the key metric (HSJP precision P / AP), device-hours spent and an
-ETA come from result.json and the per-epoch rows of metrics.jsonl.
+metrics.jsonl has epochs but there is no result yet, `blocked` when it is a finetune whose pretrain
+failed, `waiting` when its pretrain is not done otherwise, else `queued`. (`elsewhere`, another run
+holding the stage's lease, is known to the running schedulers only: here that stage is `running`.)
+Progress, the key metric (HSJP precision P / AP), device-hours spent and an ETA come from result.json
+and the per-epoch rows of metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from orchestrator.failures import stage_failure_status
 from orchestrator.plan import Plan, StageSpec, describe_stage
-from orchestrator.store_format import FINISHED_STATES, STAGE_STATES, stage_state
+from orchestrator.store_format import FINISHED_STATES, STAGE_STATES, StageState, stage_state
 from workloads.config import PretrainConfig
 
 if TYPE_CHECKING:
@@ -40,15 +43,22 @@ def study_status(plan: Plan, store: Store) -> list[dict[str, Any]]:
     for t in plan.trials:
         users.setdefault(t.pretrain, []).append(t.trial_id)
         users.setdefault(t.finetune, []).append(t.trial_id)
-    rows = []
-    for sid, spec in plan.stages.items():
-        row = _stage_row(spec, plan, store, results)
+    rows: dict[str, dict[str, Any]] = {}
+    for sid, spec in plan.stages.items():  # a pretrain's row comes before its finetunes'
+        parent = rows.get(spec.parent) if spec.parent else None
+        row = _stage_row(spec, plan, store, results, parent["state"] if parent else None)
         row["trials"] = users.get(sid, [])
-        rows.append(row)
-    return rows
+        rows[sid] = row
+    return list(rows.values())
 
 
-def _stage_row(spec: StageSpec, plan: Plan, store: Store, results: dict[str, dict | None]) -> dict[str, Any]:
+def _stage_row(
+    spec: StageSpec,
+    plan: Plan,
+    store: Store,
+    results: dict[str, dict | None],
+    parent_state: StageState | None = None,
+) -> dict[str, Any]:
     total = spec.config.epochs if isinstance(spec.config, PretrainConfig) else spec.config.total_epochs
     row: dict[str, Any] = {
         "stage_id": spec.stage_id,
@@ -56,7 +66,7 @@ def _stage_row(spec: StageSpec, plan: Plan, store: Store, results: dict[str, dic
         "work": spec.work,
         "parent": spec.parent,
         "description": describe_stage(spec),
-        "state": "queued",
+        "state": StageState.QUEUED,
         "epoch": None,
         "epochs": total if spec.work else None,
         "metric": "precision" if spec.kind == "pretrain" else "AP",
@@ -70,7 +80,7 @@ def _stage_row(spec: StageSpec, plan: Plan, store: Store, results: dict[str, dic
     }
     result = results.get(spec.stage_id)
     if not spec.work:
-        row["state"] = "no-work"  # scratch / imagenet: nothing to compute
+        row["state"] = StageState.NO_WORK  # scratch / imagenet: nothing to compute
         return row
     metrics_rows = [r for r in store.read_metrics(spec.stage_id) if isinstance(r.get("epoch"), int)]
     _progress(row, metrics_rows, plan)
@@ -88,19 +98,21 @@ def _stage_row(spec: StageSpec, plan: Plan, store: Store, results: dict[str, dic
     failure = stage_failure_status(store, spec.stage_id)  # attempts.json (orchestrator.failures)
     error = store.read_error(spec.stage_id)
     if failure is not None:
-        row["state"] = failure["state"]
+        row["state"] = StageState(failure["state"])
         row["error"] = failure["error"] or (_last_line(error) if error else None)
         row["detail"] = failure["status"]
         row["eta_s"] = None
     elif error is not None:
-        row["state"] = "failed"
+        row["state"] = StageState.FAILED
         row["error"] = _last_line(error)
         row["eta_s"] = None
     elif metrics_rows:
-        row["state"] = "running"
+        row["state"] = StageState.RUNNING
         row["updated_s_ago"] = _age_s(store, store.stage_path(spec.stage_id, "metrics.jsonl"))
+    elif parent_state in (StageState.FAILED, StageState.BLOCKED):
+        row["state"] = StageState.BLOCKED
     elif spec.parent and not _ready(plan.stages[spec.parent], results.get(spec.parent)):
-        row["state"] = "waiting"
+        row["state"] = StageState.WAITING
     return row
 
 
@@ -124,7 +136,7 @@ def _ready(parent: StageSpec, result: dict | None) -> bool:
     """A finetune may start once its pretrain has no work or finished without collapsing."""
     if not parent.work:
         return True
-    return result is not None and stage_state(result) == "done"
+    return result is not None and stage_state(result) == StageState.DONE
 
 
 def _last_line(text: str) -> str:
@@ -186,8 +198,10 @@ def render_status(rows: list[dict], plan: Plan) -> str:
             what += f" — {r['detail']}"
         elif r["error"]:
             what += f" — error: {r['error']}"
-        if r["state"] == "waiting":
+        if r["state"] == StageState.WAITING:
             what += f" — waits for {r['parent']}"
+        elif r["state"] == StageState.BLOCKED:
+            what += f" — its pretrain {r['parent']} failed"
         lines.append(
             f"{r['stage_id']:<26} {r['state']:<9} {epoch:>9} {metric:>17} {r['device_hours']:>7.2f} "
             f"{format_duration(r['eta_s']):>8}  {what}"

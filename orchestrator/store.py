@@ -26,15 +26,25 @@ import pyarrow as pa_lib
 import pyarrow.fs as pafs
 
 from orchestrator.store_format import (
+    CONFIG_FILE,
+    ERROR_FILE,
+    METRICS_FILE,
+    PLAN_FILE,
     RESULT_FILE,
     SCHEMA_VERSION,
+    STAGES_DIR,
+    STUDIES_DIR,
+    STUDY_FILE,
     ResultRecord,
+    StageRecord,
     StoreError,
     is_stage_id,
+    is_study_name,
     parse_json,
     parse_json_lines,
     parse_json_or_warn,
     read_result_record,
+    read_stage_record,
     stage_parts,
     study_parts,
 )
@@ -90,9 +100,12 @@ class Store:
     """Read / write access to one store root: a local path, a URI (`s3://bucket/prefix?region=...`; the
     query string carries pyarrow's options and is kept on every URI handed to Ray), or a path inside a
     given `pyarrow.fs` filesystem (`Store("bucket/prefix", filesystem=S3FileSystem(...))`, as Ray's
-    `RunConfig(storage_path, storage_filesystem)` takes it)."""
+    `RunConfig(storage_path, storage_filesystem)` takes it). `create=False` opens it to read only (the
+    reports, `status`): a missing root is not created, and reads find nothing there."""
 
-    def __init__(self, root: str | os.PathLike, filesystem: pafs.FileSystem | None = None):
+    def __init__(
+        self, root: str | os.PathLike, filesystem: pafs.FileSystem | None = None, *, create: bool = True
+    ):
         root = str(root)
         self.query = ""
         self.filesystem = filesystem
@@ -117,6 +130,8 @@ class Store:
             self.fs, self.base = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(root))
             self.uri = self.base
         self.base = self.base.rstrip("/")
+        if not create:
+            return
         try:
             self.fs.create_dir(self.base, recursive=True)
         except (OSError, ValueError, NotImplementedError) as exc:  # pyarrow's ArrowInvalid is a ValueError
@@ -180,9 +195,25 @@ class Store:
     def write_json(self, path: str, obj: Any) -> None:
         self.write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
+    def read_text(self, path: str) -> str | None:
+        data = self.read_bytes(path)
+        return data.decode(errors="replace") if data is not None else None
+
     def read_json(self, path: str) -> Any | None:
         """The parsed file, None when absent. A corrupt file raises StoreError naming it."""
         return parse_json(self.read_bytes(path), path)
+
+    def read_json_or_warn(self, path: str, consequence: str) -> Any | None:
+        """The parsed file, None when absent or corrupt (one warning naming it and `consequence`)."""
+        return parse_json_or_warn(self.read_bytes(path), path, consequence)
+
+    def list_dirs(self, *parts: str) -> list[str]:
+        """The names of the folders in a folder of the store (none when it is absent)."""
+        path = self.path(*parts)
+        if self.fs.get_file_info(path).type != pafs.FileType.Directory:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(path, recursive=False))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
     def append_line(self, path: str, line: str) -> None:
         """Append a line (local: O_APPEND; object stores: read-modify-write of the whole object)."""
@@ -203,13 +234,28 @@ class Store:
 
     # ---------------------------------------------------------------------------------- stages
     def write_stage_config(self, stage_id: str, config: dict) -> None:
-        self.write_json(self.stage_path(stage_id, "config.json"), config)
+        """config.json: the stage's `StageRecord` (`orchestrator.stages.stage_record`)."""
+        self.write_json(self.stage_path(stage_id, CONFIG_FILE), config)
+
+    def read_stage_record(self, stage_id: str) -> StageRecord | None:
+        """What identifies a stage, from its config.json (`store_format.read_stage_record`: a stage an
+        older version published without a trial reads it from its result.json); None when the stage
+        was never started. A corrupt config.json raises StoreError naming it (nothing stands in)."""
+        path = self.stage_path(stage_id, CONFIG_FILE)
+        config = self.read_json(path)
+        legacy = None
+        if config is None:  # only an older store's no-work / skipped stage has a result and no config
+            result_path = self.stage_path(stage_id, RESULT_FILE)
+            legacy = parse_json_or_warn(
+                self.read_bytes(result_path), result_path, "the stage counts as not started"
+            )
+        return read_stage_record(config, legacy, path)
 
     def append_metrics(self, stage_id: str, metrics: dict) -> None:
-        self.append_line(self.stage_path(stage_id, "metrics.jsonl"), json.dumps(metrics, default=str))
+        self.append_line(self.stage_path(stage_id, METRICS_FILE), json.dumps(metrics, default=str))
 
     def read_metrics(self, stage_id: str) -> list[dict]:
-        path = self.stage_path(stage_id, "metrics.jsonl")
+        path = self.stage_path(stage_id, METRICS_FILE)
         return parse_json_lines(self.read_bytes(path), path)
 
     def save_weights(self, stage_id: str, state_dict: dict[str, torch.Tensor]) -> str:
@@ -244,35 +290,35 @@ class Store:
         }
         self.write_json(self.stage_path(stage_id, RESULT_FILE), result)
 
-    def read_result(self, stage_id: str) -> ResultRecord | None:
+    def read_result(
+        self, stage_id: str, consequence: str = "the stage will be recomputed"
+    ) -> ResultRecord | None:
         """result.json of a stage in the current schema (older versions upgraded); None when not
-        finished. A corrupt result counts as not finished (with a warning naming the file), so the
-        stage is redone rather than trusted."""
+        finished. A corrupt result counts as not finished (with a warning naming the file and
+        `consequence`), so the stage is redone rather than trusted."""
         path = self.stage_path(stage_id, RESULT_FILE)
-        obj = parse_json_or_warn(self.read_bytes(path), path, "the stage will be recomputed")
+        obj = parse_json_or_warn(self.read_bytes(path), path, consequence)
         return None if obj is None else read_result_record(obj, path)
 
     def is_done(self, stage_id: str) -> bool:
         return self.read_result(stage_id) is not None
 
     def record_error(self, stage_id: str, text: str) -> None:
-        self.write_bytes(self.stage_path(stage_id, "error.txt"), text.encode())
+        self.write_bytes(self.stage_path(stage_id, ERROR_FILE), text.encode())
 
     def read_error(self, stage_id: str) -> str | None:
-        data = self.read_bytes(self.stage_path(stage_id, "error.txt"))
-        return data.decode(errors="replace") if data is not None else None
+        return self.read_text(self.stage_path(stage_id, ERROR_FILE))
 
     def clear_error(self, stage_id: str) -> None:
-        self.remove(self.stage_path(stage_id, "error.txt"))
+        self.remove(self.stage_path(stage_id, ERROR_FILE))
 
     def list_stages(self) -> list[str]:
-        root = self.path("stages")
-        if not self.exists(root):
-            return []
-        infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=False))
-        return sorted(
-            i.base_name for i in infos if i.type == pafs.FileType.Directory and is_stage_id(i.base_name)
-        )
+        """The stage folders of the store (other names under stages/ are not stages: ignored)."""
+        return [name for name in self.list_dirs(STAGES_DIR) if is_stage_id(name)]
+
+    def list_studies(self) -> list[str]:
+        """The study folders of the store (names that are not valid study names are ignored)."""
+        return [name for name in self.list_dirs(STUDIES_DIR) if is_study_name(name)]
 
     def iter_results(self) -> Iterator[dict]:
         for stage_id in self.list_stages():
@@ -282,8 +328,8 @@ class Store:
 
     # --------------------------------------------------------------------------------- studies
     def write_study(self, name: str, study_text: str, plan: dict) -> None:
-        self.write_bytes(self.study_path(name, "study.yaml"), study_text.encode())
-        self.write_json(self.study_path(name, "plan.json"), plan)
+        self.write_bytes(self.study_path(name, STUDY_FILE), study_text.encode())
+        self.write_json(self.study_path(name, PLAN_FILE), plan)
 
 
 def _redact(uri: str) -> str:

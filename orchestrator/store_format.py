@@ -1,13 +1,17 @@
 """The result store's format, read by the orchestrator, `hsjp-study status` and the reports alike.
 
-Ray-free, torch-free and pyarrow-free: `reports` imports this module and nothing else of the
-orchestrator (docs/design.md, "Layers"). It holds the layout (folders, file names, stage ids, study
-names), the one set of stage state names, the `result.json` schema and the corrupt-JSON policy.
+Ray-free, torch-free and pyarrow-free. It holds the layout (folders, file names, stage ids, study
+names), the one set of stage state names (`StageState`) and of the ways a run gets a stage
+(`StageHow`), the `config.json` / `result.json` schemas (`StageRecord`, `ResultRecord`,
+`SCHEMA_VERSION`) and the corrupt-JSON policy. `orchestrator.store.Store` reads and writes it on a
+filesystem; the reports read the store through those two modules (and the attempts reader of
+`orchestrator.failures`) only (docs/design.md, "Layers").
 
 **Layout** (relative to the store root; `orchestrator.store.Store` resolves it on a filesystem):
 
 ```
-stages/<kind>-<hash>/    config.json    what identifies the stage (written when it starts)
+stages/<kind>-<hash>/    config.json    `StageRecord`: what identifies the stage (written when it starts
+                                        or is published without a trial, whichever comes first)
                          metrics.jsonl  one row per epoch (append-only)
                          error.txt      the last failure's traceback (removed on success)
                          result.json    `ResultRecord`, written atomically and last: present = finished
@@ -20,11 +24,13 @@ studies/<name>/          study.yaml     the study file as run;  plan.json  its p
 a rename), so a file that does not parse was damaged from outside (a crash of the filesystem, a
 hand edit, a partial copy):
 
-- `parse_json` raises `StoreError` naming the file; it is what `Store.read_json` does.
+- `parse_json` raises `StoreError` naming the file; it is what `Store.read_json` does, and what a
+  file nothing can stand in for gets (a corrupt `config.json`: the stage's config is unknown).
 - `parse_json_or_warn` is for readers that have a safe reading of "absent" (a corrupt `result.json`
   means the stage is not finished and is recomputed; a corrupt `plan.json` leaves its study out of
-  the report; a corrupt `attempts.json` forgets the retry history): one warning names the file and
-  that consequence, and the reader goes on with None.
+  the report; a corrupt `attempts.json` forgets the retry history; a corrupt `failed_on.json` leaves
+  the failing node unnamed): one warning names the file and that consequence, and the reader goes on
+  with None.
 - `parse_json_lines` is for the append-only logs (`metrics.jsonl`), where a crash mid-append leaves
   a partial last line: an unreadable line is skipped with a warning naming the file and line.
 
@@ -37,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from enum import StrEnum
 from typing import Any, TypedDict
 
 from workloads.user_errors import UserError
@@ -73,8 +80,12 @@ def check_stage_id(stage_id: str) -> str:
     return stage_id
 
 
+def is_study_name(name: str) -> bool:
+    return isinstance(name, str) and STUDY_NAME.fullmatch(name) is not None and ".." not in name
+
+
 def check_study_name(name: str) -> str:
-    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name) or ".." in name:
+    if not is_study_name(name):
         raise StoreError(
             f"invalid study name {name!r}: use letters, digits, '_', '-', '.' (no '..', "
             "not starting with '.' or '-'; at most 100 characters)"
@@ -92,42 +103,101 @@ def study_parts(name: str, *parts: str) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------------ states
-RESULT_STATUSES = ("done", "collapsed", "skipped")
+class StageState(StrEnum):
+    """Where a stage stands: the one set of names the scheduler, the progress lines of `hsjp-study run`,
+    `hsjp-study status` and the reports use (a str: it compares equal to, and prints as, its value).
+
+    Each state is what a user sees for it everywhere; a state the store cannot show (who holds a
+    stage's lease lives in the running schedulers only) is still one of these, read as noted.
+    """
+
+    DONE = "done"
+    """Trained to the end (result.json)."""
+    NO_WORK = "no-work"
+    """A scratch / ImageNet pretrain: nothing to train (result.json with `work` false)."""
+    COLLAPSED = "collapsed"
+    """Ended by a collapse (result.json): a collapsed pretrain hands over no weights."""
+    SKIPPED = "skipped"
+    """Not trained because its pretrain collapsed (result.json, with its `reason`)."""
+    RUNNING = "running"
+    """Launched: training (its lease held), or, in `status`, epochs in metrics.jsonl and no result."""
+    RETRYING = "retrying"
+    """Its last attempt failed and it is retried after a backoff (`orchestrator.failures`)."""
+    FAILED = "failed"
+    """Its last attempt failed for good (error.txt, attempts.json); the next run retries it."""
+    BLOCKED = "blocked"
+    """It will not run now: its pretrain failed (or is blocked itself); the next run retries that."""
+    ELSEWHERE = "elsewhere"
+    """Another run sharing the store holds its lease and computes it; this run looks again every few
+    seconds. Runtime only: `status` reads the store, where the other run's stage is `running` (or
+    `queued` before its first epoch)."""
+    WAITING = "waiting"
+    """Its pretrain is not finished yet. It holds nothing (no slot, no process)."""
+    QUEUED = "queued"
+    """It can start (its pretrain is finished or has no work); it waits for free resources."""
+
+
+RESULT_STATUSES = (StageState.DONE, StageState.COLLAPSED, StageState.SKIPPED)
 """`status` of a result.json: trained to the end / ended by a collapse / not trained (its pretrain
 collapsed). A no-work pretrain (scratch, ImageNet) is published as "done" with `work` false."""
-STAGE_STATES = (
-    "done",
-    "no-work",
-    "collapsed",
-    "skipped",
-    "running",
-    "retrying",
-    "failed",
-    "waiting",
-    "queued",
-)
-"""Where a stage of a study stands (`hsjp-study status`, the reports): a result status, "no-work", or
-one of the unfinished states."""
-FINISHED_STATES = ("done", "no-work", "collapsed", "skipped")
+STAGE_STATES = tuple(StageState)
+"""Every state, finished ones first (the order `status` counts them in)."""
+SKIP_REASON = "pretrain collapsed"
+"""The `reason` of a skipped finetune's result.json."""
+FINISHED_STATES = frozenset({StageState.DONE, StageState.NO_WORK, StageState.COLLAPSED, StageState.SKIPPED})
+"""States with a result.json: the stage is not computed again."""
+TERMINAL_STATES = FINISHED_STATES | {StageState.FAILED, StageState.BLOCKED}
+"""States a stage ends a run in (a failed or blocked one is retried by the next run)."""
+
+
+class StageHow(StrEnum):
+    """How a run got a stage (`hsjp-study run`'s summary table; trials.csv's `pretrain_how` /
+    `finetune_how`). Not a state: a `found` stage is one of the FINISHED_STATES."""
+
+    FOUND = "found"
+    """Its result.json was in the store when the run started."""
+    COMPUTED = "computed"
+    """This run trained it."""
+    WAITED = "waited"
+    """Another run computed it while this one waited (it was `elsewhere`)."""
+    NO_WORK = "no-work"
+    """Published by the scheduler itself: nothing to train."""
+    SKIPPED = "skipped"
+    """Published by the scheduler itself: its pretrain collapsed."""
+    BLOCKED = "blocked"
+    """Not run: its pretrain failed."""
 
 
 # ------------------------------------------------------------------------------------- result.json
-SCHEMA_VERSION = 1
-"""Version of `ResultRecord`. 1: `schema_version` added (issue 20). A result.json without it was
-written before and reads as version 0: the same fields, `status` possibly absent (= "done")."""
+SCHEMA_VERSION = 2
+"""Version of the stage files (`StageRecord` in config.json, `ResultRecord` in result.json), written
+into result.json. 1: `schema_version` added (issue 20). 2: config.json is written for every stage that
+has a result (before, a stage published without a trial, i.e. a no-work pretrain, a skipped finetune or
+a simulated stage, had none: `read_stage_record` reads such a stage's record from its result.json). A
+result.json without the field was written before 1 and reads as version 0: the same fields, `status`
+possibly absent (= "done")."""
 
 
-class ResultRecord(TypedDict, total=False):
-    """What `result.json` holds (`orchestrator.stages.publish` writes it, `Store.write_result` adds the
-    id, the time and the version)."""
+class StageRecord(TypedDict):
+    """What identifies a stage (`orchestrator.stages.stage_record`): config.json holds it, written when
+    the stage starts or is published, whichever comes first; result.json repeats it at its head."""
 
-    schema_version: int
     stage_id: str
     kind: str  # one of STAGE_KINDS
-    config: dict  # the stage's config as plain data (a finetune's carries `init`: its pretrain)
+    config: dict  # the stage's config as plain data (a finetune's carries `init`: its pretrain's)
     data: dict  # the data config
     parent: str | None  # the pretrain of a finetune
-    work: bool  # False for scratch / ImageNet pretrains: nothing was trained
+    work: bool  # False for scratch / ImageNet pretrains: nothing is trained
+
+
+STAGE_RECORD_KEYS = tuple(StageRecord.__annotations__)
+
+
+class ResultRecord(StageRecord, total=False):
+    """What `result.json` holds: the stage's `StageRecord`, then its outcome (`orchestrator.stages.publish`
+    writes it, `Store.write_result` adds the id, the time and the version)."""
+
+    schema_version: int
     status: str  # one of RESULT_STATUSES
     reason: str  # why a stage was skipped (optional)
     metrics: dict  # finetune: AP, AP50, ..., ap_per_oks, errors; pretrain: precision, loss summary
@@ -143,9 +213,38 @@ class ResultRecord(TypedDict, total=False):
     finished_at: str  # UTC, ISO 8601
 
 
+def read_stage_record(config: Any, result: Any, where: str) -> StageRecord | None:
+    """A stage's record from its one source, config.json (`config`: the parsed file, None when absent;
+    `where`: its path). None when the stage has no config.json and no result: it was never started,
+    and its study's plan is all there is of it.
+
+    The one exception is the schema's past: a stage published without a trial by code before version 2
+    has no config.json; then `result` (that stage's parsed result.json, which has carried the same
+    record at its head since version 0) stands for it. A version-2 result without config.json is a
+    store changed by hand: StoreError naming the file."""
+    if config is None:
+        if result is None:
+            return None
+        record = read_result_record(result, where.rsplit("/", 1)[0] + "/" + RESULT_FILE)
+        if result.get("schema_version", 0) >= 2:
+            raise StoreError(
+                f"{where}: missing beside a result.json of schema_version {result['schema_version']}, "
+                "which always has one (the store was changed by hand): restore the file, or remove the "
+                "stage's folder to compute it again"
+            )
+        config = {k: record.get(k) for k in STAGE_RECORD_KEYS}
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+        raise StoreError(f"{where}: expected a stage record {{{', '.join(STAGE_RECORD_KEYS)}}}")
+    out: StageRecord = {**config}  # type: ignore[typeddict-item]
+    out.setdefault("data", {})
+    out.setdefault("parent", None)
+    return out
+
+
 def read_result_record(obj: Any, where: str) -> ResultRecord:
     """A parsed result.json as the current schema: version 0 (no `schema_version`) is upgraded (a
-    missing `status` is "done"); a newer version than this code reads is refused, naming the file."""
+    missing `status` is "done"); a newer version than this code reads, or a `status` outside
+    RESULT_STATUSES, is refused, naming the file."""
     if not isinstance(obj, dict):
         raise StoreError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     version = obj.get("schema_version", 0)
@@ -154,17 +253,25 @@ def read_result_record(obj: Any, where: str) -> ResultRecord:
             f"{where}: schema_version {version!r}, this code reads up to {SCHEMA_VERSION} "
             "(written by a newer hsjp-study: update this checkout)"
         )
+    status = obj.get("status", StageState.DONE)
+    if status not in RESULT_STATUSES:
+        raise StoreError(f"{where}: status {status!r}, expected one of {', '.join(RESULT_STATUSES)}")
     record: ResultRecord = {**obj}  # type: ignore[typeddict-item]
     record["schema_version"] = SCHEMA_VERSION
-    record.setdefault("status", "done")
+    record["status"] = StageState(status)
     return record
 
 
-def stage_state(result: ResultRecord) -> str:
-    """The state of a finished stage from its result: its status, or "collapsed" for a run that
-    ended by a collapse (older results say status "done" with `collapsed` true)."""
-    status = result.get("status") or "done"
-    return "collapsed" if status == "done" and result.get("collapsed") else status
+def stage_state(result: ResultRecord) -> StageState:
+    """The state of a finished stage from its result: its status; "collapsed" for a run that ended by
+    a collapse (older results say status "done" with `collapsed` true), "no-work" for a pretrain with
+    nothing to train (published as "done" with `work` false)."""
+    status = StageState(result.get("status") or StageState.DONE)
+    if status == StageState.DONE and result.get("collapsed"):
+        return StageState.COLLAPSED
+    if status == StageState.DONE and result.get("work") is False:
+        return StageState.NO_WORK
+    return status
 
 
 def parse_json(data: bytes | str | None, where: str) -> Any | None:
@@ -206,19 +313,27 @@ def parse_json_lines(data: bytes | str | None, where: str) -> list[Any]:
 __all__ = [
     "FINISHED_STATES",
     "RESULT_STATUSES",
+    "SKIP_REASON",
     "SCHEMA_VERSION",
     "STAGE_KINDS",
+    "STAGE_RECORD_KEYS",
     "STAGE_STATES",
+    "TERMINAL_STATES",
     "TRIALS_FILE",
     "ResultRecord",
+    "StageHow",
+    "StageRecord",
+    "StageState",
     "StoreError",
     "check_stage_id",
     "check_study_name",
     "is_stage_id",
+    "is_study_name",
     "parse_json",
     "parse_json_lines",
     "parse_json_or_warn",
     "read_result_record",
+    "read_stage_record",
     "stage_parts",
     "stage_state",
     "study_parts",

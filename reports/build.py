@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from orchestrator.store_format import StageState
 from reports.bootstrap import N_RESAMPLES, SEED
 from reports.collect import collect
 from reports.curves import study_curves
@@ -44,7 +45,7 @@ def make_report(
     stages = collect(storage)
     reported = load_reported()
     boots = Bootstraps(str(storage), out / CACHE_DIR, n_resamples=n_resamples, seed=seed, progress=progress)
-    finetunes = stages[(stages["kind"] == "finetune") & (stages["status"] == "done")]["stage_id"]
+    finetunes = stages[(stages["kind"] == "finetune") & (stages["status"] == StageState.DONE)]["stage_id"]
     boots.prepare(finetunes)  # all at once: one pass over the resamples per image set
     written: list[Path] = []
     tables = {name: add_intervals(build(stages, reported), stages, boots) for name, build in TABLES.items()}
@@ -60,11 +61,11 @@ def make_report(
     curves = {}
     studies = sorted({s for v in stages["studies"] for s in str(v or "").split(";") if s})
     for study in studies:
-        fig, data = study_curves(stages, boots.reader, study)
+        fig, data = study_curves(stages, boots.store, study)
         name = f"curves-{study}"
         written += write_figure(fig, data, out, name)
         curves[study] = name
-    pages = write_stage_pages(stages, boots.reader, out, storage=str(storage), tables=tables, boots=boots)
+    pages = write_stage_pages(stages, boots.store, out, storage=str(storage), tables=tables, boots=boots)
     written += pages
     written.append(write_results(stages, out))
     seconds = time.perf_counter() - start

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from orchestrator.store_format import RESULT_STATUSES
+from orchestrator.store_format import FINISHED_STATES, StageState
 from reports.collect import OFFICIAL_FINETUNE_EPOCHS
 
 PAPER_N, PAPER_LR, PAPER_PT_EPOCHS = 6, 1e-3, 240  # paper §3.4, §5.2
@@ -129,7 +129,7 @@ def pick_group(
     def score(item):
         _, g = item
         hits = [len(where(g, **p)) == len(g) for p in prefer]
-        finished = int(g["status"].isin(RESULT_STATUSES).sum())
+        finished = int(g["status"].isin(FINISHED_STATES).sum())
         latest = max((str(x) for x in g["finished_at"] if isinstance(x, str)), default="")
         return (hits[0] if hits else False, sum(hits[1:]), finished, latest)
 
@@ -262,15 +262,17 @@ class Cell:
 def _blocked(r: pd.Series) -> str | None:
     """Why a run has no value: 'collapsed' | 'running' | 'failed' | None (not run / has a value)."""
     status, pt = r["status"], r.get("pt_status")
-    if r["kind"] == "finetune" and status != "collapsed" and pt == "collapsed":
+    collapsed, skipped = StageState.COLLAPSED, StageState.SKIPPED
+    if r["kind"] == "finetune" and status != collapsed and pt == collapsed:
         return "not available"  # paper Table 2: the collapsed pretrain's finetune is "Not Available"
-    if status == "collapsed" or pt == "collapsed" or (status == "skipped" and "collaps" in str(r["reason"])):
+    if status == collapsed or pt == collapsed or (status == skipped and "collaps" in str(r["reason"])):
         return "collapsed"
-    if status == "skipped":
+    if status == skipped:
         return "skipped"
-    if status == "running" or (status == "pending" and pt == "running"):
+    unstarted = status in (StageState.QUEUED, StageState.WAITING)
+    if status in (StageState.RUNNING, StageState.RETRYING) or (unstarted and pt == StageState.RUNNING):
         return "running"
-    if status == "failed" or (status == "pending" and pt == "failed"):
+    if status in (StageState.FAILED, StageState.BLOCKED) or (unstarted and pt == StageState.FAILED):
         return "failed"
     return None
 
@@ -283,7 +285,7 @@ def aggregate(group: pd.DataFrame, metric: str, others: Sequence[str] = ()) -> C
         if r["kind"] == "finetune" and isinstance(r.get("parent"), str):
             cell.stage_ids.append(r["parent"])
         value = r[metric]
-        if r["status"] == "done" and value is not None and not math.isnan(value):
+        if r["status"] == StageState.DONE and value is not None and not math.isnan(value):
             cell.values.append(float(value))
             cell.bf16 = cell.bf16 or bool(r.get("bf16"))
     blocked = Counter(b for b in (_blocked(r) for _, r in group.iterrows()) if b)

@@ -1,15 +1,19 @@
 """Read a result store into one tidy table of stages (docs/design.md §4 store layout, §6 report).
 
-Reads the store FORMAT only — `<root>/stages/<id>/{result.json, config.json, metrics.jsonl,
-error.txt}` and `<root>/studies/<name>/plan.json`, as `orchestrator.store_format` defines them (ids,
-state names, the result.json schema, the corrupt-JSON policy) — no other orchestrator code, Ray or torch.
+Reads the store through its readers (`orchestrator.store.Store`, opened read-only, and
+`orchestrator.store_format`: ids, state names, the result.json schema, the corrupt-JSON policy; no Ray,
+no torch): `<root>/stages/<id>/{config.json, result.json, attempts.json, error.txt, metrics.jsonl}` and
+`<root>/studies/<name>/plan.json`. A stage's config, data config and parent come from one source, its
+`StageRecord` (config.json; a stage that never started: its plan's entry).
 One row per stage (pretrain and finetune); a finetune row also carries what classifies it
 (backbone, init method, the pretrain's N / lr / epochs / concat_original, freeze, label fraction,
 finetune epochs), its pretrain's precision, status and GPU-hours (so tables need no joins), and
 `variant`: a hash of every other setting but the seeds, so only seed replicates are pooled.
 
-Status of a stage: `done` / `collapsed` / `skipped` (from result.json), `failed` (error.txt and no
-result), `running` (metrics.jsonl or config.json but no result), `pending` (only in a plan).
+Status of a stage: a `store_format.StageState`, as `hsjp-study status` tells it: `done` / `no-work` /
+`collapsed` / `skipped` (result.json), `retrying` / `failed` (attempts.json, error.txt), `running`
+(epochs in metrics.jsonl), else `waiting` (its pretrain is unfinished), `blocked` (its pretrain
+failed) or `queued`.
 """
 
 from __future__ import annotations
@@ -23,15 +27,15 @@ from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
-import pyarrow.fs as pafs
 
+from orchestrator.failures import stage_failure_status
+from orchestrator.store import Store
 from orchestrator.store_format import (
-    RESULT_FILE,
-    STAGES_DIR,
-    ResultRecord,
+    FINISHED_STATES,
+    PLAN_FILE,
+    StageRecord,
+    StageState,
     is_stage_id,
-    parse_json_or_warn,
-    read_result_record,
     stage_state,
 )
 
@@ -86,100 +90,74 @@ STAGE_COLUMNS = (
 INT_COLUMNS = ("n", "pt_epochs", "pt_seed", "freeze", "ft_epochs", "ft_seed")
 
 
-class StoreReader:
-    """Read-only access to a store root: a local path, or a URI through pyarrow.fs (as the store)."""
-
-    def __init__(self, root: str | os.PathLike):
-        root = str(root)
-        if "://" in root:
-            self.fs, base = pafs.FileSystem.from_uri(root)
-        else:
-            self.fs, base = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(root))
-        self.base = base.rstrip("/")
-
-    def _path(self, *parts: str) -> str:
-        return "/".join([self.base, *parts])
-
-    def exists(self, *parts: str) -> bool:
-        return self.fs.get_file_info(self._path(*parts)).type != pafs.FileType.NotFound
-
-    def read_text(self, *parts: str) -> str | None:
-        path = self._path(*parts)
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        with self.fs.open_input_stream(path) as f:
-            return f.read().decode(errors="replace")
-
-    def read_bytes(self, *parts: str) -> bytes | None:
-        path = self._path(*parts)
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        with self.fs.open_input_stream(path) as f:
-            return f.read()
-
-    def read_json(self, *parts: str, consequence: str = "treated as absent") -> Any | None:
-        """Parsed JSON, or None when absent; a corrupt file reads as absent with a warning naming it
-        and `consequence` (the store format's one policy: `orchestrator.store_format`)."""
-        return parse_json_or_warn(self.read_text(*parts), self._path(*parts), consequence)
-
-    def read_result(self, stage_id: str) -> ResultRecord | None:
-        """A stage's result.json in the current schema (`store_format.read_result_record`), None when
-        the stage is not finished or the file is corrupt (warned: it counts as not finished)."""
-        parts = (STAGES_DIR, stage_id, RESULT_FILE)
-        obj = self.read_json(*parts, consequence="the stage counts as not finished")
-        return None if obj is None else read_result_record(obj, self._path(*parts))
-
-    def list_dirs(self, *parts: str) -> list[str]:
-        path = self._path(*parts)
-        if self.fs.get_file_info(path).type != pafs.FileType.Directory:
-            return []
-        infos = self.fs.get_file_info(pafs.FileSelector(path, recursive=False))
-        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+def open_store(storage: str | os.PathLike) -> Store:
+    """The store at `storage` (a local path or a URI, as `hsjp-study run --storage` takes it), opened to
+    read: nothing is created, and a missing store reads as an empty one."""
+    return Store(storage, create=False)
 
 
 # ------------------------------------------------------------------------------------- raw records
-def read_plans(reader: StoreReader) -> dict[str, dict]:
+def read_plans(store: Store) -> dict[str, dict]:
     """plan.json of every study: {study name: plan}."""
     plans = {}
-    for name in reader.list_dirs("studies"):
-        plan = reader.read_json(
-            "studies", name, "plan.json", consequence="the study is left out of the report"
+    for name in store.list_studies():
+        plan = store.read_json_or_warn(
+            store.study_path(name, PLAN_FILE), "the study is left out of the report"
         )
         if isinstance(plan, dict):
             plans[name] = plan
     return plans
 
 
-def read_raw_stages(reader: StoreReader, plans: dict[str, dict]) -> dict[str, dict]:
-    """{stage id: {result, config, data, parent, kind, error, started, studies, trials}} for every stage
-    in the stages folder or in a plan."""
+def read_raw_stages(store: Store, plans: dict[str, dict]) -> dict[str, dict]:
+    """{stage id: {record, result, failure, error, running, studies, trials}} for every stage in the
+    stages folder or in a plan. `record` is the stage's `StageRecord` from its one source: the store
+    (`Store.read_stage_record`) for a stage that has started, its plan's entry (and the plan's data
+    config) for one that has not, which is all there is of it."""
     raw: dict[str, dict] = {}
-
-    def entry(stage_id: str) -> dict:
-        return raw.setdefault(stage_id, {"studies": set(), "trials": set(), "plan": None})
-
+    for stage_id in store.list_stages():
+        record = store.read_stage_record(stage_id)
+        if record is None:  # a folder with neither config.json nor result.json: not started
+            continue
+        e = raw[stage_id] = {"studies": set(), "trials": set(), "record": record}
+        e["result"] = store.read_result(stage_id, consequence="the stage counts as not finished")
+        if e["result"] is None:
+            e["failure"] = stage_failure_status(store, stage_id)  # attempts.json: retrying / failed
+            e["error"] = store.read_error(stage_id)
+            e["running"] = any(isinstance(r.get("epoch"), int) for r in store.read_metrics(stage_id))
+        e["server_stats"] = _read_server_stats(store, stage_id, e["result"])
     for study, plan in plans.items():
         for stage_id, spec in (plan.get("stages") or {}).items():
-            entry(stage_id)["plan"] = spec if isinstance(spec, dict) else None
+            if not is_stage_id(stage_id) or not isinstance(spec, dict):
+                log.warning("studies/%s/%s: entry %r is not a stage; ignored", study, PLAN_FILE, stage_id)
+                continue
+            if stage_id not in raw:  # never started: its plan is all there is of it
+                raw[stage_id] = {
+                    "studies": set(),
+                    "trials": set(),
+                    "record": _planned_record(stage_id, spec, plan),
+                }
             raw[stage_id]["studies"].add(study)
-            if isinstance(plan.get("data"), dict):  # a plan-wide data config, if the plan has one
-                raw[stage_id]["plan_data"] = plan["data"]
         for trial in plan.get("trials") or []:
             for key in ("pretrain", "finetune"):
-                if trial.get(key):
-                    entry(trial[key])["studies"].add(study)
-            if trial.get("finetune"):  # aliases: other trial ids of the study that ran the same finetune
+                if trial.get(key) in raw:
+                    raw[trial[key]]["studies"].add(study)
+            if trial.get("finetune") in raw:  # aliases: the study's other trial ids of the same finetune
                 for trial_id in [trial.get("trial_id"), *(trial.get("aliases") or [])]:
                     raw[trial["finetune"]]["trials"].add(f"{study}/{trial_id}")
-    for stage_id in reader.list_dirs("stages"):
-        if is_stage_id(stage_id):
-            e = entry(stage_id)
-            e["result"] = reader.read_result(stage_id)
-            e["config_file"] = reader.read_json("stages", stage_id, "config.json")
-            e["error"] = reader.read_text("stages", stage_id, "error.txt")
-            e["started"] = True
-            e["server_stats"] = _read_server_stats(reader, stage_id, e["result"])
     return raw
+
+
+def _planned_record(stage_id: str, spec: dict, plan: dict) -> StageRecord:
+    """A planned stage's record from plan.json (`Plan.to_dict`): its entry, the plan's data config."""
+    return {
+        "stage_id": stage_id,
+        "kind": stage_id.split("-", 1)[0],
+        "config": spec.get("config") if isinstance(spec.get("config"), dict) else {},
+        "data": plan.get("data") if isinstance(plan.get("data"), dict) else {},
+        "parent": spec.get("parent"),
+        "work": bool(spec.get("work", True)),
+    }
 
 
 # ------------------------------------------------------------------------------- test-dev stats
@@ -212,7 +190,7 @@ def parse_server_stats(text: str, where: str) -> dict[str, float]:
     return out
 
 
-def _read_server_stats(reader: StoreReader, stage_id: str, result: Any) -> dict | None:
+def _read_server_stats(store: Store, stage_id: str, result: Any) -> dict | None:
     """{results_file, stats (or None), error} of the stage's test-dev predictions; None without any."""
     splits = ((result or {}).get("metrics") or {}).get("test_splits") if isinstance(result, dict) else None
     info = splits.get(TEST_DEV) if isinstance(splits, dict) else None
@@ -221,7 +199,7 @@ def _read_server_stats(reader: StoreReader, stage_id: str, result: Any) -> dict 
     stats_file = info.get("stats_file") or str(info["results_file"]).removesuffix(".json") + ".stats.json"
     out = {"results_file": f"stages/{stage_id}/{info.get('zip_file') or info['results_file']}", "stats": None,
            "error": None}  # fmt: skip
-    text = reader.read_text("stages", stage_id, stats_file)
+    text = store.read_text(store.stage_path(stage_id, stats_file))
     if text is not None:
         try:
             out["stats"] = parse_server_stats(text, f"stages/{stage_id}/{stats_file}")
@@ -231,38 +209,27 @@ def _read_server_stats(reader: StoreReader, stage_id: str, result: Any) -> dict 
     return out
 
 
-def _stage_config(e: dict) -> tuple[dict, dict, str | None]:
-    """(config, data config, parent) from result.json, else config.json, else the plan."""
-    plan = e.get("plan") or {}
-    for source in (e.get("result"), e.get("config_file"), plan):
-        if not isinstance(source, dict):
-            continue
-        if isinstance(source.get("config"), dict):  # a wrapper {config, data, parent, ...}
-            return (
-                source["config"],
-                source.get("data") or plan.get("data") or e.get("plan_data") or {},
-                source.get("parent") or plan.get("parent"),
-            )
-        if "model" in source:  # a bare stage config
-            return source, plan.get("data") or e.get("plan_data") or {}, plan.get("parent")
-    return {}, {}, plan.get("parent")
-
-
-def _status(e: dict) -> tuple[str, str]:
-    """(status, reason) of one stage."""
+def _status(e: dict) -> tuple[StageState, str]:
+    """(state, reason) of one stage, as `hsjp-study status` tells it (`orchestrator.status`): from its
+    result, attempts.json, error.txt, metrics.jsonl; else `queued`, which `_join_parents` turns into
+    `waiting` / `blocked` by its pretrain."""
     res = e.get("result")
-    if isinstance(res, dict):
+    if res is not None:
         status = stage_state(res)
         metrics = res.get("metrics") or {}
         reason = res.get("reason") or metrics.get("reason") or ""
-        if status == "collapsed" and not reason and res.get("collapsed_epoch") is not None:
+        if status == StageState.COLLAPSED and not reason and res.get("collapsed_epoch") is not None:
             reason = f"collapsed at epoch {res['collapsed_epoch']}"
         return status, str(reason)
-    if e.get("error"):
-        return "failed", e["error"].strip().splitlines()[-1][:200] if e["error"].strip() else "error.txt"
-    if e.get("started"):
-        return "running", ""
-    return "pending", ""
+    error = (e.get("error") or "").strip()
+    last = error.splitlines()[-1][:200] if error else ""
+    if e.get("failure") is not None:
+        return StageState(e["failure"]["state"]), str(e["failure"].get("error") or last)
+    if e.get("error") is not None:
+        return StageState.FAILED, last or "error.txt"
+    if e.get("running"):
+        return StageState.RUNNING, ""
+    return StageState.QUEUED, ""
 
 
 # --------------------------------------------------------------------------------------- rows
@@ -345,9 +312,10 @@ def _pretrain_fields(pt: dict) -> dict:
 
 
 def _row(stage_id: str, e: dict, configs: dict[str, dict]) -> dict:
-    cfg, data, parent = _stage_config(e)
-    res = e.get("result") if isinstance(e.get("result"), dict) else {}
-    kind = res.get("kind") or (e.get("plan") or {}).get("kind") or stage_id.split("-", 1)[0]
+    record = e["record"]
+    cfg, data, parent = record["config"] or {}, record.get("data") or {}, record.get("parent")
+    res = e.get("result") or {}
+    kind = stage_id.split("-", 1)[0]  # `<kind>-<hash>` (store_format.STAGE_ID)
     status, reason = _status(e)
     metrics = res.get("metrics") or {}
     row: dict[str, Any] = {c: None for c in STAGE_COLUMNS}
@@ -439,6 +407,8 @@ def _join_parents(rows: list[dict]) -> None:
         parent = by_id.get(r["parent"] or "")
         if parent is None:
             r["pt_status"], r["precision"], r["pt_gpu_hours"] = "absent", math.nan, math.nan
+            if r["status"] == StageState.QUEUED:
+                r["status"], r["reason"] = StageState.WAITING, "pretrain absent"
             continue
         r["pt_status"], r["precision"], r["pt_gpu_hours"] = (
             parent["status"],
@@ -446,8 +416,12 @@ def _join_parents(rows: list[dict]) -> None:
             parent["gpu_hours"],
         )
         r["bf16"] = bool(r["bf16"] or parent["bf16"])  # a bf16 pretrain marks its finetunes too
-        if r["status"] == "pending" and parent["status"] in ("collapsed", "failed", "running"):
-            r["reason"] = f"pretrain {parent['status']}"
+        if r["status"] != StageState.QUEUED or parent["status"] in (StageState.DONE, StageState.NO_WORK):
+            continue
+        # as `status` tells it: a failed pretrain blocks it, any other unfinished one keeps it waiting
+        blocked = parent["status"] in (StageState.FAILED, StageState.BLOCKED)
+        r["status"] = StageState.BLOCKED if blocked else StageState.WAITING
+        r["reason"] = f"pretrain {parent['status']}"
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -470,16 +444,16 @@ def stages_frame(rows: Iterable[dict]) -> pd.DataFrame:
 
 def collect(storage: str | os.PathLike) -> pd.DataFrame:
     """Every stage of the store (finished, running, failed, or only planned) as one tidy table."""
-    reader = StoreReader(storage)
-    plans = read_plans(reader)
-    raw = read_raw_stages(reader, plans)
-    configs = {sid: _stage_config(e)[0] for sid, e in raw.items() if sid.startswith("pretrain-")}
+    store = open_store(storage)
+    plans = read_plans(store)
+    raw = read_raw_stages(store, plans)
+    configs = {sid: e["record"]["config"] for sid, e in raw.items() if sid.startswith("pretrain-")}
     rows = [_row(sid, e, configs) for sid, e in sorted(raw.items())]
     _join_parents(rows)
     log.info(
         "collected %d stages (%d finished) from %s and %d studies",
         len(rows),
-        sum(r["status"] in ("done", "collapsed", "skipped") for r in rows),
+        sum(r["status"] in FINISHED_STATES for r in rows),
         storage,
         len(plans),
     )

@@ -15,21 +15,19 @@ import math
 import pandas as pd
 from matplotlib.figure import Figure
 
-from orchestrator.store_format import parse_json_lines
+from orchestrator.store import Store
 from reports.cells import fmt_lr
-from reports.collect import StoreReader
 
 log = logging.getLogger(__name__)
 
 SERIES = ("epoch", "loss", "lr", "seconds", "img_per_s", "precision", "AP")
 
 
-def read_epochs(reader: StoreReader, stage_id: str) -> pd.DataFrame:
+def read_epochs(store: Store, stage_id: str) -> pd.DataFrame:
     """The per-epoch rows of a stage (columns SERIES that exist), sorted by epoch; the last row of an
     epoch wins (a resumed stage re-trains the epochs after its last checkpoint)."""
-    text = reader.read_text("stages", stage_id, "metrics.jsonl")
     rows: dict[int, dict] = {}
-    for row in parse_json_lines(text, f"stages/{stage_id}/metrics.jsonl"):
+    for row in store.read_metrics(stage_id):
         if isinstance(row, dict) and isinstance(row.get("epoch"), int):
             rows[row["epoch"]] = {k: row.get(k) for k in SERIES}
     frame = pd.DataFrame([rows[e] for e in sorted(rows)], columns=list(SERIES))
@@ -64,7 +62,7 @@ def _studies_of(r: pd.Series) -> list[str]:
     return [s for s in str(r.get("studies") or "").split(";") if s]
 
 
-def study_curves(stages: pd.DataFrame, reader: StoreReader, study: str) -> tuple[Figure, pd.DataFrame]:
+def study_curves(stages: pd.DataFrame, store: Store, study: str) -> tuple[Figure, pd.DataFrame]:
     """2 × 2 figure: pretrain loss, pretrain P, finetune loss, finetune AP (%) against the epoch."""
     mine = stages[[study in _studies_of(r) for _, r in stages.iterrows()]]
     fig = Figure(figsize=(10, 7), dpi=100, layout="constrained")
@@ -77,7 +75,7 @@ def study_curves(stages: pd.DataFrame, reader: StoreReader, study: str) -> tuple
         (axes[1][1], "finetune", "AP", "AP (%)", 100.0),
     )
     series = []
-    epochs = {sid: read_epochs(reader, sid) for sid in mine["stage_id"]}
+    epochs = {sid: read_epochs(store, sid) for sid in mine["stage_id"]}
     for ax, kind, col, title, scale in panels:
         drawn = 0
         for _, r in mine[mine["kind"] == kind].iterrows():

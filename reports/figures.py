@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from orchestrator.store_format import StageState
 from reports.cells import ANY, Cell, aggregate, method_group, protocol_finetunes, references
 from reports.intervals import Bootstraps, cell_runs
 from reports.tables import load_reported
@@ -67,7 +68,7 @@ def _empty_note(ax, missing: list[str]) -> None:
 
 
 def _done_rows(group: pd.DataFrame) -> pd.DataFrame:
-    return group[group["status"] == "done"]
+    return group[group["status"] == StageState.DONE]
 
 
 # -------------------------------------------------------------------------------------- Figure 3

@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from orchestrator.store_format import StageState
 from reports.bootstrap import COLUMNS, N_RESAMPLES, SEED, Outcome, bootstrap, image_set_key, read_outcome
 from reports.bootstrap import percentile_interval as boot_interval
-from reports.collect import StoreReader
+from reports.collect import open_store
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class Bootstraps:
         seed: int = SEED,
         progress: bool = False,
     ):
-        self.reader = StoreReader(storage)
+        self.store = open_store(storage)
         self.cache_dir = cache_dir
         self.n_resamples, self.seed, self.progress = n_resamples, seed, progress
         self._outcomes: dict[str, tuple[Outcome, str] | None] = {}
@@ -94,7 +95,7 @@ class Bootstraps:
 
     def outcome(self, stage_id: str) -> Outcome | None:
         if stage_id not in self._outcomes:
-            data = self.reader.read_bytes("stages", stage_id, PER_IMAGE_FILE)
+            data = self.store.read_bytes(self.store.stage_path(stage_id, PER_IMAGE_FILE))
             entry = None
             if data is not None:
                 try:
@@ -230,7 +231,7 @@ def cell_runs(stage_ids: Iterable[str], stages: pd.DataFrame, metric: str = "AP"
         r = by_id.loc[sid]
         value = r[metric]
         if (
-            r["status"] == "done"
+            r["status"] == StageState.DONE
             and value is not None
             and not (isinstance(value, float) and math.isnan(value))
         ):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.collect import StoreReader
+from orchestrator.store import Store
+from orchestrator.store_format import StageState
 from reports.curves import read_epochs, setting_label, stage_curve
 from reports.intervals import Bootstraps, cell_runs
 
@@ -67,7 +68,7 @@ def _kv_table(items: list[tuple[str, str]]) -> str:
 
 def write_stage_pages(
     stages: pd.DataFrame,
-    reader: StoreReader,
+    store: Store,
     out: Path,
     *,
     storage: str,
@@ -85,13 +86,13 @@ def write_stage_pages(
     written = []
     for _, r in stages.iterrows():  # planned-only stages too: table rows link to them
         sid = r["stage_id"]
-        epochs = read_epochs(reader, sid)
+        epochs = read_epochs(store, sid)
         fig = stage_curve(epochs, r["kind"], f"{sid}: {setting_label(r)}")
         fig.savefig(folder / f"{sid}.png", dpi=110)
         written.append(folder / f"{sid}.png")
         path = folder / f"{sid}.html"
         path.write_text(
-            _page(r, epochs, reader, storage, users.get(sid, []), children.get(sid, []), boots, stages)
+            _page(r, epochs, store, storage, users.get(sid, []), children.get(sid, []), boots, stages)
         )
         written.append(path)
     return written
@@ -100,7 +101,7 @@ def write_stage_pages(
 def _page(
     r: pd.Series,
     epochs: pd.DataFrame,
-    reader: StoreReader,
+    store: Store,
     storage: str,
     used: list[str],
     fed: list[str],
@@ -108,15 +109,14 @@ def _page(
     stages: pd.DataFrame,
 ) -> str:
     sid, esc = r["stage_id"], html.escape
-    result = reader.read_result(sid) or {}
-    config = (
-        result.get("config") or (reader.read_json("stages", sid, "config.json") or {}).get("config") or {}
-    )
+    result = store.read_result(sid, consequence="the stage counts as not finished") or {}
+    record = store.read_stage_record(sid)  # None: only planned
+    config = record["config"] if record is not None else {}
     root = storage.rstrip("/")
     weights = (
         f"<code>{esc(root)}/stages/{esc(sid)}/weights.pt</code>"
         if result.get("has_weights")
-        else "none" + (" (collapsed)" if r["status"] == "collapsed" else "")
+        else "none" + (" (collapsed)" if r["status"] == StageState.COLLAPSED else "")
     )
     outputs = [
         ("weights", weights),

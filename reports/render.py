@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from orchestrator.store_format import StageState
 from reports.collect import METRIC_KEYS
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def numerics_line(stages: pd.DataFrame | None) -> str:
     """How many finished stages trained in bf16 (cells holding one are marked [bf16])."""
     if stages is None or "train_precision" not in stages:
         return ""
-    done = stages[stages["status"].isin(["done", "collapsed"])]
+    done = stages[stages["status"].isin([StageState.DONE, StageState.COLLAPSED])]
     bf16 = done[done["train_precision"] == "bf16"]
     counts = {k: int((bf16["kind"] == k).sum()) for k in ("finetune", "pretrain")}
     return (

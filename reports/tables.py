@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from orchestrator.store_format import StageState
 from reports.cells import (
     FINETUNE_KEY,
     PAPER_PT_EPOCHS,
@@ -172,7 +173,7 @@ def test_dev_cell(stages: pd.DataFrame, refs: References, method: str) -> Cell:
     pending = [str(s) for s in group["test_dev_status"] if isinstance(s, str) and s != "server stats"]
     if pending:
         cell.status = pending[0]
-    elif cell.status == "not run" and (group["status"] == "done").any():
+    elif cell.status == "not run" and (group["status"] == StageState.DONE).any():
         cell.status = "no test-dev results (finetune.test_splits)"
     return cell
 
@@ -185,7 +186,9 @@ def batch_notes(stages: pd.DataFrame) -> list[str]:
     """One note per stage kind whose finished runs used another per-GPU (= BatchNorm) batch or GPU
     count than the paper (its BN statistics and its global batch differ)."""
     notes = []
-    done = stages[stages["status"].isin(["done", "collapsed"]) & stages["world_size"].notna()]
+    done = stages[
+        stages["status"].isin([StageState.DONE, StageState.COLLAPSED]) & stages["world_size"].notna()
+    ]
     for kind, (batch, gpus) in PAPER_BATCH.items():
         mine = done[(done["kind"] == kind) & ~((done["kind"] == "pretrain") & (done["method"] != "hsjp"))]
         seen = sorted(

@@ -146,7 +146,7 @@ def test_two_studies_needing_one_pretrain_train_it_once(where, request, cluster_
     assert how_b["b"] == "waited" and summary_a["trials"][0]["pretrain_how"] == "computed"
     text_b = log_b.read_text()
     lines_b = [ln for ln in text_b.splitlines() if shared in ln]
-    assert any("waiting: another run is computing it" in ln for ln in lines_b), text_b
+    assert any("elsewhere: another run is computing it" in ln for ln in lines_b), text_b
     assert any("computed by another run" in ln for ln in lines_b), text_b
     assert not any(
         "  running" in ln or "  epoch " in ln for ln in lines_b

@@ -76,7 +76,7 @@ def test_progress_lines_eta_and_stage_time_union():
     p.on_result("x", {"stage_id": "pretrain-aa", "epoch": 1, "epochs": 4, "loss": 0.4}, now=22.0)
     assert Progress.eta(p.stages["pretrain-aa"], 22.0) == pytest.approx(4.0)  # 2 epochs left × 2 s
     p.on_stage_event(
-        {"event": "stage", "stage_id": "pretrain-bb", "kind": "pretrain", "state": "waiting"}, now=12.0
+        {"event": "stage", "stage_id": "pretrain-bb", "kind": "pretrain", "state": "elsewhere"}, now=12.0
     )
     p.on_result(
         "x",
@@ -91,7 +91,7 @@ def test_progress_lines_eta_and_stage_time_union():
         now=30.0,
     )
     p.on_stage_event(
-        {"event": "stage", "stage_id": "pretrain-bb", "kind": "pretrain", "state": "found", "how": "waited"},
+        {"event": "stage", "stage_id": "pretrain-bb", "kind": "pretrain", "state": "done", "how": "waited"},
         now=30.5,
     )
     p.stages["finetune-bb"] = StageProgress("finetune-bb", started=25.0, ended=40.0)
@@ -101,8 +101,8 @@ def test_progress_lines_eta_and_stage_time_union():
     text = out.getvalue()
     assert "pretrain-aa (t1)  epoch 2/4  loss 0.4  P 0.250" in text and "eta 4.0s" in text
     assert "pretrain-aa (t1)  done  in 20.0s" in text
-    assert "pretrain-bb  waiting: another run is computing it" in text
-    assert "pretrain-bb  computed by another run" in text
+    assert "pretrain-bb  elsewhere: another run is computing it" in text
+    assert "pretrain-bb  done: computed by another run" in text
 
 
 def test_finished_study_reruns_without_ray(tmp_path):

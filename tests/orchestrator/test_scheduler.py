@@ -71,8 +71,8 @@ def test_longest_remaining_path_goes_first_and_waiting_stages_hold_nothing(tmp_p
     assert sched.next_launch() == pretrain  # feeds 9 finetunes: before the lone one
     assert sched.next_launch() == lone
     assert sched.next_launch() is None  # every other stage waits for the pretrain: nothing launched
-    blocked = [r for r in sched.stages.values() if r.state == "blocked"]
-    assert len(blocked) == 9 and sched.used() == {"CPU": 16.0, "GPU": 2.0}
+    waiting = [r for r in sched.stages.values() if r.state == "waiting"]
+    assert len(waiting) == 9 and sched.used() == {"CPU": 16.0, "GPU": 2.0}
     # the pretrain ends: its 9 finetunes are ready, 7 fit beside the lone one, the longest first
     store.write_result(pretrain, {"status": "done", "has_weights": True})
     sched.on_complete(pretrain)
@@ -141,7 +141,7 @@ def test_run_computes_every_stage_once_publishes_skips_after_collapse_and_reruns
         "ok": ("computed", "computed"),
         "ok2": ("computed", "computed"),
         "collapse": ("computed", "skipped"),
-        "scratch": ("no work", "computed"),
+        "scratch": ("no-work", "computed"),
     }
     # every launch came after its parent finished (the virtual clock orders them)
     when = {sid: t for t, sid in runner.launched}
@@ -178,6 +178,7 @@ def test_failed_stage_records_its_error_blocks_its_finetunes_and_the_next_run_re
     assert {f["stage_id"] for f in first["failures"]} == {bad}
     assert "injected failure" in store.read_error(bad) and "injected failure" in first["failures"][0]["error"]
     assert store.read_result(plan.trials[0].finetune) is None  # blocked, not published: retried next run
+    assert [t["finetune_how"] for t in first["trials"][:2]] == ["blocked", "blocked"]
 
     second = run_study(
         plan, store, study_text="name: fail\n", progress=False, runner=FakeRunner({"CPU": 2.0})
@@ -227,7 +228,7 @@ def test_a_stage_leased_by_another_run_is_waited_for_then_found(tmp_path):
     assert shared not in calls and plan.trials[0].finetune in calls
     assert summary["counts"] == {"done": 2}
     assert summary["trials"][0]["pretrain_how"] == "waited"
-    assert any(e["state"] == "waiting" and e["stage_id"] == shared for e in sched_events)
+    assert any(e["state"] == "elsewhere" and e["stage_id"] == shared for e in sched_events)
 
 
 def test_store_uri_keeps_its_query_and_takes_a_given_filesystem(tmp_path):

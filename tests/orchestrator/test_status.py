@@ -105,6 +105,18 @@ def test_collapsed_and_skipped_results(setup):
     assert rows[t["t003"].finetune]["state"] == "waiting"  # a collapsed pretrain hands over nothing
 
 
+def test_a_finetune_whose_pretrain_failed_is_blocked(setup):
+    store, plan, t = setup
+    n3 = t["t001"].pretrain
+    store.record_error(n3, "Traceback (most recent call last):\n  ...\nRuntimeError: NaN loss\n")
+    rows = by_id(study_status(plan, store))
+    assert rows[n3]["state"] == "failed"
+    for trial in ("t001", "t003"):  # both finetunes start from the failed N=3 pretrain
+        assert rows[t[trial].finetune]["state"] == "blocked"
+    assert rows[t["t000"].finetune]["state"] == "waiting"  # its pretrain has not run
+    assert f"— its pretrain {n3} failed" in render_status(list(rows.values()), plan)
+
+
 def test_summary_and_render(setup):
     store, plan, t = setup
     rows = study_status(plan, store)

@@ -13,11 +13,11 @@ from orchestrator import store_format
 from orchestrator.inputs import data_config
 from orchestrator.plan import make_plan
 from orchestrator.stages import publish
-from orchestrator.status import study_status
+from orchestrator.status import render_status, study_status
 from orchestrator.store import Store
 from orchestrator.store_format import SCHEMA_VERSION, StoreError, read_result_record, stage_state
 from orchestrator.study import load_study
-from reports.collect import StoreReader, collect
+from reports.collect import collect, open_store
 
 SMOKE = Path(__file__).resolve().parents[2] / "studies" / "smoke.yaml"
 
@@ -58,7 +58,7 @@ def test_an_older_result_json_reads_in_the_orchestrator_status_and_reports(publi
     assert record is not None and record["schema_version"] == SCHEMA_VERSION and record["status"] == "done"
     assert {k: record[k] for k in old} == old  # nothing else changed
     assert {r["stage_id"]: r for r in study_status(plan, store)}[sid]["state"] == "done"
-    assert StoreReader(store.base).read_result(sid)["status"] == "done"
+    assert open_store(store.base).read_result(sid)["status"] == "done"
     row = collect(store.base).set_index("stage_id").loc[sid]
     assert row["status"] == "done" and row["precision"] == 0.5
 
@@ -71,10 +71,34 @@ def test_a_newer_schema_is_refused_naming_the_file():
 
 
 def test_one_set_of_state_names():
+    from orchestrator import scheduler
+
     assert set(store_format.RESULT_STATUSES) <= set(store_format.FINISHED_STATES)
     assert set(store_format.FINISHED_STATES) <= set(store_format.STAGE_STATES)
+    assert scheduler.TERMINAL is store_format.TERMINAL_STATES
     assert stage_state({"status": "done", "collapsed": True}) == "collapsed"
     assert stage_state({"collapsed": False}) == "done" and stage_state({"status": "skipped"}) == "skipped"
+    assert stage_state({"status": "done", "work": False}) == "no-work"
+    with pytest.raises(
+        StoreError, match="r.json: status 'finished', expected one of done, collapsed, skipped"
+    ):
+        read_result_record({"status": "finished"}, "r.json")
+
+
+def test_progress_lines_say_each_state_with_the_word_status_shows():
+    import io
+
+    from orchestrator.progress import Progress
+
+    out = io.StringIO()
+    p = Progress(stream=out, t0=0.0)
+    shown = [s for s in store_format.StageState if s != store_format.StageState.QUEUED]  # queued: silent
+    for i, state in enumerate(shown):
+        p.on_stage_event({"event": "stage", "stage_id": f"pretrain-{i:08x}", "state": state}, now=1.0)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == len(shown)
+    for line, state in zip(lines, shown):
+        assert line.split("] ", 1)[1].split("  ", 1)[1].startswith(str(state)), line
 
 
 def test_stage_ids_and_study_names():
@@ -100,3 +124,132 @@ def test_the_store_format_imports_no_ray_torch_or_pyarrow():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------------- a store of schema 1
+FIXTURE = Path(__file__).resolve().parents[1] / "data" / "store_v1"
+"""Written by the code of schema version 1 (tests/data/make_store_v1.py says how)."""
+EXPECTED = {  # trial: (pretrain state, finetune state), as tests/data/make_store_v1.py made them
+    "t000-n2": ("done", "done"),  # the pretrain's result.json is version 0
+    "t001-n3": ("collapsed", "skipped"),  # the skipped finetune has no config.json
+    "t002-n4": ("running", "waiting"),
+    "t003-scratch": ("no-work", "failed"),  # the no-work pretrain has no config.json
+}
+
+
+@pytest.fixture
+def store_v1(tmp_path):
+    """A copy of the fixture store (readers must not write: checked against the copy) and its plan."""
+    import shutil
+
+    root = tmp_path / "store_v1"
+    shutil.copytree(FIXTURE, root)
+    store = Store(root, create=False)
+    return store, _plan_with_recorded_ids(store)
+
+
+def _plan_with_recorded_ids(store: Store):
+    """The fixture's study as today's code plans it, with the stage ids its store recorded per trial
+    (plan.json): today's configs may hash differently (a config field added since), and what is
+    tested is how the files read."""
+    import dataclasses
+
+    study = load_study(store.study_path("store-v1", "study.yaml"))
+    plan = make_plan(study, data_config(study.data, "/data"))
+    recorded = {
+        t["trial_id"]: t
+        for t in json.loads(Path(store.study_path("store-v1", "plan.json")).read_text())["trials"]
+    }
+    ids = {}
+    for t in plan.trials:
+        ids[t.pretrain], ids[t.finetune] = recorded[t.trial_id]["pretrain"], recorded[t.trial_id]["finetune"]
+    stages = {
+        ids[sid]: dataclasses.replace(spec, stage_id=ids[sid], parent=ids.get(spec.parent))
+        for sid, spec in plan.stages.items()
+    }
+    trials = [dataclasses.replace(t, pretrain=ids[t.pretrain], finetune=ids[t.finetune]) for t in plan.trials]
+    return dataclasses.replace(plan, stages=stages, trials=trials)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_fixture_is_a_store_of_schema_1_and_0():
+    versions = {
+        p.parent.name: json.loads(p.read_text()).get("schema_version", 0)
+        for p in FIXTURE.glob("stages/*/result.json")
+    }
+    assert sorted(versions.values()) == [0, 1, 1, 1, 1]
+    no_config = {p.parent.name for p in FIXTURE.glob("stages/*/result.json")} - {
+        p.parent.name for p in FIXTURE.glob("stages/*/config.json")
+    }
+    assert len(no_config) == 2  # the no-work pretrain and the skipped finetune: published without a trial
+
+
+def test_a_store_of_schema_1_reads_in_status(store_v1):
+    store, plan = store_v1
+    before = _files(Path(store.base))
+    rows = {r["stage_id"]: r for r in study_status(plan, store)}
+    assert _files(Path(store.base)) == before  # status only reads
+    by_trial = {t.trial_id: (rows[t.pretrain]["state"], rows[t.finetune]["state"]) for t in plan.trials}
+    assert by_trial == EXPECTED
+    n2 = plan.trials[0]
+    assert rows[n2.pretrain]["value"] == 0.9 and rows[n2.finetune]["value"] == 0.25
+    failed = rows[plan.trials[3].finetune]
+    assert (
+        failed["detail"].startswith("stopped while retrying 1/1") and "CUDA out of memory" in failed["error"]
+    )
+    text = render_status(list(rows.values()), plan)
+    counts = "2 done, 1 no-work, 1 collapsed, 1 skipped, 1 running, 1 failed, 1 waiting"
+    assert f"study store-v1: 4 trials, 8 stages — {counts}" in text
+
+
+def test_a_store_of_schema_1_reads_in_the_reports(store_v1, tmp_path):
+    store, plan = store_v1
+    before = _files(Path(store.base))
+    frame = collect(store.base).set_index("stage_id")
+    by_trial = {
+        t.trial_id: (frame.loc[t.pretrain, "status"], frame.loc[t.finetune, "status"]) for t in plan.trials
+    }
+    assert by_trial == EXPECTED
+    n2, n3, n4, scratch = plan.trials
+    # the configs of stages without config.json come from their (schema 1) result.json
+    assert (frame.loc[n3.finetune, "method"], frame.loc[n3.finetune, "n"]) == ("hsjp", 3)
+    assert frame.loc[n3.finetune, "reason"] == "pretrain collapsed"
+    assert (
+        frame.loc[scratch.pretrain, "method"] == "scratch"
+        and frame.loc[scratch.finetune, "method"] == "scratch"
+    )
+    assert frame.loc[n2.finetune, "AP"] == 0.25 and frame.loc[n2.finetune, "precision"] == 0.9
+    assert frame.loc[n4.finetune, "reason"] == "pretrain running"  # planned only: its plan entry
+    assert (frame.loc[n4.finetune, "n"], frame.loc[n4.finetune, "backbone"]) == (4, "hrnet_w32")
+    from reports.build import make_report
+
+    files = make_report(store.base, tmp_path / "report", n_resamples=20)
+    assert any(f.name == f"{n3.finetune}.html" for f in files) and files[-1].name == "index.html"
+    assert _files(Path(store.base)) == before  # the reports only read
+
+
+def test_config_json_is_written_for_every_published_stage(published):
+    store, plan, sid = published
+    scratch = next(s for s in plan.stages.values() if not s.work)
+    publish(store, plan, scratch, status="done", summary={})  # as the scheduler publishes a no-work stage
+    for stage in (sid, scratch.stage_id):
+        record = json.loads(Path(store.stage_path(stage, "config.json")).read_text())
+        result = json.loads(Path(store.stage_path(stage, "result.json")).read_text())
+        assert record == {k: result[k] for k in store_format.STAGE_RECORD_KEYS}
+        assert store.read_stage_record(stage) == record
+
+
+def test_only_a_result_before_schema_2_stands_in_for_a_missing_config_json(published):
+    store, _, sid = published
+    Path(store.stage_path(sid, "config.json")).unlink()
+    with pytest.raises(StoreError, match=r"config.json: missing beside a result.json of schema_version 2"):
+        store.read_stage_record(sid)
+    path = Path(store.stage_path(sid, "result.json"))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "schema_version": 1}))
+    assert store.read_stage_record(sid)["stage_id"] == sid  # the legacy path: the head of result.json
+    assert store_format.read_stage_record(None, None, "x/config.json") is None  # never started
+    with pytest.raises(StoreError, match="x/config.json: expected a stage record"):
+        store_format.read_stage_record({"model": {}}, None, "x/config.json")

@@ -16,7 +16,7 @@ from orchestrator.ray_guard import RayVersionError
 from orchestrator.store import Store
 from orchestrator.store_format import StoreError, parse_json, parse_json_lines, parse_json_or_warn
 from orchestrator.tracking import TrackingError
-from reports.collect import StoreReader
+from reports.collect import open_store
 from workloads.config import ConfigError
 from workloads.data.coco import CocoDataError
 from workloads.user_errors import BadFileError, CheckpointError, MissingFileError, UserError
@@ -121,7 +121,9 @@ def test_every_store_reader_applies_the_same_policy(tmp_path, caplog):
         store.read_json(path)
     with caplog.at_level(logging.WARNING):
         assert store.read_result(STAGE) is None  # the stage is not finished: recomputed
-        assert StoreReader(tmp_path / "store").read_json("stages", STAGE, "result.json") is None
+        assert (
+            open_store(tmp_path / "store").read_result(STAGE, "the report counts it as not finished") is None
+        )
         store.write_bytes(failures.attempts_path(store, STAGE), b"{not json")
         assert failures.read_attempts(store, STAGE) is None
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

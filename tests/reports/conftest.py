@@ -86,6 +86,7 @@ class StoreBuilder:
             status,
             {"precision": precision} if method == "hsjp" else {},
             gpu_hours if method == "hsjp" else 0.0,
+            work=method == "hsjp",
         )
         return sid, cfg_dict
 
@@ -139,11 +140,11 @@ class StoreBuilder:
         )
         return sid
 
-    def _write(self, sid, kind, cfg, parent, status, metrics, gpu_hours, data=DATA):
+    def _write(self, sid, kind, cfg, parent, status, metrics, gpu_hours, data=DATA, work=True):
         if status == "pending":
             return
         # config.json as the orchestrator writes it (orchestrator.stages.stage_record)
-        record = {"stage_id": sid, "kind": kind, "config": cfg, "data": data, "parent": parent, "work": True}
+        record = {"stage_id": sid, "kind": kind, "config": cfg, "data": data, "parent": parent, "work": work}
         self.store.write_stage_config(sid, record)
         if status == "running":
             self.store.append_metrics(sid, {"epoch": 0, "loss": 0.1})
@@ -158,7 +159,7 @@ class StoreBuilder:
             "config": cfg,
             "data": data,
             "parent": parent,
-            "work": True,
+            "work": work,
             "metrics": metrics if status == "done" else {},
             "collapsed": status == "collapsed",
             "collapsed_epoch": 1 if status == "collapsed" else None,

@@ -89,13 +89,15 @@ def test_empty_store_reports_not_run_everywhere(tmp_path):
     assert "not run" in (tmp_path / "out" / "table1.md").read_text()
 
 
-def test_reports_import_no_ray_torch_or_orchestrator_beyond_the_store_format():
-    """The dependency rule (docs/design.md): reports read the store format only — of the
-    orchestrator they import `orchestrator.store_format` (and its package), nothing else."""
+def test_reports_import_no_ray_torch_or_orchestrator_beyond_the_store_readers():
+    """The dependency rule (docs/design.md): reports read the store through its readers only — of the
+    orchestrator they import `orchestrator.store_format`, `orchestrator.store` and the attempts reader
+    `orchestrator.failures` (and the package), nothing else; no Ray, no torch."""
     import subprocess
 
     code = (
-        "import sys, reports.build; allowed = {'orchestrator', 'orchestrator.store_format'};"
+        "import sys, reports.build; allowed = {'orchestrator', 'orchestrator.store_format',"
+        " 'orchestrator.store', 'orchestrator.failures'};"
         "bad = [m for m in sys.modules if m in ('ray', 'torch')"
         " or (m.split('.')[0] == 'orchestrator' and m not in allowed)];"
         "print(bad); sys.exit(1 if bad else 0)"

@@ -34,8 +34,9 @@ def test_status_of_every_kind_of_stage(stages):
     assert frame.loc[ids["skipped"], "status"] == "skipped"
     assert frame.loc[ids["skipped"], "reason"] == "pretrain collapsed"
     assert frame.loc[ids["running"], "status"] == "running"  # metrics.jsonl, no result.json
-    assert frame.loc[ids["pending"], "status"] == "pending"  # only in plan.json
+    assert frame.loc[ids["pending"], "status"] == "waiting"  # only in plan.json; its pretrain runs
     assert frame.loc[ids["pending"], "pt_status"] == "running"
+    assert frame.loc[ids["pending"], "reason"] == "pretrain running"
     assert frame.loc[ids["failed"], "status"] == "failed"  # error.txt, no result.json
     assert "CUDA out of memory" in frame.loc[ids["failed"], "reason"]
 
