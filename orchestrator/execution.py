@@ -40,7 +40,7 @@ from orchestrator.scheduler import (
 )
 from orchestrator.stages import StageFailed, publish
 from orchestrator.store import Store
-from orchestrator.store_format import TRIALS_FILE, StoreError, check_study_name
+from orchestrator.store_format import TRIALS_FILE, StageHow, StageState, StoreError, check_study_name
 from workloads.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def run_study(
         summary.update(
             wall_seconds=round(wall, 2),
             phases=tracker.phases(wall, setup_s),
-            ran=sum(1 for r in sched.stages.values() if r.how == "computed"),
+            ran=sum(1 for r in sched.stages.values() if r.how == StageHow.COMPUTED),
             tune=mode,
         )
         write_trials_csv(plan, store, summary)
@@ -347,11 +347,11 @@ def simulate_study(plan: Plan, sim: Simulation, *, progress: bool = False) -> di
         "time_scale": scale,
         "gpus": sim.gpus,
         "cpus": sim.cpus_for(plan),
-        "stages": sum(1 for r in sched.stages.values() if r.how == "computed"),
+        "stages": sum(1 for r in sched.stages.values() if r.how == StageHow.COMPUTED),
         "launch_latency_s": [
             r.started_at - r.launched_at
             for r in sched.stages.values()
-            if r.how == "computed" and r.started_at is not None and r.launched_at is not None
+            if r.how == StageHow.COMPUTED and r.started_at is not None and r.launched_at is not None
         ],
         "failed": sched.failed(),
         "line": line,
@@ -380,7 +380,7 @@ def summarize(plan: Any, store: Store, scheduler: StageScheduler | None = None) 
         }
         for key, sid, res in (("pretrain_how", t.pretrain, pre), ("finetune_how", t.finetune, ft)):
             run = stages.get(sid)
-            row[key] = run.how if run is not None and run.how else ("found" if res is not None else "")
+            row[key] = run.how if run is not None and run.how else (StageHow.FOUND if res is not None else "")
         row["precision"] = ((pre or {}).get("metrics") or {}).get("precision")
         row.update({k: ((ft or {}).get("metrics") or {}).get(k) for k in MAIN_METRICS})
         if ft is not None:
@@ -393,7 +393,8 @@ def summarize(plan: Any, store: Store, scheduler: StageScheduler | None = None) 
                     (stages[s] for s in (t.pretrain, t.finetune) if s in stages and stages[s].error), None
                 )
                 stage, error = (run.spec.stage_id, run.error) if run is not None else (None, None)
-            row["status"] = "failed" if error else "incomplete"
+            unfinished = stages[t.finetune].state if t.finetune in stages else StageState.QUEUED
+            row["status"] = StageState.FAILED if error else unfinished  # waiting / queued / blocked ...
             if error:
                 row["error"] = error
                 failures.append({"trial_id": t.trial_id, "stage_id": stage, "error": error})

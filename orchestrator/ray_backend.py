@@ -45,6 +45,7 @@ from orchestrator import tb
 from orchestrator.scheduler import TERMINAL, StageScheduler, total_epochs
 from orchestrator.stages import StageFailed, compute_stage, publish, staging_path
 from orchestrator.store import Store, StoreError
+from orchestrator.store_format import StageState
 
 log = logging.getLogger(__name__)
 
@@ -280,10 +281,10 @@ class StageCallback(tune.Callback):
                 live[sid] = trial
         for sid in live:
             run = sched.stages.get(sid)
-            if run is not None and run.state not in ("running",):
+            if run is not None and run.state != StageState.RUNNING:
                 sched.mark_running(sid)
         for sid, run in sched.stages.items():
-            if run.state == "running" and sid not in live and sid in self._seen:
+            if run.state == StageState.RUNNING and sid not in live and sid in self._seen:
                 self._done(self._seen[sid], None)
         self._seen.update({sid: t for sid, t in live.items()})
 
@@ -313,7 +314,7 @@ class StageCallback(tune.Callback):
         sid = (trial.config or {}).get("stage")
         self._seen.pop(sid, None)
         sched = ACTIVE.scheduler
-        if sched is None or sid not in sched.stages or sched.stages[sid].state != "running":
+        if sched is None or sid not in sched.stages or sched.stages[sid].state != StageState.RUNNING:
             return
         last = trial.last_result or {}
         sched.on_complete(
@@ -557,11 +558,17 @@ def stage_trial(
     base = {"event": "stage", "stage_id": sid, "kind": spec.kind}
     if simulate_scale is not None:
         held_from, held_to = hold_resources(plan, spec, simulate_scale)
-        publish(store, plan, spec, status="done", summary={"metrics": {}, "provenance": {"simulated": True}})
-        tune.report({**base, "state": "done", "held_from": held_from, "held_to": held_to})
+        publish(
+            store,
+            plan,
+            spec,
+            status=StageState.DONE,
+            summary={"metrics": {}, "provenance": {"simulated": True}},
+        )
+        tune.report({**base, "state": StageState.DONE, "held_from": held_from, "held_to": held_to})
         return
     t0 = time.time()
-    tune.report({**base, "state": "running", "time": t0, "epochs": total_epochs(spec)})
+    tune.report({**base, "state": StageState.RUNNING, "time": t0, "epochs": total_epochs(spec)})
     try:
         result = compute_stage(
             plan, sid, store, fit_stage, workloads=workloads, run_token=run_token, node=_node_ip()
@@ -583,7 +590,7 @@ def stage_trial(
     tune.report(
         {
             **base,
-            "state": result.get("status") or "done",
+            "state": result.get("status") or StageState.DONE,
             "held_from": t0,
             "held_to": time.time(),
             "wall_seconds": time.time() - t0,
