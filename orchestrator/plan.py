@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.inputs import ComputeConfig, DataSpec, throughput_source
+from orchestrator.store_format import StageState
 from orchestrator.study import Study, Trial
 from workloads import WORKLOAD_VERSION
 from workloads.config import DataConfig, FinetuneConfig, PretrainConfig, to_dict
@@ -392,7 +393,7 @@ def render_plan(plan: Plan) -> str:
     lines += ["", f"pretrains (finetunes using each; {est['unit']}):"]
     for sid, trial_ids in plan.sharing().items():
         s = plan.stages[sid]
-        cost = f"{hours[sid]:.4g} h" if s.work else "no work"
+        cost = f"{hours[sid]:.4g} h" if s.work else StageState.NO_WORK.value
         lines.append(
             f"  {sid}  {describe_stage(s):<52} {cost:>10}  ← {len(trial_ids)}: {', '.join(trial_ids)}"
         )

@@ -38,13 +38,12 @@ from orchestrator.store_format import (
     is_stage_id,
     stage_state,
 )
+from workloads.config import BACKBONE_SCHEDULES
 
 log = logging.getLogger(__name__)
 
-# Same values as workloads.config.BACKBONE_SCHEDULES (HRNet w32_256x192_adam_lr1e-3.yaml: 210 epochs;
-# SimpleBaseline res50_256x192_d256x3_adam_lr1e-3.yaml: 140), repeated here because reports read the
-# store format only: a finetune config with `epochs: null` means the backbone's official schedule.
-OFFICIAL_FINETUNE_EPOCHS = {"hrnet_w32": 210, "simplebaseline_r50": 140}
+OFFICIAL_FINETUNE_EPOCHS = {name: epochs for name, (epochs, _) in BACKBONE_SCHEDULES.items()}
+"""What a finetune config's `epochs: null` stands for: the backbone's official schedule length."""
 METRIC_KEYS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 STAGE_COLUMNS = (
     "stage_id",
