@@ -70,8 +70,8 @@ def _is_host_device_copy(name: str, args, kwargs, result) -> bool:
     return src.device.type == "cpu" and not (src.is_pinned() and non_blocking)
 
 
-class HostSyncCounter(TorchDispatchMode):
-    """Counts host-sync operations (module docstring) in the code run under it: `total`, `by_op`."""
+class _OpTally(TorchDispatchMode):
+    """A dispatch mode that tallies aten operations by name in `by_op` (what it counts: the subclass)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,6 +83,10 @@ class HostSyncCounter(TorchDispatchMode):
 
     def reset(self) -> None:
         self.by_op.clear()
+
+
+class HostSyncCounter(_OpTally):
+    """Counts host-sync operations (module docstring) in the code run under it: `total`, `by_op`."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -100,16 +104,8 @@ class HostSyncCounter(TorchDispatchMode):
         return result
 
 
-class OpCounter(TorchDispatchMode):
+class OpCounter(_OpTally):
     """Counts every aten operation run under it (each is at least one kernel launch in eager mode)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.by_op: Counter[str] = Counter()
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_op.values())
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.by_op[_packet(func)] += 1

@@ -138,8 +138,9 @@ def load_coco(root: str | os.PathLike, split: str) -> COCO:
     return coco
 
 
-def _image_path(root: Path, split: str, img: dict) -> str:
-    return str(image_dir(root, split) / img.get("file_name", f"{img['id']:012d}.jpg"))
+def image_file(folder: Path, img: dict) -> str:
+    """The file of COCO image record `img` in `folder`: its `file_name`, else COCO's 12-digit id name."""
+    return str(folder / img.get("file_name", f"{int(img['id']):012d}.jpg"))
 
 
 def check_images(root: str | os.PathLike, split: str, image_paths: list[str]) -> None:
@@ -178,7 +179,7 @@ def _gt_instance(coco, root, split, ann, *, with_keypoints, aspect_ratio, paddin
     return PersonInstance(
         image_id=int(ann["image_id"]),
         ann_id=int(ann["id"]),
-        image_path=_image_path(Path(root), split, img),
+        image_path=image_file(image_dir(root, split), img),
         image_wh=image_wh,
         bbox_xywh=box,
         center_xy=center,
@@ -235,7 +236,8 @@ def load_persons(
 
 
 # ------------------------------------------------------------------------------------------ detections
-def _read_detections(det_file: Path) -> list[dict]:
+def read_detections(det_file: Path) -> list[dict]:
+    """The entries of a detection file (COCO results format), each checked for its four fields."""
     if not det_file.is_file():
         raise CocoDataError(f"detection file {det_file} not found")
     try:
@@ -296,30 +298,56 @@ def load_detections(
     file are dropped with a warning; if that drops every detection, the files do not match (error).
     """
     det_file = Path(det_file)
-    dets = _read_detections(det_file)
+    dets = read_detections(det_file)
     coco = load_coco(root, split)
+    instances = match_detections(
+        dets,
+        det_file,
+        coco.imgs,
+        image_dir(root, split),
+        annotation_path(root, split),
+        aspect_ratio=aspect_ratio,
+        image_thre=image_thre,
+        padding=padding,
+    )
+    if check_files:
+        check_images(root, split, [inst.image_path for inst in instances])
+    log.info("%s: %d person detections with score >= %g", det_file, len(instances), image_thre)
+    return instances
+
+
+def match_detections(
+    dets: list[dict],
+    det_file: Path,
+    images: dict[int, dict],
+    folder: Path,
+    images_file: Path,
+    *,
+    aspect_ratio: float,
+    image_thre: float,
+    padding: float = BOX_PADDING,
+) -> list[PersonInstance]:
+    """PersonInstances of the person detections (category 1, score ≥ image_thre) in `dets` (read from
+    `det_file`) that lie on `images` ({image id: COCO image record}, listed in `images_file`, their files
+    in `folder`); val2017 and test-dev alike. Detections on other images are dropped with a warning; if
+    that drops every detection, the two files do not belong together (CocoDataError naming both)."""
     instances, unknown = [], set()
     for det in dets:
         if int(det["category_id"]) != PERSON_CATEGORY_ID or float(det["score"]) < image_thre:
             continue
-        img = coco.imgs.get(int(det["image_id"]))
+        img = images.get(int(det["image_id"]))
         if img is None:
             unknown.add(int(det["image_id"]))
             continue
-        instances.append(
-            detection_instance(det, img, _image_path(Path(root), split, img), aspect_ratio, padding)
-        )
+        instances.append(detection_instance(det, img, image_file(folder, img), aspect_ratio, padding))
     if unknown:
         msg = (
-            f"detection file {det_file}: {len(unknown)} image id(s) not in {annotation_path(root, split)}, "
+            f"detection file {det_file}: {len(unknown)} image id(s) not in {images_file}, "
             f"e.g. {sorted(unknown)[:5]}"
         )
         if not instances:
             raise CocoDataError(msg + "; no detection matches this split")
         log.warning("%s; their detections are ignored", msg)
-    if check_files:
-        check_images(root, split, [inst.image_path for inst in instances])
-    log.info("%s: %d person detections with score >= %g", det_file, len(instances), image_thre)
     return instances
 
 
@@ -329,7 +357,7 @@ def validate_coco_root(root: str | os.PathLike, splits: tuple[str, ...] = ("trai
     for split in splits:
         coco = load_coco(root, split)
         person_anns = coco.loadAnns(coco.getAnnIds(catIds=[PERSON_CATEGORY_ID], iscrowd=False))
-        paths = [_image_path(Path(root), split, img) for img in coco.imgs.values()]
+        paths = [image_file(image_dir(root, split), img) for img in coco.imgs.values()]
         check_images(root, split, paths)
         counts[split] = {
             "images": len(coco.imgs),

@@ -29,9 +29,9 @@ from workloads.config import DataConfig, FinetuneConfig
 from workloads.data.coco import (
     CocoDataError,
     PersonInstance,
-    _read_detections,
     check_images,
-    detection_instance,
+    match_detections,
+    read_detections,
 )
 from workloads.data.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY_ID
 from workloads.pose import inference
@@ -96,21 +96,15 @@ def load_test_detections(
     Detections of images outside the info file are dropped (with a warning); none left is an error."""
     images = load_image_info(root, split)
     folder = test_image_dir(root, split)
-    instances, unknown = [], set()
-    for det in _read_detections(Path(det_file)):
-        if int(det["category_id"]) != PERSON_CATEGORY_ID or float(det["score"]) < image_thre:
-            continue
-        img = images.get(int(det["image_id"]))
-        if img is None:
-            unknown.add(int(det["image_id"]))
-            continue
-        image_path = str(folder / img.get("file_name", f"{int(img['id']):012d}.jpg"))
-        instances.append(detection_instance(det, img, image_path, aspect_ratio))
-    if unknown:
-        msg = f"detection file {det_file}: {len(unknown)} image id(s) not in {image_info_path(root, split)}"
-        if not instances:
-            raise CocoDataError(f"{msg}, e.g. {sorted(unknown)[:5]}; no detection matches split {split!r}")
-        log.warning("%s; their detections are ignored", msg)
+    instances = match_detections(
+        read_detections(Path(det_file)),
+        Path(det_file),
+        images,
+        folder,
+        image_info_path(root, split),
+        aspect_ratio=aspect_ratio,
+        image_thre=image_thre,
+    )
     if not instances:
         raise CocoDataError(f"detection file {det_file}: no person detection for split {split!r}")
     if not folder.is_dir():

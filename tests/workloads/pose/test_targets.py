@@ -1,4 +1,5 @@
-"""Keypoint heatmap targets: peak position/value, weights, and equality with the official per-joint loop."""
+"""Keypoint heatmap targets: peak position/value, weights, and equality with the official per-joint loop
+(benchmarks.reference.reference_targets, the one the throughput benchmark's reference pipeline draws)."""
 
 from __future__ import annotations
 
@@ -7,35 +8,10 @@ import math
 import numpy as np
 import pytest
 
+from benchmarks.reference import reference_targets
 from workloads.pose.targets import make_heatmaps
 
 INPUT_HW, HEATMAP_HW, SIGMA = (256, 192), (64, 48), 2.0  # HRNet config
-
-
-def _reference(joints_xy, visible, input_hw, heatmap_hw, sigma):
-    """The official generate_target written as its per-joint loop (docs/pose-reference.md §3)."""
-    h, w = heatmap_hw
-    stride = (input_hw[1] / w, input_hw[0] / h)
-    radius = sigma * 3
-    size = 2 * radius + 1
-    grid = np.arange(0, size, 1, np.float64)
-    g = np.exp(-((grid[None, :] - size // 2) ** 2 + (grid[:, None] - size // 2) ** 2) / (2 * sigma**2))
-    target = np.zeros((len(joints_xy), h, w), np.float32)
-    weight = np.minimum(np.asarray(visible, np.float32), 1.0)
-    for j, (x, y) in enumerate(joints_xy):
-        mu_x, mu_y = int(x / stride[0] + 0.5), int(y / stride[1] + 0.5)
-        ul = [int(mu_x - radius), int(mu_y - radius)]
-        br = [int(mu_x + radius + 1), int(mu_y + radius + 1)]
-        if ul[0] >= w or ul[1] >= h or br[0] < 0 or br[1] < 0:
-            weight[j] = 0
-            continue
-        if weight[j] > 0.5:
-            gx = max(0, -ul[0]), min(br[0], w) - ul[0]
-            gy = max(0, -ul[1]), min(br[1], h) - ul[1]
-            ix = max(0, ul[0]), min(br[0], w)
-            iy = max(0, ul[1]), min(br[1], h)
-            target[j, iy[0] : iy[1], ix[0] : ix[1]] = g[gy[0] : gy[1], gx[0] : gx[1]]
-    return target, weight
 
 
 def test_peak_at_official_rounding_with_value_one():
@@ -88,7 +64,7 @@ def test_equals_official_loop(sigma, input_hw, heatmap_hw):
     joints = rng.uniform(-0.3, 1.3, (k, 2)) * np.array(input_hw[::-1])
     visible = rng.integers(0, 3, k)
     hm, wt = make_heatmaps(joints, visible, input_hw, heatmap_hw, sigma)
-    ref_hm, ref_wt = _reference(joints, visible, input_hw, heatmap_hw, sigma)
+    ref_hm, ref_wt = reference_targets(joints, visible, input_hw, heatmap_hw, sigma)
     np.testing.assert_array_equal(wt, ref_wt)
     np.testing.assert_allclose(hm, ref_hm, rtol=0, atol=1e-6)
     assert (wt == 0).any() and (wt == 1).any()
