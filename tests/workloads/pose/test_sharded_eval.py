@@ -4,14 +4,11 @@ score exactly as one rank's; the gather itself through a real two-process gloo g
 from __future__ import annotations
 
 import collections
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from tests.workloads.gloo import run_on_ranks
 from workloads.config import DataConfig, FinetuneConfig, ModelConfig
 from workloads.data.coco import annotation_path
 from workloads.models import build_model
@@ -45,26 +42,11 @@ def test_shards_hold_whole_images_and_together_score_as_one_rank(coco_dets):
     assert single["eval_ranks"] == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _gather_worker(rank: int, port: int, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        got = gather_results([{"image_id": rank, "score": float(rank)}] * (rank + 1), rank, 2)
-        out[rank] = got
-    finally:
-        dist.destroy_process_group()
+def _gather_worker(rank: int) -> list[dict] | None:
+    return gather_results([{"image_id": rank, "score": float(rank)}] * (rank + 1), rank, 2)
 
 
 def test_results_are_gathered_to_rank_0_over_a_real_process_group():
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_gather_worker, args=(_free_port(), out), nprocs=2, join=True)
-        result = dict(out)
+    result = run_on_ranks(_gather_worker)
     assert result[1] is None
     assert sorted(r["image_id"] for r in result[0]) == [0, 1, 1]
