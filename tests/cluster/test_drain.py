@@ -17,12 +17,8 @@ must not count against `compute.max_failures` (0 here, so a miscounted drain fai
 
 from __future__ import annotations
 
-import functools
-import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 
@@ -33,14 +29,12 @@ from ray.cluster_utils import Cluster
 
 from orchestrator import failures
 from orchestrator.execution import run_study
-from orchestrator.ray_backend import TRIAL_RESOURCE
 from orchestrator.store import Store
 from tests.orchestrator import standins
 
 ray.cloudpickle.register_pickle_by_value(standins)
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-WORKER_NODES = 2
 FINETUNE_EPOCHS = 8
 SLEEP_S = 1.0
 DRAIN_AT_EPOCH = 1
@@ -50,7 +44,6 @@ DEADLINE_S = 4.5
 whole number of the stand-in's 1 s epochs, so it falls inside an epoch, as a real one does."""
 WAIT_S = 300.0  # generous: 2 CPUs shared with other engineers' test runs
 CLUSTER_ENV = {
-    "RAY_AUTH_MODE": "disabled",  # a test cluster needs no token
     # Ray Train's watcher is on by default; a local Ray started earlier in this process may have set
     # it to 0 (orchestrator.ray_backend.start_local_ray): this cluster's nodes inherit it from here.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1",
@@ -59,30 +52,7 @@ CLUSTER_ENV = {
     # 1 s epochs the registered checkpoint would fall behind the metrics rows
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
 }
-
-
-# ---------------------------------------------------------------------------------- stand-ins
-def _on_node(workload, nodes_file: str, kind: str, cfg, data, ctx, *args, **kwargs):
-    """Run a stand-in workload, first noting (rank 0) which Ray node this attempt runs on."""
-    if ctx.rank == 0:
-        row = {"kind": kind, "node": ray.get_runtime_context().get_node_id(), "time": time.time()}
-        with open(nodes_file, "a") as f:
-            f.write(json.dumps(row) + "\n")
-    return workload(cfg, data, ctx, *args, **kwargs)
-
-
-def tagged_workloads(calls_file: str, nodes_file: str) -> dict:
-    return {
-        kind: functools.partial(_on_node, fn, nodes_file, kind)
-        for kind, fn in standins.workloads(calls_file, sleep_s=SLEEP_S).items()
-    }
-
-
-def read_lines(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+"""The environment this module's cluster starts with (tests/cluster/conftest.py), besides BASE_ENV."""
 
 
 def plan_for(salt: str):
@@ -103,47 +73,8 @@ def drive(store: Store, salt: str, calls: str, nodes: str) -> dict:
         store,
         study_text="name: drain\n",
         progress=False,
-        workloads=tagged_workloads(calls, nodes),
+        workloads=standins.node_tagged_workloads(calls, nodes, SLEEP_S),
     )
-
-
-# ------------------------------------------------------------------------------------ cluster
-@pytest.fixture(scope="module")
-def cluster():
-    """Head: 0 CPUs + the trial-driver resource (drivers and Train controllers, never drained); two
-    worker nodes with 1 CPU each (the stages' Train workers). The environment above is set only
-    while the nodes start (they keep it), then restored."""
-    saved = {k: os.environ.get(k) for k in (*CLUSTER_ENV, "RAY_TMPDIR")}
-    # Own, short temp dir: Cluster() writes <tmp>/ray/ray_current_cluster, which a plain ray.init() of
-    # another process on this machine would otherwise connect to; Ray's sockets live there.
-    tmp = tempfile.mkdtemp(prefix="hsjpd", dir="/tmp")
-
-    def restore_env() -> None:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-    os.environ.update({**CLUSTER_ENV, "RAY_TMPDIR": tmp})
-    c = None
-    try:
-        c = Cluster(
-            initialize_head=True,
-            head_node_args={"num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}, "include_dashboard": False},
-        )
-        for _ in range(WORKER_NODES):
-            c.add_node(num_cpus=1)
-        c.wait_for_nodes()
-        ray.init(address=c.address, log_to_driver=False, configure_logging=False)
-        restore_env()
-        yield c
-    finally:
-        ray.shutdown()
-        if c is not None:
-            c.shutdown()
-        restore_env()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def drain(c: Cluster, node_id: str, deadline_s: float) -> int:
@@ -253,7 +184,7 @@ def test_drained_node_under_a_stage_resumes_elsewhere_with_identical_results(clu
         assert driver.is_alive(), f"the study ended before the drain: {outcome}"
         assert time.time() < deadline, f"the finetune did not reach epoch {DRAIN_AT_EPOCH} in {WAIT_S} s"
         time.sleep(0.1)
-    victim = next(w["node"] for w in reversed(read_lines(nodes)) if w["kind"] == "finetune")
+    victim = next(w["node"] for w in reversed(standins.read_calls(nodes)) if w["kind"] == "finetune")
     t_drain = time.time()
     deadline_ms = drain(cluster, victim, DEADLINE_S)
     at_drain = standins.epochs_in_metrics(store, trial.finetune)
@@ -277,7 +208,7 @@ def test_drained_node_under_a_stage_resumes_elsewhere_with_identical_results(clu
     assert not driver.is_alive(), f"the study did not finish within {WAIT_S} s of the drain"
     assert "error" not in outcome, outcome.get("error")
 
-    where = [w for w in read_lines(nodes) if w["kind"] == "finetune"]
+    where = [w for w in standins.read_calls(nodes) if w["kind"] == "finetune"]
     # metrics.jsonl: the drained attempt's epochs, then the restart's (rows that carry `resumed_from`)
     rows = [r for r in store.read_metrics(trial.finetune) if "epoch" in r]
     split = next((i for i, r in enumerate(rows) if r.get("resumed_from") is not None), len(rows))

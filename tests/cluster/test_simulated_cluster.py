@@ -12,14 +12,11 @@ study again.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,7 +27,6 @@ import ray.cloudpickle
 from ray.cluster_utils import Cluster
 
 from orchestrator.execution import run_study
-from orchestrator.ray_backend import TRIAL_RESOURCE
 from orchestrator.store import Store
 from tests.orchestrator import standins
 
@@ -38,62 +34,7 @@ ray.cloudpickle.register_pickle_by_value(standins)
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 REPO = Path(__file__).resolve().parents[2]
-WORKER_NODES = 2
 FINETUNE_EPOCHS = 8
-
-
-# ---------------------------------------------------------------------------------- stand-ins
-def _on_node(workload, nodes_file: str, kind: str, cfg, data, ctx, *args, **kwargs):
-    """Run a stand-in workload, first noting (rank 0) which Ray node its Train worker runs on."""
-    if ctx.rank == 0:
-        with open(nodes_file, "a") as f:
-            f.write(json.dumps({"kind": kind, "node": ray.get_runtime_context().get_node_id()}) + "\n")
-    return workload(cfg, data, ctx, *args, **kwargs)
-
-
-def tagged_workloads(calls_file: str, nodes_file: str, sleep_s: float) -> dict:
-    return {
-        kind: functools.partial(_on_node, fn, nodes_file, kind)
-        for kind, fn in standins.workloads(calls_file, sleep_s=sleep_s).items()
-    }
-
-
-def read_lines(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-# ------------------------------------------------------------------------------------ cluster
-@pytest.fixture(scope="module")
-def cluster():
-    """Head: 0 CPUs + the trial-driver resource; two worker nodes with 1 CPU each."""
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TMPDIR")}
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # a test cluster needs no token (docs/ray.md §3a)
-    # Own temp dir: Cluster() writes <tmp>/ray/ray_current_cluster, which a plain ray.init() of
-    # another process on this machine would otherwise connect to. Short: Ray's sockets live there.
-    tmp = tempfile.mkdtemp(prefix="hsjpc", dir="/tmp")
-    os.environ["RAY_TMPDIR"] = tmp
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}, "include_dashboard": False},
-    )
-    for _ in range(WORKER_NODES):
-        c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    ray.init(address=c.address, log_to_driver=False, configure_logging=False)
-    try:
-        yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def alive_worker_nodes(c: Cluster) -> dict[str, object]:
@@ -111,11 +52,14 @@ def test_shared_pretrain_runs_once_while_trials_train_on_different_nodes(cluster
     )
     store = Store(tmp_path / "store")
     calls, nodes = str(tmp_path / "calls.jsonl"), str(tmp_path / "nodes.jsonl")
-    assert ray.cluster_resources().get("CPU") == WORKER_NODES
+    assert ray.cluster_resources().get("CPU") == len(cluster.worker_nodes) == 2  # the head holds none
 
     t0 = time.time()
     summary = run_study(
-        plan, store, study_text="name: cluster-dedup\n", workloads=tagged_workloads(calls, nodes, 0.5)
+        plan,
+        store,
+        study_text="name: cluster-dedup\n",
+        workloads=standins.node_tagged_workloads(calls, nodes, 0.5),
     )
     print(f"cluster dedup study: {time.time() - t0:.1f} s")
 
@@ -124,7 +68,7 @@ def test_shared_pretrain_runs_once_while_trials_train_on_different_nodes(cluster
     assert kinds == ["finetune", "finetune", "pretrain"], "the shared pretrain ran more than once"
     # one stage for both trials: computed once by this run (no trial waited for it)
     assert [t["pretrain_how"] for t in summary["trials"]] == ["computed", "computed"]
-    where = read_lines(nodes)
+    where = standins.read_calls(nodes)
     workers = alive_worker_nodes(cluster)
     assert all(w["node"] in workers for w in where), "a stage trained off the worker nodes"
     finetune_nodes = [w["node"] for w in where if w["kind"] == "finetune"]
@@ -154,7 +98,7 @@ def drive(root: str, calls: str, nodes: str) -> dict:
         driver_plan(),
         Store(root),
         study_text="name: cluster-driver\n",
-        workloads=tagged_workloads(calls, nodes, 1.0),
+        workloads=standins.node_tagged_workloads(calls, nodes, 1.0),
     )
 
 
@@ -239,7 +183,7 @@ def test_losing_the_node_under_a_stage_resumes_it_on_another_node(cluster, tmp_p
                 plan,
                 store,
                 study_text="name: cluster-preempt\n",
-                workloads=tagged_workloads(calls, nodes, 1.0),
+                workloads=standins.node_tagged_workloads(calls, nodes, 1.0),
             )
         except BaseException as exc:  # noqa: BLE001 — reported by the test thread
             outcome["error"] = exc
@@ -254,7 +198,7 @@ def test_losing_the_node_under_a_stage_resumes_it_on_another_node(cluster, tmp_p
     while not _registered_epochs(store, trial.finetune) and time.time() < deadline:
         time.sleep(0.2)
     assert _registered_epochs(store, trial.finetune), "no epoch checkpoint registered in 120 s"
-    victim = next(w["node"] for w in reversed(read_lines(nodes)) if w["kind"] == "finetune")
+    victim = next(w["node"] for w in reversed(standins.read_calls(nodes)) if w["kind"] == "finetune")
     t_kill = time.time()
     cluster.remove_node(alive_worker_nodes(cluster)[victim])
     before = standins.epochs_in_metrics(store, trial.finetune)
@@ -271,7 +215,7 @@ def test_losing_the_node_under_a_stage_resumes_it_on_another_node(cluster, tmp_p
     kinds = [c["kind"] for c in standins.read_calls(calls)]
     assert kinds.count("pretrain") == 1, "the finished pretrain was recomputed"
     assert kinds.count("finetune") == 2, kinds  # the killed attempt + one restart
-    where = [w["node"] for w in read_lines(nodes) if w["kind"] == "finetune"]
+    where = [w["node"] for w in standins.read_calls(nodes) if w["kind"] == "finetune"]
     assert where[0] == victim and where[1] != victim and where[1] in alive_worker_nodes(cluster)
     after = standins.epochs_in_metrics(store, trial.finetune)
     assert after[: len(before)] == before

@@ -186,7 +186,28 @@ def workloads(
     }
 
 
+def _on_node(workload, nodes_file: str, kind: str, cfg, data, ctx, *args, **kwargs):
+    """Run a stand-in workload, first noting (rank 0) which Ray node this attempt runs on, and when."""
+    if ctx.rank == 0:
+        import ray
+
+        row = {"kind": kind, "node": ray.get_runtime_context().get_node_id(), "time": time.time()}
+        with open(nodes_file, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return workload(cfg, data, ctx, *args, **kwargs)
+
+
+def node_tagged_workloads(calls_file: str, nodes_file: str, sleep_s: float) -> dict:
+    """The stand-in registry whose every attempt also appends {kind, node, time} to `nodes_file` (the
+    multi-node tests: on which node each stage ran)."""
+    return {
+        kind: functools.partial(_on_node, fn, nodes_file, kind)
+        for kind, fn in workloads(calls_file, sleep_s=sleep_s).items()
+    }
+
+
 def read_calls(calls_file: str) -> list[dict]:
+    """The rows of a JSON-lines file written by the stand-ins (a calls or nodes file); [] before any."""
     if not os.path.exists(calls_file):
         return []
     with open(calls_file) as f:
