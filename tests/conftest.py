@@ -17,7 +17,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HSJP_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-torch.set_num_threads(1)  # faster than 2 for tiny tensors, and stable when Ray workers share the cores
+# One intra-op thread for every test (nothing in the code under test raises it): faster than 2 for tiny
+# tensors, bit-identical reruns, and no oversubscription on a shared 2-core machine, where two spinning
+# OpenMP threads made a training step ~10x and normalize_image's elementwise ops ~20x slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -43,14 +43,6 @@ BACKBONES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class ProbedLoader:
     """A fixed list of batches; each pull notes the counter's total so far."""
 

@@ -32,15 +32,6 @@ CFG = PretrainConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: bit-identical reruns and no oversubscription on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _data(root, **kw) -> DataConfig:
     return DataConfig(coco_root=str(root), loader_workers=0, max_train_instances=8, max_val_instances=4, **kw)
 

@@ -132,7 +132,6 @@ def test_zoo_format_checkpoint_on_a_test_dev_shaped_split(
 ):
     """The setup check end to end on the shared samples: SimpleBaseline-R50 in the zoo's .pth.tar format
     (random weights, so AP is meaningless; the files and their shape are what is checked)."""
-    torch.set_num_threads(1)
     root, det_file, image_ids = make_testdev_root(tmp_path, coco_mini, coco_dets)
     ckpt = tmp_path / "pose_resnet_50_256x192.pth.tar"
     torch.save({"state_dict": {f"module.{k}": v for k, v in full_states["simplebaseline_r50"].items()}}, ckpt)

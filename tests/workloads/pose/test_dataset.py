@@ -6,7 +6,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from workloads.config import DataConfig, FinetuneConfig, PoseAugConfig
 from workloads.data.coco import PersonInstance, box_to_center_scale
@@ -25,16 +24,6 @@ from workloads.pose.dataset import (
 INPUT_HW, HEATMAP_HW = (128, 96), (32, 24)
 L_WRIST, R_WRIST = 9, 10
 IMG_W, IMG_H = 240, 320
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread (as in a loader worker): on the shared 2-core machine, two spinning OpenMP
-    threads made normalize_image's elementwise ops ~20× slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _instance(tmp_path, right_wrist_labelled: bool = True) -> PersonInstance:

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from reports.bootstrap import STAT_NAMES, Accumulator, read_outcome
 from tests.workloads.pose.test_train import TINY, _cfg, _Preempted, _StopAfter
@@ -16,14 +15,6 @@ from workloads.context import LocalContext
 from workloads.pose.evaluate import evaluate_keypoints
 from workloads.pose.per_image import PER_IMAGE_FILE, PER_IMAGE_KEY
 from workloads.pose.train import run_finetune
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _assert_matches(result) -> None:

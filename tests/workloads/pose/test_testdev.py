@@ -7,7 +7,6 @@ import json
 import zipfile
 
 import pytest
-import torch
 
 from reports.collect import parse_server_stats as read_server_stats
 from tests.testdev_data import SPLIT, make_testdev_root
@@ -31,7 +30,6 @@ def check_results_file(results: list, image_ids: set[int]) -> None:
 @pytest.mark.realdata
 def test_a_smoke_sized_finetune_writes_the_server_results_file_and_zip(tmp_path, coco_mini, coco_dets):
     root, det_file, image_ids = make_testdev_root(tmp_path, coco_mini, coco_dets)
-    torch.set_num_threads(1)
     cfg = FinetuneConfig(
         model=TINY, input_hw=(64, 64), heatmap_hw=(16, 16), sigma=1.0, epochs=1, batch_size=4,
         test_splits=(SPLIT,),

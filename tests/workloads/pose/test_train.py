@@ -21,15 +21,6 @@ HW, HM = (64, 64), (16, 16)  # inputs divisible by 32; heatmaps at input/4
 N = 3  # HSJP puzzle size of the fake pretrain: an N² = 9-channel head
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads made a step ~10× slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cfg(**kw) -> FinetuneConfig:
     base = dict(model=TINY, input_hw=HW, heatmap_hw=HM, epochs=2, batch_size=2, eval_every=1000, seed=0)
     return FinetuneConfig(**(base | kw))
