@@ -8,7 +8,6 @@ needs more of the nodes' environment names it in a module-level `CLUSTER_ENV` di
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 
@@ -18,6 +17,7 @@ from ray.cluster_utils import Cluster
 
 from orchestrator.ray_backend import TRIAL_RESOURCE
 
+HEAD_NODE = {"num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}, "include_dashboard": False}
 WORKER_NODES = 2
 BASE_ENV = {"RAY_AUTH_MODE": "disabled"}
 """A test cluster needs no token; every process that joins it (drivers started by a test too) must
@@ -30,29 +30,22 @@ def cluster(request):
     environment (BASE_ENV and the module's CLUSTER_ENV; the nodes inherit it at their start) is set
     while the cluster lives and restored afterwards."""
     env = {**BASE_ENV, **getattr(request.module, "CLUSTER_ENV", {})}
-    saved = {k: os.environ.get(k) for k in (*env, "RAY_TMPDIR")}
     # Own, short temp dir: Cluster() writes <tmp>/ray/ray_current_cluster, which a plain ray.init() of
     # another process on this machine would otherwise connect to; Ray's sockets live there.
     tmp = tempfile.mkdtemp(prefix="hsjpc", dir="/tmp")
-    os.environ.update({**env, "RAY_TMPDIR": tmp})
     c = None
-    try:
-        c = Cluster(
-            initialize_head=True,
-            head_node_args={"num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}, "include_dashboard": False},
-        )
-        for _ in range(WORKER_NODES):
-            c.add_node(num_cpus=1)
-        c.wait_for_nodes()
-        ray.init(address=c.address, log_to_driver=False, configure_logging=False)
-        yield c
-    finally:
-        ray.shutdown()
-        if c is not None:
-            c.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        shutil.rmtree(tmp, ignore_errors=True)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {**env, "RAY_TMPDIR": tmp}.items():
+            patch.setenv(key, value)
+        try:
+            c = Cluster(initialize_head=True, head_node_args=HEAD_NODE)
+            for _ in range(WORKER_NODES):
+                c.add_node(num_cpus=1)
+            c.wait_for_nodes()
+            ray.init(address=c.address, log_to_driver=False, configure_logging=False)
+            yield c
+        finally:
+            ray.shutdown()
+            if c is not None:
+                c.shutdown()
+            shutil.rmtree(tmp, ignore_errors=True)
