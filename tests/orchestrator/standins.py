@@ -27,6 +27,15 @@ from workloads.context import StageResult
 from workloads.engine import LoopSpec, Task, loss_summary, make_optimizer, make_scheduler, run_epochs
 
 TINY_MODEL = ModelConfig(backbone="hrnet_w32", width=4, num_blocks=1, num_modules=(1, 1, 1))
+SMALL_STUDY = """
+data: {synthetic: {train: 2, val: 1, seed: 0}, loader_workers: 0}
+defaults:
+  model: {backbone: hrnet_w32, width: 8, num_blocks: 1, num_modules: [1, 1, 1]}
+  pretrain: {input_size: 64, heatmap_size: 16, epochs: 2}
+  finetune: {input_hw: [128, 96], heatmap_hw: [32, 24], epochs: 2}
+"""
+"""The smallest study file that plans (synthetic data, a narrow HRNet, 2-epoch stages); a test adds its
+`matrix` / `include` / `name` lines or replaces one to make the study it needs."""
 
 
 def _linear_stage(

@@ -14,19 +14,12 @@ import orchestrator.cli as cli
 from orchestrator.cli import main
 from orchestrator.inputs import data_config
 from orchestrator.store import Store
+from tests.orchestrator.standins import SMALL_STUDY
 
 COMMANDS = ("run", "plan", "status", "report", "make-data", "puzzle", "evaluate")
-SMALL = """
-name: tiny
-data: {synthetic: {train: 2, val: 1, seed: 0}, loader_workers: 0}
-defaults:
-  model: {backbone: hrnet_w32, width: 8, num_blocks: 1, num_modules: [1, 1, 1]}
-  pretrain: {input_size: 64, heatmap_size: 16, epochs: 2}
-  finetune: {input_hw: [128, 96], heatmap_hw: [32, 24], epochs: 2}
-matrix: {pretrain.n: [2, 3]}
-include:
-  - {pretrain.method: scratch}
-"""
+SMALL = (
+    "\nname: tiny" + SMALL_STUDY + "matrix: {pretrain.n: [2, 3]}\ninclude:\n  - {pretrain.method: scratch}\n"
+)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 from orchestrator.inputs import check_inputs, data_config, prepare_data
 from orchestrator.store import Store
 from orchestrator.study import load_study
+from tests.orchestrator.standins import SMALL_STUDY as SMALL
 from workloads.config import ConfigError
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
@@ -30,15 +31,6 @@ def write(tmp_path: Path, text: str, name: str = "study.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
-
-
-SMALL = """
-data: {synthetic: {train: 2, val: 1, seed: 0}, loader_workers: 0}
-defaults:
-  model: {backbone: hrnet_w32, width: 8, num_blocks: 1, num_modules: [1, 1, 1]}
-  pretrain: {input_size: 64, heatmap_size: 16, epochs: 2}
-  finetune: {input_hw: [128, 96], heatmap_hw: [32, 24], epochs: 2}
-"""
 
 
 # ------------------------------------------------------------------------------------ shipped files

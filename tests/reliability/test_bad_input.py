@@ -15,16 +15,9 @@ import pytest
 import torch
 
 from orchestrator.cli import main
+from tests.orchestrator.standins import SMALL_STUDY as SMALL
 from workloads.config import FinetuneConfig, PretrainConfig
 from workloads.data.coco import CocoDataError, load_coco, load_detections, load_persons
-
-SMALL = """
-data: {synthetic: {train: 2, val: 1, seed: 0}, loader_workers: 0}
-defaults:
-  model: {backbone: hrnet_w32, width: 8, num_blocks: 1, num_modules: [1, 1, 1]}
-  pretrain: {input_size: 64, heatmap_size: 16, epochs: 2}
-  finetune: {input_hw: [128, 96], heatmap_hw: [32, 24], epochs: 2}
-"""
 
 # (case, study text, substrings of the error; "{path}" is the study file)
 BAD_STUDIES = [

@@ -15,16 +15,9 @@ from orchestrator.inputs import data_config
 from orchestrator.plan import make_plan
 from orchestrator.store import Store
 from orchestrator.study import load_study
+from tests.orchestrator.standins import SMALL_STUDY
 
-SMALL = """
-name: locked
-data: {synthetic: {train: 2, val: 1, seed: 0}, loader_workers: 0}
-defaults:
-  model: {backbone: hrnet_w32, width: 8, num_blocks: 1, num_modules: [1, 1, 1]}
-  pretrain: {input_size: 64, heatmap_size: 16, epochs: 2}
-  finetune: {input_hw: [128, 96], heatmap_hw: [32, 24], epochs: 2}
-matrix: {pretrain.n: [2, 3]}
-"""
+SMALL = "\nname: locked" + SMALL_STUDY + "matrix: {pretrain.n: [2, 3]}\n"
 
 
 @pytest.fixture

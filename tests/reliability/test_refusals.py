@@ -18,16 +18,10 @@ from orchestrator.cli import main
 from orchestrator.ray_guard import RAY_FLOOR, RayVersionError, check_ray, parse_version
 from orchestrator.store import Store, StoreError, check_storage
 from orchestrator.study import load_study
+from tests.orchestrator.standins import SMALL_STUDY as SMALL
 from workloads.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = """
-data: {synthetic: {train: 2, val: 1, seed: 0}, loader_workers: 0}
-defaults:
-  model: {backbone: hrnet_w32, width: 8, num_blocks: 1, num_modules: [1, 1, 1]}
-  pretrain: {input_size: 64, heatmap_size: 16, epochs: 2}
-  finetune: {input_hw: [128, 96], heatmap_hw: [32, 24], epochs: 2}
-"""
 
 
 def tree(root: Path) -> dict[str, bytes | None]:
