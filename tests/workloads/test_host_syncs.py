@@ -92,6 +92,20 @@ def _check(loader: ProbedLoader, ctx: Ctx) -> None:
         assert per_interval[s + 1]["aten._local_scalar_dense"] >= 1
 
 
+def _train_epoch_and_check(train_module, cfg, model, batches: list, device: torch.device, *loop_args) -> None:
+    """One epoch of `train_module`'s task (`Loop(cfg, ctx, model, optimizer, loader, sampler, *loop_args)`
+    through its `task_of`, run by `engine.train_one_epoch`) over `batches` under the counter, then `_check`
+    of what it counted."""
+    counter = HostSyncCounter()
+    loader = ProbedLoader([_pinned(b, device) for b in batches], counter)
+    ctx = Ctx(device)
+    loop = train_module.Loop(cfg, ctx, model, make_optimizer(model, 1e-3), loader, NoSampler(), *loop_args)
+    with counter:
+        stats = train_one_epoch(ctx, train_module.task_of(loop, None, dict), 0)
+    assert stats["images"] == 2 * STEPS and np.isfinite(stats["loss"])
+    _check(loader, ctx)
+
+
 def _pinned(tree, device: torch.device):
     """The loader's pinned host memory (DataLoader pin_memory on CUDA); as is on CPU."""
     if device.type != "cuda":
@@ -119,22 +133,9 @@ def test_pose_steady_state_step_has_no_host_sync(backbone, device):
     device = torch.device(device)
     cfg = FinetuneConfig(model=BACKBONES[backbone], input_hw=(64, 64), heatmap_hw=(16, 16))
     model = build_model(cfg.model, 17, generator=torch.Generator().manual_seed(0)).to(device)
-    counter = HostSyncCounter()
-    loader = ProbedLoader([_pinned(b, device) for b in _pose_batches(cfg, STEPS)], counter)
-    ctx = Ctx(device)
-    loop = pose_train.Loop(
-        cfg,
-        ctx,
-        model,
-        make_optimizer(model, 1e-3),
-        loader,
-        NoSampler(),
-        pose_train.make_forward_loss(cfg, device),
+    _train_epoch_and_check(
+        pose_train, cfg, model, _pose_batches(cfg, STEPS), device, pose_train.make_forward_loss(cfg, device)
     )
-    with counter:
-        stats = train_one_epoch(ctx, pose_train.task_of(loop, None, dict), 0)
-    assert stats["images"] == 2 * STEPS and np.isfinite(stats["loss"])
-    _check(loader, ctx)
 
 
 def _pretext_batches(cfg: PretrainConfig, count: int) -> list:
@@ -162,25 +163,17 @@ def test_pretext_steady_state_step_has_no_host_sync(backbone, device):
     device = torch.device(device)
     cfg = PretrainConfig(model=BACKBONES[backbone], n=2, input_size=64, heatmap_size=16)
     model = build_model(cfg.model, cfg.n**2, generator=torch.Generator().manual_seed(0)).to(device)
-    counter = HostSyncCounter()
-    loader = ProbedLoader([_pinned(b, device) for b in _pretext_batches(cfg, STEPS)], counter)
-    ctx = Ctx(device)
     hw = hsjp_train.heatmap_hw_of(cfg)
-    loop = hsjp_train.Loop(
+    _train_epoch_and_check(
+        hsjp_train,
         cfg,
-        ctx,
         model,
-        make_optimizer(model, 1e-3),
-        loader,
-        NoSampler(),
+        _pretext_batches(cfg, STEPS),
+        device,
         hw,
         hsjp_train.heatmap_stride(cfg.input_size, cfg.heatmap_size),
         hsjp_train.make_forward_loss(cfg, device, hw),
     )
-    with counter:
-        stats = train_one_epoch(ctx, hsjp_train.task_of(loop, None, dict), 0)
-    assert stats["images"] == 2 * STEPS and np.isfinite(stats["loss"])
-    _check(loader, ctx)
 
 
 def test_the_counter_sees_the_syncs_it_names():
