@@ -73,12 +73,18 @@ def box_to_center_scale(
             f"aspect_ratio must be > 0 (width / height of the network input), got {aspect_ratio}"
         )
     center = np.array([x + w * 0.5, y + h * 0.5], dtype=np.float64)
-    if w > aspect_ratio * h:
-        h = w / aspect_ratio
-    elif w < aspect_ratio * h:
-        w = h * aspect_ratio
-    scale = np.array([w, h], dtype=np.float64) / PIXEL_STD * padding
+    scale = np.array(fit_aspect(w, h, aspect_ratio), dtype=np.float64) / PIXEL_STD * padding
     return center, scale
+
+
+def fit_aspect(w: float, h: float, aspect_ratio: float) -> tuple[float, float]:
+    """(w, h) with its short side grown to w / h = aspect_ratio (HRNet `_xywh2cs` and
+    `half_body_transform` alike)."""
+    if w > aspect_ratio * h:
+        return w, w / aspect_ratio
+    if w < aspect_ratio * h:
+        return h * aspect_ratio, h
+    return w, h
 
 
 def clean_box(bbox_xywh, image_wh: tuple[int, int]) -> np.ndarray | None:

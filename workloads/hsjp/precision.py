@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from workloads.config import RuntimeConfig
 from workloads.data.transforms import network_input
 from workloads.engine import unwrap, wants_channels_last
+from workloads.models import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,9 @@ def evaluate_precision(
     Returns {"precision": P, "patch_accuracy": share of located patches, "puzzles": count}.
     The model is put back in its previous train/eval mode afterwards.
     """
-    net = unwrap(model)
-    was_training = net.training
-    net.eval()
     solved, located = [], []
     channels_last = wants_channels_last(runtime, device)
-    try:
+    with eval_mode(unwrap(model)) as net:
         for batch in loader:
             images = network_input(batch["image"].to(device, non_blocking=True), channels_last)
             heatmaps = net(images)  # fp32 whatever runtime.amp trained in: P is a reported number
@@ -76,8 +74,6 @@ def evaluate_precision(
             true = batch["centers_xy"].to(device)
             located.append(located_patches(pred, true, eps_px).cpu())  # eq. 3
             solved.append(solved_puzzles(pred, true, eps_px).cpu())  # eq. 4
-    finally:
-        net.train(was_training)
     solved_t = torch.cat(solved)
     return {
         "precision": precision_of(solved_t),

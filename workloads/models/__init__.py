@@ -7,7 +7,8 @@ point. Both networks output heatmaps at input/4 with any channel count (N² for 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ __all__ = [
     "PoseResNet",
     "StagedModel",
     "build_model",
+    "eval_mode",
     "freeze_stages",
     "load_backbone",
     "load_imagenet",
@@ -69,3 +71,15 @@ def build_model(
     if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
         raise ValueError(f"out_channels={out_channels!r} must be a positive int")
     return MODELS[cfg.backbone](cfg, out_channels, generator)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode inside the block, put back in its previous train/eval mode afterwards (also
+    when the block raises), so an evaluation in the middle of training leaves it as it found it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from workloads.models import eval_mode
+
 log = logging.getLogger(__name__)
 
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
@@ -53,15 +55,12 @@ def conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, st
             hooks.append(module.register_forward_hook(after_conv(name)))
         elif isinstance(module, nn.BatchNorm2d):
             hooks.append(module.register_forward_pre_hook(before_bn(name)))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(example)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     seen: set[str] = set()
     unique = []
     for conv, bn in pairs:  # a module called twice (shared weights) would be folded twice: refuse
@@ -94,13 +93,8 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, rtol: float = 1e-3) 
         _set(folded, bn_name, nn.Identity())
     if channels_last:
         folded = folded.to(memory_format=torch.channels_last)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            ref, out = model(example).float(), folded(example).float()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        ref, out = model(example).float(), folded(example).float()
     err = float((ref - out).abs().max())
     scale = float(ref.abs().max()) + 1e-12
     if err > rtol * scale:

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from workloads.config import DataConfig, FinetuneConfig, PoseAugConfig
-from workloads.data.coco import PIXEL_STD, PersonInstance, load_persons
+from workloads.data.coco import PIXEL_STD, PersonInstance, fit_aspect, load_persons
 from workloads.data.device_decode import BYTES_KEY, read_jpeg_skipping
 from workloads.data.keypoints import FLIP_PAIRS, LOWER_BODY_IDS, UPPER_BODY_IDS
 from workloads.data.transforms import (
@@ -80,11 +80,7 @@ def half_body_box(
         return None
     pts = np.asarray(joints_xy, dtype=np.float64)[chosen]  # [n, 2]
     center = pts.mean(axis=0)
-    w, h = pts.max(axis=0) - pts.min(axis=0)
-    if w > aspect_ratio * h:
-        h = w / aspect_ratio
-    elif w < aspect_ratio * h:
-        w = h * aspect_ratio
+    w, h = fit_aspect(*(pts.max(axis=0) - pts.min(axis=0)), aspect_ratio)
     return center, np.array([w, h]) / PIXEL_STD * HALF_BODY_PADDING
 
 

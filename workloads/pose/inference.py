@@ -33,6 +33,7 @@ from workloads.data.coco import PIXEL_STD, CocoDataError, PersonInstance
 from workloads.data.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY_ID
 from workloads.data.transforms import get_affine_transform, network_input, read_image, warp_crop
 from workloads.engine import wants_channels_last
+from workloads.models import eval_mode
 from workloads.models.folding import fold_batchnorm
 from workloads.pose.decode import get_max_preds, heatmap_to_image, refine_quarter_offset
 from workloads.pose.flip import merge_flipped
@@ -62,8 +63,6 @@ def predict(
         return []
     device = torch.device(device)
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    was_training = model.training
-    model.eval()
     keypoints = np.zeros((len(instances), NUM_KEYPOINTS, 3))  # [N, K, 3] image xy + joint score
     start = time.perf_counter()
     wait_s = 0.0
@@ -71,27 +70,27 @@ def predict(
     decoded: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []  # on the device until the end
     heatmap_wh = (0, 0)
     net = model
-    try:
-        while True:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            wait_s += time.perf_counter() - t0
-            if batch is None:
-                break
-            indices, images = batch
-            if fold_bn and net is model:
-                net = inference_model(model, images[:1], device)
-            heatmaps = _forward(net, images, cfg, device)  # [B, K, h, w]
-            if heatmaps.shape[1] != NUM_KEYPOINTS:
-                raise ValueError(
-                    f"predict: the model gives {heatmaps.shape[1]} heatmaps, expected {NUM_KEYPOINTS}"
-                )
-            coords, maxvals = get_max_preds(heatmaps)  # decode_heatmaps, kept on the device
-            decoded.append((indices, refine_quarter_offset(heatmaps, coords), maxvals))
-            heatmap_wh = (heatmaps.shape[3], heatmaps.shape[2])
-    finally:
-        batches.close()  # stops the decoding threads early if the loop failed
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            while True:
+                t0 = time.perf_counter()
+                batch = next(batches, None)
+                wait_s += time.perf_counter() - t0
+                if batch is None:
+                    break
+                indices, images = batch
+                if fold_bn and net is model:
+                    net = inference_model(model, images[:1], device)
+                heatmaps = _forward(net, images, cfg, device)  # [B, K, h, w]
+                if heatmaps.shape[1] != NUM_KEYPOINTS:
+                    raise ValueError(
+                        f"predict: the model gives {heatmaps.shape[1]} heatmaps, expected {NUM_KEYPOINTS}"
+                    )
+                coords, maxvals = get_max_preds(heatmaps)  # decode_heatmaps, kept on the device
+                decoded.append((indices, refine_quarter_offset(heatmaps, coords), maxvals))
+                heatmap_wh = (heatmaps.shape[3], heatmaps.shape[2])
+        finally:
+            batches.close()  # stops the decoding threads early if the loop failed
     if decoded:  # one device → host copy for the whole evaluation
         all_coords = torch.cat([c for _, c, _ in decoded]).cpu().double().numpy()
         all_maxvals = torch.cat([m for _, _, m in decoded]).cpu().double().numpy()

@@ -1,12 +1,13 @@
-"""build_model: both backbones × both uses (pretext N² heatmaps at 224², pose 17 at 256×192)."""
+"""build_model: both backbones × both uses (pretext N² heatmaps at 224², pose 17 at 256×192); eval_mode."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from workloads.config import BACKBONES, ModelConfig
-from workloads.models import HEAD_PREFIXES, MODELS, build_model
+from workloads.models import HEAD_PREFIXES, MODELS, build_model, eval_mode
 
 SMALL = {
     "hrnet_w32": ModelConfig(width=8, num_blocks=1, num_modules=(1, 1, 1)),
@@ -61,3 +62,15 @@ def test_unknown_backbone_lists_valid_names():
 def test_bad_out_channels(bad):
     with pytest.raises(ValueError, match="out_channels"):
         build_model(SMALL["hrnet_w32"], bad)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_eval_mode_restores_the_previous_mode_also_after_an_error(training):
+    model = nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1)).train(training)
+    with eval_mode(model) as inside:
+        assert inside is model and not any(m.training for m in model.modules())
+    assert all(m.training == training for m in model.modules())
+    with pytest.raises(RuntimeError, match="boom"), eval_mode(model):
+        assert not model[1].training
+        raise RuntimeError("boom")
+    assert all(m.training == training for m in model.modules())
