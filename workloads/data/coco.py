@@ -18,6 +18,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -109,6 +110,15 @@ def image_dir(root: str | os.PathLike, split: str) -> Path:
     return Path(root) / split
 
 
+def read_json(path: Path, what: str) -> Any:
+    """The content of JSON file `path`; CocoDataError "<what> <path> is not valid JSON: ..." if it is not."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CocoDataError(f"{what} {path} is not valid JSON: {err}") from err
+
+
 def load_coco(root: str | os.PathLike, split: str) -> COCO:
     """The pycocotools index of a split; CocoDataError naming the path when missing or malformed."""
     root = Path(root)
@@ -119,11 +129,7 @@ def load_coco(root: str | os.PathLike, split: str) -> COCO:
         raise CocoDataError(
             f"annotation file {path} not found; expected {EXPECTED_LAYOUT.format(split=split)}"
         )
-    try:
-        with open(path, encoding="utf-8") as f:
-            dataset = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CocoDataError(f"annotation file {path} is not valid JSON: {err}") from err
+    dataset = read_json(path, "annotation file")
     missing = [
         k
         for k in ("images", "annotations", "categories")
@@ -246,11 +252,7 @@ def read_detections(det_file: Path) -> list[dict]:
     """The entries of a detection file (COCO results format), each checked for its four fields."""
     if not det_file.is_file():
         raise CocoDataError(f"detection file {det_file} not found")
-    try:
-        with open(det_file, encoding="utf-8") as f:
-            dets = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CocoDataError(f"detection file {det_file} is not valid JSON: {err}") from err
+    dets = read_json(det_file, "detection file")
     expected = "a JSON list of {image_id: int, category_id: int, bbox: [x, y, w, h], score: float}"
     if not isinstance(dets, list):
         raise CocoDataError(

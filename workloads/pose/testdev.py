@@ -32,6 +32,7 @@ from workloads.data.coco import (
     check_images,
     match_detections,
     read_detections,
+    read_json,
 )
 from workloads.data.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY_ID
 from workloads.pose import inference
@@ -70,10 +71,7 @@ def load_image_info(root: str | os.PathLike, split: str) -> dict[int, dict]:
             f"{path} not found: test split {split!r} needs COCO's image info file "
             f"(annotations/image_info_{split}.json) and its images in {test_image_dir(root, split).name}/"
         )
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CocoDataError(f"image info file {path} is not valid JSON: {err}") from err
+    info = read_json(path, "image info file")
     images = info.get("images") if isinstance(info, dict) else None
     if not isinstance(images, list) or not images:
         raise CocoDataError(f"image info file {path}: expected an object with a non-empty `images` list")

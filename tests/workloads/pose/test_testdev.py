@@ -13,7 +13,7 @@ from tests.testdev_data import SPLIT, make_testdev_root
 from workloads.config import DataConfig, FinetuneConfig, ModelConfig
 from workloads.context import LocalContext
 from workloads.data.coco import CocoDataError
-from workloads.pose.testdev import results_name, stats_name
+from workloads.pose.testdev import load_test_detections, results_name, stats_name
 from workloads.pose.train import run_finetune
 
 TINY = ModelConfig(width=8, num_blocks=1, num_modules=(1, 1, 1))
@@ -68,9 +68,38 @@ def test_server_stats_format():
 
 @pytest.mark.realdata
 def test_a_test_split_without_image_info_names_the_path(tmp_path, coco_mini, coco_dets):
-    from workloads.pose.testdev import load_test_detections
-
     root, det_file, _ = make_testdev_root(tmp_path, coco_mini, coco_dets)
     (root / "annotations" / f"image_info_{SPLIT}.json").unlink()
     with pytest.raises(CocoDataError, match=f"image_info_{SPLIT}.json not found"):
         load_test_detections(det_file, root, SPLIT, aspect_ratio=0.75)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(
+    "content, expected",
+    [("{images: [", "is not valid JSON"), ('{"images": []}', "expected an object with a non-empty `images`")],
+)
+def test_a_malformed_image_info_file_is_named(tmp_path, coco_mini, coco_dets, content, expected):
+    root, det_file, _ = make_testdev_root(tmp_path, coco_mini, coco_dets)
+    info = root / "annotations" / f"image_info_{SPLIT}.json"
+    info.write_text(content)
+    with pytest.raises(CocoDataError, match=expected) as err:
+        load_test_detections(det_file, root, SPLIT, aspect_ratio=0.75)
+    assert f"image info file {info}" in str(err.value)
+
+
+@pytest.mark.realdata
+def test_detections_off_the_split_are_dropped_and_none_left_is_an_error(
+    tmp_path, coco_mini, coco_dets, caplog
+):
+    root, det_file, image_ids = make_testdev_root(tmp_path, coco_mini, coco_dets)
+    dets = json.loads(det_file.read_text())
+    foreign = dict(dets[0], image_id=max(image_ids) + 1)
+    det_file.write_text(json.dumps([*dets, foreign]))
+    instances, _ = load_test_detections(det_file, root, SPLIT, aspect_ratio=0.75)
+    assert len(instances) == len(dets) and {i.image_id for i in instances} <= image_ids
+    assert f"1 image id(s) not in {root / 'annotations' / f'image_info_{SPLIT}.json'}" in caplog.text
+    det_file.write_text(json.dumps([foreign]))
+    with pytest.raises(CocoDataError, match="no detection matches this split") as err:
+        load_test_detections(det_file, root, SPLIT, aspect_ratio=0.75)
+    assert str(det_file) in str(err.value) and str(max(image_ids) + 1) in str(err.value)
