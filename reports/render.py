@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from orchestrator.store_format import StageState
-from reports.collect import METRIC_KEYS
+from reports.collect import STAGE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -279,29 +279,8 @@ def results_frame(stages: pd.DataFrame) -> pd.DataFrame:
     for k in ("good", "jitter", "inversion", "swap", "miss"):
         ft[f"err_{k}"] = [o.get(k, math.nan) for o in overall]
     drop = ["kind", "ap_per_oks", "errors", "settings_flat"]
-    first = [
-        "stage_id",
-        "studies",
-        "trials",
-        "status",
-        "reason",
-        "backbone",
-        "method",
-        "n",
-        "lr",
-        "pt_epochs",
-        "concat_original",
-        "pt_seed",
-        "freeze",
-        "label_fraction",
-        "ft_epochs",
-        "ft_seed",
-        "split",
-        "setup",
-        "pt_status",
-        "precision",
-        *METRIC_KEYS,
-    ]
+    lead = ["stage_id", "studies", "trials", "status", "reason"]
+    first = lead + [c for c in STAGE_COLUMNS if c not in lead and c not in drop]  # the store's order
     rest = [c for c in ft.columns if c not in first and c not in drop]
     return ft[first + rest].reset_index(drop=True)
 

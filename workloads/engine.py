@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from workloads.config import HEATMAP_STRIDE, RuntimeConfig
 from workloads.context import StageContext
+from workloads.data.transforms import network_input
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,26 @@ def apply_memory_format(model: nn.Module, runtime: RuntimeConfig, device: torch.
     return model
 
 
+def forward_heatmaps(
+    model: nn.Module, images: torch.Tensor, runtime: RuntimeConfig, device: torch.device, channels_last: bool
+) -> torch.Tensor:
+    """The model's heatmaps of a batch as the loaders and `prepare` ship it (uint8 NHWC or normalised
+    float NCHW): normalised and laid out on the device (`network_input`), the forward under the
+    configured autocast. The first half of both tasks' `forward_loss`."""
+    x = network_input(images, channels_last)
+    with autocast(runtime, device):
+        return model(x)
+
+
+def backward_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on `loss` (gradients zeroed first, as None); the loss back, detached and still
+    on the device (no host read). Both tasks' `train_step` end with it."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def check_heatmap_output(pred: torch.Tensor, expected_hw: tuple[int, int], key: str, value: Any) -> None:
     """The model's heatmaps [B, K, H, W] have the configured size (`key` = `value`): a backbone outputs
     input / HEATMAP_STRIDE, so a mismatch is a config that slipped past the study checks."""
@@ -194,6 +215,16 @@ def use_static_graph(model: nn.Module, runtime: RuntimeConfig, device: torch.dev
         model._set_static_graph()
         return True
     return False
+
+
+def place_model(model: nn.Module, runtime: RuntimeConfig, ctx: StageContext) -> nn.Module:
+    """The training model of a stage, both tasks alike: in the runtime's memory format, on the stage's
+    device and under DDP when it has several workers (`ctx.prepare_model`), cuDNN's autotuner on for
+    CUDA, and a DDP model marked static when it runs eagerly (after the wrap: `use_static_graph`)."""
+    model = ctx.prepare_model(apply_memory_format(model, runtime, ctx.device))
+    configure_backends(ctx.device)
+    use_static_graph(model, runtime, ctx.device)
+    return model
 
 
 def sync_buffers(model: nn.Module, world_size: int) -> None:

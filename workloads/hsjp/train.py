@@ -29,22 +29,20 @@ from torch.utils.data import DataLoader, Subset
 from workloads.config import DataConfig, PretrainConfig, to_dict
 from workloads.context import StageContext, StageResult
 from workloads.data.device_decode import collate_with_bytes, decodes_on_device
-from workloads.data.transforms import network_input
 from workloads.engine import (
     EpochSampler,
     LoopSpec,
     Task,
-    apply_memory_format,
-    autocast,
+    backward_step,
     check_heatmap_output,
     compile_step,
-    configure_backends,
+    forward_heatmaps,
     loss_summary,
     make_loader,
     make_optimizer,
     make_scheduler,
+    place_model,
     run_epochs,
-    use_static_graph,
     wants_channels_last,
 )
 from workloads.hsjp.batched import batch_images, check_placement, renders_on_device
@@ -100,9 +98,7 @@ def make_forward_loss(cfg: PretrainConfig, device: torch.device, heatmap_hw: tup
     channels_last = wants_channels_last(cfg.runtime, device)
 
     def forward_loss(model: nn.Module, images: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
-        x = network_input(images, channels_last)
-        with autocast(cfg.runtime, device):
-            pred = model(x)
+        pred = forward_heatmaps(model, images, cfg.runtime, device, channels_last)
         check_heatmap_output(pred, heatmap_hw, "pretrain.heatmap_size", cfg.heatmap_size)
         return masked_mse(pred, target, mask)  # paper eq. (2), float32
 
@@ -112,11 +108,7 @@ def make_forward_loss(cfg: PretrainConfig, device: torch.device, heatmap_hw: tup
 def train_step(loop: Loop, tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """One Adam step on prepared (images, targets, mask) (`prepare_batch`); returns the loss, still on
     the device."""
-    loss = loop.forward_loss(loop.model, *tensors)
-    loop.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    loop.optimizer.step()
-    return loss.detach()
+    return backward_step(loop.optimizer, loop.forward_loss(loop.model, *tensors))
 
 
 def task_of(loop: Loop, scheduler: Any, evaluate: Callable[[], dict]) -> Task:
@@ -160,9 +152,7 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
     device = ctx.device
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.n * cfg.n, generator=torch.Generator().manual_seed(cfg.seed))
-    model = ctx.prepare_model(apply_memory_format(model, cfg.runtime, device))
-    configure_backends(device)
-    use_static_graph(model, cfg.runtime, device)
+    model = place_model(model, cfg.runtime, ctx)
     check_placement(cfg, data, device)
     decode_here = decodes_on_device(data, device)
     train_set = PuzzleDataset(

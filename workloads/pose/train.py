@@ -42,23 +42,22 @@ from workloads.context import StageContext, StageResult
 from workloads.data.coco import PersonInstance, annotation_path, load_detections, load_persons
 from workloads.data.device_decode import collate_with_bytes, decode_and_crop, decodes_on_device
 from workloads.data.keypoints import NUM_KEYPOINTS
-from workloads.data.transforms import network_input, normalize_batch
+from workloads.data.transforms import normalize_batch
 from workloads.engine import (
     EpochSampler,
     LoopSpec,
     Task,
-    apply_memory_format,
-    autocast,
+    backward_step,
     check_heatmap_output,
     compile_step,
-    configure_backends,
+    forward_heatmaps,
     loss_summary,
     make_loader,
     make_optimizer,
     make_scheduler,
+    place_model,
     run_epochs,
     unwrap,
-    use_static_graph,
     wants_channels_last,
 )
 from workloads.models import build_model, freeze_stages, load_backbone, load_imagenet, stage_of_parameter
@@ -201,9 +200,7 @@ def make_forward_loss(cfg: FinetuneConfig, device: torch.device):
     channels_last = wants_channels_last(cfg.runtime, device)
 
     def forward_loss(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor):
-        x = network_input(images, channels_last)
-        with autocast(cfg.runtime, device):
-            pred = model(x)
+        pred = forward_heatmaps(model, images, cfg.runtime, device, channels_last)
         check_heatmap_output(pred, targets.shape[-2:], "finetune.heatmap_hw", list(cfg.heatmap_hw))
         return joints_mse(pred, targets, weights)  # official JointsMSE with target weights, float32
 
@@ -224,11 +221,7 @@ def train_step(
     compiled); returns the loss, still on the device."""
     images, targets, weights = batch if prepared else prepare_batch(batch, cfg, device)
     forward_loss = forward_loss or make_forward_loss(cfg, device)
-    loss = forward_loss(model, images, targets, weights)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+    return backward_step(optimizer, forward_loss(model, images, targets, weights))
 
 
 def task_of(loop: Loop, scheduler: Any, evaluate: Callable[[], dict]) -> Task:
@@ -413,9 +406,7 @@ def run_finetune(
     device = ctx.device
     torch.manual_seed(cfg.seed)
     model, report, frozen = build_finetune_model(cfg, init, ctx)
-    model = ctx.prepare_model(apply_memory_format(model, cfg.runtime, device))
-    configure_backends(device)
-    use_static_graph(model, cfg.runtime, device)
+    model = place_model(model, cfg.runtime, ctx)
     train_persons, total_persons = load_train_instances(cfg, data)
     decode_here = decodes_on_device(data, device)
     loader, sampler = make_loader(
