@@ -24,7 +24,7 @@ HOLD = """
 import json, os, sys, time
 import ray
 from orchestrator import host
-from orchestrator.execution import start_local_ray
+from orchestrator.ray_backend import start_local_ray
 k = int(sys.argv[3])
 start_local_ray(demand=host.Demand(cpus=1, gpus=k, min_gpus=min(1, k)), study=sys.argv[1])
 
