@@ -125,4 +125,4 @@ def test_smoke_study_on_an_object_store_killed_mid_stage_resumes_equal_to_uninte
     # what had finished before the kill was not recomputed (result.json byte-identical)
     for sid, data in finished.items():
         assert store.read_bytes(store.stage_path(sid, "result.json")) == data, sid
-    assert "already done" in (tmp_path / "rerun.log").read_text() or not finished
+    assert "already in the store" in (tmp_path / "rerun.log").read_text() or not finished
