@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from orchestrator.failures import stage_failure_status
 from orchestrator.plan import Plan, StageSpec, describe_stage
-from orchestrator.store_format import FINISHED_STATES, STAGE_STATES, StageState, stage_state
+from orchestrator.store_format import (
+    FINISHED_STATES,
+    STAGE_STATES,
+    StageState,
+    stage_state,
+    state_before_start,
+)
 from workloads.config import PretrainConfig
 
 if TYPE_CHECKING:
@@ -38,7 +44,6 @@ _ETA_WINDOW = 5  # mean of the last epochs' durations
 
 def study_status(plan: Plan, store: Store) -> list[dict[str, Any]]:
     """One row per stage of the plan, in plan order (each pretrain before the finetunes using it)."""
-    results = {sid: store.read_result(sid) for sid in plan.stages}
     users: dict[str, list[str]] = {}
     for t in plan.trials:
         users.setdefault(t.pretrain, []).append(t.trial_id)
@@ -46,7 +51,7 @@ def study_status(plan: Plan, store: Store) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for sid, spec in plan.stages.items():  # a pretrain's row comes before its finetunes'
         parent = rows.get(spec.parent) if spec.parent else None
-        row = _stage_row(spec, plan, store, results, parent["state"] if parent else None)
+        row = _stage_row(spec, plan, store, store.read_result(sid), parent["state"] if parent else None)
         row["trials"] = users.get(sid, [])
         rows[sid] = row
     return list(rows.values())
@@ -56,7 +61,7 @@ def _stage_row(
     spec: StageSpec,
     plan: Plan,
     store: Store,
-    results: dict[str, dict | None],
+    result: dict | None,
     parent_state: StageState | None = None,
 ) -> dict[str, Any]:
     total = spec.config.epochs if isinstance(spec.config, PretrainConfig) else spec.config.total_epochs
@@ -78,7 +83,6 @@ def _stage_row(
         "detail": None,
         "updated_s_ago": None,
     }
-    result = results.get(spec.stage_id)
     if not spec.work:
         row["state"] = StageState.NO_WORK  # scratch / imagenet: nothing to compute
         return row
@@ -109,10 +113,8 @@ def _stage_row(
     elif metrics_rows:
         row["state"] = StageState.RUNNING
         row["updated_s_ago"] = _age_s(store, store.stage_path(spec.stage_id, "metrics.jsonl"))
-    elif parent_state in (StageState.FAILED, StageState.BLOCKED):
-        row["state"] = StageState.BLOCKED
-    elif spec.parent and not _ready(plan.stages[spec.parent], results.get(spec.parent)):
-        row["state"] = StageState.WAITING
+    else:
+        row["state"] = state_before_start(parent_state if spec.parent else None)
     return row
 
 
@@ -130,13 +132,6 @@ def _progress(row: dict, metrics_rows: list[dict], plan: Plan) -> None:
     if seconds and row["epochs"]:
         recent = seconds[-_ETA_WINDOW:]
         row["eta_s"] = max(0, row["epochs"] - row["epoch"]) * sum(recent) / len(recent)
-
-
-def _ready(parent: StageSpec, result: dict | None) -> bool:
-    """A finetune may start once its pretrain has no work or finished without collapsing."""
-    if not parent.work:
-        return True
-    return result is not None and stage_state(result) == StageState.DONE
 
 
 def _last_line(text: str) -> str:

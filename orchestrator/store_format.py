@@ -150,6 +150,18 @@ TERMINAL_STATES = FINISHED_STATES | {StageState.FAILED, StageState.BLOCKED}
 """States a stage ends a run in (a failed or blocked one is retried by the next run)."""
 
 
+def state_before_start(parent: StageState | None) -> StageState:
+    """The state of a stage nothing has happened to yet (no result, no attempt, no epoch) by its
+    pretrain's state (`parent`; None: it has no pretrain): `queued` when it may start (no pretrain,
+    or one that is done or has no work), `blocked` when its pretrain failed or is blocked itself,
+    else `waiting` (the pretrain is unfinished, or collapsed and its skip not yet published)."""
+    if parent is None or parent in (StageState.DONE, StageState.NO_WORK):
+        return StageState.QUEUED
+    if parent in (StageState.FAILED, StageState.BLOCKED):
+        return StageState.BLOCKED
+    return StageState.WAITING
+
+
 class StageHow(StrEnum):
     """How a run got a stage (`hsjp-study run`'s summary table; trials.csv's `pretrain_how` /
     `finetune_how`). Not a state: a `found` stage is one of the FINISHED_STATES."""
@@ -336,5 +348,6 @@ __all__ = [
     "read_stage_record",
     "stage_parts",
     "stage_state",
+    "state_before_start",
     "study_parts",
 ]

@@ -37,6 +37,7 @@ from orchestrator.store_format import (
     StageState,
     is_stage_id,
     stage_state,
+    state_before_start,
 )
 from workloads.config import BACKBONE_SCHEDULES
 
@@ -415,12 +416,10 @@ def _join_parents(rows: list[dict]) -> None:
             parent["gpu_hours"],
         )
         r["bf16"] = bool(r["bf16"] or parent["bf16"])  # a bf16 pretrain marks its finetunes too
-        if r["status"] != StageState.QUEUED or parent["status"] in (StageState.DONE, StageState.NO_WORK):
-            continue
-        # as `status` tells it: a failed pretrain blocks it, any other unfinished one keeps it waiting
-        blocked = parent["status"] in (StageState.FAILED, StageState.BLOCKED)
-        r["status"] = StageState.BLOCKED if blocked else StageState.WAITING
-        r["reason"] = f"pretrain {parent['status']}"
+        if r["status"] == StageState.QUEUED:  # not started: by its pretrain, as `status` tells it
+            r["status"] = state_before_start(StageState(parent["status"]))
+            if r["status"] != StageState.QUEUED:
+                r["reason"] = f"pretrain {parent['status']}"
 
 
 def _int_or_none(value: Any) -> int | None:

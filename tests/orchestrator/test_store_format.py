@@ -253,3 +253,22 @@ def test_only_a_result_before_schema_2_stands_in_for_a_missing_config_json(publi
     assert store_format.read_stage_record(None, None, "x/config.json") is None  # never started
     with pytest.raises(StoreError, match="x/config.json: expected a stage record"):
         store_format.read_stage_record({"model": {}}, None, "x/config.json")
+
+
+@pytest.mark.parametrize(
+    "parent, state",
+    [
+        (None, "queued"),
+        ("done", "queued"),
+        ("no-work", "queued"),
+        ("failed", "blocked"),
+        ("blocked", "blocked"),
+        ("running", "waiting"),
+        ("retrying", "waiting"),
+        ("collapsed", "waiting"),  # its skip is published by the scheduler, not yet here
+        ("queued", "waiting"),
+    ],
+)
+def test_a_stage_not_started_stands_by_its_pretrain(parent, state):
+    parent_state = store_format.StageState(parent) if parent else None
+    assert store_format.state_before_start(parent_state) == state
