@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import filelock
 
+from orchestrator.failures import last_line
 from orchestrator.plan import Plan
 from orchestrator.progress import Progress
 from orchestrator.scheduler import (
@@ -387,7 +388,7 @@ def summarize(plan: Any, store: Store, scheduler: StageScheduler | None = None) 
             row["status"] = ft["status"]
         else:
             stage = next((s for s in (t.pretrain, t.finetune) if store.read_error(s) is not None), None)
-            error = _last_line(store.read_error(stage)) if stage else None
+            error = last_line(store.read_error(stage))[:500] if stage else None
             if error is None:
                 run = next(
                     (stages[s] for s in (t.pretrain, t.finetune) if s in stages and stages[s].error), None
@@ -426,11 +427,6 @@ def write_trials_csv(plan: Any, store: Store, summary: dict) -> str:
     path = store.study_path(plan.study, TRIALS_FILE)
     store.write_bytes(path, buf.getvalue().encode())
     return path
-
-
-def _last_line(text: str | None) -> str:
-    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
-    return lines[-1][:500] if lines else ""
 
 
 __all__ = ["run_study", "simulate_study", "summarize", "write_trials_csv", "StageFailed", "Simulation"]

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from orchestrator.failures import last_line
 from orchestrator.store_format import StageHow, StageState
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class Progress:
             self._on_epoch(result, now)
 
     def on_trial_error(self, label: str, message: str) -> None:
-        self._print(f"{label}  trial error: {message.strip().splitlines()[-1] if message.strip() else '?'}")
+        self._print(f"{label}  trial error: {last_line(message) or '?'}")
 
     def on_stage_event(self, ev: dict, now: float | None = None) -> None:
         now = time.time() if now is None else now

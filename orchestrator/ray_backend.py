@@ -42,6 +42,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from orchestrator import tb
+from orchestrator.failures import last_line
 from orchestrator.scheduler import TERMINAL, StageScheduler, total_epochs
 from orchestrator.stages import StageFailed, compute_stage, publish, staging_path
 from orchestrator.store import Store, StoreError
@@ -308,7 +309,7 @@ class StageCallback(tune.Callback):
         message = str(trial.get_error() or "trial error")
         if ACTIVE.progress is not None:
             ACTIVE.progress.on_trial_error(_label(trial), message)
-        self._done(trial, _last_line(message))
+        self._done(trial, last_line(message)[:500])
 
     def _done(self, trial: Any, error: str | None) -> None:
         sid = (trial.config or {}).get("stage")
@@ -948,11 +949,6 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite_or_none(v) for v in value]
     return value
-
-
-def _last_line(text: str | None) -> str:
-    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
-    return lines[-1][:500] if lines else ""
 
 
 __all__ = ["ActorLease", "LeaseTable", "RayRunner", "RayStageContext", "StoreError", "start_local_ray"]

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
-from orchestrator.failures import stage_failure_status
+from orchestrator.failures import last_line, stage_failure_status
 from orchestrator.plan import Plan, StageSpec, describe_stage
 from orchestrator.store_format import (
     FINISHED_STATES,
@@ -103,12 +103,12 @@ def _stage_row(
     error = store.read_error(spec.stage_id)
     if failure is not None:
         row["state"] = StageState(failure["state"])
-        row["error"] = failure["error"] or (_last_line(error) if error else None)
+        row["error"] = failure["error"] or (_error_line(error) if error else None)
         row["detail"] = failure["status"]
         row["eta_s"] = None
     elif error is not None:
         row["state"] = StageState.FAILED
-        row["error"] = _last_line(error)
+        row["error"] = _error_line(error)
         row["eta_s"] = None
     elif metrics_rows:
         row["state"] = StageState.RUNNING
@@ -134,9 +134,8 @@ def _progress(row: dict, metrics_rows: list[dict], plan: Plan) -> None:
         row["eta_s"] = max(0, row["epochs"] - row["epoch"]) * sum(recent) / len(recent)
 
 
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:200] if lines else "(empty error.txt)"
+def _error_line(text: str) -> str:
+    return last_line(text)[:200] or "(empty error.txt)"
 
 
 def _age_s(store: Store, path: str) -> float | None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.failures import stage_failure_status
+from orchestrator.failures import last_line, stage_failure_status
 from orchestrator.store import Store
 from orchestrator.store_format import (
     FINISHED_STATES,
@@ -221,8 +221,7 @@ def _status(e: dict) -> tuple[StageState, str]:
         if status == StageState.COLLAPSED and not reason and res.get("collapsed_epoch") is not None:
             reason = f"collapsed at epoch {res['collapsed_epoch']}"
         return status, str(reason)
-    error = (e.get("error") or "").strip()
-    last = error.splitlines()[-1][:200] if error else ""
+    last = last_line(e.get("error"))[:200]
     if e.get("failure") is not None:
         return StageState(e["failure"]["state"]), str(e["failure"].get("error") or last)
     if e.get("error") is not None:
