@@ -43,10 +43,10 @@ from ray.tune.search import Searcher
 
 from orchestrator import tb
 from orchestrator.failures import last_line
-from orchestrator.scheduler import TERMINAL, StageScheduler, total_epochs
+from orchestrator.scheduler import StageScheduler, total_epochs
 from orchestrator.stages import StageFailed, compute_stage, publish, staging_path
 from orchestrator.store import Store, StoreError
-from orchestrator.store_format import StageState
+from orchestrator.store_format import TERMINAL_STATES, StageState
 
 log = logging.getLogger(__name__)
 
@@ -463,7 +463,7 @@ class RayRunner:
             from orchestrator.ray_guard import check_ray
 
             check_ray()  # Train V1 (RAY_TRAIN_V2_ENABLED=0) or a Ray below the floor: refused
-            pending = sum(1 for r in scheduler.stages.values() if r.state not in TERMINAL)
+            pending = sum(1 for r in scheduler.stages.values() if r.state not in TERMINAL_STATES)
             demand = host.study_demand(plan.compute, pending, scheduler.max_running)  # a fair share
             started, _ = connect(self.address, demand, plan.study)
         lease = None

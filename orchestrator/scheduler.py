@@ -8,7 +8,7 @@ progress lines show too:
     queued    it can start as soon as its resources are free (a retry: once its backoff has passed)
     elsewhere another run (another study on the same store) holds its lease: re-checked every few s
     running   launched (its lease is held by this run)
-    done / no-work / collapsed / skipped / failed / blocked    terminal for this run (TERMINAL)
+    done / no-work / collapsed / skipped / failed / blocked    terminal for this run (TERMINAL_STATES)
 
 and records how this run got it (`StageHow`: found in the store, computed, waited for another run,
 published without a trial as no-work or skipped, or blocked by its pretrain's failure). Its events
@@ -39,8 +39,6 @@ from orchestrator.store_format import SKIP_REASON, TERMINAL_STATES, StageHow, St
 
 log = logging.getLogger(__name__)
 
-TERMINAL = TERMINAL_STATES
-"""States a stage ends a run in (a failed or blocked one is retried by the next run)."""
 RECHECK_S = 5.0
 """How often a stage held by another run is looked at again (its result.json, then its lease)."""
 _EPS = 1e-9
@@ -306,7 +304,7 @@ class StageScheduler:
         """A stage Ray runs already (a trial restored by `Tuner.restore`): account it as running.
         False when it is finished (or unknown)."""
         run = self.stages.get(sid)
-        if run is None or run.state in TERMINAL or run.state == StageState.RUNNING:
+        if run is None or run.state in TERMINAL_STATES or run.state == StageState.RUNNING:
             return False
         self.lease.try_acquire(sid)
         run.state, run.started_at, run.how = StageState.RUNNING, self.clock(), StageHow.COMPUTED
@@ -358,7 +356,7 @@ class StageScheduler:
 
     # ------------------------------------------------------------------------------------- state
     def is_finished(self) -> bool:
-        return all(r.state in TERMINAL for r in self.stages.values())
+        return all(r.state in TERMINAL_STATES for r in self.stages.values())
 
     def failed(self) -> list[str]:
         """The stages that did not finish: failed, or blocked by their pretrain's failure."""

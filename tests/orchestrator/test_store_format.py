@@ -75,7 +75,7 @@ def test_one_set_of_state_names():
 
     assert set(store_format.RESULT_STATUSES) <= set(store_format.FINISHED_STATES)
     assert set(store_format.FINISHED_STATES) <= set(store_format.STAGE_STATES)
-    assert scheduler.TERMINAL is store_format.TERMINAL_STATES
+    assert scheduler.TERMINAL_STATES is store_format.TERMINAL_STATES  # no set of its own
     assert stage_state({"status": "done", "collapsed": True}) == "collapsed"
     assert stage_state({"collapsed": False}) == "done" and stage_state({"status": "skipped"}) == "skipped"
     assert stage_state({"status": "done", "work": False}) == "no-work"
