@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.inputs import check_inputs, data_config, prepare_data
+from orchestrator.lineage import stale_summary
 from orchestrator.plan import Plan, make_plan, render_plan, render_prediction
 from orchestrator.status import dashboard_url, render_status, status_totals, study_status, watch
 from orchestrator.store_format import FINISHED_STATES
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="dry run of the scheduler: each stage holds its real resource request on a local Ray with "
         "--gpus fake GPUs for its estimated hours × --time-scale seconds (needs no data, writes no store)",
+    )
+    p.add_argument(
+        "--recompute-stale",
+        action="store_true",
+        help="recompute the stages in the store that an older workload version made (their folders are "
+        "moved under stale/ in the store first; default: keep and reuse them, saying so)",
     )
     p.add_argument("--gpus", type=int, metavar="G", help="--simulate: GPUs of the simulated cluster")
     p.add_argument(
@@ -218,6 +225,8 @@ def _positive_int(text: str) -> int:
 
 # ------------------------------------------------------------------------------------------ commands
 def cmd_run(args: argparse.Namespace) -> int:
+    if getattr(args, "recompute_stale", False) and args.simulate:
+        raise ConfigError("--recompute-stale is an option of a real run (--simulate writes no store)")
     if args.simulate:
         return cmd_simulate(args)  # a dry run: no store is opened
     for flag in ("gpus", "cpus", "time_scale"):
@@ -240,6 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = Store(args.storage)
     data = prepare_data(study, store)
     plan = make_plan(study, data)
+    _say_stale(plan, store, recompute=getattr(args, "recompute_stale", False))
     from orchestrator.execution import run_study  # Ray is imported only to run
 
     max_concurrent = args.max_concurrent or study.compute.max_concurrent_trials
@@ -258,6 +268,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{len(failed)} stage(s) did not finish: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _say_stale(plan: Plan, store: Store, recompute: bool) -> None:
+    """Before a run: name the stored stages an older workload version made, and keep them or (with
+    --recompute-stale) move them aside so they are computed again; note the results of the earlier id
+    recipe, which no stage of this plan finds."""
+    from orchestrator.lineage import archive_stale, find_stale, pre_identity_line, pre_identity_results
+
+    stale = find_stale(plan, store)
+    if stale:
+        print(stale_summary(stale, recompute=recompute), flush=True)
+        if recompute:
+            archive_stale(store, sorted(stale))
+    older = pre_identity_results(store)
+    if older:
+        print(pre_identity_line(older), flush=True)
 
 
 def _failed(summary: Any, plan: Plan, store: Store) -> list[str]:
@@ -310,7 +336,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if args.gpus:
             print(render_prediction(plan, args.gpus))
     _note_missing_inputs(study)
+    _note_stale(plan, args.storage)
     return 0
+
+
+def _note_stale(plan: Plan, storage: str) -> None:
+    """Say (on stderr) which of the plan's stages the store at `storage` holds from an older workload
+    version; nothing when there is no store there yet (plan creates none)."""
+    if "://" not in storage and not Path(storage).expanduser().is_dir():
+        return
+    from orchestrator.lineage import find_stale
+    from orchestrator.store import Store
+
+    stale = find_stale(plan, Store(storage, create=False))
+    if stale:
+        print(f"note: {stale_summary(stale)}", file=sys.stderr)
 
 
 def _note_missing_inputs(study: Study) -> None:
@@ -352,6 +392,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render_status(rows, plan))
         print(usage.line(store.uri))
+        from orchestrator.lineage import pre_identity_line, pre_identity_results
+
+        older = pre_identity_results(store)
+        if older:
+            print(pre_identity_line(older))
     return 0
 
 

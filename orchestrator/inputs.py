@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from workloads.config import BACKBONES, ConfigError, DataConfig, check_on_init, from_dict, suggest
+from workloads.config import (
+    BACKBONES,
+    ConfigError,
+    DataConfig,
+    check_on_init,
+    from_dict,
+    identity_dict,
+    suggest,
+)
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
@@ -148,25 +156,19 @@ class DataSpec:
     synthetic: SyntheticSpec | None = None
 
     def identity(self, kind: str) -> dict[str, Any]:
-        """What of the data changes a stage's result (part of its content hash): not the store path, not
-        loader_workers (decode_on does: OpenCV and nvJPEG differ by a few grey levels); a pretrain never
-        reads the detection file (HSJP precision uses GT persons)."""
-        c = self.config
-        ident: dict[str, Any] = {
-            "train_split": c.train_split,
-            "val_split": c.val_split,
-            "max_train_instances": c.max_train_instances,
-            "max_val_instances": c.max_val_instances,
-            "decode_on": c.decode_on,  # decoders differ by a few grey levels
-        }
+        """What of the data changes a stage's result (part of its content hash): `identity_dict` of the
+        data config (no execution switch: loader workers, where images are decoded), less what the stage
+        never reads: the store path of a synthetic set (its generator spec stands in), the val detection
+        file for a pretrain (HSJP precision uses GT persons), the test-split detections for any stage but
+        an evaluation stage."""
+        ident: dict[str, Any] = identity_dict(self.config)  # test_detection_file is a child-stage field
+        if kind == "evaluate":
+            ident["test_detection_file"] = self.config.test_detection_file
+        if kind == "pretrain":
+            ident.pop("detection_file", None)
         if self.synthetic is not None:
+            ident.pop("coco_root", None)
             ident["synthetic"] = dataclasses.asdict(self.synthetic)
-        else:
-            ident["coco_root"] = c.coco_root
-            if kind == "finetune":
-                ident["detection_file"] = c.detection_file
-                if c.test_detection_file is not None:  # only finetunes with test_splits read it
-                    ident["test_detection_file"] = c.test_detection_file
         return ident
 
 

@@ -1,8 +1,11 @@
 """The plan of a study (docs/design.md §2): trials → a DAG of content-addressed stages.
 
 Every trial becomes a `pretrain` and a `finetune` stage. A stage id is `<kind>-<sha1[:16]>` of what
-changes its result: its config, the data identity (the study's data spec, never the store path), its
-parent's id and the workload version. So identical pretrains are one stage within and across studies
+changes its result and nothing else: its config less the execution switches (`identity_dict`:
+compiling, memory format, where images are decoded, loader workers — recorded in provenance instead),
+the data identity (the study's data spec, never the store path), and its parent's id. The workload's
+numerics version is not hashed: it is recorded with each result, and a stage made by an older version
+is named stale (orchestrator.lineage), never silently recomputed nor silently reused. So identical pretrains are one stage within and across studies
 (the N=6 HRNet pretrain feeds Table 1, 2, 3 and Figs. 5, 6). `scratch` / `imagenet` pretrains have
 no work; their identity is only (method, model, checkpoint path). Trials that come out identical (same
 finetune stage) are merged, their other definitions kept as aliases. `Plan.estimate` gives the
@@ -23,8 +26,8 @@ from typing import Any
 from orchestrator.inputs import ComputeConfig, DataSpec, throughput_source
 from orchestrator.store_format import StageState
 from orchestrator.study import Study, Trial
-from workloads import WORKLOAD_VERSION
-from workloads.config import DataConfig, FinetuneConfig, PretrainConfig, to_dict
+from workloads import WORKLOAD_VERSIONS
+from workloads.config import DataConfig, FinetuneConfig, PretrainConfig, identity_dict, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ _ASSUMPTIONS = (
 @dataclass(frozen=True)
 class StageSpec:
     stage_id: str
-    """`<kind>-<sha1[:16]>` of {kind, config, data identity, parent id, WORKLOAD_VERSION}."""
+    """`<kind>-<sha1[:16]>` of {kind, config less execution switches, data identity, parent id}."""
     kind: str
     """`pretrain` or `finetune`."""
     config: PretrainConfig | FinetuneConfig
@@ -129,7 +132,7 @@ class Plan:
         return {
             "study": self.study,
             "parts": list(self.parts),
-            "workload_version": WORKLOAD_VERSION,
+            "workload_versions": dict(WORKLOAD_VERSIONS),
             "data": to_dict(self.data),
             "data_identity": {k: spec.identity(k) for k in ("pretrain", "finetune")} if spec else None,
             "compute": to_dict(self.compute),
@@ -216,30 +219,18 @@ def pretrain_stage(cfg: PretrainConfig, data: DataSpec) -> StageSpec:
         key = {
             "kind": "pretrain",
             "method": cfg.method,
-            "model": to_dict(cfg.model),
+            "model": identity_dict(cfg.model),
             "checkpoint": cfg.checkpoint,
         }
         return StageSpec(
             stage_id=f"pretrain-{_digest(key)}", kind="pretrain", config=cfg, parent=None, work=False
         )
-    key = {
-        "kind": "pretrain",
-        "config": to_dict(cfg),
-        "data": data.identity("pretrain"),
-        "parent": None,
-        "workload_version": WORKLOAD_VERSION,
-    }
+    key = {"kind": "pretrain", "config": identity_dict(cfg), "data": data.identity("pretrain"), "parent": None}
     return StageSpec(stage_id=f"pretrain-{_digest(key)}", kind="pretrain", config=cfg, parent=None, work=True)
 
 
 def finetune_stage(cfg: FinetuneConfig, data: DataSpec, parent: str) -> StageSpec:
-    key = {
-        "kind": "finetune",
-        "config": to_dict(cfg),
-        "data": data.identity("finetune"),
-        "parent": parent,
-        "workload_version": WORKLOAD_VERSION,
-    }
+    key = {"kind": "finetune", "config": identity_dict(cfg), "data": data.identity("finetune"), "parent": parent}
     return StageSpec(
         stage_id=f"finetune-{_digest(key)}", kind="finetune", config=cfg, parent=parent, work=True
     )

@@ -21,9 +21,10 @@ from typing import Any
 import filelock
 
 from orchestrator import disk, failures
+from orchestrator.lineage import made_with
 from orchestrator.store import Store
 from orchestrator.store_format import StageState
-from workloads.config import to_dict
+from workloads.config import execution_dict, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,11 @@ def publish(
         "device_hours": hours,
         "gpu_hours": hours * compute.gpus_per_worker if compute.use_gpu else 0.0,
         "provenance": summary.get("provenance") or _light_provenance(spec),
+        "workload_versions": made_with(spec, store.read_result(spec.parent) if spec.parent else None),
+        "execution": {
+            **execution_dict(spec.config),
+            **execution_dict(plan.data, "data."),
+        },
     }
     if "reason" in summary:
         result["reason"] = summary["reason"]

@@ -9,7 +9,8 @@ metrics.jsonl has epochs but there is no result yet, `blocked` when it is a fine
 failed, `waiting` when its pretrain is not done otherwise, else `queued`. (`elsewhere`, another run
 holding the stage's lease, is known to the running schedulers only: here that stage is `running`.)
 Progress, the key metric (HSJP precision P / AP), device-hours spent and an ETA come from result.json
-and the per-epoch rows of metrics.jsonl.
+and the per-epoch rows of metrics.jsonl. A finished stage an older workload version made is marked
+`stale` (orchestrator.lineage), with the versions, in its row and in the summary.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from orchestrator.failures import last_line, stage_failure_status
+from orchestrator.lineage import stale_of, stale_summary, stale_text
 from orchestrator.plan import Plan, StageSpec, describe_stage
 from orchestrator.store_format import (
     FINISHED_STATES,
@@ -82,6 +84,7 @@ def _stage_row(
         "error": None,
         "detail": None,
         "updated_s_ago": None,
+        "stale": None,
     }
     if not spec.work:
         row["state"] = StageState.NO_WORK  # scratch / imagenet: nothing to compute
@@ -90,6 +93,8 @@ def _stage_row(
     _progress(row, metrics_rows, plan)
     if result is not None:
         row["state"] = stage_state(result)
+        stale = stale_of(result)
+        row["stale"] = {w: {"made_with": old, "current": new} for w, (old, new) in stale.items()} or None
         value = (result.get("metrics") or {}).get(row["metric"])
         row["value"] = value if value is not None else row["value"]
         if row["epoch"] is None:
@@ -162,6 +167,7 @@ def status_totals(rows: list[dict], plan: Plan) -> dict[str, Any]:
     return {
         "study": plan.study,
         "stages": len(rows),
+        "stale": sum(1 for r in rows if r.get("stale")),
         "trials": len(plan.trials),
         "counts": counts,
         "gpu_hours": sum(r["gpu_hours"] for r in rows),
@@ -180,8 +186,11 @@ def render_status(rows: list[dict], plan: Plan) -> str:
         f"study {plan.study}: {s['trials']} trials, {s['stages']} stages — {counts}",
         f"spent {s['device_hours']:.2f} device-hours ({s['gpu_hours']:.2f} GPU-hours); estimated "
         f"{s['estimated_hours_left']:.2f} {s['unit']} left",
-        "",
     ]
+    stale = {r["stage_id"]: _stale_pairs(r["stale"]) for r in rows if r.get("stale")}
+    if stale:
+        lines.append(stale_summary(stale))
+    lines.append("")
     header = f"{'STAGE':<26} {'STATE':<9} {'EPOCH':>9} {'METRIC':>17} {'DEV-H':>7} {'ETA':>8}  WHAT (TRIALS)"
     lines.append(header)
     for r in rows:
@@ -192,6 +201,8 @@ def render_status(rows: list[dict], plan: Plan) -> str:
             what += f" — {r['detail']}"
         elif r["error"]:
             what += f" — error: {r['error']}"
+        if r.get("stale"):
+            what += f" — stale: made by workload {stale_text(_stale_pairs(r['stale']))}"
         if r["state"] == StageState.WAITING:
             what += f" — waits for {r['parent']}"
         elif r["state"] == StageState.BLOCKED:
@@ -201,6 +212,10 @@ def render_status(rows: list[dict], plan: Plan) -> str:
             f"{format_duration(r['eta_s']):>8}  {what}"
         )
     return "\n".join(lines)
+
+
+def _stale_pairs(row_stale: dict) -> dict[str, tuple[str, str]]:
+    return {w: (v["made_with"], v["current"]) for w, v in row_stale.items()}
 
 
 def format_duration(seconds: float | None) -> str:

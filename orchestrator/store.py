@@ -225,6 +225,15 @@ class Store:
             old = self.read_bytes(path) or b""
             self.write_bytes(path, old + line.rstrip("\n").encode() + b"\n")
 
+    def move_dir(self, src: str, dst: str) -> None:
+        """Move a folder (a rename on a filesystem; a copy then a delete on an object store)."""
+        self.fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+        try:
+            self.fs.move(src, dst)
+        except (OSError, NotImplementedError):  # S3: pyarrow moves files, not folders
+            pafs.copy_files(src, dst, source_filesystem=self.fs, destination_filesystem=self.fs)
+            self.fs.delete_dir(src)
+
     def remove(self, path: str) -> None:
         info = self.fs.get_file_info(path)
         if info.type == pafs.FileType.Directory:

@@ -15,6 +15,7 @@ stages/<kind>-<hash>/    config.json    `StageRecord`: what identifies the stage
                          metrics.jsonl  one row per epoch (append-only)
                          error.txt      the last failure's traceback (removed on success)
                          result.json    `ResultRecord`, written atomically and last: present = finished
+stale/<stage id>-<UTC>/  a stale stage's folder as it was, moved aside by `run --recompute-stale`
 studies/<name>/          study.yaml     the study file as run;  plan.json  its plan;
                          trials.csv     one row per trial of the last run (the report's results.csv
                                         is a different table: every finetune of the store)
@@ -56,7 +57,7 @@ class StoreError(UserError, RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ layout
-STAGES_DIR, STUDIES_DIR = "stages", "studies"
+STAGES_DIR, STUDIES_DIR, STALE_DIR = "stages", "studies", "stale"
 CONFIG_FILE, METRICS_FILE, ERROR_FILE, RESULT_FILE = (
     "config.json",
     "metrics.jsonl",
@@ -181,9 +182,12 @@ class StageHow(StrEnum):
 
 
 # ------------------------------------------------------------------------------------- result.json
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the stage files (`StageRecord` in config.json, `ResultRecord` in result.json), written
-into result.json. 1: `schema_version` added (issue 20). 2: config.json is written for every stage that
+into result.json. 1: `schema_version` added. 3: `workload_versions` (the numerics versions of the
+workloads the stage was made from: orchestrator.lineage) and `execution` (the execution switches it ran
+with) recorded; from 3 on, stage ids hash neither the workload version nor the execution switches, so a
+result of an older version sits under an id of the earlier recipe. 2: config.json is written for every stage that
 has a result (before, a stage published without a trial, i.e. a no-work pretrain, a skipped finetune or
 a simulated stage, had none: `read_stage_record` reads such a stage's record from its result.json). A
 result.json without the field was written before 1 and reads as version 0: the same fields, `status`
@@ -222,6 +226,8 @@ class ResultRecord(StageRecord, total=False):
     device_hours: float
     gpu_hours: float
     provenance: dict  # git commit + dirty flag, package versions, device, config hash
+    workload_versions: dict  # {workload: numerics version} of it and the stages it was made from
+    execution: dict  # {dotted key: value} of the execution switches it ran with (not in its id)
     finished_at: str  # UTC, ISO 8601
 
 

@@ -35,6 +35,16 @@ HEATMAP_STRIDE = (
 )
 PRETRAIN_METHODS = ("hsjp", "scratch", "imagenet")
 
+EXECUTION = {"identity": "execution"}
+"""Field metadata of an execution switch: it chooses where or how fast a stage runs (compiling, memory
+format, where images are decoded and augmented, loader processes), not what it computes, so it is left
+out of the stage id (`identity_dict`) and recorded in the stage's provenance instead (`execution_dict`).
+A switch whose effect on the numbers is beyond floating-point or 8-bit rounding (bf16 autocast,
+`runtime.amp`) is not one."""
+CHILD_STAGES = {"identity": "children"}
+"""Field metadata of a field that defines a stage's child evaluation stages (test splits and their
+detections): part of those stages' ids, not of the stage's own."""
+
 
 class ConfigError(UserError, ValueError):
     """A config value is wrong. The message names where (file / dotted key), the value and what is allowed."""
@@ -120,12 +130,12 @@ class DataConfig:
     """Cap on training instances (first K after a seeded shuffle); None = all. For small runs only."""
     max_val_instances: int | None = None
     """Cap on validation instances / images (first K by id); None = all (the paper's setting)."""
-    loader_workers: int = 2
+    loader_workers: int = field(default=2, metadata=EXECUTION)
     """DataLoader worker processes per training worker (0 = load in the training process)."""
-    test_detection_file: str | None = None
+    test_detection_file: str | None = field(default=None, metadata=CHILD_STAGES)
     """Person detections of the finetune's `test_splits` (HRNet's
     COCO_test-dev2017_detections_AP_H_609_person.json format); required when a test split is named."""
-    decode_on: str = "auto"
+    decode_on: str = field(default="auto", metadata=EXECUTION)
     """Where training JPEGs are decoded and cropped: `loader` (OpenCV in the DataLoader workers, as the
     official HRNet code), `device` (torchvision.io.decode_jpeg on the training device — nvJPEG on CUDA —
     and one batched bilinear crop: data/device_decode.py; JPEG only; for the pretext it implies
@@ -158,13 +168,13 @@ class RuntimeConfig:
     autocast of the forward pass (opt-in: faster, but a cell trained so is marked in the report), `auto`
     = bf16 on CUDA, off on CPU. Evaluation (forward, flip test, decoding, HSJP precision) always runs in
     fp32 whatever this says (docs/paper-silent-choices.md, "Numerics")."""
-    channels_last: str = "auto"
+    channels_last: str = field(default="auto", metadata=EXECUTION)
     """Memory format: `on`, `off`, or `auto` (on for CUDA)."""
-    compile: str | bool = "auto"
+    compile: str | bool = field(default="auto", metadata=EXECUTION)
     """torch.compile of the training step (forward + loss, and with it the backward): `on`, `off`, or
     `auto` (on for CUDA, off on CPU, where compiling costs more than it saves on tiny runs); true / false
     are read as on / off. Costs ~1–2 min of start-up per stage process, then fewer kernel launches."""
-    compile_mode: str = "default"
+    compile_mode: str = field(default="default", metadata=EXECUTION)
     """torch.compile mode: `default`, `max-autotune-no-cudagraphs`, or with CUDA graphs (static shapes:
     the training loaders drop the last partial batch) `reduce-overhead` / `max-autotune`."""
 
@@ -299,7 +309,7 @@ class PretrainConfig:
     """Training augmentations (paper §3.2)."""
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     """Precision / memory-format switches."""
-    augment_on: str = "auto"
+    augment_on: str = field(default="auto", metadata=EXECUTION)
     """Where the training puzzles are augmented and composed: `loader` (per sample with OpenCV in the
     DataLoader workers, as the official HRNet pipeline does), `device` (batched on the training device
     from the uint8 crops and the same random draws: hsjp/batched.py), or `auto` (device on CUDA, loader
@@ -477,7 +487,7 @@ class FinetuneConfig:
     """Training augmentations (official top-down pipeline; None fields → the backbone's recipe)."""
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     """Precision / memory-format switches."""
-    test_splits: tuple[str, ...] = ()
+    test_splits: tuple[str, ...] = field(default=(), metadata=CHILD_STAGES)
     """Extra evaluation splits without keypoint annotations (e.g. `test-dev2017`): after training, the
     best-AP model predicts each one's persons (`data.test_detection_file`) and the stage folder gets the
     evaluation server's results file + zip (pose/testdev.py). Never used for model selection."""
@@ -592,6 +602,33 @@ def to_dict(cfg: Any) -> Any:
     if isinstance(cfg, dict):
         return {k: to_dict(v) for k, v in cfg.items()}
     return cfg
+
+
+def identity_dict(cfg: Any) -> Any:
+    """`to_dict` of what changes a stage's numbers: every field but the execution switches (`EXECUTION`)
+    and the fields that define child stages (`CHILD_STAGES`). What a stage id hashes."""
+    if dataclasses.is_dataclass(cfg):
+        return {
+            f.name: identity_dict(getattr(cfg, f.name))
+            for f in dataclasses.fields(cfg)
+            if "identity" not in f.metadata
+        }
+    return to_dict(cfg)
+
+
+def execution_dict(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of the execution switches of a config tree (`EXECUTION`), as a run used them:
+    recorded in the stage's provenance, never hashed."""
+    out: dict[str, Any] = {}
+    if not dataclasses.is_dataclass(cfg):
+        return out
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("identity") == "execution":
+            out[prefix + f.name] = to_dict(value)
+        elif dataclasses.is_dataclass(value):
+            out.update(execution_dict(value, f"{prefix}{f.name}."))
+    return out
 
 
 def heatmap_hw_of_input(h: int, w: int) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""Provenance recorded with every stage: code version, packages, device (CONVENTIONS: provenance)."""
+"""Provenance recorded with every stage: the workloads' numerics versions, the git commit (and whether
+the tree had uncommitted changes), package versions, Python and the device."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 
-from workloads import WORKLOAD_VERSION
+from workloads import WORKLOAD_VERSIONS
 
 _PACKAGES = ("torch", "torchvision", "ray", "pycocotools", "numpy", "opencv-python-headless")
 
@@ -59,7 +60,7 @@ def provenance(config: Any, device: torch.device | str = "cpu", world_size: int 
     device = torch.device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {
-        "workload_version": WORKLOAD_VERSION,
+        "workload_versions": dict(WORKLOAD_VERSIONS),
         "git": git_state(),
         "packages": package_versions(),
         "python": platform.python_version(),

@@ -143,13 +143,11 @@ def test_finetune_id_changes_with_its_parent_and_its_data():
     )
 
 
-def test_pretrain_id_tracks_config_data_and_workload_version(monkeypatch):
+def test_pretrain_id_tracks_config_and_data():
     base = pretrain_stage(PretrainConfig(), COCO).stage_id
     assert pretrain_stage(PretrainConfig(lr=3e-4), COCO).stage_id != base
     syn = DataSpec(config=DataConfig(), synthetic=SyntheticSpec())
     assert pretrain_stage(PretrainConfig(), syn).stage_id != base
-    monkeypatch.setattr(plan_mod, "WORKLOAD_VERSION", "999")
-    assert pretrain_stage(PretrainConfig(), COCO).stage_id != base
 
 
 def test_no_work_pretrains_are_keyed_by_method_model_checkpoint_only():

@@ -1,0 +1,142 @@
+"""Which workload versions made a stored stage, and which stored stages are stale. Ray-free.
+
+A stage id hashes what changes a stage's numbers (orchestrator.plan) but not the workloads' numerics
+versions (`workloads.WORKLOAD_VERSIONS`): a version bump must not orphan a store that cost GPU-weeks,
+and must not be ignored either. So each result.json records `workload_versions`: {workload: version}
+of the workload that computed the stage (`STAGE_WORKLOADS[kind]`) and of every stage it was made from
+(a finetune of an HSJP pretrain carries that pretrain's `hsjp` version, a finetune of a stale pretrain
+is stale too). A stored stage is *stale* when one of those differs from the current version.
+
+Stale stages are kept and reused by default, and said so (`plan` and `status` name them, `run` prints
+the count before it schedules: never silently reused); `hsjp-study run --recompute-stale` moves each
+one's folder to `stale/<stage id>-<UTC time>/` in the store (nothing is deleted) and computes it again
+(never silently recomputed). A result written before versions were recorded (schema < 3) has
+`provenance.workload_version`, one number for both workloads, and reads as that version of each; such
+results sit under the ids of the earlier recipe, which also hashed the version and the execution
+switches, so no current plan finds them (`pre_identity_results` counts them for `status` and `run`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.store_format import STALE_DIR, STAGES_DIR
+from workloads import STAGE_WORKLOADS, WORKLOAD_VERSIONS
+
+if TYPE_CHECKING:
+    from orchestrator.plan import Plan, StageSpec
+    from orchestrator.store import Store
+
+log = logging.getLogger(__name__)
+
+Stale = dict[str, tuple[str, str]]
+"""{workload: (recorded version, current version)} of the workloads that differ."""
+
+
+def made_with(spec: StageSpec, parent_result: dict | None) -> dict[str, str]:
+    """The `workload_versions` to record for a stage published now: the current version of its own
+    workload (a stage with work) and the recorded versions of its parent's result (a no-work or
+    unpublished parent adds nothing)."""
+    out = dict(recorded_versions(parent_result) or {}) if parent_result else {}
+    if spec.work:
+        workload = STAGE_WORKLOADS[spec.kind]
+        out[workload] = WORKLOAD_VERSIONS[workload]
+    return out
+
+
+def recorded_versions(result: dict) -> dict[str, str] | None:
+    """{workload: version} a result was made with: its `workload_versions`; for a result written before
+    they were recorded, `provenance.workload_version` for the workloads of its kind (a finetune:
+    pose and, from an HSJP pretrain, hsjp); None when neither is there."""
+    versions = result.get("workload_versions")
+    if isinstance(versions, dict):
+        return {str(k): str(v) for k, v in versions.items()}
+    legacy = (result.get("provenance") or {}).get("workload_version")
+    if legacy is None or not result.get("work", True):
+        return None
+    kinds = [result.get("kind")]
+    init = (result.get("config") or {}).get("init") or {}
+    if init.get("method") == "hsjp":
+        kinds.append("pretrain")
+    return {STAGE_WORKLOADS[k]: str(legacy) for k in kinds if k in STAGE_WORKLOADS}
+
+
+def stale_of(result: dict | None) -> Stale:
+    """The workloads whose recorded version differs from the current one ({} = current or no work)."""
+    if not result:
+        return {}
+    recorded = recorded_versions(result) or {}
+    return {
+        w: (v, WORKLOAD_VERSIONS[w])
+        for w, v in sorted(recorded.items())
+        if w in WORKLOAD_VERSIONS and v != WORKLOAD_VERSIONS[w]
+    }
+
+
+def stale_text(stale: Stale) -> str:
+    """`hsjp 1 (current 2), pose 1 (current 2)`."""
+    return ", ".join(f"{w} {old} (current {new})" for w, (old, new) in stale.items())
+
+
+def find_stale(plan: Plan, store: Store, results: dict[str, Any] | None = None) -> dict[str, Stale]:
+    """{stage id: what is stale} for the plan's stages whose stored result an older workload made
+    (`results`: already-read results by id, to spare a store read)."""
+    out: dict[str, Stale] = {}
+    for sid in plan.stages:
+        result = results[sid] if results is not None and sid in results else store.read_result(sid)
+        stale = stale_of(result)
+        if stale:
+            out[sid] = stale
+    return out
+
+
+def stale_summary(stale: dict[str, Stale], recompute: bool = False) -> str:
+    """One line per version pair: `12 stages from workload hsjp 1, current 2: kept (…)`."""
+    groups: dict[str, int] = {}
+    for what in stale.values():
+        for w, (old, new) in what.items():
+            key = f"workload {w} {old}, current {new}"
+            groups[key] = groups.get(key, 0) + 1
+    tail = (
+        "recomputed (the old results are moved under stale/ in the store)"
+        if recompute
+        else "kept (reused as they are); `hsjp-study run --recompute-stale` recomputes them"
+    )
+    return "\n".join(f"{n} stage{'s' * (n != 1)} from {key}: {tail}" for key, n in groups.items())
+
+
+def archive_stale(store: Store, stage_ids: list[str]) -> list[str]:
+    """Move each stage's folder to `stale/<id>-<UTC time>/` (a copy and a delete on object stores), so
+    the scheduler computes it again and nothing computed is lost; returns the new places."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved = []
+    for sid in stage_ids:
+        src = store.path(STAGES_DIR, sid)
+        dst = store.path(STALE_DIR, f"{sid}-{stamp}")
+        store.move_dir(src, dst)
+        log.info("stale stage %s moved to %s", sid, dst)
+        moved.append(dst)
+    return moved
+
+
+def pre_identity_results(store: Store) -> int:
+    """Results with work in the store written before stage ids left out the workload version and the
+    execution switches (schema < 3: `provenance.workload_version`, no `workload_versions`): they sit
+    under the earlier recipe's ids, which no current plan finds."""
+    count = 0
+    for sid in store.list_stages():
+        result = store.read_result(sid, "it is not counted")
+        legacy = result is not None and "workload_versions" not in result
+        if legacy and result.get("work", True) and "workload_version" in (result.get("provenance") or {}):
+            count += 1
+    return count
+
+
+def pre_identity_line(count: int) -> str:
+    return (
+        f"note: the store holds {count} result{'s' * (count != 1)} written before stage ids left out the "
+        "workload version and the execution switches (schema < 3): their ids are of the earlier recipe, "
+        "so this plan does not reuse them (they stay in the store)"
+    )
