@@ -15,6 +15,7 @@ from orchestrator.plan import make_plan
 from orchestrator.stages import publish
 from orchestrator.status import render_status, study_status
 from orchestrator.store import Store
+from orchestrator.lineage import pre_identity_results
 from orchestrator.store_format import SCHEMA_VERSION, StoreError, read_result_record, stage_state
 from orchestrator.study import load_study
 from reports.collect import collect, open_store
@@ -203,6 +204,15 @@ def test_a_store_of_schema_1_reads_in_status(store_v1):
     text = render_status(list(rows.values()), plan)
     counts = "2 done, 1 no-work, 1 collapsed, 1 skipped, 1 running, 1 failed, 1 waiting"
     assert f"study store-v1: 4 trials, 8 stages — {counts}" in text
+    # the one result with real provenance (the skipped N=3 finetune) was made by workload version 1 of
+    # both workloads: named stale
+    assert rows[plan.trials[1].finetune]["stale"] == {
+        "hsjp": {"made_with": "1", "current": "2"},
+        "pose": {"made_with": "1", "current": "2"},
+    }
+    assert "stale: made by workload hsjp 1 (current 2), pose 1 (current 2)" in text
+    assert "1 stage from workload hsjp 1, current 2: kept" in text
+    assert pre_identity_results(store) == 1  # under an id of the earlier recipe
 
 
 def test_a_store_of_schema_1_reads_in_the_reports(store_v1, tmp_path):
