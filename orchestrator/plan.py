@@ -225,12 +225,22 @@ def pretrain_stage(cfg: PretrainConfig, data: DataSpec) -> StageSpec:
         return StageSpec(
             stage_id=f"pretrain-{_digest(key)}", kind="pretrain", config=cfg, parent=None, work=False
         )
-    key = {"kind": "pretrain", "config": identity_dict(cfg), "data": data.identity("pretrain"), "parent": None}
+    key = {
+        "kind": "pretrain",
+        "config": identity_dict(cfg),
+        "data": data.identity("pretrain"),
+        "parent": None,
+    }
     return StageSpec(stage_id=f"pretrain-{_digest(key)}", kind="pretrain", config=cfg, parent=None, work=True)
 
 
 def finetune_stage(cfg: FinetuneConfig, data: DataSpec, parent: str) -> StageSpec:
-    key = {"kind": "finetune", "config": identity_dict(cfg), "data": data.identity("finetune"), "parent": parent}
+    key = {
+        "kind": "finetune",
+        "config": identity_dict(cfg),
+        "data": data.identity("finetune"),
+        "parent": parent,
+    }
     return StageSpec(
         stage_id=f"finetune-{_digest(key)}", kind="finetune", config=cfg, parent=parent, work=True
     )

@@ -118,7 +118,9 @@ def _is_identity(f: dataclasses.Field) -> bool:
 def test_a_pretrain_field_changes_the_id_exactly_when_it_changes_the_numbers(path, field):
     base = PretrainConfig()
     if path == "method":  # scratch / imagenet pretrains: keyed by (method, model, checkpoint) only
-        assert pretrain_stage(_set(base, path, "scratch"), COCO).stage_id != pretrain_stage(base, COCO).stage_id
+        assert (
+            pretrain_stage(_set(base, path, "scratch"), COCO).stage_id != pretrain_stage(base, COCO).stage_id
+        )
         return
     other = _set(base, path, _alternate(path, _get(base, path)))
     changed = pretrain_stage(other, COCO).stage_id != pretrain_stage(base, COCO).stage_id
@@ -136,7 +138,10 @@ def test_a_finetune_field_changes_the_id_exactly_when_it_changes_the_numbers(pat
         other = FinetuneConfig(model=dataclasses.replace(base.model, backbone=value))
     else:
         other = _set(base, path, value)
-    changed = finetune_stage(other, COCO, "pretrain-x").stage_id != finetune_stage(base, COCO, "pretrain-x").stage_id
+    changed = (
+        finetune_stage(other, COCO, "pretrain-x").stage_id
+        != finetune_stage(base, COCO, "pretrain-x").stage_id
+    )
     assert changed == _is_identity(field), (
         f"finetune.{path}: the stage id {'changed' if changed else 'did not change'}, but the field is "
         f"{'a result-affecting field' if _is_identity(field) else 'an execution switch or a child-stage field'}"
@@ -147,7 +152,8 @@ def test_a_finetune_field_changes_the_id_exactly_when_it_changes_the_numbers(pat
 def test_a_data_field_changes_the_finetune_id_exactly_when_it_changes_its_numbers(path, field):
     other = DataSpec(config=_set(COCO.config, path, _alternate(path, _get(COCO.config, path))))
     changed = (
-        finetune_stage(FinetuneConfig(), other, "p").stage_id != finetune_stage(FinetuneConfig(), COCO, "p").stage_id
+        finetune_stage(FinetuneConfig(), other, "p").stage_id
+        != finetune_stage(FinetuneConfig(), COCO, "p").stage_id
     )
     assert changed == _is_identity(field), f"data.{path}: the finetune id changed = {changed}"
 
@@ -183,7 +189,9 @@ def _replace_all(study, **runtime: Any):
         c = dataclasses.replace(c, runtime=dataclasses.replace(c.runtime, **runtime))
         return dataclasses.replace(c, augment_on="loader") if isinstance(c, PretrainConfig) else c
 
-    trials = tuple(dataclasses.replace(t, pretrain=cfg(t.pretrain), finetune=cfg(t.finetune)) for t in study.trials)
+    trials = tuple(
+        dataclasses.replace(t, pretrain=cfg(t.pretrain), finetune=cfg(t.finetune)) for t in study.trials
+    )
     data = dataclasses.replace(study.data.config, loader_workers=7, decode_on="device")
     return dataclasses.replace(study, trials=trials, data=dataclasses.replace(study.data, config=data))
 
@@ -192,7 +200,9 @@ def test_toggling_compile_and_the_other_switches_keeps_every_stage_id_of_paper_y
     study = load_study(REPO / "studies" / "paper.yaml", dry_run=True)
     data = data_config(study.data, "/store")
     before = make_plan(study, data)
-    after = make_plan(_replace_all(study, compile="on", channels_last="off", compile_mode="max-autotune"), data)
+    after = make_plan(
+        _replace_all(study, compile="on", channels_last="off", compile_mode="max-autotune"), data
+    )
     assert len(before.stages) > 50
     assert list(after.stages) == list(before.stages)
     assert [t.finetune for t in after.trials] == [t.finetune for t in before.trials]
@@ -292,7 +302,9 @@ def test_status_and_plan_of_the_cli_name_stale_stages(tmp_path, monkeypatch, cap
     assert "2 stages from workload hsjp 2, current 3: kept" in out
     assert main(["plan", str(study), "--storage", store.base, "--json"]) == 0
     captured = capsys.readouterr()
-    assert "2 stages from workload hsjp 2, current 3" in captured.err and captured.out.lstrip().startswith("{")
+    assert "2 stages from workload hsjp 2, current 3" in captured.err and captured.out.lstrip().startswith(
+        "{"
+    )
 
 
 def test_synthetic_data_is_hashed_by_its_generator_not_its_store_path():

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+JOINTS_MSE_FACTOR = 0.5  # official JointsMSELoss: 0.5 · MSE per joint (lib/core/loss.py)
+
 
 def joints_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """0.5 · mean((w · (pred − target))²).
@@ -26,7 +28,7 @@ def joints_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -
     b, k = pred.shape[:2]
     w = weight.reshape(b, k, 1, 1).float()
     diff = (pred.float() - target.float()) * w
-    return 0.5 * diff.pow(2).mean()
+    return JOINTS_MSE_FACTOR * diff.pow(2).mean()
 
 
 class JointsMSELoss(nn.Module):
