@@ -22,7 +22,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.store_format import STALE_DIR, STAGES_DIR
+from orchestrator.store_format import STAGES_DIR, STALE_DIR
 from workloads import STAGE_WORKLOADS, WORKLOAD_VERSIONS
 
 if TYPE_CHECKING:

@@ -11,11 +11,11 @@ import pytest
 
 from orchestrator import store_format
 from orchestrator.inputs import data_config
+from orchestrator.lineage import pre_identity_results
 from orchestrator.plan import make_plan
 from orchestrator.stages import publish
 from orchestrator.status import render_status, study_status
 from orchestrator.store import Store
-from orchestrator.lineage import pre_identity_results
 from orchestrator.store_format import SCHEMA_VERSION, StoreError, read_result_record, stage_state
 from orchestrator.study import load_study
 from reports.collect import collect, open_store
