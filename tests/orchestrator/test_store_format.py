@@ -255,7 +255,9 @@ def test_config_json_is_written_for_every_published_stage(published):
 def test_only_a_result_before_schema_2_stands_in_for_a_missing_config_json(published):
     store, _, sid = published
     Path(store.stage_path(sid, "config.json")).unlink()
-    with pytest.raises(StoreError, match=rf"config.json: missing beside a result.json of schema_version {SCHEMA_VERSION}"):
+    with pytest.raises(
+        StoreError, match=rf"config.json: missing beside a result.json of schema_version {SCHEMA_VERSION}"
+    ):
         store.read_stage_record(sid)
     path = Path(store.stage_path(sid, "result.json"))
     path.write_text(json.dumps({**json.loads(path.read_text()), "schema_version": 1}))
