@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator.failures import last_line, stage_failure_status
+from orchestrator.lineage import stale_of, stale_text
 from orchestrator.store import Store
 from orchestrator.store_format import (
     FINISHED_STATES,
@@ -86,6 +87,7 @@ STAGE_COLUMNS = (
     "device_hours",
     "wall_seconds",
     "finished_at",
+    "stale",
 )
 INT_COLUMNS = ("n", "pt_epochs", "pt_seed", "freeze", "ft_epochs", "ft_seed")
 
@@ -330,6 +332,7 @@ def _row(stage_id: str, e: dict, configs: dict[str, dict]) -> dict:
         split="test-dev2017" if str(data.get("val_split", "")).startswith("test") else "val2017",
         setup=_setup_label(cfg, data, kind),
         finished_at=res.get("finished_at"),
+        stale=stale_text(stale_of(res)) or None,  # made by an older workload version (lineage)
     )
     for key in ("gpu_hours", "device_hours", "wall_seconds"):
         row[key] = _num(res.get(key))

@@ -92,12 +92,13 @@ def test_empty_store_reports_not_run_everywhere(tmp_path):
 def test_reports_import_no_ray_torch_or_orchestrator_beyond_the_store_readers():
     """The dependency rule (docs/design.md): reports read the store through its readers only — of the
     orchestrator they import `orchestrator.store_format`, `orchestrator.store` and the attempts reader
-    `orchestrator.failures` (and the package), nothing else; no Ray, no torch."""
+    `orchestrator.failures`, the stale-stage reader `orchestrator.lineage` (and the package), nothing
+    else; no Ray, no torch."""
     import subprocess
 
     code = (
         "import sys, reports.build; allowed = {'orchestrator', 'orchestrator.store_format',"
-        " 'orchestrator.store', 'orchestrator.failures'};"
+        " 'orchestrator.store', 'orchestrator.failures', 'orchestrator.lineage'};"
         "bad = [m for m in sys.modules if m in ('ray', 'torch')"
         " or (m.split('.')[0] == 'orchestrator' and m not in allowed)];"
         "print(bad); sys.exit(1 if bad else 0)"
