@@ -313,3 +313,19 @@ def test_synthetic_data_is_hashed_by_its_generator_not_its_store_path():
     b = dataclasses.replace(spec.config, coco_root="/store-b/data")
     ids = {pretrain_stage(PretrainConfig(), dataclasses.replace(spec, config=c)).stage_id for c in (a, b)}
     assert len(ids) == 1
+
+
+def test_run_says_what_it_keeps_and_with_recompute_stale_moves_it_aside(tmp_path, monkeypatch, capsys):
+    from orchestrator.cli import _say_stale
+
+    plan, store = _chain_plan("say"), Store(tmp_path / "store")
+    _run(plan, store)
+    monkeypatch.setitem(WORKLOAD_VERSIONS, "pose", "3")
+    _say_stale(plan, store, recompute=False)
+    assert "3 stages from workload pose 2, current 3: kept (reused as they are)" in capsys.readouterr().out
+    assert len(find_stale(plan, store)) == 3  # kept
+    _say_stale(plan, store, recompute=True)
+    out = capsys.readouterr().out
+    assert "3 stages from workload pose 2, current 3: recomputed (the old results are moved under stale/" in out
+    assert find_stale(plan, store) == {} and len(list((tmp_path / "store" / "stale").iterdir())) == 3
+    assert all(store.read_result(t.finetune) is None for t in plan.trials)  # the run computes them again
