@@ -326,6 +326,20 @@ def test_run_says_what_it_keeps_and_with_recompute_stale_moves_it_aside(tmp_path
     assert len(find_stale(plan, store)) == 3  # kept
     _say_stale(plan, store, recompute=True)
     out = capsys.readouterr().out
-    assert "3 stages from workload pose 2, current 3: recomputed (the old results are moved under stale/" in out
+    assert (
+        "3 stages from workload pose 2, current 3: recomputed (the old results are moved under stale/" in out
+    )
     assert find_stale(plan, store) == {} and len(list((tmp_path / "store" / "stale").iterdir())) == 3
     assert all(store.read_result(t.finetune) is None for t in plan.trials)  # the run computes them again
+
+
+def test_stale_stages_move_aside_on_an_object_store_too(s3_server, monkeypatch):
+    import time
+
+    plan, store = _chain_plan("s3"), Store(s3_server.uri(f"stale-{time.time_ns()}"))
+    _run(plan, store)
+    monkeypatch.setitem(WORKLOAD_VERSIONS, "hsjp", "3")
+    stale = sorted(find_stale(plan, store))
+    moved = archive_stale(store, stale)
+    assert find_stale(plan, store) == {} and all(store.read_result(s) is None for s in stale)
+    assert all(store.read_json(f"{m}/result.json")["stage_id"] in stale for m in moved)
