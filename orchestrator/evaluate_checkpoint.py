@@ -13,7 +13,14 @@ def format_summary(summary: dict, backbone: str) -> str:
     lines = [
         f"checkpoint {ck['file']}: weights from {ck['entry']}"
         + (f", prefix {ck['prefix']!r} removed" if ck["prefix"] else "")
-        + f"; loaded strictly into {backbone}; input {summary['channel_order'].upper()}",
+        + f"; loaded strictly into {backbone}"
+        + (
+            f" ({ck['counters_filled']} BatchNorm num_batches_tracked counters absent, a pre-0.4.1 "
+            "save: set to 0 as PyTorch's strict load does)"
+            if ck.get("counters_filled")
+            else ""
+        )
+        + f"; input {summary['channel_order'].upper()}",
         f"{summary['persons']} persons ({summary['boxes']}) on {summary['images']} images "
         f"-> {summary['results_file']}",
     ]
@@ -21,6 +28,20 @@ def format_summary(summary: dict, backbone: str) -> str:
     if summary["metrics"] is None:
         lines.append(
             "no keypoint annotations for this split: submit the results file to the evaluation server"
+        )
+    elif summary.get("gt_boxes"):
+        ap = 100 * summary["metrics"]["AP"]
+        lines.append(
+            f"AP {ap:.1f} with GT boxes  -> {summary['metrics_file']}\n"
+            f"no comparison with the model zoo: its {zoo_file} value ({zoo_ap:.1f}) is with the AP-56 "
+            "person detections and it publishes no GT-box AP (GT boxes score higher); give --detections "
+            "COCO_val2017_detections_AP_H_56_person.json to compare"
+        )
+    elif summary.get("split", "val2017") != "val2017":
+        ap = 100 * summary["metrics"]["AP"]
+        lines.append(
+            f"AP {ap:.1f} with {summary['boxes']}  -> {summary['metrics_file']}\n"
+            f"no comparison with the model zoo: its {zoo_file} value ({zoo_ap:.1f}) is on val2017"
         )
     else:
         ap = 100 * summary["metrics"]["AP"]

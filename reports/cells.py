@@ -299,7 +299,7 @@ def aggregate(group: pd.DataFrame, metric: str, others: Sequence[str] = ()) -> C
                 break
         recorded = [float(v) for v in group.get(metric, []) if v is not None and not math.isnan(v)]
         if cell.status == "collapsed" and metric == "precision" and recorded:
-            cell.status = f"collapsed (P = {max(recorded):.3f})"  # P stayed 0 after the warm-up
+            cell.status = f"collapsed (P = {max(recorded):.3f})"  # it failed to learn: P is the wording
     if cell.bf16:
         cell.notes.append("trained in bf16 (runtime.amp), not the official fp32 numerics")
     if others:

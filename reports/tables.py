@@ -280,8 +280,10 @@ def table2(stages: pd.DataFrame, reported: dict | None = None) -> pd.DataFrame:
         f"(a) at {_ep(r.pt_epochs)} pretrain epochs (paper: 240); (b) at lr {fmt_lr(r.lr)}; measured epochs "
         f"map to the paper's 120/240/480 rows by their ratio to {_ep(r.pt_epochs)} (the nearest within a "
         "factor √2; others are listed as extra rows).",
-        "A pretrain is collapsed when its loss diverges or its P stays 0 at every evaluation after the "
-        "warm-up (pretrain.collapse_warmup_epochs); its finetune is then not available, as in the paper.",
+        "A pretrain is collapsed when its loss diverges or it failed to learn the puzzle at every "
+        "evaluation after the warm-up (pretrain.collapse_warmup_epochs: patch accuracy near chance 1/N² "
+        "with flat heatmaps or a loss not falling; P = 0 alone is not a collapse); its finetune is then "
+        "not available, as in the paper.",
         *batch_notes(stages),
     ]
     title = "Table 2: pretrain learning rate and epochs (HRNet-W32)"

@@ -296,13 +296,27 @@ class PretrainConfig:
     """A mean epoch loss above this (or NaN/Inf) ends the stage as collapsed (divergence).
     Eq. (2) of heatmaps in [0, 1] stays well below 1 unless training diverged."""
     collapse_warmup_epochs: int = 40
-    """Paper Table 2 (lr 2e-3: P = 0, "Not Available"): a pretrain whose HSJP precision P is 0 at every
-    evaluation at an epoch ≥ this (0-based epoch + 1 ≥ warm-up) is `collapsed`, as a diverged one is.
-    Evaluations before it do not count; a run shorter than the warm-up is never judged by P
-    (hsjp/collapse.py; the warm-up length is a choice the paper leaves open)."""
+    """Paper Table 2 (lr 2e-3: "0.0 (Collapse)", "Not Available"): a pretrain that failed to learn the
+    puzzle at every evaluation at an epoch ≥ this (0-based epoch + 1 ≥ warm-up) is `collapsed`, as a
+    diverged one is (hsjp/collapse.py: patch accuracy at chance with flat heatmaps or a loss not
+    falling; P = 0 alone is not a failure, a healthy N = 8 sits there). Evaluations before it do not
+    count; a run shorter than the warm-up is never judged (the warm-up length is a choice the paper
+    leaves open: 1/6 of the 240-epoch schedule)."""
     collapse_patience: int | None = 3
-    """End a P-collapsed pretrain early: after this many evaluations past the warm-up, all with P = 0
-    (saves GPU-hours). None = train to the last epoch and judge all evaluations after the warm-up."""
+    """End a collapsed pretrain early: after this many evaluations past the warm-up, every one a
+    failure to learn (saves GPU-hours). None = train to the last epoch and judge all evaluations after
+    the warm-up."""
+    collapse_chance_factor: float = 2.0
+    """An evaluation is at chance when its patch accuracy ≤ this × 1/N² (1/N²: a network ignoring the
+    image names one cell for every channel and locates one patch of N²). Not in the paper: 2× leaves
+    room for the noise of a few thousand validation puzzles while a learning run is far above it."""
+    collapse_flat_contrast: float = 0.1
+    """Predicted heatmaps are flat when their mean (max − mean) over channels and puzzles is below this
+    share of the target peak (1, paper eq. 1). Not in the paper: a network that knows nothing regresses
+    the mean target map, whose bumps are 1/N² of the peak (≤ 0.0625 for N ≥ 4)."""
+    collapse_loss_fraction: float = 0.75
+    """The loss is not falling when an evaluation epoch's mean loss is ≥ this × the first epoch's. Not in
+    the paper: the mean target map lowers eq. (2) by only ~1/N², a learning run by far more."""
     seed: int = 0
     """Seed of model init, sampling order, shuffles and augmentations."""
     aug: HSJPAugConfig = field(default_factory=HSJPAugConfig)
@@ -370,6 +384,9 @@ class PretrainConfig:
         _at_least(self.collapse_warmup_epochs, 0, f"{where}.collapse_warmup_epochs")
         if self.collapse_patience is not None:
             _at_least(self.collapse_patience, 1, f"{where}.collapse_patience")
+        _in_range(self.collapse_chance_factor, 1.0, math.inf, f"{where}.collapse_chance_factor")
+        _in_range(self.collapse_flat_contrast, 0.0, 1.0, f"{where}.collapse_flat_contrast")
+        _in_range(self.collapse_loss_fraction, 0.0, 1.0, f"{where}.collapse_loss_fraction")
         if self.eps_px is not None and self.eps_px <= 0:
             raise ConfigError(f"{where}.eps_px = {self.eps_px}: must be > 0 px")
 

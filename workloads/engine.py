@@ -352,7 +352,9 @@ class LoopSpec:
     """The stage's config as plain data (stored in every checkpoint)."""
     collapse_check: Callable[[list[dict], bool], str | None] | None = None
     """Called on every rank after each evaluation with (history, is-last-epoch): a reason string ends
-    the stage as collapsed (pretext: P stays 0 after a warm-up, hsjp/collapse.py)."""
+    the stage as collapsed (pretext: it failed to learn the puzzle after a warm-up, hsjp/collapse.py)."""
+    history_keys: tuple[str, ...] = ()
+    """Evaluation metrics kept in the history beside `select_key` (what `collapse_check` reads)."""
 
 
 @dataclass
@@ -481,6 +483,7 @@ def run_epochs(ctx: StageContext, task: Task, spec: LoopSpec) -> LoopOutcome:
         out.history.append(
             {k: metrics[k] for k in ("epoch", "loss", "lr") if k in metrics}
             | ({spec.select_key: metrics[spec.select_key]} if spec.select_key in metrics else {})
+            | {k: metrics[k] for k in spec.history_keys if k in metrics}
         )
         out.trained.append(epoch)
         reason = None

@@ -51,8 +51,8 @@ def store(tmp_path) -> StoreBuilder:
     # the HSJP finetune ran on one GPU in bf16
     _patch(b.store, b.ids["hsjp"], provenance={"device": {"type": "cuda", "world_size": 1},
                                                "numerics": {"train": "bf16", "eval": "fp32"}})  # fmt: skip
-    result = b.store.read_result(b.ids["collapsed_pt"])  # P stayed 0 after the warm-up
-    result["metrics"] = {"precision": 0.0, "reason": "collapsed: HSJP precision P = 0 at every evaluation"}
+    result = b.store.read_result(b.ids["collapsed_pt"])  # it failed to learn after the warm-up
+    result["metrics"] = {"precision": 0.0, "reason": "collapsed: failed to learn the puzzle (P = 0)"}
     b.store.write_result(b.ids["collapsed_pt"], result)
     return b
 

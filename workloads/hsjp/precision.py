@@ -4,6 +4,10 @@ Patch i is located when its predicted peak p̂_i (argmax of channel i, mapped ba
 pixel-centre convention of targets.py: heatmap pixel j → input (j + ½)·s) lies strictly within ε of its
 true centre p_i (eq. 3); a puzzle is solved when all N² patches are (eq. 4); P = T / (T + F) (eq. 5).
 No threshold is put on the peak value (the paper names none): a flat channel decodes to its first pixel.
+Beside P and the patch accuracy, the evaluation gives the heatmap contrast: the mean over puzzles and
+channels of (max − mean) of each predicted heatmap, in units of the target peak (1). It is not in the
+paper; the collapse rule (collapse.py) reads it to tell flat heatmaps (a failure to learn) from a hard
+puzzle that is being learnt.
 The validation puzzles carry no augmentation and a fixed shuffle per instance (dataset.py), so P is
 comparable between runs. Evaluation runs on rank 0 only, on the unwrapped model in eval mode.
 """
@@ -30,6 +34,12 @@ def decode_peaks(heatmaps: torch.Tensor, stride: float) -> torch.Tensor:
     idx = heatmaps.reshape(b, k, h * w).argmax(dim=-1)  # [B, K]
     xy = torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], dim=-1)
     return (xy.to(torch.float32) + 0.5) * stride
+
+
+def heatmap_contrast(heatmaps: torch.Tensor) -> torch.Tensor:
+    """[B, K, H, W] → [B]: the mean over channels of (max − mean) of each heatmap (0 for a flat one)."""
+    flat = heatmaps.flatten(2)
+    return (flat.amax(dim=-1) - flat.mean(dim=-1)).mean(dim=-1)
 
 
 def located_patches(pred_xy: torch.Tensor, true_xy: torch.Tensor, eps_px: float) -> torch.Tensor:
@@ -61,15 +71,18 @@ def evaluate_precision(
     """P over every batch of `loader` (items: image [H, W, 3] uint8 or [3, H, W] normalised, centers_xy
     [K, 2], mask [K]); the images are normalised on `device`.
 
-    Returns {"precision": P, "patch_accuracy": share of located patches, "puzzles": count}.
+    Returns {"precision": P, "patch_accuracy": share of located patches, "heatmap_contrast": mean
+    (max − mean) of the predicted channels, "puzzles": count}.
     The model is put back in its previous train/eval mode afterwards.
     """
     solved, located = [], []
+    contrast = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device, read once
     channels_last = wants_channels_last(runtime, device)
     with eval_mode(unwrap(model)) as net:
         for batch in loader:
             images = network_input(batch["image"].to(device, non_blocking=True), channels_last)
             heatmaps = net(images)  # fp32 whatever runtime.amp trained in: P is a reported number
+            contrast += heatmap_contrast(heatmaps.float()).double().sum()
             pred = decode_peaks(heatmaps.float(), stride)
             true = batch["centers_xy"].to(device)
             located.append(located_patches(pred, true, eps_px).cpu())  # eq. 3
@@ -78,5 +91,6 @@ def evaluate_precision(
     return {
         "precision": precision_of(solved_t),
         "patch_accuracy": float(torch.cat(located).float().mean()),
+        "heatmap_contrast": float(contrast) / solved_t.numel(),
         "puzzles": int(solved_t.numel()),
     }

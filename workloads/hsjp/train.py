@@ -6,9 +6,10 @@ The epoch loop, resume, checkpointing, evaluation cadence, best-model selection 
 are the shared engine's (`engine.run_epochs`, the within-epoch loop `engine.train_one_epoch`); this module
 hands it an `engine.Task` (`task_of`): the batch preparation, the train step and `evaluate`.
 Epochs are 0-based (`best_epoch` 9 is the 10th epoch). A run collapses (`collapsed: True`, its
-finetunes skipped) as the paper's Table 2 lr 2e-3 run did, when P stays 0 at every evaluation after
-`cfg.collapse_warmup_epochs` (hsjp/collapse.py; ended early after `collapse_patience` such
-evaluations), or when its loss goes NaN/Inf or past `cfg.collapse_loss`; `metrics["reason"]` says which.
+finetunes skipped) as the paper's Table 2 lr 2e-3 run did, when it failed to learn the puzzle at every
+evaluation after `cfg.collapse_warmup_epochs` (hsjp/collapse.py: patch accuracy at chance with flat
+heatmaps or a loss not falling; ended early after `collapse_patience` such evaluations), or when its
+loss goes NaN/Inf or past `cfg.collapse_loss`; `metrics["reason"]` says which.
 A divergence before the first evaluation leaves no weights to hand on (`weights=None`). Within an epoch a non-finite running
 loss is checked only at the few progress reports (a sync), and ends the epoch early.
 """
@@ -46,7 +47,7 @@ from workloads.engine import (
     wants_channels_last,
 )
 from workloads.hsjp.batched import batch_images, check_placement, renders_on_device
-from workloads.hsjp.collapse import PrecisionCollapse
+from workloads.hsjp.collapse import SIGNALS, CollapseRule, PretextCollapse
 from workloads.hsjp.dataset import PuzzleDataset, load_instances
 from workloads.hsjp.loss import masked_mse
 from workloads.hsjp.precision import evaluate_precision
@@ -126,21 +127,32 @@ def task_of(loop: Loop, scheduler: Any, evaluate: Callable[[], dict]) -> Task:
 
 
 def combine_precision(local: dict, patches: int, world_size: int, device: torch.device) -> dict:
-    """P, patch accuracy and puzzle count over every rank's share (`evaluate_precision` of each) — the
-    solved / located counts summed, so P is the share of all validation puzzles, as on one rank."""
+    """P, patch accuracy, heatmap contrast and puzzle count over every rank's share (`evaluate_precision`
+    of each) — the solved / located counts and the contrast sums added, so each is over all validation
+    puzzles, as on one rank."""
     if world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
         return local
     n = float(local["puzzles"])
     counts = torch.tensor(
-        [round(local["precision"] * n), round(local["patch_accuracy"] * n * patches), n],
+        [
+            round(local["precision"] * n),
+            round(local["patch_accuracy"] * n * patches),
+            local.get("heatmap_contrast", 0.0) * n,
+            n,
+        ],
         dtype=torch.float64,
         device=device,
     )
     dist.all_reduce(counts)
-    solved, located, total = (float(v) for v in counts.cpu())
+    solved, located, contrast, total = (float(v) for v in counts.cpu())
     if total == 0:
         raise ValueError("pretext evaluation: no validation puzzles on any rank (empty validation set)")
-    return {"precision": solved / total, "patch_accuracy": located / (total * patches), "puzzles": int(total)}
+    return {
+        "precision": solved / total,
+        "patch_accuracy": located / (total * patches),
+        "heatmap_contrast": contrast / total,
+        "puzzles": int(total),
+    }
 
 
 def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> StageResult:
@@ -200,7 +212,7 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
         local = (
             evaluate_precision(model, val_loader[0], stride, cfg.eps, device, cfg.runtime)
             if len(val_loader[0].dataset)
-            else {"precision": 0.0, "patch_accuracy": 0.0, "puzzles": 0}
+            else {"precision": 0.0, "patch_accuracy": 0.0, "heatmap_contrast": 0.0, "puzzles": 0}
         )
         result = combine_precision(local, cfg.n * cfg.n, ctx.world_size, device)
         return result if ctx.rank == 0 else {}
@@ -211,9 +223,8 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
         select_key="precision",
         collapse_loss=cfg.collapse_loss,
         config=to_dict(cfg),
-        collapse_check=PrecisionCollapse(
-            cfg.collapse_warmup_epochs, cfg.collapse_patience, ctx.rank, ctx.world_size, device
-        ),
+        collapse_check=PretextCollapse(CollapseRule.of(cfg), ctx.rank, ctx.world_size, device),
+        history_keys=SIGNALS,
     )
     out = run_epochs(ctx, task_of(loop, scheduler, evaluate), spec)
     metrics = {
@@ -221,6 +232,7 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
         "best_epoch": out.best_epoch,
         "precision_history": {str(h["epoch"]): h["precision"] for h in out.history if "precision" in h},
         "patch_accuracy": out.best_eval.get("patch_accuracy"),
+        "heatmap_contrast": out.best_eval.get("heatmap_contrast"),
         "val_puzzles": out.best_eval.get("puzzles"),
         **loss_summary(out.history),
     }

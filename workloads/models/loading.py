@@ -13,6 +13,14 @@ ImageNet checkpoints (docs/pose-reference.md §1-§2):
   PRETRAINED_LAYERS filter + strict=False does.
 - ResNet-50: torchvision's `resnet50-0676ba61.pth` (V1) or the older `resnet50-19c8e357.pth`; its
   `fc.*` is unexpected, `deconv_layers.*` / `final_layer.*` are missing (left at the official init).
+
+Checkpoints saved before PyTorch 0.4.1 (`resnet50-19c8e357.pth`, the SimpleBaseline zoo's
+`pose_resnet_50_256x192.pth.tar`) have no BatchNorm `num_batches_tracked` counters. PyTorch's own
+strict load accepts them (`_BatchNorm._load_from_state_dict` fills the counter of a state dict older
+than BatchNorm version 2), so we do too: a counter is filled with 0, the value of a freshly built
+model's counter, when the checkpoint has the running statistics of its BatchNorm
+(`fill_batch_counters`; listed as `filled`). Every other key stays required. The counter only matters
+with `momentum=None` (a cumulative average); both backbones use momentum 0.1, so 0 changes nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from workloads.config import ConfigError
 from workloads.engine import unwrap
@@ -44,6 +53,7 @@ IMAGENET_SOURCES = {
     "resnet50-0676ba61.pth (IMAGENET1K_V1) or the older resnet50-19c8e357.pth used by SimpleBaseline",
 }
 HRNET_CLS_PREFIXES = ("incre_modules.", "downsamp_modules.", "classifier.", "final_layer.")
+BATCH_COUNTER = "num_batches_tracked"  # BatchNorm buffer added in PyTorch 0.4.1 (BatchNorm version 2)
 
 
 @dataclass
@@ -57,6 +67,9 @@ class LoadReport:
     """Checkpoint keys outside `skip_prefixes` that the model does not have (ignored)."""
     skipped: list[str] = field(default_factory=list)
     """Checkpoint keys under `skip_prefixes` (deliberately not loaded)."""
+    filled: list[str] = field(default_factory=list)
+    """BatchNorm `num_batches_tracked` counters absent from a pre-0.4.1 checkpoint, set to 0 as
+    PyTorch's strict load accepts (`fill_batch_counters`); not in `missing`."""
 
     def as_dict(self) -> dict[str, list[str]]:
         return asdict(self)
@@ -108,6 +121,27 @@ def unwrap_state_dict(obj: object, where: str = "checkpoint") -> dict[str, torch
     return state
 
 
+def fill_batch_counters(
+    model: nn.Module, state: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """`state` with each absent BatchNorm `num_batches_tracked` counter of `model` filled with 0, and the
+    filled keys (model order). A counter is filled only where the checkpoint has that BatchNorm's
+    `running_mean` (a pre-0.4.1 save of the same layer, as `_BatchNorm._load_from_state_dict` accepts);
+    a BatchNorm absent from the checkpoint stays missing, and so does every other key."""
+    filled = []
+    for name, module in model.named_modules():
+        if not isinstance(module, _BatchNorm) or not module.track_running_stats:
+            continue
+        prefix = f"{name}." if name else ""
+        key = prefix + BATCH_COUNTER
+        if key not in state and prefix + "running_mean" in state:
+            filled.append(key)
+    if not filled:
+        return state, []
+    zero = torch.tensor(0, dtype=torch.long)
+    return {**state, **{k: zero.clone() for k in filled}}, filled
+
+
 def _all_tensors(d: dict) -> bool:
     return bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
 
@@ -128,7 +162,9 @@ def load_backbone(
     skip = tuple(skip_prefixes)
     report = LoadReport()
     report.skipped = [k for k in state if k.startswith(skip)]
-    candidates = {k: v for k, v in state.items() if not k.startswith(skip)}
+    candidates, report.filled = fill_batch_counters(
+        inner, {k: v for k, v in state.items() if not k.startswith(skip)}
+    )
     report.unexpected = [k for k in candidates if k not in target]
     wanted = [k for k in target if not k.startswith(skip)]
     report.missing = [k for k in wanted if k not in candidates]
@@ -147,14 +183,16 @@ def load_backbone(
             )
     result = inner.load_state_dict({k: candidates[k] for k in matched}, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # matched ⊆ target by construction
-    report.loaded = matched
+    filled = set(report.filled)
+    report.loaded = [k for k in matched if k not in filled]
     log.info(
-        "loaded %d tensors into %s (missing %d, unexpected %d, skipped %d)",
-        len(matched),
+        "loaded %d tensors into %s (missing %d, unexpected %d, skipped %d, BN counters filled %d)",
+        len(report.loaded),
         type(inner).__name__,
         len(report.missing),
         len(report.unexpected),
         len(report.skipped),
+        len(report.filled),
     )
     return report
 

@@ -3,12 +3,15 @@
 Loads a checkpoint of this project (a stage's `weights.pt`, or an epoch checkpoint's `model`) or of the
 official model zoos (`pose_hrnet_w32_256x192.pth`, `pose_resnet_50_256x192.pth.tar`: a plain state
 dict, a dict holding `best_state_dict` / `state_dict`, keys possibly `module.`-prefixed) into the
-backbone's pose network STRICTLY (every key, every shape), runs the evaluation pipeline of the
+backbone's pose network STRICTLY (every key, every shape; only the BatchNorm `num_batches_tracked`
+counters that files saved before PyTorch 0.4.1 lack are filled with 0, as PyTorch's strict load
+accepts: workloads.models.loading.fill_batch_counters), runs the evaluation pipeline of the
 finetunes (flip test, decoding, rescoring, OKS-NMS: workloads.pose.inference) over the split's
 detections or GT boxes, writes `person_keypoints_<split>_results.json` always and `metrics.json` when
 the split has keypoint annotations, and prints AP beside the model zoo's published value. If our
 pipeline gives the zoo model its published AP, the data, the detections and the evaluation are set up
-right. A split without annotations (test-dev) needs `--detections` and yields the results file only.
+right. The published values are with the AP-56 person detections on val2017; with GT boxes (no
+`--detections`) AP is printed without a comparison, as the zoo publishes no GT-box AP. A split without annotations (test-dev) needs `--detections` and yields the results file only.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 from torch import nn
 
 from workloads.config import FinetuneConfig, ModelConfig
-from workloads.models.loading import read_weights_file
+from workloads.models.loading import fill_batch_counters, read_weights_file
 from workloads.user_errors import CheckpointError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -75,9 +78,12 @@ def _is_state_dict(d: dict) -> bool:
     return bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
 
 
-def load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> list[str]:
     """Every model key present with its shape and no extra key, or CheckpointError naming the first
-    mismatched key (model order: missing or other shape; then the first unexpected checkpoint key)."""
+    mismatched key (model order: missing or other shape; then the first unexpected checkpoint key).
+    A pre-0.4.1 checkpoint's absent BatchNorm `num_batches_tracked` counters are filled with 0, as
+    PyTorch's strict load does; returns their keys (empty for a newer checkpoint)."""
+    state, filled = fill_batch_counters(model, state)
     target = model.state_dict()
     for key, value in target.items():
         if key not in state:
@@ -93,6 +99,7 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: str | Pa
             f"{path}: first mismatched key {extra[0]!r}: not in the model ({len(extra)} extra)"
         )
     model.load_state_dict(state, strict=True)
+    return filled
 
 
 class BGRInput(nn.Module):
@@ -154,7 +161,7 @@ def evaluate_checkpoint(
         )
     loaded = read_checkpoint(checkpoint)
     model = build_model(cfg.model, 17)
-    load_strict(model, loaded.state, checkpoint)
+    filled = load_strict(model, loaded.state, checkpoint)
     net: nn.Module = BGRInput(model) if channel_order == "bgr" else model
     aspect = cfg.input_hw[1] / cfg.input_hw[0]
     if not annotated:
@@ -181,9 +188,16 @@ def evaluate_checkpoint(
         "metrics": None,
         "persons": len(instances),
         "images": len({i.image_id for i in instances}),
-        "checkpoint": {"file": str(checkpoint), "entry": loaded.entry, "prefix": loaded.prefix},
+        "checkpoint": {
+            "file": str(checkpoint),
+            "entry": loaded.entry,
+            "prefix": loaded.prefix,
+            "counters_filled": len(filled),
+        },
         "channel_order": channel_order,
         "boxes": "GT boxes" if annotated and detections is None else f"detections {detections}",
+        "gt_boxes": annotated and detections is None,
+        "split": split,
         "zoo": MODEL_ZOO[backbone],
     }
     if annotated:

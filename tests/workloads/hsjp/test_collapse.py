@@ -1,4 +1,6 @@
-"""Collapse as the paper defines it: HSJP precision P stays 0 after a warm-up (Table 2, lr 2e-3)."""
+"""Collapse as the paper means it: a pretext that failed to learn the puzzle (Table 2, lr 2e-3), decided on
+patch accuracy near chance with flat heatmaps or a loss that does not fall, not on P = 0 (a healthy
+N = 8 sits at P = 0 for long)."""
 
 from __future__ import annotations
 
@@ -10,55 +12,169 @@ import workloads.hsjp.train as hsjp_train
 from workloads.config import ConfigError, DataConfig, ModelConfig, PretrainConfig
 from workloads.context import LocalContext
 from workloads.data.synthetic import generate
-from workloads.hsjp.collapse import PrecisionCollapse, post_warmup, precision_collapsed
+from workloads.engine import LoopSpec, Task, make_optimizer, make_scheduler, run_epochs
+from workloads.hsjp.collapse import SIGNALS, CollapseRule, PretextCollapse, failure_of, pretext_collapsed
+from workloads.hsjp.precision import heatmap_contrast
+
+N8 = CollapseRule(n=8, warmup_epochs=40, patience=3, chance_factor=2.0, flat_contrast=0.1, loss_fraction=0.75)
 
 
-def _h(*pairs) -> list[dict]:
-    return [{"epoch": e, "loss": 0.1, "precision": p} for e, p in pairs]
+def _rule(**changes) -> CollapseRule:
+    return CollapseRule(**{**N8.__dict__, **changes})
 
 
-def test_zero_precision_after_warmup_is_collapsed_at_the_end():
-    history = _h((9, 0.2), (19, 0.0), (29, 0.0))  # a P > 0 during warm-up (epochs < 20) does not count
-    assert post_warmup(history, 20) == [(19, 0.0), (29, 0.0)]
-    reason = precision_collapsed(history, 20, final=True, patience=None)
-    assert reason is not None and "epochs 20, 30" in reason and "20-epoch warm-up" in reason
-    assert precision_collapsed(history, 20, final=False, patience=None) is None  # judged at the end
+def _h(*rows, first_loss: float = 1.0e-3) -> list[dict]:
+    """Engine history: an epoch-0 record (loss only) then evaluations (epoch, P, patch accuracy,
+    heatmap contrast, loss)."""
+    history = [{"epoch": 0, "loss": first_loss}]
+    for epoch, p, acc, contrast, loss in rows:
+        history.append({"epoch": epoch, "loss": loss, "precision": p, "patch_accuracy": acc,
+                        "heatmap_contrast": contrast})  # fmt: skip
+    return history
 
 
-def test_any_positive_precision_after_warmup_is_not_collapsed():
-    assert precision_collapsed(_h((19, 0.0), (29, 0.01), (39, 0.0)), 20, final=True, patience=1) is None
+# a healthy N = 8 stand-in: P = 0 at every evaluation (solving all 64 patches is rare), patch accuracy
+# rising from 1/64 to 0.3, peaks growing, loss falling
+HEALTHY_N8 = _h(
+    (9, 0.0, 1 / 64, 0.02, 9.8e-4),
+    (19, 0.0, 0.04, 0.05, 9.0e-4),
+    (39, 0.0, 0.08, 0.12, 8.0e-4),
+    (49, 0.0, 0.15, 0.20, 7.0e-4),
+    (59, 0.0, 0.22, 0.26, 6.2e-4),
+    (69, 0.0, 0.30, 0.31, 5.5e-4),
+)
+# the lr-2e-3 style failure: patch accuracy at chance, heatmaps not flat (noise), loss flat
+NO_LEARNING = _h(*[(e, 0.0, 1 / 64, 0.4, 1.02e-3) for e in (9, 19, 39, 49, 59, 69)])
+# flat heatmaps: the mean target map (bumps of 1/N² of the peak); the loss fell to its level
+FLAT = _h(*[(e, 0.0, 0.01, 1 / 64, 0.6e-3) for e in (9, 19, 39, 49, 59, 69)])
 
 
-def test_patience_ends_early_once_enough_evaluations_are_zero():
-    history = _h((9, 0.0), (19, 0.0))
-    assert precision_collapsed(history, 10, final=False, patience=3) is None
-    history += _h((29, 0.0))
-    reason = precision_collapsed(history, 10, final=False, patience=3)
-    assert reason is not None and "ended early after 3" in reason
+def test_a_healthy_n8_at_p_zero_with_rising_patch_accuracy_is_not_collapsed():
+    for k in range(2, len(HEALTHY_N8) + 1):  # at every evaluation, early stop or last epoch
+        assert pretext_collapsed(HEALTHY_N8[:k], N8, final=False) is None
+        assert pretext_collapsed(HEALTHY_N8[:k], N8, final=True) is None
+    assert pretext_collapsed(HEALTHY_N8, _rule(patience=None), final=True) is None
 
 
-def test_no_evaluation_after_the_warmup_is_never_collapsed():
-    # a run shorter than its warm-up (the smoke study: 8 epochs, warm-up 40) is not judged by P
-    assert precision_collapsed(_h((3, 0.0), (7, 0.0)), 40, final=True, patience=1) is None
+def test_the_no_learning_failure_collapses_after_patience_evaluations():
+    assert pretext_collapsed(NO_LEARNING[:5], N8, final=False) is None  # evaluations at 40, 50 only
+    reason = pretext_collapsed(NO_LEARNING[:6], N8, final=False)
+    assert reason is not None and "epochs 40, 50, 60" in reason and "ended early after 3" in reason
+    assert "loss not falling" in reason and "P = 0" in reason and "1/N² = 0.016" in reason
+
+
+def test_flat_heatmaps_collapse_even_though_the_loss_fell():
+    assert failure_of(FLAT[3], N8, start_loss=1.0e-3) == "flat heatmaps"
+    reason = pretext_collapsed(FLAT, N8, final=True)
+    assert reason is not None and "flat heatmaps" in reason and "40-epoch warm-up" in reason
+    # the same records with peaks (not flat) and that loss drop: learning something, not collapsed
+    peaked = [dict(h, heatmap_contrast=0.3) if "precision" in h else h for h in FLAT]
+    assert pretext_collapsed(peaked, N8, final=True) is None
+
+
+def test_one_evaluation_above_chance_means_the_run_learns():
+    history = NO_LEARNING[:4] + _h((49, 0.0, 0.05, 0.4, 1.0e-3))[1:] + NO_LEARNING[5:]  # 0.05 > 2/64
+    assert pretext_collapsed(history, N8, final=True) is None
+
+
+def test_thresholds_are_where_the_rule_says():
+    rule = _rule(n=6)  # chance 1/36: at chance up to 2/36 = 0.0556
+    record = {"patch_accuracy": 2 / 36, "heatmap_contrast": 0.5, "loss": 0.75}
+    assert failure_of(record, rule, start_loss=1.0) == "loss not falling"  # 0.75 ≥ 0.75 × 1.0
+    assert failure_of(dict(record, loss=0.74), rule, start_loss=1.0) is None
+    assert failure_of(dict(record, patch_accuracy=0.056), rule, start_loss=1.0) is None
+    assert failure_of(dict(record, heatmap_contrast=0.099, loss=0.1), rule, 1.0) == "flat heatmaps"
+    assert failure_of({"patch_accuracy": 0.0, "loss": 1.0}, rule, 1.0) is None  # signals not recorded
+
+
+def test_warmup_and_the_last_epoch():
+    assert pretext_collapsed(NO_LEARNING[:3], N8, final=True) is None  # no evaluation after the warm-up
+    short = _rule(patience=None)
+    assert pretext_collapsed(NO_LEARNING[:5], short, final=False) is None  # judged at the end
+    reason = pretext_collapsed(NO_LEARNING[:5], short, final=True)
+    assert reason is not None and "epochs 40, 50)" in reason and "ended early" not in reason
+
+
+def test_heatmap_contrast_is_zero_for_flat_maps_and_near_one_for_targets():
+    flat = torch.full((2, 3, 8, 8), 0.4)
+    assert torch.allclose(heatmap_contrast(flat), torch.zeros(2), atol=1e-6)
+    peaked = torch.zeros(1, 2, 8, 8)
+    peaked[0, :, 3, 4] = 1.0
+    assert heatmap_contrast(peaked).item() == pytest.approx(1 - 1 / 64)
 
 
 def test_single_process_check_needs_no_process_group():
-    check = PrecisionCollapse(1, 1, rank=0, world_size=1, device="cpu")
-    assert check(_h((0, 0.0)), False) is not None
-    assert PrecisionCollapse(1, 1, rank=1, world_size=1, device="cpu")(_h((0, 0.0)), False) is None
+    check = PretextCollapse(_rule(warmup_epochs=1, patience=1), rank=0, world_size=1, device="cpu")
+    assert check(NO_LEARNING[:2], False) is not None
+    other_rank = PretextCollapse(_rule(warmup_epochs=1, patience=1), rank=1, world_size=1, device="cpu")
+    assert other_rank(NO_LEARNING[:2], False) is None
 
 
-def test_config_rejects_bad_collapse_settings():
-    with pytest.raises(ConfigError, match="collapse_patience"):
-        PretrainConfig(collapse_patience=0)
-    with pytest.raises(ConfigError, match="collapse_warmup_epochs"):
-        PretrainConfig(collapse_warmup_epochs=-1)
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("collapse_patience", 0),
+        ("collapse_warmup_epochs", -1),
+        ("collapse_chance_factor", 0.5),
+        ("collapse_chance_factor", float("nan")),
+        ("collapse_flat_contrast", 1.5),
+        ("collapse_loss_fraction", -0.1),
+    ],
+)
+def test_config_rejects_bad_collapse_settings(field, value):
+    with pytest.raises(ConfigError, match=rf"pretrain\.{field}"):
+        PretrainConfig(**{field: value})
+
+
+def _scripted_run(tmp_path, evals: dict[int, dict], losses: list[float], rule: CollapseRule):
+    """The engine's loop with a scripted pretext: epoch e trains to loss losses[e] and its evaluation
+    gives evals[e]; the collapse check and the history are the real ones."""
+    model = nn.Linear(1, 1)
+    optimizer = make_optimizer(model, 1e-3)
+    epoch = {"now": -1}
+
+    def train_step(tensors):
+        optimizer.zero_grad()
+        (0.0 * model(tensors[0]).sum()).backward()
+        optimizer.step()
+        return torch.tensor(losses[epoch["now"]])
+
+    def prepare(batch):
+        epoch["now"] += 1
+        return (torch.zeros(1),)
+
+    task = Task(model, optimizer, make_scheduler(optimizer, [], 0.1), [0], _Sampler(), prepare, train_step,
+                lambda: dict(evals[epoch["now"]]))  # fmt: skip
+    spec = LoopSpec(epochs=len(losses), eval_every=1, select_key="precision", collapse_loss=1.0, config={},
+                    collapse_check=PretextCollapse(rule, 0, 1, "cpu"), history_keys=SIGNALS)  # fmt: skip
+    return run_epochs(LocalContext(tmp_path), task, spec)
+
+
+class _Sampler:
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+
+def test_the_engine_keeps_a_healthy_n8_standin_and_ends_a_failing_one(tmp_path):
+    rule = _rule(warmup_epochs=2, patience=2)
+    epochs = 8
+    acc = [1 / 64 + 0.04 * e for e in range(epochs)]  # rising from chance to 0.3
+    healthy = {e: {"precision": 0.0, "patch_accuracy": acc[e], "heatmap_contrast": 0.02 + 0.04 * e,
+                   "puzzles": 100} for e in range(epochs)}  # fmt: skip
+    out = _scripted_run(tmp_path / "healthy", healthy, [1e-3 * (1 - 0.05 * e) for e in range(epochs)], rule)
+    assert not out.collapsed and out.trained == list(range(epochs))
+    assert [h["patch_accuracy"] for h in out.history] == acc  # the signals are in the history
+    failing = {e: {"precision": 0.0, "patch_accuracy": 1 / 64, "heatmap_contrast": 0.3, "puzzles": 100}
+               for e in range(epochs)}  # fmt: skip
+    out = _scripted_run(tmp_path / "failing", failing, [1e-3] * epochs, rule)
+    assert out.collapsed and out.trained == [0, 1, 2] and "loss not falling" in out.collapse_reason
 
 
 class FlatHeatmaps(nn.Module):
     """A stand-in that can only learn flat heatmaps: one learnable constant per channel, broadcast over
     the heatmap. Trained with the real loss it converges to the targets' mean value, a flat map whose
-    argmax is its first pixel, so no patch is ever located: P = 0 at every evaluation."""
+    argmax is its first pixel, so no patch is ever located: P = 0 and patch accuracy 0 at every
+    evaluation, heatmap contrast 0."""
 
     def __init__(self, channels: int, heatmap: int):
         super().__init__()
@@ -102,7 +218,9 @@ def test_flat_heatmap_standin_collapses_and_ends_early(flat_pretrain, tmp_path):
     assert result.epochs_trained == [0, 1, 2]  # ended early: 3 of 6 epochs
     assert all(p == 0.0 for p in result.metrics["precision_history"].values())
     assert "P = 0" in result.metrics["reason"] and "ended early" in result.metrics["reason"]
-    assert result.metrics["loss_last"] < result.metrics["loss_first"]  # it did train: towards flat maps
+    assert "flat heatmaps" in result.metrics["reason"] and abs(result.metrics["heatmap_contrast"]) < 1e-6
+    # it did train, towards flat maps: the loss fell by far more than loss_fraction, flatness decides
+    assert result.metrics["loss_last"] < cfg.collapse_loss_fraction * result.metrics["loss_first"]
 
 
 def test_flat_heatmap_standin_without_patience_is_judged_at_the_last_epoch(flat_pretrain, tmp_path):

@@ -32,7 +32,8 @@ def test_round_trip_through_a_file(tmp_path):
     for key, value in target.state_dict().items():
         assert key.startswith("final_layer.") or torch.equal(value, source.state_dict()[key]), key
     assert not torch.equal(target.final_layer.weight, source.final_layer.weight)  # head left at its init
-    assert set(report.as_dict()) == {"loaded", "missing", "unexpected", "skipped"}
+    assert set(report.as_dict()) == {"loaded", "missing", "unexpected", "skipped", "filled"}
+    assert report.filled == []  # a current checkpoint has every BatchNorm counter
 
 
 def test_pretext_head_is_skipped_for_pose():
@@ -169,3 +170,71 @@ def test_missing_imagenet_file_says_where_weights_are(tmp_path, backbone, hint):
 def test_imagenet_unknown_backbone(tmp_path):
     with pytest.raises(ValueError, match="vgg16.*hrnet_w32"):
         load_imagenet(build_model(HRNET, 17), tmp_path / "x.pth", "vgg16")
+
+
+# ------------------------------------------------ checkpoints saved before PyTorch 0.4.1 (no BN counters)
+COUNTER = "num_batches_tracked"
+
+
+def _pre_041(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` as PyTorch before 0.4.1 saved it: no BatchNorm counters, no `_metadata` (a plain dict)."""
+    return {k: v for k, v in state.items() if not k.endswith(COUNTER)}
+
+
+@pytest.mark.parametrize("cfg", [HRNET, RESNET], ids=["hrnet_w8", "simplebaseline_small"])
+def test_pre_041_checkpoint_loads_with_counters_at_zero(tmp_path, cfg):
+    source = _seeded(cfg, 17, 0)
+    old = _pre_041(source.state_dict())
+    path = tmp_path / "pose.pth.tar"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in old.items()}}, path)
+    target = _seeded(cfg, 17, 1)
+    counters = [k for k in target.state_dict() if k.endswith(COUNTER)]
+    for k in counters:
+        target.get_buffer(k).fill_(3)  # so that the test sees the load set them
+    report = load_backbone(target, load_state_file(path))
+    assert report.missing == [] and report.unexpected == []
+    assert sorted(report.filled) == sorted(counters) and len(counters) > 10
+    assert not set(report.filled) & set(report.loaded)  # filled counters were not in the file
+    assert all(int(target.get_buffer(k)) == 0 for k in counters)  # what PyTorch's strict load gives
+    for key, value in old.items():
+        assert key.startswith("final_layer.") or torch.equal(target.state_dict()[key], value), key
+
+
+def test_a_missing_weight_is_still_reported_beside_filled_counters():
+    old = _pre_041(_seeded(RESNET, 17, 0).state_dict())
+    del old["layer1.0.conv2.weight"]
+    del old["layer2.0.bn1.running_mean"]  # a BN without its statistics: its counter is not filled either
+    report = load_backbone(_seeded(RESNET, 17, 1), old)
+    assert report.missing == ["layer1.0.conv2.weight", "layer2.0.bn1.running_mean", f"layer2.0.bn1.{COUNTER}"]
+    assert f"layer2.0.bn1.{COUNTER}" not in report.filled and f"layer1.0.bn2.{COUNTER}" in report.filled
+
+
+def _imagenet_init(tmp_path, monkeypatch, state, name="resnet50-19c8e357.pth"):
+    from workloads.config import FinetuneConfig, PretrainConfig
+    from workloads.pose.train import initialise
+
+    path = tmp_path / name
+    path.touch()  # as in test_torchvision_resnet50_into_simplebaseline: no 100 MB round trip
+    monkeypatch.setattr(loading, "load_state_file", lambda p: state if p == path else None)
+    model_cfg = ModelConfig(backbone="simplebaseline_r50", deconv_channels=8)
+    model = build_model(model_cfg, 17)
+    init = PretrainConfig(method="imagenet", checkpoint=str(path), model=model_cfg)
+    return model, initialise(model, FinetuneConfig(model=model_cfg), init, ctx=None)
+
+
+def test_imagenet_init_from_the_pre_041_torchvision_resnet50(tmp_path, monkeypatch):
+    """SimpleBaseline's resnet50-19c8e357.pth has no BN counters: no backbone tensor may be left at init."""
+    old = _pre_041(_imagenet_like_resnet50())
+    model, report = _imagenet_init(tmp_path, monkeypatch, old)
+    assert len(report["filled"]) == 53  # every BatchNorm of ResNet-50: bn1, 3 per bottleneck, 4 downsample
+    assert all(k.startswith(("deconv_layers.", "final_layer.")) for k in report["missing"])
+    assert report["unexpected"] == ["fc.weight", "fc.bias"]
+    assert torch.equal(model.layer4[2].bn3.running_var, old["layer4.2.bn3.running_var"])
+    assert int(model.layer4[2].bn3.num_batches_tracked) == 0
+
+
+def test_imagenet_init_still_refuses_a_missing_backbone_weight(tmp_path, monkeypatch):
+    old = _pre_041(_imagenet_like_resnet50())
+    del old["layer3.1.conv1.weight"]
+    with pytest.raises(ValueError, match=r"1 backbone tensor\(s\).*random init.*'layer3\.1\.conv1\.weight'"):
+        _imagenet_init(tmp_path, monkeypatch, old)

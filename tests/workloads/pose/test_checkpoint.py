@@ -147,7 +147,15 @@ def test_zoo_format_checkpoint_on_a_test_dev_shaped_split(
                            coco_dets, "--out", out, "--max-images", 1)  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert code == 0 and 0.0 <= metrics["AP"] <= 1.0
-    assert "model zoo pose_resnet_50_256x192.pth.tar: 70.4" in stdout and "--channel-order bgr" in stdout
+    assert "--channel-order bgr" in stdout
+    # GT boxes (no --detections): said so, and not compared with the zoo's detection-box AP
+    assert "with GT boxes" in stdout and "no comparison with the model zoo" in stdout
+    assert "publishes no GT-box AP" in stdout and "difference" not in stdout
+    dets = coco_dets / "person_detection_results" / "COCO_val2017_detections_AP_H_56_person.json"
+    code, stdout, _ = _run(capsys, "--checkpoint", ckpt, "--backbone", "simplebaseline_r50", "--coco-root",
+                           coco_dets, "--out", out, "--max-images", 1, "--detections", dets)  # fmt: skip
+    assert code == 0 and "model zoo pose_resnet_50_256x192.pth.tar: 70.4" in stdout and "difference" in stdout
+    assert "GT boxes" not in stdout
 
 
 def test_checkpoint_mode_needs_its_arguments(tmp_path, capsys):
@@ -155,3 +163,63 @@ def test_checkpoint_mode_needs_its_arguments(tmp_path, capsys):
     assert code == 2 and "--backbone" in err and "--coco-root" in err
     code, _, err = _run(capsys)
     assert code == 2 and "--checkpoint" in err
+
+
+def _pre_041(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` as PyTorch before 0.4.1 saved it: no BatchNorm num_batches_tracked counters, and no
+    `_metadata` versions (a plain dict)."""
+    return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+@pytest.mark.parametrize("backbone", ["hrnet_w32", "simplebaseline_r50"])
+def test_zoo_checkpoint_without_batch_counters_loads_as_pytorch_would(tmp_path, full_states, backbone):
+    """The zoo's pose_resnet_50_256x192.pth.tar (and the HRNet zoo file, were it as old) predate
+    num_batches_tracked; PyTorch's strict load accepts them, so must ours."""
+    old = _pre_041(full_states[backbone])
+    counters = [k for k in full_states[backbone] if k.endswith("num_batches_tracked")]
+    assert len(counters) > 50 and not any(k.endswith("num_batches_tracked") for k in old)
+    reference = build_model(ModelConfig(backbone=backbone), 17)
+    reference.load_state_dict(old, strict=True)  # PyTorch itself accepts the file
+    path = tmp_path / "pose_resnet_50_256x192.pth.tar"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in old.items()}, "epoch": 140}, path)
+    model = build_model(ModelConfig(backbone=backbone), 17, generator=torch.Generator().manual_seed(5))
+    for k in counters:  # a non-zero start shows that the load sets them (to what PyTorch gives: 0)
+        model.get_buffer(k).fill_(7)
+    filled = load_strict(model, read_checkpoint(path).state, path)
+    assert sorted(filled) == sorted(counters)
+    loaded = model.state_dict()
+    assert all(int(loaded[k]) == 0 == int(reference.state_dict()[k]) for k in counters)
+    assert all(torch.equal(loaded[k], v) for k, v in old.items())
+
+
+def test_a_missing_weight_is_still_refused_beside_absent_counters(tmp_path, full_states):
+    old = _pre_041(full_states["simplebaseline_r50"])
+    del old["layer2.0.conv2.weight"]
+    path = tmp_path / "pose_resnet_50_256x192.pth.tar"
+    torch.save(old, path)
+    model = build_model(ModelConfig(backbone="simplebaseline_r50"), 17)
+    with pytest.raises(ValueError, match=r"first mismatched key 'layer2\.0\.conv2\.weight': missing"):
+        load_strict(model, read_checkpoint(path).state, path)
+    no_bn = {k: v for k, v in _pre_041(full_states["simplebaseline_r50"]).items() if not k.startswith("bn1.")}
+    with pytest.raises(ValueError, match=r"first mismatched key 'bn1\.weight': missing"):  # whole BN absent
+        load_strict(model, no_bn, path)
+
+
+def test_gt_box_summary_makes_no_zoo_comparison():
+    from orchestrator.evaluate_checkpoint import format_summary
+
+    base = {
+        "checkpoint": {"file": "zoo.pth.tar", "entry": "state_dict", "prefix": "module.", "counters_filled": 53},
+        "persons": 6352, "images": 5000, "results_file": "r.json", "metrics_file": "m.json",
+        "metrics": {"AP": 0.724}, "channel_order": "bgr", "zoo": ("pose_resnet_50_256x192.pth.tar", 70.4),
+        "split": "val2017",
+    }  # fmt: skip
+    gt = format_summary({**base, "boxes": "GT boxes", "gt_boxes": True}, "simplebaseline_r50")
+    assert "AP 72.4 with GT boxes" in gt and "no comparison with the model zoo" in gt
+    assert "difference" not in gt and "53 BatchNorm num_batches_tracked counters absent" in gt
+    det = format_summary({**base, "boxes": "detections d.json", "gt_boxes": False}, "simplebaseline_r50")
+    assert "model zoo pose_resnet_50_256x192.pth.tar: 70.4" in det and "difference +2.0" in det
+    other = format_summary(
+        {**base, "boxes": "detections d.json", "gt_boxes": False, "split": "train2017"}, "simplebaseline_r50"
+    )
+    assert "difference" not in other and "is on val2017" in other
