@@ -164,9 +164,7 @@ class DataSpec:
         else:
             ident["coco_root"] = c.coco_root
             if kind == "finetune":
-                ident["detection_file"] = c.detection_file
-                if c.test_detection_file is not None:  # only finetunes with test_splits read it
-                    ident["test_detection_file"] = c.test_detection_file
+                ident["detection_file"] = c.detection_file  # test_detection_file: the evaluate stages'
         return ident
 
 
