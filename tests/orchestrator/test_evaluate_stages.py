@@ -197,27 +197,23 @@ def test_evaluate_runs_after_its_finetune_reading_its_weights_and_is_found_on_a_
     assert calls == [] and rerun.launched == []  # everything found: nothing recomputed
 
 
-def test_a_failed_finetune_blocks_its_evaluate_stage(small_plan, tmp_path):
+def test_a_failed_finetune_blocks_its_evaluate_stage(small_plan, tmp_path, monkeypatch):
+    from orchestrator import execution
+
     plan, text = small_plan
     store = Store(tmp_path / "store")
     evals = _evaluations(plan)
     failing = next(iter(evals.values()))
     events: list[dict] = []
-    runner = FakeRunner({"CPU": 8.0, "GPU": 4.0}, fit=fake_fit(fail={failing}))
-    from orchestrator import execution
 
-    sched_cls = execution.StageScheduler
-
-    class Recording(sched_cls):  # the scheduler's own events, as the progress lines get them
+    class Recording(execution.StageScheduler):  # the scheduler's own events, as the progress lines get them
         def _emit(self, run, state, **extra):
             events.append({"stage_id": run.spec.stage_id, "state": state, **extra})
             super()._emit(run, state, **extra)
 
-    execution.StageScheduler = Recording
-    try:
-        run_study(plan, store, study_text=text, progress=False, runner=runner)
-    finally:
-        execution.StageScheduler = sched_cls
+    monkeypatch.setattr(execution, "StageScheduler", Recording)
+    runner = FakeRunner({"CPU": 8.0, "GPU": 4.0}, fit=fake_fit(fail={failing}))
+    summary = run_study(plan, store, study_text=text, progress=False, runner=runner)
     blocked = next(ev for ev, fin in evals.items() if fin == failing)
     assert store.read_result(blocked) is None
     assert all(sid != blocked for _, sid in runner.launched)
@@ -225,6 +221,23 @@ def test_a_failed_finetune_blocks_its_evaluate_stage(small_plan, tmp_path):
     assert line["reason"] == f"its finetune {failing} failed"
     other = next(ev for ev, fin in evals.items() if fin != failing)
     assert store.read_result(other)["status"] == StageState.DONE
+    row = next(t for t in summary["trials"] if t["finetune"] == failing)
+    assert row["evaluations"] == {blocked: StageState.BLOCKED}
+
+
+def test_a_failed_evaluate_stage_is_a_failure_of_the_run(small_plan, tmp_path):
+    plan, text = small_plan
+    store = Store(tmp_path / "store")
+    ev, fin = next(iter(_evaluations(plan).items()))
+    summary = run_study(
+        plan, store, study_text=text, progress=False,
+        runner=FakeRunner({"CPU": 8.0, "GPU": 4.0}, fit=fake_fit(fail={ev})),
+    )  # fmt: skip
+    assert store.read_result(fin)["status"] == StageState.DONE and store.read_result(ev) is None
+    row = next(t for t in summary["trials"] if t["finetune"] == fin)
+    assert row["status"] == StageState.DONE and row["evaluations"] == {ev: StageState.FAILED}
+    (failure,) = summary["failures"]
+    assert failure["stage_id"] == ev and f"injected failure in {ev}" in failure["error"]
 
 
 def test_a_collapsed_finetune_skips_its_evaluate_stage(small_plan, tmp_path):
