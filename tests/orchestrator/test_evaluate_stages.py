@@ -251,3 +251,54 @@ def test_a_collapsed_finetune_skips_its_evaluate_stage(small_plan, tmp_path):
     result = store.read_result(skipped)
     assert result["status"] == StageState.SKIPPED and result["reason"] == "finetune collapsed"
     assert all(sid != skipped for _, sid in runner.launched)
+
+
+# --------------------------------------------------------------------------------------- through Ray
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from orchestrator.ray_backend import start_local_ray
+
+    start_local_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_an_evaluate_stage_runs_on_ray_on_one_worker_from_its_finetune_weights(local_ray, tmp_path):
+    import dataclasses
+    import hashlib
+
+    from tests.orchestrator import standins
+
+    plan = standins.make_plan(
+        "evaluate",
+        [("t-scratch", standins.pretrain_config(method="scratch"), standins.finetune_config(epochs=1))],
+        salt="evaluate",
+        compute=standins.tiny_compute(workers_per_stage=2),  # the finetune: DDP over 2 workers
+    )
+    trial = plan.trials[0]
+    data = DataSpec(config=DataConfig(coco_root="/nonexistent-standin", test_detection_file="/d/td.json"))
+    ev = evaluation_stage(plan.stages[trial.finetune], "test-dev2017", data, "scratch")
+    plan = dataclasses.replace(
+        plan,
+        stages={**plan.stages, ev.stage_id: ev},
+        trials=[dataclasses.replace(trial, evaluations=(ev.stage_id,))],
+    )
+    store, calls = Store(tmp_path / "store"), str(tmp_path / "calls.jsonl")
+    summary = run_study(plan, store, study_text="name: evaluate\n", workloads=standins.workloads(calls))
+
+    assert summary["failures"] == [] and summary["trials"][0]["evaluations"] == {ev.stage_id: "done"}
+    result = store.read_result(ev.stage_id)
+    assert result["kind"] == "evaluate" and result["parent"] == trial.finetune and not result["has_weights"]
+    name = f"person_keypoints_test-dev2017_{ev.config.alg}_results.json"
+    (written,) = json.loads(store.read_bytes(store.stage_path(ev.stage_id, name)))
+    weights = store.load_weights(trial.finetune)
+    digest = hashlib.sha1(b"".join(v.numpy().tobytes() for _, v in sorted(weights.items()))).hexdigest()
+    assert written == {"weights_sha1": digest, "world_size": 1}  # the finetune's best weights, one worker
+    assert store.exists(store.stage_path(ev.stage_id, name.replace(".json", ".zip")))
+    assert [c["kind"] for c in standins.read_calls(calls)] == ["finetune", "evaluate"]
+
+    again = run_study(plan, store, study_text="name: evaluate\n", workloads=standins.workloads(calls))
+    assert again["ran"] == 0 and len(standins.read_calls(calls)) == 2  # found in the store
