@@ -27,7 +27,7 @@ def format_summary(summary: dict, backbone: str) -> str:
     zoo_file, zoo_ap = summary["zoo"]
     if summary["metrics"] is None:
         lines.append(
-            "no keypoint annotations for this split: submit the results file to the evaluation server"
+            f"no keypoint annotations for this split: submit {summary['zip_file']} to the evaluation server"
         )
     elif summary.get("gt_boxes"):
         ap = 100 * summary["metrics"]["AP"]
@@ -70,6 +70,8 @@ def add_arguments(p) -> None:
                    help="input colour order (default rgb; the official SimpleBaseline zoo model: bgr)")  # fmt: skip
     g.add_argument("--device", help="torch device (default: cuda when available)")
     g.add_argument("--max-images", type=int, help="only the first K images of the split (a quick check)")
+    g.add_argument("--alg", help="<alg> of the server's file name person_keypoints_<split>_<alg>_results.json "
+                   "(letters, digits, '-'; default: backbone and checkpoint file name)")  # fmt: skip
 
 
 def run_from_args(args) -> int:
@@ -89,6 +91,7 @@ def run_from_args(args) -> int:
         channel_order=args.channel_order,
         device=args.device,
         max_images=args.max_images,
+        alg=args.alg,
     )
     print(format_summary(summary, args.backbone))
     return 0

@@ -185,11 +185,14 @@ def run_study(
 
 
 def stage_labels(plan: Plan) -> dict[str, str]:
-    """Stage id → the label progress lines show: the id and, for a finetune, its first trial's id."""
+    """Stage id → the label progress lines show: the id and, for a finetune or an evaluate stage, its first
+    trial's id."""
     first: dict[str, str] = {}
     sharing = plan.sharing()
     for t in plan.trials:
         first.setdefault(t.finetune, t.trial_id)
+        for sid in t.evaluations:
+            first.setdefault(sid, t.trial_id)
         first.setdefault(t.pretrain, t.trial_id if len(sharing.get(t.pretrain, [])) == 1 else "")
     return {sid: f"{sid} ({first[sid]})" if first.get(sid) else sid for sid in plan.stages}
 
@@ -399,6 +402,13 @@ def summarize(plan: Any, store: Store, scheduler: StageScheduler | None = None) 
             if error:
                 row["error"] = error
                 failures.append({"trial_id": t.trial_id, "stage_id": stage, "error": error})
+        row["evaluations"] = {}  # the finetune's evaluate stages (test splits): state, and why one failed
+        for sid in t.evaluations:
+            res, run = store.read_result(sid), stages.get(sid)
+            row["evaluations"][sid] = (res or {}).get("status") or (run.state if run else StageState.QUEUED)
+            error = None if res is not None else last_line(store.read_error(sid))[:500] or (run and run.error)
+            if error:
+                failures.append({"trial_id": t.trial_id, "stage_id": sid, "error": error})
         trials.append(row)
     counts = dict(collections.Counter(r["status"] for r in trials))
     return {"study": plan.study, "trials": trials, "counts": counts, "failures": failures}

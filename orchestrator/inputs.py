@@ -159,11 +159,9 @@ class DataSpec:
         """What of the data changes a stage's result (part of its content hash): `identity_dict` of the
         data config (no execution switch: loader workers, where images are decoded), less what the stage
         never reads: the store path of a synthetic set (its generator spec stands in), the val detection
-        file for a pretrain (HSJP precision uses GT persons), the test-split detections for any stage but
-        an evaluation stage."""
-        ident: dict[str, Any] = identity_dict(self.config)  # test_detection_file is a child-stage field
-        if kind == "evaluate":
-            ident["test_detection_file"] = self.config.test_detection_file
+        file for a pretrain (HSJP precision uses GT persons). The test-split detections are a child-stage
+        field: the evaluate stages hash them (plan.evaluation_stage)."""
+        ident: dict[str, Any] = identity_dict(self.config)
         if kind == "pretrain":
             ident.pop("detection_file", None)
         if self.synthetic is not None:

@@ -1,15 +1,23 @@
 """The plan of a study (docs/design.md §2): trials → a DAG of content-addressed stages.
 
-Every trial becomes a `pretrain` and a `finetune` stage. A stage id is `<kind>-<sha1[:16]>` of what
-changes its result and nothing else: its config less the execution switches (`identity_dict`:
-compiling, memory format, where images are decoded, loader workers — recorded in provenance instead),
-the data identity (the study's data spec, never the store path), and its parent's id. The workload's
-numerics version is not hashed: it is recorded with each result, and a stage made by an older version
-is named stale (orchestrator.lineage), never silently recomputed nor silently reused. So identical pretrains are one stage within and across studies
+Every trial becomes a `pretrain` and a `finetune` stage, and one `evaluate` stage per split of its
+`finetune.test_splits` (test-dev2017: the finetune's best weights predict the split's detections
+for the evaluation server; nothing is trained, and adding one changes no other stage). A stage id is
+`<kind>-<sha1[:16]>` of what changes its result and nothing else: its config less the execution
+switches (`identity_dict`: compiling, memory format, where images are decoded, loader workers —
+recorded with the result instead), the data identity (the study's data spec, never the store path),
+and its parent's id. The workloads' numerics versions are not hashed: they are recorded with each
+result, and a stage made by an older version is named stale (orchestrator.lineage), never silently
+recomputed nor silently reused. So identical pretrains are one stage within and across studies
 (the N=6 HRNet pretrain feeds Table 1, 2, 3 and Figs. 5, 6). `scratch` / `imagenet` pretrains have
 no work; their identity is only (method, model, checkpoint path). Trials that come out identical (same
 finetune stage) are merged, their other definitions kept as aliases. `Plan.estimate` gives the
 device-hours of the distinct work next to the cost of running every trial on its own.
+
+An evaluate stage's id is `evaluate-<sha1[:16]>` of {kind, its finetune's id, the split, the detection
+file (its path, as the data identity names files), the evaluation settings that change the numbers
+(flip test, heatmap shift, thresholds, input and heatmap sizes), the workload version}. A finetune's id
+covers neither `test_splits` nor `data.test_detection_file`: opting into test-dev retrains nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +35,14 @@ from orchestrator.inputs import ComputeConfig, DataSpec, throughput_source
 from orchestrator.store_format import StageState
 from orchestrator.study import Study, Trial
 from workloads import WORKLOAD_VERSIONS
-from workloads.config import DataConfig, FinetuneConfig, PretrainConfig, identity_dict, to_dict
+from workloads.config import (
+    DataConfig,
+    EvaluationConfig,
+    FinetuneConfig,
+    PretrainConfig,
+    identity_dict,
+    to_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +52,11 @@ COCO_TRAIN_KEYPOINT_PERSONS = 149_813  # official HRNet log: "=> load 149813 sam
 COCO_VAL_PERSONS = 11_004  # COCO 2017 val person annotations (HSJP precision P, paper §3.5)
 COCO_VAL_DETECTIONS = 104_125  # official HRNet log: "Total boxes: 104125" in the AP_H_56 detection file
 COCO_VAL_KEYPOINT_PERSONS = 6_352  # official HRNet log: "=> load 6352 samples" (val2017, GT boxes)
+# COCO test-dev2017: 20,288 images (cocodataset.org/#download, image_info_test-dev2017.json). Its person
+# detections (HRNet's AP_H_609 file) are not counted in any official log we have: assumed at val2017's
+# rate, 104,125 detections / 5,000 images (HRNet log) ≈ 20.8 per image.
+COCO_TESTDEV_IMAGES = 20_288
+COCO_TESTDEV_DETECTIONS = round(COCO_TESTDEV_IMAGES * COCO_VAL_DETECTIONS / 5_000)
 SYNTHETIC_PERSONS_PER_IMAGE = 2  # workloads.data.synthetic draws 1-3 persons per image
 EVAL_SPEEDUP = 3.0  # a forward pass costs about a third of a training step (forward + backward)
 # start-up of a stage's Ray Train worker group (docs/ray.md §5: ~10 s per fit on 2 cores)
@@ -46,19 +66,21 @@ _ASSUMPTIONS = (
     f"device-hours = (train images × epochs + evaluated images / {EVAL_SPEEDUP:g}) × input px / {REFERENCE_PIXELS} "
     f"/ throughput + {STAGE_START_S:g} s start-up per stage; flip test evaluates twice; COCO: "
     f"{COCO_TRAIN_PERSONS} / {COCO_TRAIN_KEYPOINT_PERSONS} train persons (pretext / pose), {COCO_VAL_PERSONS} "
-    f"val persons, {COCO_VAL_DETECTIONS} val detections; synthetic: {SYNTHETIC_PERSONS_PER_IMAGE} persons per image"
+    f"val persons, {COCO_VAL_DETECTIONS} val detections, {COCO_TESTDEV_DETECTIONS} test-dev detections (assumed: val's "
+    f"rate per image); an evaluate stage predicts its split once, on one worker; synthetic: {SYNTHETIC_PERSONS_PER_IMAGE} persons per image"
 )
 
 
 @dataclass(frozen=True)
 class StageSpec:
     stage_id: str
-    """`<kind>-<sha1[:16]>` of {kind, config less execution switches, data identity, parent id}."""
+    """`<kind>-<sha1[:16]>` of {kind, config less execution switches, data identity, parent id} (an
+    evaluate stage: see `evaluation_stage`)."""
     kind: str
-    """`pretrain` or `finetune`."""
-    config: PretrainConfig | FinetuneConfig
+    """`pretrain`, `finetune` or `evaluate`."""
+    config: PretrainConfig | FinetuneConfig | EvaluationConfig
     parent: str | None
-    """Finetunes: the pretrain stage id."""
+    """Finetunes: the pretrain stage id; evaluate stages: the finetune stage id."""
     work: bool
     """False for scratch / imagenet pretrains (nothing to compute)."""
 
@@ -86,6 +108,8 @@ class TrialSpec:
     """Where in that study's file (`matrix[...]`, `include[i]`)."""
     aliases: tuple[dict[str, Any], ...] = ()
     """Other definitions that came out as the same trial ({study, origin, params})."""
+    evaluations: tuple[str, ...] = ()
+    """The finetune's evaluate stages (one per `finetune.test_splits` entry)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +117,7 @@ class TrialSpec:
             "params": self.params,
             "pretrain": self.pretrain,
             "finetune": self.finetune,
+            "evaluations": list(self.evaluations),
             "study": self.study,
             "origin": self.origin,
             "studies": sorted({self.study, *(a["study"] for a in self.aliases)} - {""}),
@@ -147,9 +172,14 @@ class Plan:
         hours = {sid: stage_hours(s, self.data_spec, self.compute) for sid, s in self.stages.items()}
         pre = sum(h for sid, h in hours.items() if self.stages[sid].kind == "pretrain")
         fin = sum(h for sid, h in hours.items() if self.stages[sid].kind == "finetune")
+        evl = sum(h for sid, h in hours.items() if self.stages[sid].kind == "evaluate")
         requested = sum(1 + len(t.aliases) for t in self.trials)
-        unshared = sum((1 + len(t.aliases)) * (hours[t.pretrain] + hours[t.finetune]) for t in self.trials)
-        saved = unshared - pre - fin
+        unshared = sum(
+            (1 + len(t.aliases))
+            * (hours[t.pretrain] + hours[t.finetune] + sum(hours[e] for e in t.evaluations))
+            for t in self.trials
+        )
+        saved = unshared - pre - fin - evl
         saved = saved if saved > 1e-9 * unshared else 0.0  # float noise when nothing is shared
         gpu = self.compute.use_gpu
         return {
@@ -160,7 +190,8 @@ class Plan:
             "stage_hours": {sid: _sig(h) for sid, h in hours.items()},
             "pretrain_hours": _sig(pre),
             "finetune_hours": _sig(fin),
-            "total_hours": _sig(pre + fin),
+            "evaluate_hours": _sig(evl),
+            "total_hours": _sig(pre + fin + evl),
             "unshared_hours": _sig(unshared),
             "saved_hours": _sig(saved),
             "trials": len(self.trials),
@@ -180,12 +211,21 @@ def make_plan(study: Study, data: DataConfig) -> Plan:
     for trial in study.trials:
         pre = pretrain_stage(trial.pretrain, study.data)
         fin = finetune_stage(trial.finetune, study.data, pre.stage_id)
+        evals = [
+            evaluation_stage(fin, split, study.data, trial.pretrain.method)
+            for split in trial.finetune.test_splits
+        ]
         stages.setdefault(pre.stage_id, pre)
         stages.setdefault(fin.stage_id, fin)
+        for ev in evals:
+            stages.setdefault(ev.stage_id, ev)
         if fin.stage_id in by_finetune:
             i = by_finetune[fin.stage_id]
             alias = {"study": trial.study, "origin": trial.origin, "params": trial.params}
-            trials[i] = dataclasses.replace(trials[i], aliases=(*trials[i].aliases, alias))
+            more = tuple(e.stage_id for e in evals if e.stage_id not in trials[i].evaluations)
+            trials[i] = dataclasses.replace(
+                trials[i], aliases=(*trials[i].aliases, alias), evaluations=(*trials[i].evaluations, *more)
+            )
             log.info("%s %s is the same trial as %s", trial.study, trial.origin, trials[i].trial_id)
             continue
         by_finetune[fin.stage_id] = len(trials)
@@ -197,6 +237,7 @@ def make_plan(study: Study, data: DataConfig) -> Plan:
                 finetune=fin.stage_id,
                 study=trial.study,
                 origin=trial.origin,
+                evaluations=tuple(dict.fromkeys(e.stage_id for e in evals)),
             )
         )
     return Plan(
@@ -235,6 +276,8 @@ def pretrain_stage(cfg: PretrainConfig, data: DataSpec) -> StageSpec:
 
 
 def finetune_stage(cfg: FinetuneConfig, data: DataSpec, parent: str) -> StageSpec:
+    # test_splits are the evaluate stages' (evaluation_stage): not part of the finetune's id or config
+    cfg = dataclasses.replace(cfg, test_splits=())
     key = {
         "kind": "finetune",
         "config": identity_dict(cfg),
@@ -244,6 +287,40 @@ def finetune_stage(cfg: FinetuneConfig, data: DataSpec, parent: str) -> StageSpe
     return StageSpec(
         stage_id=f"finetune-{_digest(key)}", kind="finetune", config=cfg, parent=parent, work=True
     )
+
+
+EVALUATION_SETTINGS = ("flip_test", "shift_heatmap", "image_thre", "in_vis_thre", "oks_thre", "input_hw",
+                       "heatmap_hw")  # fmt: skip
+"""The FinetuneConfig fields that change an evaluation's numbers (inference.predict), in its id."""
+
+
+def evaluation_stage(finetune: StageSpec, split: str, data: DataSpec, init: str) -> StageSpec:
+    """The evaluate stage of `finetune` on test split `split` (its detections: data.test_detection_file);
+    `init` (the pretrain method) names the server's results file."""
+    cfg = finetune.config
+    det = data.config.test_detection_file
+    key = {
+        "kind": "evaluate",
+        "parent": finetune.stage_id,
+        "split": split,
+        "detection_file": det,
+        "settings": {k: to_dict(getattr(cfg, k)) for k in EVALUATION_SETTINGS},
+    }
+    backbone = cfg.model.backbone.replace("_", "")
+    alg = f"{backbone}-{init}-{finetune.stage_id.split('-', 1)[1][:8]}"  # no underscores: the server's separator
+    config = EvaluationConfig(finetune=cfg, split=split, detection_file=det, alg=alg)
+    return StageSpec(
+        stage_id=f"evaluate-{_digest(key)}",
+        kind="evaluate",
+        config=config,
+        parent=finetune.stage_id,
+        work=True,
+    )
+
+
+def stage_workers(spec: StageSpec, compute: ComputeConfig) -> int:
+    """Train workers of a stage: an evaluate stage predicts on one; the others use compute.workers_per_stage."""
+    return 1 if spec.kind == "evaluate" else compute.workers_per_stage
 
 
 def _digest(key: dict) -> str:
@@ -282,6 +359,9 @@ def _slug_part(key: str, value: Any) -> str:
 def describe_stage(spec: StageSpec) -> str:
     """A one-line human summary of a stage (what `plan` / `status` print)."""
     c = spec.config
+    if isinstance(c, EvaluationConfig):
+        det = os.path.basename(c.detection_file or "") or "no detections"
+        return f"evaluate {c.model.backbone} on {c.split} ({det}) -> person_keypoints_{c.split}_{c.alg}_results.zip"
     if isinstance(c, PretrainConfig):
         if c.method == "scratch":
             return f"scratch {c.model.backbone} (random init)"
@@ -310,6 +390,11 @@ def stage_hours(spec: StageSpec, data: DataSpec | None, compute: ComputeConfig) 
         return 0.0
     counts = instance_counts(data)
     c = spec.config
+    if isinstance(c, EvaluationConfig):  # one prediction of the split's detections, no training
+        f = c.finetune
+        boxes = COCO_TESTDEV_DETECTIONS * (2 if f.flip_test else 1)
+        pixels = f.input_hw[0] * f.input_hw[1] / REFERENCE_PIXELS
+        return (boxes / EVAL_SPEEDUP * pixels / compute.throughput[c.model.backbone] + STAGE_START_S) / 3600.0
     if isinstance(c, PretrainConfig):
         pixels = c.input_size * c.input_size * (2 if c.concat_original else 1)  # side by side (Fig. 7)
         train = counts["pretrain_train"] * c.epochs
@@ -371,6 +456,7 @@ def render_plan(plan: Plan) -> str:
     est = plan.estimate()
     hours = est["stage_hours"]
     pretrains = [s for s in plan.stages.values() if s.kind == "pretrain"]
+    evaluations = [s for s in plan.stages.values() if s.kind == "evaluate"]
     c = plan.compute
     device = f"{c.gpus_per_worker:g} GPU" if c.use_gpu else f"{c.cpus_per_worker:g} CPU"
     data = (
@@ -381,7 +467,8 @@ def render_plan(plan: Plan) -> str:
     lines = [
         f"study {plan.study}: {len(plan.trials)} trials ({est['requested_trials']} requested), "
         f"{len(pretrains)} distinct pretrains ({sum(s.work for s in pretrains)} to compute), "
-        f"{len(plan.stages) - len(pretrains)} finetunes",
+        f"{len(plan.stages) - len(pretrains) - len(evaluations)} finetunes"
+        + (f", {len(evaluations)} evaluate stages (test splits, no training)" if evaluations else ""),
         f"data: {data}",
         f"compute: {c.workers_per_stage} worker(s) × {device} per stage",
         "",
@@ -398,10 +485,18 @@ def render_plan(plan: Plan) -> str:
         lines.append(
             f"  {sid}  {describe_stage(s):<52} {cost:>10}  ← {len(trial_ids)}: {', '.join(trial_ids)}"
         )
+    if evaluations:
+        lines += ["", f"evaluate stages (each reads its finetune's best weights; {est['unit']}):"]
+        lines += [
+            f"  {s.stage_id}  ← {s.parent}  {describe_stage(s)}  {hours[s.stage_id]:.4g} h"
+            for s in evaluations
+        ]
     lines += [
         "",
         f"estimate: {est['total_hours']:.4g} {est['unit']} for {est['work_stages']} distinct work stages "
-        f"(pretrain {est['pretrain_hours']:.4g}, finetune {est['finetune_hours']:.4g}); without sharing "
+        f"(pretrain {est['pretrain_hours']:.4g}, finetune {est['finetune_hours']:.4g}"
+        + (f", evaluate {est['evaluate_hours']:.4g}" if evaluations else "")
+        + "); without sharing "
         f"{est['unshared_hours']:.4g} (saved {est['saved_hours']:.4g})",
         f"throughput (img/s per {est['device']} at 256×192):",
         *(f"  {b} {est['throughput_img_per_s'][b]:g} — {src}" for b, src in est["throughput_source"].items()),

@@ -617,7 +617,9 @@ def hold_resources(plan: Any, spec: Any, scale: float) -> tuple[float, float]:
     bundle = {"CPU": float(c.cpus_per_worker)}
     if c.use_gpu:
         bundle["GPU"] = float(c.gpus_per_worker)
-    pg = placement_group([dict(bundle) for _ in range(c.workers_per_stage)], strategy="PACK")
+    from orchestrator.plan import stage_workers
+
+    pg = placement_group([dict(bundle) for _ in range(stage_workers(spec, c))], strategy="PACK")
     ray.get(pg.ready())
     held_from = time.time()
     hours = wall_hours(plan, estimated_hours(plan))[spec.stage_id]
@@ -634,6 +636,8 @@ def fit_stage(
     """One Ray Train run named after the stage id (same name + storage = automatic resume)."""
     import ray.train
     from ray.train.torch import TorchTrainer
+
+    from orchestrator.plan import stage_workers
 
     compute = plan.compute
     resources = {"CPU": float(compute.cpus_per_worker)}
@@ -655,7 +659,7 @@ def fit_stage(
             "parent_has_weights": parent_has_weights,
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=compute.workers_per_stage, use_gpu=compute.use_gpu, resources_per_worker=resources
+            num_workers=stage_workers(spec, compute), use_gpu=compute.use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
             name=spec.stage_id,

@@ -1,6 +1,7 @@
 """Stage-level scheduling, Ray-free: which stage of a plan runs next, and what a finished one unblocks.
 
-A study's plan is a DAG of stages (each finetune has one parent pretrain). `StageScheduler` keeps every
+A study's plan is a DAG of stages (each finetune has one parent pretrain, each evaluate stage one parent
+finetune whose best weights it reads). `StageScheduler` keeps every
 stage in one of the states of `orchestrator.store_format.StageState`, the names `status` and the
 progress lines show too:
 
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from orchestrator.plan import Plan, StageSpec, stage_hours
+from orchestrator.plan import Plan, StageSpec, stage_hours, stage_workers
 from orchestrator.store_format import SKIP_REASON, TERMINAL_STATES, StageHow, StageState, stage_state
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,10 @@ def stage_request(plan: Plan, spec: StageSpec) -> dict[str, float]:
     if not spec.work:
         return {}
     c = plan.compute
-    request = {"CPU": c.workers_per_stage * float(c.cpus_per_worker)}
+    workers = stage_workers(spec, c)  # an evaluate stage: one worker
+    request = {"CPU": workers * float(c.cpus_per_worker)}
     if c.use_gpu:
-        request["GPU"] = c.workers_per_stage * float(c.gpus_per_worker)
+        request["GPU"] = workers * float(c.gpus_per_worker)
     return request
 
 
@@ -111,8 +113,7 @@ def estimated_hours(plan: Plan) -> dict[str, float]:
 
 def wall_hours(plan: Plan, hours: dict[str, float]) -> dict[str, float]:
     """Stage id → estimated wall-clock hours: its device-hours spread over the devices it holds."""
-    per = max(1, plan.compute.workers_per_stage)
-    return {sid: h / per for sid, h in hours.items()}
+    return {sid: h / max(1, stage_workers(plan.stages[sid], plan.compute)) for sid, h in hours.items()}
 
 
 @dataclass
@@ -197,11 +198,12 @@ class StageScheduler:
             return
         parent = self.stages.get(run.spec.parent) if run.spec.parent else None
         if parent is not None and parent.state == StageState.COLLAPSED:
-            self._publish_without_trial(run, StageState.SKIPPED, {"reason": SKIP_REASON}, now)
+            reason = SKIP_REASON if parent.spec.kind == "pretrain" else f"{parent.spec.kind} collapsed"
+            self._publish_without_trial(run, StageState.SKIPPED, {"reason": reason}, now)
             return
         if parent is not None and parent.state in (StageState.FAILED, StageState.SKIPPED):
             run.state, run.how = StageState.BLOCKED, StageHow.BLOCKED
-            run.reason = f"its pretrain {parent.spec.stage_id} is {parent.state}"
+            run.reason = f"its {parent.spec.kind} {parent.spec.stage_id} is {parent.state}"
             self._emit(run, StageState.BLOCKED, reason=run.reason)
             return
         if not run.spec.work:
@@ -346,7 +348,11 @@ class StageScheduler:
         for child in self._descendants(sid):
             c = self.stages[child]
             if c.state == StageState.WAITING:
-                c.state, c.how, c.reason = StageState.BLOCKED, StageHow.BLOCKED, f"its pretrain {sid} failed"
+                c.state, c.how, c.reason = (
+                    StageState.BLOCKED,
+                    StageHow.BLOCKED,
+                    f"its {run.spec.kind} {sid} failed",
+                )
                 self._emit(c, StageState.BLOCKED, reason=c.reason)
 
     def _descendants(self, sid: str) -> Iterable[str]:

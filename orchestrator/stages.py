@@ -22,6 +22,7 @@ import filelock
 
 from orchestrator import disk, failures
 from orchestrator.lineage import made_with
+from orchestrator.plan import stage_workers
 from orchestrator.store import Store
 from orchestrator.store_format import StageState
 from workloads.config import execution_dict, to_dict
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 WORKLOADS: dict[str, Callable[..., Any] | str] = {
     "pretrain": "workloads.hsjp.train:run_pretrain",
     "finetune": "workloads.pose.train:run_finetune",
+    "evaluate": "workloads.pose.testdev:run_evaluation",
 }
 """Stage kind → workload (a callable or "module:function", imported when first used)."""
 
@@ -183,6 +185,8 @@ def stage_record(plan: Any, spec: Any) -> dict:
     if spec.kind == "finetune" and spec.parent:
         parent_cfg = plan.stages[spec.parent].config
         config["init"] = {"method": parent_cfg.method, "pretrain": to_dict(parent_cfg)}
+    if spec.kind == "evaluate" and spec.parent:  # its finetune's record (the report classifies by it)
+        config["init"] = stage_record(plan, plan.stages[spec.parent])["config"].get("init")
     return {
         "stage_id": spec.stage_id,
         "kind": spec.kind,
@@ -201,7 +205,7 @@ def publish(
     compute = plan.compute
     record = stage_record(plan, spec)
     store.write_stage_config(spec.stage_id, record)
-    hours = wall_seconds / 3600.0 * compute.workers_per_stage
+    hours = wall_seconds / 3600.0 * stage_workers(spec, compute)
     result = {
         **record,
         "status": status,

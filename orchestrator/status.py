@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from orchestrator.failures import last_line, stage_failure_status
 from orchestrator.lineage import stale_of, stale_summary, stale_text
 from orchestrator.plan import Plan, StageSpec, describe_stage
+from orchestrator.scheduler import total_epochs
 from orchestrator.store_format import (
     FINISHED_STATES,
     STAGE_STATES,
@@ -34,7 +35,6 @@ from orchestrator.store_format import (
     stage_state,
     state_before_start,
 )
-from workloads.config import PretrainConfig
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ETA_WINDOW = 5  # mean of the last epochs' durations
+METRIC_OF_KIND = {"pretrain": "precision", "finetune": "AP", "evaluate": "results"}
+"""The key metric a stage's row shows (an evaluate stage: the number of results it wrote)."""
 
 
 def study_status(plan: Plan, store: Store) -> list[dict[str, Any]]:
@@ -66,7 +68,7 @@ def _stage_row(
     result: dict | None,
     parent_state: StageState | None = None,
 ) -> dict[str, Any]:
-    total = spec.config.epochs if isinstance(spec.config, PretrainConfig) else spec.config.total_epochs
+    total = total_epochs(spec)  # None for an evaluate stage: it trains nothing
     row: dict[str, Any] = {
         "stage_id": spec.stage_id,
         "kind": spec.kind,
@@ -76,7 +78,7 @@ def _stage_row(
         "state": StageState.QUEUED,
         "epoch": None,
         "epochs": total if spec.work else None,
-        "metric": "precision" if spec.kind == "pretrain" else "AP",
+        "metric": METRIC_OF_KIND.get(spec.kind, "AP"),
         "value": None,
         "gpu_hours": 0.0,
         "device_hours": 0.0,
@@ -195,7 +197,11 @@ def render_status(rows: list[dict], plan: Plan) -> str:
     lines.append(header)
     for r in rows:
         epoch = f"{r['epoch'] or 0}/{r['epochs']}" if r["epochs"] else "-"
-        metric = f"{r['metric']} {r['value']:.3f}" if isinstance(r["value"], (int, float)) else "-"
+        value = r["value"]
+        if not isinstance(value, (int, float)):
+            metric = "-"
+        else:  # an evaluate stage's value is a count of results
+            metric = f"{r['metric']} {value}" if r["kind"] == "evaluate" else f"{r['metric']} {value:.3f}"
         what = f"{r['description']} ({', '.join(t.split('-')[0] for t in r['trials'])})"
         if r.get("detail"):
             what += f" — {r['detail']}"
@@ -206,7 +212,7 @@ def render_status(rows: list[dict], plan: Plan) -> str:
         if r["state"] == StageState.WAITING:
             what += f" — waits for {r['parent']}"
         elif r["state"] == StageState.BLOCKED:
-            what += f" — its pretrain {r['parent']} failed"
+            what += f" — its {str(r['parent']).split('-', 1)[0]} {r['parent']} failed"
         lines.append(
             f"{r['stage_id']:<26} {r['state']:<9} {epoch:>9} {metric:>17} {r['device_hours']:>7.2f} "
             f"{format_duration(r['eta_s']):>8}  {what}"

@@ -65,8 +65,8 @@ CONFIG_FILE, METRICS_FILE, ERROR_FILE, RESULT_FILE = (
     "result.json",
 )
 STUDY_FILE, PLAN_FILE, TRIALS_FILE = "study.yaml", "plan.json", "trials.csv"
-STAGE_KINDS = ("pretrain", "finetune")
-STAGE_ID = re.compile(r"^(pretrain|finetune)-[0-9a-f]{8,64}$")
+STAGE_KINDS = ("pretrain", "finetune", "evaluate")
+STAGE_ID = re.compile(r"^(pretrain|finetune|evaluate)-[0-9a-f]{8,64}$")
 """`<kind>-<content hash>` (orchestrator.plan names stages by a hash of what changes their result)."""
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -77,7 +77,7 @@ def is_stage_id(name: str) -> bool:
 
 def check_stage_id(stage_id: str) -> str:
     if not is_stage_id(stage_id):
-        raise StoreError(f"invalid stage id {stage_id!r}: expected '<pretrain|finetune>-<hex hash>'")
+        raise StoreError(f"invalid stage id {stage_id!r}: expected '<pretrain|finetune|evaluate>-<hex hash>'")
     return stage_id
 
 
@@ -202,7 +202,7 @@ class StageRecord(TypedDict):
     kind: str  # one of STAGE_KINDS
     config: dict  # the stage's config as plain data (a finetune's carries `init`: its pretrain's)
     data: dict  # the data config
-    parent: str | None  # the pretrain of a finetune
+    parent: str | None  # the pretrain of a finetune, the finetune of an evaluate stage
     work: bool  # False for scratch / ImageNet pretrains: nothing is trained
 
 

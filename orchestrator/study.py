@@ -178,7 +178,7 @@ def _load_merged(path: Path, raw: dict, text: str) -> Study:
                 f"{path}: studies[{i}] = {rel!r}: lists further studies; merge plain studies only"
             )
         parts.append(_load_single(sub_path, sub_raw, sub_text))
-    data = load_data(raw["data"], path) if "data" in raw else _agreed(parts, "data", path)
+    data = load_data(raw["data"], path) if "data" in raw else _agreed_data(parts, path)
     compute = load_compute(raw["compute"], path) if "compute" in raw else _agreed(parts, "compute", path)
     tracking = (
         parse_tracking(raw["tracking"], str(path)) if "tracking" in raw else _agreed(parts, "tracking", path)
@@ -211,6 +211,28 @@ def _agreed(parts: list[Study], key: str, path: Path) -> Any:
                 f"give `{key}` in {path.name} to use one for all"
             )
     return first
+
+
+def _agreed_data(parts: list[Study], path: Path) -> DataSpec:
+    """The listed studies' common `data`. `test_detection_file` is read by the evaluation stages
+    only (finetune.test_splits), never by a pretrain or a finetune: a part that gives it (Table 1's
+    test-dev rows) agrees with parts that do not, and the merged study takes it; two different ones
+    disagree."""
+    given = {p.data.config.test_detection_file for p in parts} - {None}
+    if len(given) > 1:
+        raise ConfigError(
+            f"{path}: the listed studies disagree on `data.test_detection_file` ({', '.join(sorted(given))}); "
+            f"give `data` in {path.name} to use one for all"
+        )
+    bare = [dataclasses.replace(p, data=_without_test_detections(p.data)) for p in parts]
+    data = _agreed(bare, "data", path)
+    return dataclasses.replace(
+        data, config=dataclasses.replace(data.config, test_detection_file=next(iter(given), None))
+    )
+
+
+def _without_test_detections(spec: DataSpec) -> DataSpec:
+    return dataclasses.replace(spec, config=dataclasses.replace(spec.config, test_detection_file=None))
 
 
 def _study_name(raw: dict, path: Path) -> str:

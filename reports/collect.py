@@ -5,10 +5,12 @@ Reads the store through its readers (`orchestrator.store.Store`, opened read-onl
 no torch): `<root>/stages/<id>/{config.json, result.json, attempts.json, error.txt, metrics.jsonl}` and
 `<root>/studies/<name>/plan.json`. A stage's config, data config and parent come from one source, its
 `StageRecord` (config.json; a stage that never started: its plan's entry).
-One row per stage (pretrain and finetune); a finetune row also carries what classifies it
+One row per stage (pretrain, finetune, evaluate); a finetune row also carries what classifies it
 (backbone, init method, the pretrain's N / lr / epochs / concat_original, freeze, label fraction,
 finetune epochs), its pretrain's precision, status and GPU-hours (so tables need no joins), and
-`variant`: a hash of every other setting but the seeds, so only seed replicates are pooled.
+`variant`: a hash of every other setting but the seeds, so only seed replicates are pooled. An
+evaluate stage (test-dev2017 predictions of a finetune's best weights) hands its results file and the
+server's stats (`test_dev_*`) to its finetune's row, where Table 1's test-dev cells read them.
 
 Status of a stage: a `store_format.StageState`, as `hsjp-study status` tells it: `done` / `no-work` /
 `collapsed` / `skipped` (result.json), `retrying` / `failed` (attempts.json, error.txt), `running`
@@ -82,6 +84,7 @@ STAGE_COLUMNS = (
     "test_dev_AP",
     "test_dev_file",
     "test_dev_status",
+    "test_dev_stage",
     "gpu_hours",
     "pt_gpu_hours",
     "device_hours",
@@ -344,6 +347,17 @@ def _row(stage_id: str, e: dict, configs: dict[str, dict]) -> dict:
         row["variant"] = _variant(row["settings_flat"], data)
         return row
     init = cfg.get("init") if isinstance(cfg.get("init"), dict) else None
+    if kind == "evaluate":  # a finetune's test split: its results file and the server's stats
+        ft = cfg.get("finetune") if isinstance(cfg.get("finetune"), dict) else {}
+        row.update(_pretrain_fields((init or {}).get("pretrain") or {}))
+        row.update(
+            backbone=(ft.get("model") or {}).get("backbone"),
+            method=(init or {}).get("method") or row["method"],
+            split=str(cfg.get("split") or TEST_DEV),
+            setup=_setup_label(ft, data, "finetune"),
+            **_test_dev_fields(e.get("server_stats")),
+        )
+        return row
     pt_cfg = (init or {}).get("pretrain") or configs.get(parent or "", {})
     row.update(_pretrain_fields(pt_cfg))
     if init and init.get("method"):
@@ -424,6 +438,28 @@ def _join_parents(rows: list[dict]) -> None:
                 r["reason"] = f"pretrain {parent['status']}"
 
 
+def _join_evaluations(rows: list[dict]) -> None:
+    """Each evaluate stage's state by its finetune's (not started yet), and each test-dev evaluate stage's
+    results file / server stats (or why there are none yet) onto its finetune's row."""
+    by_id = {r["stage_id"]: r for r in rows}
+    for r in rows:
+        finetune = by_id.get(r["parent"] or "") if r["kind"] == "evaluate" else None
+        if finetune is None:
+            continue
+        if r["status"] == StageState.QUEUED:  # not started: by its finetune, as `status` tells it
+            r["status"] = state_before_start(StageState(finetune["status"]))
+            if r["status"] != StageState.QUEUED:
+                r["reason"] = f"finetune {finetune['status']}"
+        if r["split"] != TEST_DEV or finetune["test_dev_status"] == "server stats":
+            continue
+        finetune["test_dev_stage"] = r["stage_id"]
+        if r["test_dev_file"] is not None:
+            finetune.update({k: r[k] for k in ("test_dev_AP", "test_dev_file", "test_dev_status")})
+        elif finetune["test_dev_file"] is None:  # planned, running, failed ...: the cell says so
+            why = f" ({r['reason']})" if r["reason"] else ""
+            finetune["test_dev_status"] = f"test-dev evaluate stage {r['stage_id']} {r['status']}{why}"
+
+
 def _int_or_none(value: Any) -> int | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -450,6 +486,7 @@ def collect(storage: str | os.PathLike) -> pd.DataFrame:
     configs = {sid: e["record"]["config"] for sid, e in raw.items() if sid.startswith("pretrain-")}
     rows = [_row(sid, e, configs) for sid, e in sorted(raw.items())]
     _join_parents(rows)
+    _join_evaluations(rows)
     log.info(
         "collected %d stages (%d finished) from %s and %d studies",
         len(rows),

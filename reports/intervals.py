@@ -44,6 +44,8 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
         2.045, 2.042)  # fmt: skip
 CACHE_VERSION = "1"
+TEST_DEV = "test-dev2017"
+NO_TEST_DEV_INTERVAL = "none: scored by the evaluation server (summary stats only, no per-image outcome)"
 
 
 def t975(df: int) -> float:
@@ -248,7 +250,10 @@ def add_intervals(table: pd.DataFrame, stages: pd.DataFrame, boots: Bootstraps) 
     lo, hi, how, text = [], [], [], []
     for _, row in table.iterrows():
         runs = cell_runs(str(row.get("stages") or "").split(), stages)
-        iv = boots.cell(runs) if runs else Interval(how="")
+        if row.get("split") == TEST_DEV:  # its finetunes' per-image outcomes are on val2017, not test-dev
+            iv = Interval(how=NO_TEST_DEV_INTERVAL)
+        else:
+            iv = boots.cell(runs) if runs else Interval(how="")
         lo.append(100 * iv.lo)
         hi.append(100 * iv.hi)
         how.append(iv.how)

@@ -148,9 +148,11 @@ def table1(stages: pd.DataFrame, reported: dict | None = None) -> pd.DataFrame:
         "Finetunes with freeze none, 100% labels, the reference finetune epochs; HSJP with the shuffled "
         "crop only (concat_original false), preferring N=6, then the reference pretrain lr and epochs.",
         "test-dev2017 cells: the same finetunes as the val2017 cells, with finetune.test_splits: "
-        "[test-dev2017]; each writes the evaluation server's results file + zip into its stage folder; "
-        "a cell shows AP once the server's stats are placed beside that file as <results>.stats.json "
-        "(docs/paper-silent-choices.md, test-dev), until then which file to submit.",
+        "[test-dev2017]; each finetune's evaluate stage (its best weights, nothing retrained) writes the "
+        "evaluation server's results file + zip into its stage folder; a cell shows AP once the server's "
+        "stats are placed beside that file as <results>.stats.json (docs/paper-silent-choices.md, "
+        "test-dev), until then which file to submit. A test-dev cell has no interval: the intervals are a "
+        "bootstrap over the per-image outcomes on val2017, and the server returns only the summary stats.",
         *batch_notes(stages),
     ]
     return finish(
@@ -168,6 +170,8 @@ def test_dev_cell(stages: pd.DataFrame, refs: References, method: str) -> Cell:
     without stats, the results file to submit (or why there is none)."""
     group, others = method_group(stages, refs, method, split="val2017")
     cell = aggregate(group, "test_dev_AP", others)
+    evaluations = [s for s in group.get("test_dev_stage", []) if isinstance(s, str)]
+    cell.stage_ids = list(dict.fromkeys([*cell.stage_ids, *evaluations]))
     if cell.values or group.empty:
         return cell
     pending = [str(s) for s in group["test_dev_status"] if isinstance(s, str) and s != "server stats"]

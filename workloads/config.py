@@ -133,8 +133,9 @@ class DataConfig:
     loader_workers: int = field(default=2, metadata=EXECUTION)
     """DataLoader worker processes per training worker (0 = load in the training process)."""
     test_detection_file: str | None = field(default=None, metadata=CHILD_STAGES)
-    """Person detections of the finetune's `test_splits` (HRNet's
-    COCO_test-dev2017_detections_AP_H_609_person.json format); required when a test split is named."""
+    """Person detections of the finetunes' `test_splits` (HRNet's
+    COCO_test-dev2017_detections_AP_H_609_person.json format); required when a test split is named.
+    Read by the evaluate stages only: part of their id, not of a finetune's."""
     decode_on: str = field(default="auto", metadata=EXECUTION)
     """Where training JPEGs are decoded and cropped: `loader` (OpenCV in the DataLoader workers, as the
     official HRNet code), `device` (torchvision.io.decode_jpeg on the training device — nvJPEG on CUDA —
@@ -504,10 +505,11 @@ class FinetuneConfig:
     """Training augmentations (official top-down pipeline; None fields → the backbone's recipe)."""
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     """Precision / memory-format switches."""
-    test_splits: tuple[str, ...] = field(default=(), metadata=CHILD_STAGES)
-    """Extra evaluation splits without keypoint annotations (e.g. `test-dev2017`): after training, the
-    best-AP model predicts each one's persons (`data.test_detection_file`) and the stage folder gets the
-    evaluation server's results file + zip (pose/testdev.py). Never used for model selection."""
+    test_detection_file: str | None = field(default=None, metadata=CHILD_STAGES)
+    """Person detections of the finetunes' `test_splits` (HRNet's
+    COCO_test-dev2017_detections_AP_H_609_person.json format); required when a test split is named.
+    Read by the evaluate stages only: part of their id, not of a finetune's."""
+    decode_on: str = field(default="auto", metadata=EXECUTION)
 
     def __post_init__(self) -> None:
         """Fill `epochs`, `lr_steps` and the aug fields left None with the backbone's official recipe
@@ -574,6 +576,28 @@ class FinetuneConfig:
         for v, name in ((self.input_hw, "input_hw"), (self.heatmap_hw, "heatmap_hw")):
             if len(v) != 2 or min(v) < 1:
                 raise ConfigError(f"{where}.{name} = {v!r}: must be [height, width] of positive ints")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """An evaluation-only stage (orchestrator/plan.py, kind `evaluate`): its finetune's best weights
+    predict one split without public annotations (`finetune.test_splits`, e.g. test-dev2017) from a
+    detection file, and the stage folder gets the evaluation server's results file + zip
+    (pose/testdev.py `run_evaluation`). Nothing is trained."""
+
+    finetune: FinetuneConfig
+    """The parent finetune's config: the network and the evaluation settings (flip test, thresholds,
+    input and heatmap sizes)."""
+    split: str = "test-dev2017"
+    """The split predicted (annotations/image_info_<split>.json)."""
+    detection_file: str | None = None
+    """Its person detections (`data.test_detection_file`)."""
+    alg: str = ""
+    """`<alg>` of the server's file name (no underscores: the server's name uses them as separators)."""
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.finetune.model
 
 
 def scale_milestones(steps: tuple[int, ...] | list[int], base_epochs: int, epochs: int) -> list[int]:

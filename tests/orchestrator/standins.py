@@ -161,6 +161,22 @@ def standin_finetune(
     )
 
 
+def standin_evaluate(cfg: Any, data: DataConfig, ctx: Any, *, calls_file: str | None = None) -> StageResult:
+    """An evaluate stage's stand-in: reads its finetune's weights (`ctx.parent_weights()`) and writes
+    server-named files whose content is a digest of those weights and the worker count."""
+    from workloads.pose.testdev import submission_files
+
+    _log_call(calls_file, "evaluate", ctx)
+    weights = ctx.parent_weights()
+    if weights is None:
+        raise RuntimeError("stand-in evaluate: no finetune weights")
+    digest = hashlib.sha1(b"".join(v.numpy().tobytes() for _, v in sorted(weights.items()))).hexdigest()
+    results = [{"weights_sha1": digest, "world_size": ctx.world_size}]
+    return StageResult(
+        metrics={"results": 1}, weights=None, artifacts=submission_files(results, cfg.split, cfg.alg)
+    )
+
+
 def workloads(
     calls_file: str | None = None,
     sleep_s: float = 0.0,
@@ -192,6 +208,7 @@ def workloads(
             fail_flag=flags.get("finetune"),
             **pauses.get("finetune", {}),
         ),
+        "evaluate": functools.partial(standin_evaluate, calls_file=calls_file),
     }
 
 

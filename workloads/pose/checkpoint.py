@@ -134,20 +134,29 @@ def evaluate_checkpoint(
     channel_order: str = "rgb",
     device: str | None = None,
     max_images: int | None = None,
+    alg: str | None = None,
 ) -> dict:
-    """Run the whole check; returns {"results_file", "metrics_file" (or None), "metrics" (or None),
-    "persons", "images", "checkpoint": {entry, prefix}, "zoo": (file, AP)}."""
+    """Run the whole check; returns {"results_file", "zip_file" (a split without annotations, or None),
+    "metrics_file" (or None), "metrics" (or None), "persons", "images", "checkpoint": {entry, prefix},
+    "zoo": (file, AP)}. The results file has the evaluation server's name,
+    `person_keypoints_<split>_<alg>_results.json` (`alg`: by default the backbone and the checkpoint's
+    file name), and for a split without annotations (test-dev2017) its zip, which is what is submitted."""
     from workloads.data.coco import annotation_path, load_detections, load_persons
     from workloads.models import build_model
     from workloads.pose import evaluate as pose_evaluate
     from workloads.pose import inference
-    from workloads.pose.testdev import image_info_path, load_test_detections
+    from workloads.pose.testdev import alg_name, image_info_path, load_test_detections, submission_files
 
     if backbone not in MODEL_ZOO:
         raise CheckpointError(f"--backbone {backbone!r}: unknown; allowed: {', '.join(MODEL_ZOO)}")
     if channel_order not in ("rgb", "bgr"):
         raise CheckpointError(f"--channel-order {channel_order!r}: allowed rgb, bgr")
     cfg = pose_config(backbone)
+    alg = alg if alg is not None else alg_name(backbone.replace("_", ""), Path(checkpoint).name.split(".")[0])
+    try:
+        files = submission_files([], split, alg)  # the name checked before anything runs
+    except ValueError as err:
+        raise CheckpointError(f"--alg: {err}") from None
     root = Path(coco_root)
     annotated = annotation_path(root, split).is_file()
     if not annotated and not image_info_path(root, split).is_file():
@@ -180,10 +189,14 @@ def evaluate_checkpoint(
     results = inference.predict(net, instances, cfg, dev)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results_file = out / f"person_keypoints_{split}_results.json"
-    results_file.write_text(json.dumps(results))
+    files = submission_files(results, split, alg)  # {results json: bytes, its zip: bytes}
+    results_name, zip_name = list(files)
+    (out / results_name).write_bytes(files[results_name])
+    if not annotated:  # what the evaluation server takes
+        (out / zip_name).write_bytes(files[zip_name])
     summary = {
-        "results_file": str(results_file),
+        "results_file": str(out / results_name),
+        "zip_file": None if annotated else str(out / zip_name),
         "metrics_file": None,
         "metrics": None,
         "persons": len(instances),

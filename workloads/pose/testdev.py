@@ -1,11 +1,17 @@
 """Evaluation splits without public keypoint annotations (COCO test-dev2017): the server's results file.
 
+An evaluation-only stage (`run_evaluation`, the plan's `evaluate` kind: one per finetune and split of
+its `finetune.test_splits`) loads its finetune's best weights (`ctx.parent_weights()`) and predicts the
+split; `hsjp-study evaluate --checkpoint ... --split test-dev2017` does the same for a checkpoint file.
+
 COCO's test-dev has only image info (`annotations/image_info_test-dev2017.json`: images, no
 annotations); its images lie in `test2017/`; the persons come from a detection file (HRNet's
 `COCO_test-dev2017_detections_AP_H_609_person.json`). We predict every detection of the split's images
 with the same inference as val (flip test, decoding, rescoring, OKS-NMS: inference.predict) and
-write what the evaluation server takes: `person_keypoints_<split>_<name>_results.json` (a JSON list of
-{image_id, category_id, keypoints [51], score}) and its zip. No AP is computed here: there is nothing to
+write what the evaluation server takes: `person_keypoints_<split>_<alg>_results.json` (a JSON list of
+{image_id, category_id, keypoints [51], score}) and `..._results.zip` holding that one file under the
+same name (the naming of cocoapi's example results, e.g. `person_keypoints_val2014_fakekeypoints100_results.json`:
+`<alg>` without underscores). No AP is computed here: there is nothing to
 score against. The server's returned stats, placed beside the results file as
 `person_keypoints_<split>_<name>_results.stats.json`, are read back by `hsjp-study report`
 (reports/collect.py `parse_server_stats`; the format is in docs/paper-silent-choices.md, "test-dev").
@@ -13,10 +19,12 @@ score against. The server's returned stats, placed beside the results file as
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
 import os
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -25,7 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from workloads.config import DataConfig, FinetuneConfig
+from workloads.config import DataConfig, EvaluationConfig, FinetuneConfig
+from workloads.context import StageContext, StageResult
 from workloads.data.coco import (
     CocoDataError,
     PersonInstance,
@@ -39,6 +48,8 @@ from workloads.pose import inference
 
 log = logging.getLogger(__name__)
 
+ALG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+"""The `<alg>` of a results file name (cocoapi's examples: `fakekeypoints100`; '_' separates the parts)."""
 # COCO 2017: test-dev and test-challenge are subsets of the test2017 images (cocodataset.org/#download)
 TEST_IMAGE_FOLDERS = {"test-dev2017": "test2017", "test-challenge2017": "test2017"}
 
@@ -54,8 +65,22 @@ def test_image_dir(root: str | os.PathLike, split: str) -> Path:
 
 
 def results_name(split: str, name: str) -> str:
-    """The evaluation server's file name: `person_keypoints_<split>_<name>_results.json`."""
+    """The evaluation server's file name: `person_keypoints_<split>_<name>_results.json`; `name` (the
+    server's `<alg>`) must be non-empty, without underscores (the name's separators) or path characters."""
+    if not ALG_NAME.fullmatch(name or ""):
+        raise ValueError(f"results file <alg> {name!r}: expected letters, digits and '-' only (no '_')")
     return f"person_keypoints_{split}_{name}_results.json"
+
+
+def alg_name(*parts: str) -> str:
+    """An `<alg>` from free text (a backbone, a file stem): characters outside [A-Za-z0-9-] dropped, the
+    parts joined by '-'."""
+    cleaned = [re.sub(r"[^A-Za-z0-9-]", "", p) for p in parts]
+    return "-".join(p for p in cleaned if p)[:64] or "model"
+
+
+def zip_name(split: str, name: str) -> str:
+    return results_name(split, name).removesuffix(".json") + ".zip"
 
 
 def stats_name(split: str, name: str) -> str:
@@ -118,7 +143,7 @@ def submission_files(results: list[dict], split: str, name: str) -> dict[str, by
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(json_name, payload)
-    return {json_name: payload, json_name.removesuffix(".json") + ".zip": buf.getvalue()}
+    return {json_name: payload, zip_name(split, name): buf.getvalue()}
 
 
 def check_submission(results: list[dict], image_ids: set[int], where: str) -> None:
@@ -165,7 +190,7 @@ def predict_split(
         )
     summary = {
         "results_file": results_name(split, name),
-        "zip_file": results_name(split, name).removesuffix(".json") + ".zip",
+        "zip_file": zip_name(split, name),
         "stats_file": stats_name(split, name),
         "images": len(images),
         "images_with_results": covered,
@@ -177,32 +202,30 @@ def predict_split(
     return summary, files
 
 
-def submission_name(stage_config: dict) -> str:
-    """`<alg>` of the server's file name: backbone, init and a hash of the stage config (no underscores,
-    which the server's name pattern uses as separators), e.g. `hrnetw32-hsjp-1a2b3c4d`."""
-    from workloads.provenance import config_hash
+def run_evaluation(cfg: EvaluationConfig, data: DataConfig, ctx: StageContext) -> StageResult:
+    """The `evaluate` stage's workload: its finetune's best weights (`ctx.parent_weights()`, the
+    finetune's weights.pt) predict `cfg.split`'s detections; the result's artifacts are the server's
+    results file and its zip (nothing trained, no weights of its own). Run on one worker."""
+    from workloads.data.keypoints import NUM_KEYPOINTS
+    from workloads.models import build_model
 
-    ft = stage_config.get("finetune") or {}
-    backbone = str((ft.get("model") or {}).get("backbone", "model")).replace("_", "")
-    init = (stage_config.get("init") or {}).get("method") or "scratch"
-    return f"{backbone}-{init}-{config_hash(stage_config)[:8]}"
-
-
-def predict_test_splits(
-    model: nn.Module,
-    best_state: dict[str, torch.Tensor],
-    cfg: FinetuneConfig,
-    data: DataConfig,
-    device: torch.device | str,
-    name: str,
-) -> tuple[dict[str, dict], dict[str, bytes]]:
-    """Each of `cfg.test_splits` predicted by the best-AP weights `best_state` (loaded into `model`, whose
-    training is over): ({split: summary}, {file name: bytes} for the stage folder)."""
-    from workloads.engine import unwrap
-
-    unwrap(model).load_state_dict(best_state)
-    summaries, files = {}, {}
-    for split in cfg.test_splits:
-        summaries[split], split_files = predict_split(unwrap(model), cfg, data, split, name, device)
-        files.update(split_files)
-    return summaries, files
+    weights = ctx.parent_weights()
+    if weights is None:
+        raise RuntimeError(
+            f"evaluate {cfg.split}: the finetune has no best weights to evaluate (its weights.pt is missing)"
+        )
+    model = build_model(cfg.finetune.model, NUM_KEYPOINTS)
+    model.load_state_dict(weights)  # strict: the finetune's own network
+    model = model.to(ctx.device)
+    data = (
+        data
+        if cfg.detection_file is None
+        else dataclasses.replace(data, test_detection_file=cfg.detection_file)
+    )
+    summary, files = predict_split(model, cfg.finetune, data, cfg.split, cfg.alg, ctx.device)
+    return StageResult(
+        metrics={"test_splits": {cfg.split: summary}, "split": cfg.split, "results": summary["results"]},
+        weights=None,
+        provenance={"evaluated": {"split": cfg.split, "detection_file": cfg.detection_file}},
+        artifacts=files,
+    )

@@ -63,7 +63,7 @@ from workloads.engine import (
 from workloads.models import build_model, freeze_stages, load_backbone, load_imagenet, stage_of_parameter
 from workloads.numerics import numerics_record
 from workloads.pose import evaluate as pose_evaluate
-from workloads.pose import inference, testdev
+from workloads.pose import inference
 from workloads.pose.dataset import PoseTrainDataset, load_train_instances
 from workloads.pose.loss import joints_mse
 from workloads.pose.per_image import PER_IMAGE_FILE, PER_IMAGE_KEY
@@ -458,12 +458,6 @@ def run_finetune(
     artifacts: dict[str, bytes] = {}
     if per_image is not None and not out.collapsed:
         artifacts[PER_IMAGE_FILE] = per_image  # the report's bootstrap over images (reports/bootstrap.py)
-    if cfg.test_splits and not out.collapsed and out.best_model is not None and ctx.rank == 0:
-        # the splits without annotations (test-dev): the server's results file of the best-AP model
-        metrics["test_splits"], files = testdev.predict_test_splits(
-            model, out.best_model, cfg, data, device, testdev.submission_name(stage_config)
-        )
-        artifacts.update(files)
     metrics.update(
         {
             "best_epoch": out.best_epoch,

@@ -4,6 +4,7 @@ saved here from randomly initialised full-size models (official key names), and 
 from __future__ import annotations
 
 import json
+import zipfile
 
 import pytest
 import torch
@@ -139,9 +140,13 @@ def test_zoo_format_checkpoint_on_a_test_dev_shaped_split(
     code, stdout, _ = _run(capsys, "--checkpoint", ckpt, "--backbone", "simplebaseline_r50", "--coco-root", root,
                            "--split", SPLIT, "--detections", det_file, "--out", out, "--channel-order", "bgr")  # fmt: skip
     assert code == 0, stdout
-    results = json.loads((out / f"person_keypoints_{SPLIT}_results.json").read_text())
+    name = f"person_keypoints_{SPLIT}_simplebaseliner50-poseresnet50256x192_results.json"  # the server's name
+    results = json.loads((out / name).read_text())
     check_results_file(results, image_ids)
-    assert not (out / "metrics.json").exists() and "submit the results file" in stdout
+    with zipfile.ZipFile(out / name.replace(".json", ".zip")) as zf:  # what is submitted: the json inside
+        assert zf.namelist() == [name] and zf.read(name) == (out / name).read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == [name, name.replace(".json", ".zip")]
+    assert not (out / "metrics.json").exists() and f"submit {out / name.replace('.json', '.zip')}" in stdout
     assert "weights from state_dict, prefix 'module.' removed" in stdout and "input BGR" in stdout
     code, stdout, _ = _run(capsys, "--checkpoint", ckpt, "--backbone", "simplebaseline_r50", "--coco-root",
                            coco_dets, "--out", out, "--max-images", 1)  # fmt: skip
@@ -156,6 +161,13 @@ def test_zoo_format_checkpoint_on_a_test_dev_shaped_split(
                            coco_dets, "--out", out, "--max-images", 1, "--detections", dets)  # fmt: skip
     assert code == 0 and "model zoo pose_resnet_50_256x192.pth.tar: 70.4" in stdout and "difference" in stdout
     assert "GT boxes" not in stdout
+
+
+def test_an_alg_with_underscores_is_refused_before_anything_runs(tmp_path, capsys):
+    code, _, err = _run(capsys, "--checkpoint", tmp_path / "absent.pth", "--backbone", "hrnet_w32", "--coco-root",
+                        tmp_path, "--out", tmp_path / "out", "--alg", "my_model")  # fmt: skip
+    assert code == 2 and "--alg" in err and "'my_model'" in err and "no '_'" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_checkpoint_mode_needs_its_arguments(tmp_path, capsys):

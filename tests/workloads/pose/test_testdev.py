@@ -1,4 +1,5 @@
-"""test-dev: a finetune names splits without annotations and writes the evaluation server's files."""
+"""test-dev: an evaluate stage predicts a split without annotations from its finetune's best weights and
+writes the evaluation server's files (`person_keypoints_<split>_<alg>_results.json` and its zip)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import pytest
 
 from reports.collect import parse_server_stats as read_server_stats
 from tests.testdev_data import SPLIT, make_testdev_root
-from workloads.config import DataConfig, FinetuneConfig, ModelConfig
+from workloads.config import DataConfig, EvaluationConfig, FinetuneConfig, ModelConfig
 from workloads.context import LocalContext
 from workloads.data.coco import CocoDataError
-from workloads.pose.testdev import load_test_detections, results_name, stats_name
+from workloads.pose.testdev import alg_name, load_test_detections, results_name, run_evaluation, stats_name
 from workloads.pose.train import run_finetune
 
 TINY = ModelConfig(width=8, num_blocks=1, num_modules=(1, 1, 1))
@@ -28,31 +29,53 @@ def check_results_file(results: list, image_ids: set[int]) -> None:
 
 
 @pytest.mark.realdata
-def test_a_smoke_sized_finetune_writes_the_server_results_file_and_zip(tmp_path, coco_mini, coco_dets):
+def test_an_evaluate_stage_writes_the_server_results_file_and_zip_from_the_finetune_weights(
+    tmp_path, coco_mini, coco_dets
+):
     root, det_file, image_ids = make_testdev_root(tmp_path, coco_mini, coco_dets)
     cfg = FinetuneConfig(
         model=TINY, input_hw=(64, 64), heatmap_hw=(16, 16), sigma=1.0, epochs=1, batch_size=4,
-        test_splits=(SPLIT,),
     )  # fmt: skip
     data = DataConfig(
-        coco_root=str(root), test_detection_file=str(det_file), loader_workers=0,
-        max_train_instances=8, max_val_instances=4,
+        coco_root=str(root), loader_workers=0, max_train_instances=8, max_val_instances=4,
     )  # fmt: skip
-    result = run_finetune(cfg, data, LocalContext(tmp_path / "stage"))
+    finetune = run_finetune(cfg, data, LocalContext(tmp_path / "finetune"))
+    assert set(finetune.artifacts) == {"per_image.npz"}  # the finetune itself predicts no test split
+    ev = EvaluationConfig(
+        finetune=cfg, split=SPLIT, detection_file=str(det_file), alg="hrnetw32-scratch-0123abcd"
+    )
+    result = run_evaluation(ev, data, LocalContext(tmp_path / "evaluate", parent_weights=finetune.weights))
     summary = result.metrics["test_splits"][SPLIT]
     name = summary["results_file"]
-    assert name.startswith(f"person_keypoints_{SPLIT}_hrnetw32-scratch-") and name.endswith("_results.json")
+    assert name == f"person_keypoints_{SPLIT}_hrnetw32-scratch-0123abcd_results.json"
     assert summary["zip_file"] == name.removesuffix(".json") + ".zip" and summary["images"] == 4
-    assert set(result.artifacts) == {
-        name,
-        summary["zip_file"],
-        "per_image.npz",
-    }  # + the val outcome (issue 19)
+    assert set(result.artifacts) == {name, summary["zip_file"]} and result.weights is None
     results = json.loads(result.artifacts[name])
     check_results_file(results, image_ids)
+    assert result.metrics["results"] == len(results)
     with zipfile.ZipFile(io.BytesIO(result.artifacts[summary["zip_file"]])) as zf:
         assert zf.namelist() == [name] and zf.read(name) == result.artifacts[name]
-    assert "AP" in result.metrics  # val2017 is still what selects and scores the model
+    # the finetune's best weights are what predicts: other weights give other keypoints
+    other = {k: v + 0.5 if v.is_floating_point() else v for k, v in finetune.weights.items()}
+    moved = run_evaluation(ev, data, LocalContext(tmp_path / "other", parent_weights=other))
+    assert json.loads(moved.artifacts[name]) != results
+
+
+def test_an_evaluate_stage_without_finetune_weights_says_so(tmp_path):
+    ev = EvaluationConfig(finetune=FinetuneConfig(model=TINY), split=SPLIT, detection_file="d.json", alg="x")
+    with pytest.raises(RuntimeError, match="no best weights"):
+        run_evaluation(ev, DataConfig(coco_root=str(tmp_path)), LocalContext(tmp_path / "evaluate"))
+
+
+def test_results_names_refuse_an_alg_the_server_would_split():
+    assert (
+        results_name(SPLIT, "hrnetw32-hsjp-1a2b")
+        == f"person_keypoints_{SPLIT}_hrnetw32-hsjp-1a2b_results.json"
+    )
+    for bad in ("a_b", "", "a/b", "a.b"):
+        with pytest.raises(ValueError, match="<alg>"):
+            results_name(SPLIT, bad)
+    assert alg_name("hrnet_w32", "pose_hrnet_w32_256x192") == "hrnetw32-posehrnetw32256x192"
 
 
 def test_server_stats_format():
