@@ -505,11 +505,12 @@ class FinetuneConfig:
     """Training augmentations (official top-down pipeline; None fields → the backbone's recipe)."""
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     """Precision / memory-format switches."""
-    test_detection_file: str | None = field(default=None, metadata=CHILD_STAGES)
-    """Person detections of the finetunes' `test_splits` (HRNet's
-    COCO_test-dev2017_detections_AP_H_609_person.json format); required when a test split is named.
-    Read by the evaluate stages only: part of their id, not of a finetune's."""
-    decode_on: str = field(default="auto", metadata=EXECUTION)
+    test_splits: tuple[str, ...] = field(default=(), metadata=CHILD_STAGES)
+    """Extra evaluation splits without keypoint annotations (e.g. `test-dev2017`): each is an evaluate
+    stage of its own (orchestrator/plan.py), a child of the finetune: the finetune's best-AP weights
+    predict the split's persons (`data.test_detection_file`) and that stage's folder gets the evaluation
+    server's results file + zip (pose/testdev.py). Not part of the finetune's id; never used for model
+    selection."""
 
     def __post_init__(self) -> None:
         """Fill `epochs`, `lr_steps` and the aug fields left None with the backbone's official recipe
