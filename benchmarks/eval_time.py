@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         from workloads.pose.cocoapi import coco_api
 
         coco_api()
-    except ImportError as err:
-        print(f"SKIPPED: not run: {err}")
+    except ImportError as err:  # the message of the cause is the short one (what is missing, and why)
+        print(f"SKIPPED: not run: pycocotools is not importable here ({err.__cause__ or err})")
         return 0
     with tempfile.TemporaryDirectory(prefix="hsjp-eval-time-") as tmp:
         root = args.coco_root
