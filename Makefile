@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 STORE  ?= hsjp-store
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-fast lint install clean device-wheels
 
 install: $(STAMP)
 
@@ -31,6 +31,16 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# The wheels benchmarks/device_check.sh installs on the GPU machine, which has no network and no
+# pycocotools (docs/performance.md "The device check's machine"): carry .whl with the call. 2.0.11: the
+# newest pycocotools release when this was written; its cp312-abi3 manylinux wheel is ~0.4 MB.
+DEVICE_PYCOCOTOOLS ?= 2.0.11
+device-wheels:
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --abi cp312 --abi abi3 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl pycocotools==$(DEVICE_PYCOCOTOOLS)
+	ls -l .whl
 
 clean:
 	rm -rf $(STORE) .pytest_cache

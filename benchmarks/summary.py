@@ -1,11 +1,15 @@
-"""One summary table of a device check (benchmarks/device_check.sh): the CUDA-only tests' outcome and,
-per backbone × task, our full / model-only / data-only img/s, data wait, peak memory and the ratio to the
-reference measured in the same run, against the issue's targets on one H100/H200; then the evaluation
-time for the box count measured, scaled to val2017's boxes.
+"""One summary table of a device check (benchmarks/device_check.sh): a row for every target on one
+H100/H200 — full-step img/s with data against the target and the reference measured in the same run,
+data wait, first-step (compile) time and recompiles per stage, the val2017-sized evaluation time
+(predict + COCO evaluation), the nvJPEG race test, the other CUDA-only tests, the numerics tests, the
+shared-machine check and COCO AP's availability — then the detail per run (model-only / data-only img/s,
+peak memory).
 
-Reads the JSON files that `benchmarks.throughput --json` writes (one per run; a run cut short by its
-time limit leaves the rows it finished) and a pytest --junitxml file. Rows that no file holds are shown
-as "not measured", never left out. Run as `python -m benchmarks.summary --bench a.json b.json --tests t.xml`.
+Reads the JSON files that `benchmarks.throughput --json` and `benchmarks.eval_time --json` write (a run
+cut short by its time limit leaves the rows it finished), pytest --junitxml files, and the step records
+that device_check.sh writes (`<step>.txt`: status, seconds, reason). A row that nothing measured is never
+left out: it says why ("not measured on CPU", "timed out after 95 s", "not run: Ray is not importable").
+Run as `python -m benchmarks.summary --bench a.json ... --tests t.xml --eval-time e.json --steps DIR`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from pathlib import Path
 
 from benchmarks.throughput import BACKBONES, TASKS, VAL2017_BOXES
 
-# Targets on one H100/H200 (issue 16, "Must show"): full-step img/s with data, and ×reference for HRNet.
+# Targets on one H100/H200 (the performance work's acceptance figures, docs/performance.md): full-step
+# img/s with data, ×reference for HRNet-W32 finetune, data wait, val2017-sized evaluation seconds.
 TARGET_IMG_S = {("hrnet_w32", "finetune"): 2500, ("simplebaseline_r50", "finetune"): 3500,
                 ("hrnet_w32", "pretext"): 2000, ("simplebaseline_r50", "pretext"): 2000}  # fmt: skip
 TARGET_RATIO = {("hrnet_w32", "finetune"): 3.0}
@@ -115,13 +120,222 @@ def table(rows: list[dict], evals: list[dict], header: dict, tests: str) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------ target table
+STEP_WORDS = {
+    "cpu": "not measured on CPU",
+    "timeout": "not measured",
+    "failed": "FAILED",
+    "skipped": "not run",
+}
+
+
+def load_steps(folder: str | None) -> dict[str, dict]:
+    """{step: {"status", "seconds", "reason"}} from device_check.sh's `<step>.txt` records."""
+    steps = {}
+    for path in sorted(Path(folder).glob("*.txt")) if folder else []:
+        status, seconds, reason = (path.read_text().rstrip("\n").split("\t", 2) + ["", ""])[:3]
+        steps[path.stem] = {"status": status, "seconds": seconds, "reason": reason}
+    return steps
+
+
+def why_missing(steps: dict[str, dict], name: str) -> str:
+    """Why step `name` measured nothing, in a few words: the row's cell when its figure is absent."""
+    st = steps.get(name)
+    if st is None:
+        return "not measured (the step did not run)"
+    if st["status"] == "ok":
+        return f"not measured (the step ended without this figure: {st['reason']})"
+    word = STEP_WORDS.get(st["status"], st["status"])
+    if st["status"] == "skipped":
+        return st["reason"] if st["reason"].startswith("not run") else f"{word}: {st['reason']}"
+    return f"{word}: {st['reason']}"
+
+
+def _junit_cases(paths: list[str]) -> list[tuple[str, str, str]]:
+    """(test name, outcome passed / failed / skipped, message) of every testcase in the junit files."""
+    cases = []
+    for path in (p for p in paths if Path(p).is_file()):
+        for case in ET.parse(path).getroot().iter("testcase"):
+            name = case.get("name", "")
+            for tag, outcome in (("failure", "failed"), ("error", "failed"), ("skipped", "skipped")):
+                el = case.find(tag)
+                if el is not None:
+                    cases.append(
+                        (
+                            name,
+                            outcome,
+                            (el.get("message") or "").splitlines()[0][:160] if el.get("message") else "",
+                        )
+                    )
+                    break
+            else:
+                cases.append((name, "passed", ""))
+    return cases
+
+
+def _tests_cell(cases, steps, step) -> tuple[str, bool | None]:
+    if not cases:
+        return why_missing(steps, step), None
+    counts = {o: sum(1 for c in cases if c[1] == o) for o in ("passed", "failed", "skipped")}
+    text = f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+    failed = [c[0] for c in cases if c[1] == "failed"]
+    if failed:
+        text += f" (failed: {', '.join(failed)})"
+    if counts["passed"] == 0 and not failed:
+        st = steps.get(step, {})
+        cpu = st.get("status") == "cpu"
+        why = next((c[2] for c in cases if c[2]), "")
+        return ("not measured on CPU: " if cpu else "not measured: ") + f"{text}; {why}", None
+    return text, not failed
+
+
+def target_rows(rows, evals, eval_time, steps, cuda_junit, numerics_junit) -> list[list[str]]:
+    """[check, target, measured, met] for every target of the device check, in a fixed order."""
+    out = []
+    cases = _junit_cases(cuda_junit)
+    race = [c for c in cases if "race" in c[0] or "queued_readers" in c[0]]
+    if race:
+        name, outcome, msg = race[0]
+        cpu = steps.get("cuda-tests", {}).get("status") == "cpu"
+        cell = outcome if outcome != "skipped" else ("not measured on CPU: " if cpu else "skipped: ") + msg
+        out.append(
+            [
+                "nvJPEG race test",
+                "passes (200 trials)",
+                cell,
+                _mark({"passed": True, "failed": False}.get(outcome)),
+            ]
+        )
+    else:
+        out.append(["nvJPEG race test", "passes (200 trials)", why_missing(steps, "cuda-tests"), "n/a"])
+    cell, ok = _tests_cell([c for c in cases if c not in race], steps, "cuda-tests")
+    out.append(["other CUDA-only tests", "all pass", cell, _mark(ok)])
+    cell, ok = _tests_cell(_junit_cases(numerics_junit), steps, "cuda-numerics")
+    out.append(["numerics tests", "all pass", cell, _mark(ok)])
+    for task in ("finetune", "pretext"):
+        for backbone in BACKBONES:
+            step = f"bench-{backbone}-{task}"
+            ours = _find(rows, backbone, task, "ours")
+            ref = _find(rows, backbone, task, "reference")
+            target, ratio_target = TARGET_IMG_S[(backbone, task)], TARGET_RATIO.get((backbone, task))
+            want = f">= {target:,} img/s" + (f", >= {ratio_target:g}x ref" if ratio_target else "")
+            if ours is None:
+                out.append([f"{backbone} {task}", want, why_missing(steps, step), "n/a"])
+                out.append(
+                    ["  data wait", f"<= {100 * TARGET_WAIT:g} %", "not measured (the run above)", "n/a"]
+                )
+                out.append(["  compile", "0 recompiles", "not measured (the run above)", "n/a"])
+                continue
+            ratio = ours["full_img_s"] / ref["full_img_s"] if ref and ref["full_img_s"] > 0 else None
+            met = ours["full_img_s"] >= target and (
+                not ratio_target or (ratio is not None and ratio >= ratio_target)
+            )
+            ratio_text = "reference not measured" if ratio is None else f"{ratio:.2f}x ref"
+            out.append(
+                [f"{backbone} {task}", want, f"{ours['full_img_s']:,.0f} img/s, {ratio_text}", _mark(met)]
+            )
+            wait = ours["data_wait_share"]
+            out.append(
+                [
+                    "  data wait",
+                    f"<= {100 * TARGET_WAIT:g} %",
+                    f"{100 * wait:.1f} %",
+                    _mark(wait <= TARGET_WAIT),
+                ]
+            )
+            first, frames, recompiles = (
+                ours.get("first_step_s"),
+                ours.get("compiled_frames"),
+                ours.get("recompiles"),
+            )
+            if first is None or recompiles is None:
+                out.append(["  compile", "0 recompiles", "not recorded (an older benchmark file)", "n/a"])
+            else:
+                text = f"first step {first:.1f} s, {frames} frame(s) compiled, {recompiles} recompile(s)"
+                out.append(["  compile", "0 recompiles", text, _mark(recompiles == 0)])
+    predict = next((e for e in evals if e.get("backbone") == "hrnet_w32"), evals[0] if evals else None)
+    want = f"<= {TARGET_EVAL_S:.0f} s (predict + COCO eval)"
+    if predict is None:
+        out.append(
+            [
+                "val2017-sized evaluation",
+                want,
+                "predict "
+                + why_missing(steps, "bench-hrnet_w32-finetune")
+                + (
+                    f"; COCO eval ~{eval_time['val2017_seconds_est']:.0f} s"
+                    if eval_time
+                    else "; COCO eval " + why_missing(steps, "eval-time")
+                ),
+                "n/a",
+            ]
+        )
+    elif eval_time is None:
+        out.append(["val2017-sized evaluation", want, f"predict ~{predict['val2017_seconds_est']:.0f} s; COCO eval "
+                    + why_missing(steps, "eval-time"), "n/a"])  # fmt: skip
+    else:
+        total = predict["val2017_seconds_est"] + eval_time["val2017_seconds_est"]
+        out.append(["val2017-sized evaluation", want, f"~{total:.0f} s = predict ~{predict['val2017_seconds_est']:.0f} s "
+                    f"({predict['backbone']}) + COCO eval ~{eval_time['val2017_seconds_est']:.0f} s", _mark(total <= TARGET_EVAL_S)])  # fmt: skip
+    st = steps.get("shared-box")
+    cell = st["reason"] if st and st["status"] == "ok" else why_missing(steps, "shared-box")
+    out.append(["shared machine (two local Rays)", "disjoint GPUs", cell, _mark(st["status"] == "ok") if st and st["status"] in ("ok", "failed") else "n/a"])  # fmt: skip
+    if eval_time is not None:
+        out.append(
+            [
+                "COCO AP evaluation",
+                "pycocotools works",
+                f"AP {eval_time['AP']:.3f} on {eval_time['results']} results",
+                "yes",
+            ]
+        )
+    else:
+        out.append(["COCO AP evaluation", "pycocotools works", why_missing(steps, "eval-time"), "n/a"])
+    env = steps.get("environment")
+    if env:
+        out.append(["environment", "", env["reason"], ""])
+    return out
+
+
+def _find(rows, backbone, task, pipeline):
+    return next(
+        (r for r in rows if (r["backbone"], r["task"], r["pipeline"]) == (backbone, task, pipeline)), None
+    )
+
+
+def format_rows(cells: list[list[str]], head: list[str]) -> str:
+    cells = [head, *cells]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head) - 1)]
+    return "\n".join(
+        "  ".join([*(v.ljust(w) for v, w in zip(c[:-1], widths)), c[-1]]).rstrip() for c in cells
+    )
+
+
+def load_eval_time(path: str | None) -> dict | None:
+    return json.loads(Path(path).read_text()) if path and Path(path).is_file() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.summary", description=__doc__.split("\n\n")[0])
     p.add_argument("--bench", nargs="*", default=[], help="benchmarks.throughput --json files")
     p.add_argument("--tests", nargs="*", default=[], help="pytest --junitxml files of the CUDA-only tests")
+    p.add_argument("--eval-time", help="the benchmarks.eval_time --json file")
+    p.add_argument("--steps", help="the folder of device_check.sh's step records (<step>.txt)")
     args = p.parse_args(argv)
     rows, evals, header = load_bench(args.bench)
-    print(table(rows, evals, header, load_tests(args.tests)))
+    steps = load_steps(args.steps)
+    cuda, numerics = (
+        [t for t in args.tests if "numerics" not in Path(t).name],
+        [t for t in args.tests if "numerics" in Path(t).name],
+    )
+    print(f"device check targets — {header.get('device_name', 'device: see the environment row')}")
+    print(format_rows(target_rows(rows, evals, load_eval_time(args.eval_time), steps, cuda, numerics),
+                      ["check", "target", "measured", "met"]))  # fmt: skip
+    print()
+    if rows:
+        print(table(rows, evals, header, load_tests(args.tests)))
+    else:
+        print("detail per run: no throughput run measured anything (see the rows above)")
     return 0
 
 

@@ -136,6 +136,8 @@ class Timing:
     wait_seconds: float
     images: int
     last_loss: float
+    first_step_seconds: float = float("nan")  # the first (untimed) step, synced: compile included
+    frames_compiled_warm: int = 0  # torch.compile frames compiled in the warm-up (later ones: recompiles)
 
     @property
     def img_per_s(self) -> float:
@@ -169,25 +171,41 @@ def _prepared(pipe: Pipeline, device: torch.device):
     return (work(b) for b in pipe.loader)
 
 
+def frames_compiled() -> int:
+    """Frames torch.compile (dynamo) has compiled in this process so far (its own counter; 0 if absent)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0
+    return int(counters["frames"].get("ok", 0))
+
+
 def time_loader_steps(pipe: Pipeline, warmup: int, steps: int, device: torch.device) -> Timing:
     """`warmup` untimed then `steps` timed loader-fed steps, no sync between them; wait = time the loop
-    was blocked on its next batch."""
+    was blocked on its next batch. The first step is timed alone (synced, outside the timed window): with
+    torch.compile it holds the compilation."""
     batches = iter(_prepared(pipe, device))
-    wait, images, loss, start = 0.0, 0, float("nan"), time.perf_counter()
+    frames0 = frames_compiled()
+    wait, images, loss, start, first, frames_warm = 0.0, 0, float("nan"), time.perf_counter(), float("nan"), 0
     for i in range(warmup + steps):
         if i == warmup:
             _sync(device)
             wait, images, start = 0.0, 0, time.perf_counter()
+            frames_warm = frames_compiled()
         t0 = time.perf_counter()
         x, count = next(batches)
         wait += time.perf_counter() - t0
+        t1 = time.perf_counter()
         loss = pipe.step(x)
+        if i == 0 and warmup > 0:
+            _sync(device)
+            first = time.perf_counter() - t1
         images += count
     _sync(device)
     seconds = time.perf_counter() - start
     loss = float(loss)
     del batches
-    return Timing(seconds, wait, images, loss)
+    return Timing(seconds, wait, images, loss, first, frames_warm - frames0)
 
 
 def time_data_only(pipe: Pipeline, warmup: int, steps: int, device: torch.device) -> Timing:
@@ -318,6 +336,7 @@ def measure(pipe: Pipeline, sizes: Sizes, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    frames0 = frames_compiled()
     full = time_loader_steps(pipe, sizes.warmup, sizes.steps, device)
     first = next(iter(pipe.loader))
     alone = time_resident_steps(pipe, first, sizes.warmup, sizes.steps, device)
@@ -333,6 +352,10 @@ def measure(pipe: Pipeline, sizes: Sizes, device: torch.device) -> dict:
         "full_seconds": full.seconds,
         "model_seconds": alone.seconds,
         "last_loss": full.last_loss,
+        "first_step_s": full.first_step_seconds,
+        "compiled_frames": full.frames_compiled_warm,
+        # every frame compiled after the full run's warm-up (its timed steps, the model-only steps)
+        "recompiles": frames_compiled() - frames0 - full.frames_compiled_warm,
     }
 
 

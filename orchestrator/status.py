@@ -152,7 +152,7 @@ def _age_s(store: Store, path: str) -> float | None:
         return None
     if mtime is None:
         return None
-    return max(0.0, (dt.datetime.now(dt.timezone.utc) - mtime.astimezone(dt.timezone.utc)).total_seconds())
+    return max(0.0, (dt.datetime.now(dt.UTC) - mtime.astimezone(dt.UTC)).total_seconds())
 
 
 # ---------------------------------------------------------------------------------------- summary

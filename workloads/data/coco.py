@@ -1,27 +1,28 @@
 """COCO 2017 person instances for the pretext (paper §3, all persons) and top-down pose (paper §4.1).
 
 Reads a folder laid out as the COCO release (`annotations/person_keypoints_{split}.json`, `{split}/`)
-with pycocotools and turns every usable person into a `PersonInstance` with HRNet's box convention
+into `CocoIndex` (the part of pycocotools' `COCO` index this loading uses, with its semantics; tested
+equal to pycocotools' counts) and turns every usable person into a `PersonInstance` with HRNet's box convention
 (center + scale in units of pixel_std = 200, aspect-fixed, padded ×1.25). Detection boxes in HRNet's
 `COCO_val2017_detections_AP_H_56_person.json` format go through the same conversion.
 
 Sample selection follows the official HRNet code (lib/dataset/coco.py `_load_coco_keypoint_annotation_kernal`):
 non-crowd persons, a "clean" box clipped to the image, `area > 0` and at least one labelled keypoint.
+pycocotools itself is needed only where COCO AP is computed (workloads/pose/evaluate.py), so the data
+path runs on a machine without it (the device check's GPU machine).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools.coco import COCO
 
 from workloads.data.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY_ID
 from workloads.user_errors import UserError
@@ -119,8 +120,45 @@ def read_json(path: Path, what: str) -> Any:
         raise CocoDataError(f"{what} {path} is not valid JSON: {err}") from err
 
 
-def load_coco(root: str | os.PathLike, split: str) -> COCO:
-    """The pycocotools index of a split; CocoDataError naming the path when missing or malformed."""
+class CocoIndex:
+    """The lookups of pycocotools' `COCO` index that the person loading uses, built as its `createIndex`
+    builds them: `imgs` / `anns` by id (a repeated id keeps the last record), each image's annotations in
+    file order, `getImgIds()` in file order and `getAnnIds(imgIds, catIds, iscrowd)` filtering as
+    pycocotools does (`iscrowd` compared with `==`, so False keeps iscrowd 0; None keeps all)."""
+
+    def __init__(self, dataset: dict):
+        self.dataset = dataset
+        self.anns: dict[int, dict] = {}
+        self.imgs: dict[int, dict] = {}
+        self.cats: dict[int, dict] = {}
+        self.img_to_anns: dict[int, list[dict]] = defaultdict(list)
+        for ann in dataset["annotations"]:
+            self.img_to_anns[ann["image_id"]].append(ann)
+            self.anns[ann["id"]] = ann
+            ann["category_id"]  # noqa: B018 — createIndex reads it here too (catToImgs): fails as early
+        for img in dataset["images"]:
+            self.imgs[img["id"]] = img
+        for cat in dataset["categories"]:
+            self.cats[cat["id"]] = cat
+
+    def getImgIds(self) -> list[int]:  # noqa: N802 — pycocotools' name, so both indexes read alike
+        return list(self.imgs)
+
+    def getAnnIds(self, imgIds=(), catIds=(), iscrowd=None) -> list[int]:  # noqa: N802, N803
+        if imgIds:
+            anns = [a for i in imgIds for a in self.img_to_anns.get(i, ())]
+        else:
+            anns = self.dataset["annotations"]
+        if catIds:
+            anns = [a for a in anns if a["category_id"] in catIds]
+        return [a["id"] for a in anns if iscrowd is None or a["iscrowd"] == iscrowd]
+
+    def loadAnns(self, ids) -> list[dict]:  # noqa: N802
+        return [self.anns[i] for i in ids]
+
+
+def load_coco(root: str | os.PathLike, split: str) -> CocoIndex:
+    """The annotation index of a split; CocoDataError naming the path when missing or malformed."""
     root = Path(root)
     if not root.is_dir():
         raise CocoDataError(f"COCO root {root} does not exist; expected a folder with {EXPECTED_LAYOUT}")
@@ -140,14 +178,10 @@ def load_coco(root: str | os.PathLike, split: str) -> COCO:
             f"annotation file {path} lacks the COCO key(s) {missing}; expected an object with images, "
             "annotations and categories"
         )
-    coco = COCO()
-    coco.dataset = dataset
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            coco.createIndex()
+        return CocoIndex(dataset)
     except (KeyError, TypeError) as err:
         raise CocoDataError(f"annotation file {path} is malformed: missing or wrong field {err}") from err
-    return coco
 
 
 def image_file(folder: Path, img: dict) -> str:
@@ -360,7 +394,7 @@ def match_detections(
 
 
 def validate_coco_root(root: str | os.PathLike, splits: tuple[str, ...] = ("train2017", "val2017")) -> dict:
-    """Check the layout of `root` and load each split with pycocotools; returns counts per split."""
+    """Check the layout of `root` and load each split's annotation index; returns counts per split."""
     counts = {}
     for split in splits:
         coco = load_coco(root, split)

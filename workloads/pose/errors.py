@@ -29,13 +29,16 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from workloads.data.keypoints import FLIP_INDEX, KEYPOINT_NAMES, OKS_SIGMAS
+from workloads.pose.cocoapi import coco_api
 from workloads.pose.oks import keypoint_similarity
+
+if TYPE_CHECKING:  # pycocotools is imported when an analysis runs (workloads/pose/cocoapi.py)
+    from pycocotools.coco import COCO
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ def match_detections(
     coco_gt: COCO, coco_dt: COCO, oks_thr: float = MATCH_OKS, min_area: float = MIN_AREA
 ) -> list[tuple[int, int]]:
     """(dt id, gt id) pairs of COCOeval's greedy matching at one OKS threshold (maxDets 20)."""
-    ev = COCOeval(coco_gt, coco_dt, "keypoints")
+    ev = coco_api("the error analysis")[1](coco_gt, coco_dt, "keypoints")
     ev.params.iouThrs = np.array([oks_thr])
     ev.params.areaRng = [[min_area, MAX_AREA]]
     ev.params.areaRngLbl = ["all"]

@@ -17,16 +17,20 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from workloads.data.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
+from workloads.pose.cocoapi import coco_api
 from workloads.pose.errors import ERROR_TYPES, analyze_errors, summarize_counts
 from workloads.pose.per_image import PER_IMAGE_KEY
 from workloads.pose.per_image import extract as extract_per_image
 from workloads.user_errors import BadFileError, MissingFileError
+
+if TYPE_CHECKING:  # pycocotools is imported when an evaluation runs (workloads/pose/cocoapi.py)
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ def evaluate_keypoints(
         return empty_metrics(errors)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(copy.deepcopy(dets))  # loadRes adds id/area/bbox in place
-    ev = COCOeval(coco_gt, coco_dt, "keypoints")
+    ev = coco_api()[1](coco_gt, coco_dt, "keypoints")
     ev.params.useSegm = None  # HRNet coco.py:_do_python_keypoint_eval
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
@@ -99,9 +103,10 @@ def load_ground_truth(gt_json: str | os.PathLike) -> COCO:
         raise MissingFileError(
             f"ground-truth annotation file {path} not found (expected a COCO keypoint json)"
         )
+    coco = coco_api()[0]
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(path))
+            return coco(str(path))
     except json.JSONDecodeError as err:
         raise BadFileError(f"ground-truth annotation file {path} is not valid JSON: {err}") from err
 

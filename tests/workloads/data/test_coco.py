@@ -11,6 +11,7 @@ from pycocotools.coco import COCO
 
 from workloads.data.coco import (
     CocoDataError,
+    CocoIndex,
     annotation_path,
     box_to_center_scale,
     clean_box,
@@ -68,6 +69,31 @@ def test_counts_equal_pycocotools(coco_mini, split):
     assert {p.ann_id for p in pose} == {a["id"] for a in with_kpts}
     # the coco-mini sample holds: train 87 anns (one crowd) / 53 with keypoints, val 65 / 40
     assert (len(pretext), len(pose)) == {"train2017": (86, 53), "val2017": (65, 40)}[split]
+
+
+def _index_dataset():
+    """Crowd and non-crowd persons, another category, an image without annotations, a repeated ann id."""
+    anns = [{"id": 1, "image_id": 2, "category_id": 1, "iscrowd": 0}, {"id": 2, "image_id": 1, "category_id": 1, "iscrowd": 1},
+            {"id": 3, "image_id": 1, "category_id": 2, "iscrowd": 0}, {"id": 4, "image_id": 1, "category_id": 1, "iscrowd": 0},
+            {"id": 4, "image_id": 2, "category_id": 1, "iscrowd": 0, "dup": True}]  # fmt: skip
+    images = [{"id": 2}, {"id": 1}, {"id": 3}]
+    return {"images": images, "annotations": anns, "categories": [{"id": 1}, {"id": 2}]}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{}, {"iscrowd": False}, {"iscrowd": True}, {"catIds": [1]}, {"catIds": [1], "iscrowd": False},
+     {"imgIds": [1]}, {"imgIds": [2, 1], "catIds": [1]}, {"imgIds": [3, 9]}, {"imgIds": [1], "iscrowd": False}],
+)  # fmt: skip
+def test_the_own_index_answers_as_pycocotools(query):
+    ours, theirs = CocoIndex(_index_dataset()), COCO()
+    theirs.dataset = _index_dataset()
+    with contextlib.redirect_stdout(io.StringIO()):
+        theirs.createIndex()
+    assert ours.getImgIds() == theirs.getImgIds()
+    assert ours.getAnnIds(**query) == theirs.getAnnIds(**query)
+    ids = ours.getAnnIds(**query)
+    assert ours.loadAnns(ids) == theirs.loadAnns(ids)  # the repeated id 4: the last record, as pycocotools
 
 
 @pytest.mark.realdata
