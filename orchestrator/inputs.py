@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # Training images/s per device for the plan's estimate, at the finetune reference input 256×192 (other
 # input sizes scale by pixel count). GPU: fp32 targets for one H100 (runtime.amp off, the studies'
 # default: convolutions in TF32, channels_last), ASSUMED, not measured: the bf16 + channels_last targets
-# (HRNet-W32 2,000, SimpleBaseline-R50 3,000 img/s; docs/performance.md) divided by the TF32 → mixed
+# (HRNet-W32 2,000, SimpleBaseline-R50 3,000 img/s, BF16_GPU_TARGETS) divided by the TF32 → mixed
 # precision training speed-up of 2.63× that NVIDIA/DeepLearningExamples reports for ResNet-50 v1.5 in
 # PyTorch on one A100-80GB (938 vs 2,470 img/s, PyTorch/Classification/ConvNets/resnet50v1.5/README.md).
 # benchmarks/throughput.py on a GPU measures the real figure; a study's compute.throughput replaces it.

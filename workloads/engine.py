@@ -128,7 +128,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, milestones: list[int], fact
     epoch on a scheduler whose constructor already stepped once (PyTorch < 1.1), so epoch e trains with
     the lr of scheduler epoch e + 1: LR_STEP [170, 200] of 210 epochs gives 169 / 30 / 11 epochs per lr
     (0..168, 169..198, 199..209). Stepping after the epoch with milestones m − 1 gives the same lrs."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=lr_drop_epochs(milestones), gamma=factor)
+    return torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=lr_drop_epochs(milestones), gamma=factor
+    )
 
 
 def use_bf16(runtime: RuntimeConfig, device: torch.device) -> bool:

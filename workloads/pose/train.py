@@ -414,7 +414,10 @@ def evaluate_model(
 
 
 def final_evaluation(
-    model: nn.Module, best_state: dict[str, torch.Tensor] | None, cfg: FinetuneConfig, data: DataConfig,
+    model: nn.Module,
+    best_state: dict[str, torch.Tensor] | None,
+    cfg: FinetuneConfig,
+    data: DataConfig,
     device: torch.device,
 ) -> dict:
     """The reported evaluation: the selected weights `best_state` (loaded into `model`) on the
@@ -509,7 +512,9 @@ def run_finetune(
         if best_eval:
             metrics["before_collapse"] = best_eval
     elif ctx.rank == 0 and best_eval:
-        final = final_evaluation(model, out.best_model, cfg, data, device) if separate_final else out.best_eval
+        final = (
+            final_evaluation(model, out.best_model, cfg, data, device) if separate_final else out.best_eval
+        )
         metrics.update(dict(final), **selection_metrics(best_eval))
     per_image = metrics.pop(PER_IMAGE_KEY, None)  # the reported evaluation's
     artifacts: dict[str, bytes] = {}
