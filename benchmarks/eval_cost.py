@@ -1,6 +1,6 @@
 """What one pose evaluation costs on GT boxes vs detection boxes, and what model selection costs a run.
 
-    python -m benchmarks.eval_cost [--images 24] [--repeats 2] [--width 8] [--threads 0]
+    python -m benchmarks.eval_cost [--images 16] [--repeats 3] [--width 8] [--threads 1]
 
 Times the finetune's real evaluation (`pose.train.evaluate_model`: `inference.predict` with the flip
 test, rescoring and OKS-NMS, then `evaluate_keypoints`: COCOeval, error breakdown, per-image outcome)
@@ -15,7 +15,7 @@ the projection is the line fixed + per-box × boxes through the two (each time t
 `--repeats` runs: on a shared machine the others' load only ever adds time) (the fixed part: loading the
 annotations, folding the BatchNorms and checking the folded model, starting the decode threads).
 The default model is a narrow HRNet (width 8: the stem and layer1 are W32's, the branches a quarter),
-so that the run takes a couple of minutes on two cores; `--width 32` times the paper's model. COCOeval grows a little faster than the box count on
+so that the run takes under a minute on one core; `--width 32` times the paper's model. COCOeval grows a little faster than the box count on
 crowded images, so the detection figures are a lower bound. The same ratio holds on a GPU,
 where the forward pass is faster but both sides shrink alike; the plan's GPU figure is printed beside.
 """
@@ -81,10 +81,15 @@ def fastest(repeats: int, *args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", type=int, default=24, help="synthetic val images (1-3 persons each)")
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each timing; the fastest counts")
+    ap.add_argument("--images", type=int, default=16, help="synthetic val images (1-3 persons each)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each timing; the fastest counts")
     ap.add_argument("--width", type=int, default=8, help="HRNet width (32 = W32, the paper's model)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (0 = torch's default; 1 is steadiest on a shared machine)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
