@@ -41,6 +41,7 @@ from workloads.config import (
     FinetuneConfig,
     PretrainConfig,
     identity_dict,
+    lr_drop_epochs,
     to_dict,
 )
 
@@ -59,15 +60,19 @@ COCO_TESTDEV_IMAGES = 20_288
 COCO_TESTDEV_DETECTIONS = round(COCO_TESTDEV_IMAGES * COCO_VAL_DETECTIONS / 5_000)
 SYNTHETIC_PERSONS_PER_IMAGE = 2  # workloads.data.synthetic draws 1-3 persons per image
 EVAL_SPEEDUP = 3.0  # a forward pass costs about a third of a training step (forward + backward)
+FINAL_EVALUATIONS = 1  # pose: the selected weights on the detection boxes, once (the official test.py run)
 # start-up of a stage's Ray Train worker group (docs/ray.md §5: ~10 s per fit on 2 cores)
 STAGE_START_S = 15.0
 REFERENCE_PIXELS = 256 * 192  # the throughput table is given at the finetune input 256×192
 _ASSUMPTIONS = (
     f"device-hours = (train images × epochs + evaluated images / {EVAL_SPEEDUP:g}) × input px / {REFERENCE_PIXELS} "
-    f"/ throughput + {STAGE_START_S:g} s start-up per stage; flip test evaluates twice; COCO: "
+    f"/ throughput + {STAGE_START_S:g} s start-up per stage; flip test evaluates twice; pose: every "
+    f"eval_every epochs on finetune.select_boxes (GT: {COCO_VAL_KEYPOINT_PERSONS} val persons with keypoints), "
+    f"then the selected weights once on the detections ({COCO_VAL_DETECTIONS}); COCO: "
     f"{COCO_TRAIN_PERSONS} / {COCO_TRAIN_KEYPOINT_PERSONS} train persons (pretext / pose), {COCO_VAL_PERSONS} "
-    f"val persons, {COCO_VAL_DETECTIONS} val detections, {COCO_TESTDEV_DETECTIONS} test-dev detections (assumed: val's "
-    f"rate per image); an evaluate stage predicts its split once, on one worker; synthetic: {SYNTHETIC_PERSONS_PER_IMAGE} persons per image"
+    f"val persons (HSJP precision), {COCO_TESTDEV_DETECTIONS} test-dev detections (assumed: val's rate per "
+    f"image); an evaluate stage predicts its split once, on one worker; synthetic: "
+    f"{SYNTHETIC_PERSONS_PER_IMAGE} persons per image"
 )
 
 
@@ -85,13 +90,29 @@ class StageSpec:
     """False for scratch / imagenet pretrains (nothing to compute)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "stage_id": self.stage_id,
             "kind": self.kind,
             "config": to_dict(self.config),
             "parent": self.parent,
             "work": self.work,
         }
+        if self.work:
+            out["lr_schedule"] = lr_schedule(self.config)
+        return out
+
+
+def lr_schedule(cfg: PretrainConfig | FinetuneConfig) -> dict[str, Any]:
+    """The lr drops a stage trains with: `lr_steps` scaled to its epochs (`config.scale_milestones`) and
+    the 0-based epochs from which each drop applies (the official placement, `config.lr_drop_epochs`)."""
+    epochs = cfg.epochs if isinstance(cfg, PretrainConfig) else cfg.total_epochs
+    steps = list(cfg.milestones)
+    return {
+        "epochs": epochs,
+        "lr_steps_used": steps,
+        "drop_from_epoch": lr_drop_epochs(steps),
+        "lrs": [cfg.lr * cfg.lr_factor**i for i in range(len(steps) + 1)],
+    }
 
 
 @dataclass(frozen=True)
@@ -402,8 +423,14 @@ def stage_hours(spec: StageSpec, data: DataSpec | None, compute: ComputeConfig) 
     else:
         pixels = c.input_hw[0] * c.input_hw[1]
         train = counts["finetune_train"] * c.label_fraction * c.total_epochs
-        boxes = counts["val_persons"] if c.use_gt_boxes or not _has_detections(data) else counts["val_boxes"]
-        evals = boxes * (2 if c.flip_test else 1) * _evaluations(c.total_epochs, c.eval_every)
+        count = {"gt": counts["val_persons"], "detections": counts["val_boxes"]}
+        detections = _has_detections(data)  # as pose.train.selection_boxes / final_boxes choose
+        select = "detections" if detections and c.select_boxes == "detections" else "gt"
+        final = "detections" if detections and not c.use_gt_boxes else "gt"
+        boxes = count[select] * _evaluations(c.total_epochs, c.eval_every)
+        if final != select:  # the selected weights once more, on the reported boxes
+            boxes += count[final] * FINAL_EVALUATIONS
+        evals = boxes * (2 if c.flip_test else 1)
     images = train + evals / EVAL_SPEEDUP
     seconds = images * (pixels / REFERENCE_PIXELS) / compute.throughput[c.model.backbone] + STAGE_START_S
     return seconds / 3600.0

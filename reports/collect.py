@@ -75,6 +75,9 @@ STAGE_COLUMNS = (
     "variant",
     "settings_flat",
     *METRIC_KEYS,
+    "eval_boxes",
+    "select_AP",
+    "select_boxes",
     "ap_per_oks",
     "errors",
     "train_precision",
@@ -369,8 +372,11 @@ def _row(stage_id: str, e: dict, configs: dict[str, dict]) -> dict:
         ft_epochs=int(epochs) if epochs is not None else OFFICIAL_FINETUNE_EPOCHS.get(row["backbone"]),
         ft_seed=cfg.get("seed"),
     )
-    for key in METRIC_KEYS:
+    for key in METRIC_KEYS:  # the reported evaluation of the selected weights (detection boxes)
         row[key] = _num(metrics.get(key))
+    row["select_AP"] = _num(metrics.get("select_AP"))  # the model selection's (GT boxes by default)
+    for key in ("eval_boxes", "select_boxes"):
+        row[key] = metrics.get(key) if isinstance(metrics.get(key), str) else None
     row.update(_test_dev_fields(e.get("server_stats")))
     row["ap_per_oks"] = metrics.get("ap_per_oks") if isinstance(metrics.get("ap_per_oks"), dict) else None
     row["errors"] = metrics.get("errors") if isinstance(metrics.get("errors"), dict) else None

@@ -5,6 +5,10 @@ a resume keeps its last row), per study and per stage.
 pretrain of the study, labelled by its setting) and finetune loss and AP against the epoch (every
 finetune; AP where it was evaluated). `stage_curve` draws one stage's loss and its metric. Both build
 figures without pyplot and return the plotted series as data (as `figures` does).
+
+A finetune's per-epoch AP is its model-selection evaluation (GT boxes by default,
+`finetune.select_boxes`); the tables' AP is the one final evaluation of the selected weights (the
+detection boxes). The AP panels' titles name the boxes the rows record (`eval_boxes`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from reports.cells import fmt_lr
 log = logging.getLogger(__name__)
 
 SERIES = ("epoch", "loss", "lr", "seconds", "img_per_s", "precision", "AP")
+LABELS = ("eval_boxes",)  # per-epoch text columns: the boxes an AP row was evaluated on ("gt" / "detections")
+BOX_NAMES = {"gt": "GT boxes", "detections": "detection boxes"}
 
 
 def read_epochs(store: Store, stage_id: str) -> pd.DataFrame:
@@ -29,11 +35,18 @@ def read_epochs(store: Store, stage_id: str) -> pd.DataFrame:
     rows: dict[int, dict] = {}
     for row in store.read_metrics(stage_id):
         if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-            rows[row["epoch"]] = {k: row.get(k) for k in SERIES}
-    frame = pd.DataFrame([rows[e] for e in sorted(rows)], columns=list(SERIES))
+            rows[row["epoch"]] = {k: row.get(k) for k in (*SERIES, *LABELS)}
+    frame = pd.DataFrame([rows[e] for e in sorted(rows)], columns=[*SERIES, *LABELS])
     for col in SERIES[1:]:
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     return frame
+
+
+def ap_title(frames: list[pd.DataFrame], base: str = "AP (%)") -> str:
+    """`base` with the boxes the frames' AP rows were evaluated on, e.g. "AP (%), GT boxes"."""
+    boxes = sorted({str(b) for f in frames if "eval_boxes" in f for b in f["eval_boxes"].dropna()})
+    names = [BOX_NAMES.get(b, b) for b in boxes]
+    return f"{base}, {' / '.join(names)}" if names else base
 
 
 def setting_label(r: pd.Series) -> str:
@@ -92,6 +105,8 @@ def study_curves(stages: pd.DataFrame, store: Store, study: str) -> tuple[Figure
                  "epoch": int(e), "value": float(v) * scale}
                 for e, v in zip(rows["epoch"], rows[col])
             ]  # fmt: skip
+        if col == "AP":
+            title = ap_title([epochs[sid] for sid in mine[mine["kind"] == kind]["stage_id"]], title)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
         if col == "loss" and drawn:
@@ -126,6 +141,6 @@ def stage_curve(rows: pd.DataFrame, kind: str, title: str) -> Figure:
         right.text(
             0.5, 0.5, "not evaluated yet", ha="center", va="center", transform=right.transAxes, color="gray"
         )
-    right.set_title(name, fontsize=8)
+    right.set_title(ap_title([rows], name) if metric == "AP" else name, fontsize=8)
     right.set_xlabel("epoch")
     return fig

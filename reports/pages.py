@@ -128,7 +128,12 @@ def _page(
         iv = boots.cell(cell_runs([sid], stages)) if outcome is not None else None
         ap = r["AP"]
         interval = f" {iv.text(100, 2)} (95 %, {esc(iv.how)})" if iv is not None and iv.ok else ""
-        outputs.insert(1, ("AP", f"{100 * ap:.2f}{interval}" if ap == ap else "—"))
+        boxes = f" ({esc(r['eval_boxes'])} boxes)" if isinstance(r.get("eval_boxes"), str) else ""
+        outputs.insert(1, ("AP", f"{100 * ap:.2f}{interval}{boxes}" if ap == ap else "—"))
+        sel = r.get("select_AP")
+        if isinstance(sel, float) and sel == sel:  # the per-epoch model selection's AP of the same weights
+            how = f" ({esc(r['select_boxes'])} boxes)" if isinstance(r.get("select_boxes"), str) else ""
+            outputs.insert(2, ("model selection AP", f"{100 * sel:.2f}{how}"))
         outputs.append(
             (
                 "per-image outcome",

@@ -281,8 +281,9 @@ class PretrainConfig:
     lr: float = 1e-3
     """Adam learning rate (paper §3.4: 1e-3; Table 2 also 3e-4 and 2e-3)."""
     lr_steps: tuple[int, ...] = (190, 220)
-    """Epochs at which lr drops by lr_factor, given for 240 epochs (paper §3.4) and scaled
-    proportionally when `epochs` differs."""
+    """Epochs at which lr drops by lr_factor, given for 240 epochs (paper §3.4: "dropped ... at the 190th
+    and 220th epoch") and scaled proportionally when `epochs` differs (`scale_milestones`: 120 → 95, 110;
+    480 → 380, 440). A step m applies from the m-th epoch, 0-based m − 1 (engine.make_scheduler)."""
     lr_factor: float = 0.1
     """LR drop factor (paper §3.4: 1e-3 → 1e-4 → 1e-5)."""
     batch_size: int = 64
@@ -455,6 +456,9 @@ BACKBONE_SCHEDULES: dict[str, tuple[int, tuple[int, ...]]] = {
 }
 
 
+SELECT_BOXES = ("gt", "detections")
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -472,7 +476,9 @@ class FinetuneConfig:
     """Adam learning rate (official configs: 1e-3, no weight decay)."""
     lr_steps: tuple[int, ...] | None = None
     """LR drop epochs for the official schedule length; None → backbone's (HRNet 170, 200; SB 90, 120).
-    Scaled proportionally when `epochs` differs from the official length."""
+    Scaled proportionally when `epochs` differs from the official length (`scale_milestones`: HRNet
+    450 epochs → 364, 429). A step m applies from 0-based epoch m − 1, as the official code's
+    `lr_scheduler.step()` at the start of each epoch (engine.make_scheduler)."""
     lr_factor: float = 0.1
     """LR drop factor (official: 0.1)."""
     batch_size: int = 32
@@ -484,9 +490,15 @@ class FinetuneConfig:
     label_fraction: float = 1.0
     """Paper Fig. 6: train on a seeded random subset of this share of the training persons, 0 < f ≤ 1."""
     eval_every: int = 10
-    """Evaluate AP every k epochs (and always after the last epoch)."""
+    """Evaluate AP every k epochs (and always after the last epoch) to select the output model."""
+    select_boxes: str = "gt"
+    """Boxes of the per-epoch (model-selection) evaluations: `gt` = the val persons' ground-truth boxes
+    (the official configs' TEST.USE_GT_BBOX: true during training: 6,352 persons on val2017) or
+    `detections` = `data.detection_file` (104,125 boxes). The selected weights are then evaluated once
+    with the final boxes (`use_gt_boxes`), the stage's reported AP."""
     use_gt_boxes: bool = False
-    """Evaluate with ground-truth boxes instead of the detection file."""
+    """Final (reported) evaluation of the selected weights with ground-truth boxes instead of
+    `data.detection_file` (without a detection file both use GT boxes)."""
     flip_test: bool = True
     """Average with the flipped image's heatmaps (official TEST.FLIP_TEST)."""
     shift_heatmap: bool = True
@@ -557,6 +569,7 @@ class FinetuneConfig:
         _in_range(self.lr, 1e-8, 1.0, f"{where}.lr")
         _at_least(self.batch_size, 1, f"{where}.batch_size")
         _at_least(self.eval_every, 1, f"{where}.eval_every")
+        _choice(self.select_boxes, SELECT_BOXES, f"{where}.select_boxes")
         if not (0.0 < self.label_fraction <= 1.0):
             raise ConfigError(
                 f"{where}.label_fraction = {self.label_fraction!r}: must be in (0, 1] "
@@ -602,8 +615,15 @@ class EvaluationConfig:
 
 
 def scale_milestones(steps: tuple[int, ...] | list[int], base_epochs: int, epochs: int) -> list[int]:
-    """LR drop epochs given for `base_epochs`, scaled to `epochs` (e.g. 190/220 of 240 → 95/110 of 120)."""
+    """LR drop epochs given for `base_epochs`, scaled to `epochs` and rounded to the nearest epoch
+    (Python's round, halves to even), at least 1 (e.g. 190/220 of 240 → 95/110 of 120)."""
     return [max(1, round(s * epochs / base_epochs)) for s in steps]
+
+
+def lr_drop_epochs(milestones: tuple[int, ...] | list[int]) -> list[int]:
+    """The 0-based epochs from which each lr drop m applies: m − 1, the official placement (HRNet /
+    SimpleBaseline tools/train.py step the scheduler at the start of each epoch; engine.make_scheduler)."""
+    return [max(0, int(m) - 1) for m in milestones]
 
 
 # ------------------------------------------------------------------------------------- strict loader

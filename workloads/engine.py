@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from workloads.config import HEATMAP_STRIDE, RuntimeConfig
+from workloads.config import HEATMAP_STRIDE, RuntimeConfig, lr_drop_epochs
 from workloads.context import StageContext
 from workloads.data.transforms import network_input
 
@@ -121,8 +121,16 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, milestones: list[int], factor: float):
-    """MultiStepLR stepped once per epoch after training it (epoch e uses the lr of e's interval)."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=factor)
+    """MultiStepLR stepped once per epoch after training it, with the official drop placement: the lr
+    drops by `factor` from 0-based epoch m − 1 for each milestone m (`lr_drop_epochs`).
+
+    The official HRNet / SimpleBaseline tools/train.py call `lr_scheduler.step()` at the START of each
+    epoch on a scheduler whose constructor already stepped once (PyTorch < 1.1), so epoch e trains with
+    the lr of scheduler epoch e + 1: LR_STEP [170, 200] of 210 epochs gives 169 / 30 / 11 epochs per lr
+    (0..168, 169..198, 199..209). Stepping after the epoch with milestones m − 1 gives the same lrs."""
+    return torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=lr_drop_epochs(milestones), gamma=factor
+    )
 
 
 def use_bf16(runtime: RuntimeConfig, device: torch.device) -> bool:

@@ -66,6 +66,7 @@ ALTERNATES: dict[str, Any] = {
     "model.resnet_layers": (3, 4, 23, 3),
     "train_split": "train2014",
     "val_split": "minival2014",
+    "select_boxes": "detections",
 }
 
 

@@ -74,3 +74,22 @@ def test_uri_root_reads_the_same_as_a_path(stages, builder):
     frame, _ = stages
     by_uri = collect(f"file://{builder.store.uri}").set_index("stage_id")
     assert list(by_uri.index) == list(frame.index) and list(by_uri["status"]) == list(frame["status"])
+
+
+def test_tables_read_the_detection_ap_and_keep_the_selection_ap_beside_it(stages):
+    frame, ids = stages
+    row = frame.loc[ids["hsjp"]]
+    assert row["AP"] == pytest.approx(0.7) and row["eval_boxes"] == "detections"
+    assert row["select_AP"] == pytest.approx(0.73) and row["select_boxes"] == "gt"
+    assert math.isnan(frame.loc[ids["skipped"], "select_AP"])  # no result metrics
+
+
+def test_the_ap_curve_title_names_the_boxes_it_was_evaluated_on():
+    import pandas as pd
+
+    from reports.curves import ap_title
+
+    gt = pd.DataFrame({"epoch": [0, 1], "AP": [None, 0.5], "eval_boxes": [None, "gt"]})
+    assert ap_title([gt]) == "AP (%), GT boxes"
+    assert ap_title([gt, gt.assign(eval_boxes="detections")]) == "AP (%), detection boxes / GT boxes"
+    assert ap_title([pd.DataFrame({"epoch": [0]})]) == "AP (%)"  # rows from before eval_boxes was recorded

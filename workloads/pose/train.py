@@ -16,8 +16,15 @@ are the shared engine's (`engine.run_epochs`, select_key "AP"; the within-epoch 
 `engine.train_one_epoch`); this module hands it an `engine.Task` (`task_of`): the batch preparation, the train step
 and the evaluation (`inference.predict` of each rank's share of the val images, gathered to rank 0
 for `evaluate_keypoints`).
-Epochs are 0-based. Evaluation boxes: `data.detection_file` unless `cfg.use_gt_boxes` or no file
-is given, then the GT boxes of the val persons with keypoints (HRNet's GT-box mode, score 1).
+
+Model selection as the official code: the per-epoch evaluations use `selection_boxes` (default the GT
+boxes of the val persons with keypoints, HRNet's GT-box mode with score 1, as TEST.USE_GT_BBOX: true
+during training); after the last epoch the selected weights are evaluated once with `final_boxes`
+(`data.detection_file` unless `cfg.use_gt_boxes` or no file is given) on rank 0 (`final_evaluation`).
+That evaluation is the stage's reported AP (`metrics["AP"]`, `eval_boxes`), its per-image outcome and
+results; the selection's AP is kept as `select_AP` (`select_boxes`, `ap_history`). It runs after the
+engine's loop from the checkpointed best model, so a stage resumed after its last epoch repeats it
+exactly. Epochs are 0-based.
 """
 
 from __future__ import annotations
@@ -258,10 +265,26 @@ class ValSet:
     image_ids: set[int] | None  # images to score when `data.max_val_instances` dropped some; None = all
 
 
-def load_val_instances(cfg: FinetuneConfig, data: DataConfig) -> ValSet:
-    """The val persons to predict (detections or GT boxes), capped at `data.max_val_instances`."""
+def selection_boxes(cfg: FinetuneConfig, data: DataConfig) -> str:
+    """The boxes of the per-epoch evaluations: `cfg.select_boxes`, GT when there is no detection file."""
+    return "detections" if data.detection_file and cfg.select_boxes == "detections" else "gt"
+
+
+def final_boxes(cfg: FinetuneConfig, data: DataConfig) -> str:
+    """The boxes of the reported evaluation: the detection file unless `cfg.use_gt_boxes` or none is given."""
+    return "detections" if data.detection_file and not cfg.use_gt_boxes else "gt"
+
+
+def load_val_instances(cfg: FinetuneConfig, data: DataConfig, boxes: str | None = None) -> ValSet:
+    """The val persons to predict with `boxes` ("detections" / "gt"; None = `final_boxes`), capped at
+    `data.max_val_instances`."""
     aspect_ratio = cfg.input_hw[1] / cfg.input_hw[0]
-    if data.detection_file and not cfg.use_gt_boxes:
+    boxes = final_boxes(cfg, data) if boxes is None else boxes
+    if boxes not in ("detections", "gt"):
+        raise ValueError(f"load_val_instances: boxes = {boxes!r}; valid: 'detections', 'gt'")
+    if boxes == "detections" and not data.detection_file:
+        raise ValueError("load_val_instances: boxes 'detections' needs data.detection_file; none is given")
+    if boxes == "detections":
         instances = load_detections(
             data.detection_file,
             data.coco_root,
@@ -344,8 +367,10 @@ def evaluate_model(
     device: torch.device,
     rank: int = 0,
     world_size: int = 1,
+    per_image: bool = True,
 ) -> dict:
-    """AP..., ap_per_oks, errors of `model` on the val persons against the val annotations.
+    """AP..., ap_per_oks, errors (and with `per_image` the per-image outcome) of `model` on the val
+    persons against the val annotations.
 
     Sharded over `world_size` ranks (`shard_by_image`): every rank predicts its images, the results are
     gathered to rank 0, which runs COCOeval and returns the metrics; the other ranks return {}."""
@@ -370,7 +395,7 @@ def evaluate_model(
     with tempfile.TemporaryDirectory(prefix="hsjp-eval-") as tmp:
         if val.image_ids is not None:
             gt_json = write_gt_subset(gt_json, val.image_ids, Path(tmp) / "gt.json")
-        metrics = pose_evaluate.evaluate_keypoints(gt_json, results, per_image=True)
+        metrics = pose_evaluate.evaluate_keypoints(gt_json, results, per_image=per_image)
     metrics.update(
         eval_boxes=val.boxes,
         eval_instances=len(val.instances),
@@ -386,6 +411,32 @@ def evaluate_model(
         metrics["eval_seconds"],
     )
     return metrics
+
+
+def final_evaluation(
+    model: nn.Module,
+    best_state: dict[str, torch.Tensor] | None,
+    cfg: FinetuneConfig,
+    data: DataConfig,
+    device: torch.device,
+) -> dict:
+    """The reported evaluation: the selected weights `best_state` (loaded into `model`) on the
+    `final_boxes` (the detection file), once, on this rank alone (rank 0: it holds the best model).
+    Depends only on the checkpointed best model, so a resume repeats it exactly."""
+    if best_state is None:
+        raise ValueError("final_evaluation: no selected weights (no evaluation chose a best epoch)")
+    unwrap(model).load_state_dict(best_state)
+    return evaluate_model(model, load_val_instances(cfg, data, final_boxes(cfg, data)), cfg, data, device)
+
+
+def selection_metrics(best_eval: dict) -> dict:
+    """What the result keeps of the best per-epoch (selection) evaluation, beside the reported one."""
+    return {
+        "select_AP": best_eval.get("AP"),
+        "select_boxes": best_eval.get("eval_boxes"),
+        "select_instances": best_eval.get("eval_instances"),
+        "select_eval_seconds": best_eval.get("eval_seconds"),
+    }
 
 
 # ----------------------------------------------------------------------------------------- the stage
@@ -435,11 +486,15 @@ def run_finetune(
         compile_step(make_forward_loss(cfg, device), cfg.runtime, device),
     )
     val: list[ValSet] = []  # built on first use (every rank: each predicts its share)
+    select_boxes = selection_boxes(cfg, data)
+    separate_final = final_boxes(cfg, data) != select_boxes  # else the selection evaluation is the final one
 
     def evaluate() -> dict:  # every rank predicts its share; rank 0 scores (the others return {})
         if not val:
-            val.append(load_val_instances(cfg, data))
-        return evaluate_model(model, val[0], cfg, data, device, ctx.rank, ctx.world_size)
+            val.append(load_val_instances(cfg, data, select_boxes))
+        return evaluate_model(
+            model, val[0], cfg, data, device, ctx.rank, ctx.world_size, per_image=not separate_final
+        )
 
     stage_config = {"finetune": to_dict(cfg), "data": to_dict(data), "init": to_dict(init) if init else None}
     spec = LoopSpec(
@@ -451,17 +506,24 @@ def run_finetune(
     )
     out = run_epochs(ctx, task_of(loop, scheduler, evaluate), spec)
     best_eval = dict(out.best_eval)
-    per_image = best_eval.pop(PER_IMAGE_KEY, None)  # the best epoch's, kept through resumes by the engine
-    metrics = {} if out.collapsed else best_eval
-    if out.collapsed and best_eval:
-        metrics["before_collapse"] = best_eval
+    best_eval.pop(PER_IMAGE_KEY, None)
+    metrics: dict[str, Any] = {}
+    if out.collapsed:
+        if best_eval:
+            metrics["before_collapse"] = best_eval
+    elif ctx.rank == 0 and best_eval:
+        final = (
+            final_evaluation(model, out.best_model, cfg, data, device) if separate_final else out.best_eval
+        )
+        metrics.update(dict(final), **selection_metrics(best_eval))
+    per_image = metrics.pop(PER_IMAGE_KEY, None)  # the reported evaluation's
     artifacts: dict[str, bytes] = {}
     if per_image is not None and not out.collapsed:
         artifacts[PER_IMAGE_FILE] = per_image  # the report's bootstrap over images (reports/bootstrap.py)
     metrics.update(
         {
             "best_epoch": out.best_epoch,
-            "ap_history": {str(h["epoch"]): h["AP"] for h in out.history if "AP" in h},
+            "ap_history": {str(h["epoch"]): h["AP"] for h in out.history if "AP" in h},  # selection AP
             "load_report": report,
             "init_method": init_method(init),
             "frozen_stages": list(range(cfg.freeze + 1)) if cfg.freeze is not None else [],

@@ -14,6 +14,7 @@ from workloads.context import LocalContext
 from workloads.engine import make_optimizer
 from workloads.models import build_model, stage_of_parameter
 from workloads.pose.dataset import PoseTrainDataset, load_train_instances
+from workloads.pose.per_image import PER_IMAGE_FILE
 from workloads.pose.train import build_finetune_model, load_val_instances, run_finetune, train_step
 
 TINY = ModelConfig(width=8, num_blocks=1, num_modules=(1, 1, 1))  # narrow HRNet, same names as W32
@@ -212,3 +213,64 @@ def test_decoding_on_the_device_trains_as_the_loader_path_does(tmp_path, coco_mi
     assert len(a) == len(b) == 2, (a, b)
     assert abs(a[0] - b[0]) <= 3e-2 * a[0] and abs(a[1] - b[1]) <= 8e-2 * a[1], (a, b)
     assert device.metrics["train_instances"] == loader.metrics["train_instances"] == 8
+
+
+def _detection_file(coco_root, out_path) -> str:
+    """Detections of coco-mini's val persons: each GT box with score 0.9, plus one false box per image."""
+    import json
+
+    gt = json.loads((coco_root / "annotations" / "person_keypoints_val2017.json").read_text())
+    dets = [
+        {"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
+        for a in gt["annotations"]
+        if not a.get("iscrowd") and a["num_keypoints"] > 0
+    ]
+    dets += [
+        {"image_id": i["id"], "category_id": 1, "bbox": [0, 0, 40, 80], "score": 0.3} for i in gt["images"]
+    ]
+    out_path.write_text(json.dumps(dets))
+    return str(out_path)
+
+
+@pytest.mark.realdata
+def test_selection_on_gt_boxes_then_the_best_weights_once_on_detections(tmp_path, coco_mini):
+    """Per-epoch evaluations on GT boxes pick the epoch; the reported AP is the selected weights' on the
+    detections (the per-image outcome too), and a stage resumed after its last epoch repeats it exactly."""
+    import json
+
+    cfg = _cfg(eval_every=1)
+    det_file = _detection_file(coco_mini, tmp_path / "dets.json")
+    data = DataConfig(
+        coco_root=str(coco_mini),
+        detection_file=det_file,
+        max_train_instances=8,
+        max_val_instances=6,
+        loader_workers=0,
+    )
+    full = run_finetune(cfg, data, LocalContext(tmp_path / "a"))
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval_boxes"] for r in rows] == ["gt", "gt"]  # every per-epoch evaluation on GT boxes
+    m = full.metrics
+    assert m["eval_boxes"] == "detections" and m["select_boxes"] == "gt"
+    assert m["eval_instances"] > m["select_instances"]  # the false boxes are in the final evaluation only
+    best = rows[m["best_epoch"]]
+    assert m["select_AP"] == best["AP"] and m["ap_history"] == {str(r["epoch"]): r["AP"] for r in rows}
+    assert PER_IMAGE_FILE in full.artifacts  # only the final evaluation makes one (per_image=False before)
+    # resumed after the last epoch: nothing left to train, the same final evaluation
+    with pytest.raises(_Preempted):
+        run_finetune(cfg, data, _StopAfter(tmp_path / "b", stop=1))
+    resumed = run_finetune(cfg, data, LocalContext(tmp_path / "b"))
+    assert resumed.epochs_trained == []
+    assert {k: resumed.metrics[k] for k in ("AP", "select_AP", "best_epoch", "eval_instances")} == {
+        k: m[k] for k in ("AP", "select_AP", "best_epoch", "eval_instances")
+    }
+    assert resumed.artifacts.keys() == full.artifacts.keys()
+    # select_boxes: detections → one kind of evaluation, no separate final one
+    same = run_finetune(_cfg(eval_every=1, select_boxes="detections"), data, LocalContext(tmp_path / "c"))
+    assert same.metrics["eval_boxes"] == same.metrics["select_boxes"] == "detections"
+    assert same.metrics["AP"] == same.metrics["select_AP"]
+
+
+def test_select_boxes_is_checked():
+    with pytest.raises(ValueError, match="finetune.select_boxes = 'detection'.*did you mean 'detections'"):
+        _cfg(select_boxes="detection")
