@@ -97,7 +97,7 @@ class StageSpec:
             "parent": self.parent,
             "work": self.work,
         }
-        if self.work:
+        if self.work and self.kind != "evaluate":  # an evaluate stage trains nothing
             out["lr_schedule"] = lr_schedule(self.config)
         return out
 
