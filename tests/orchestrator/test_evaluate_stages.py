@@ -254,17 +254,7 @@ def test_a_collapsed_finetune_skips_its_evaluate_stage(small_plan, tmp_path):
 
 
 # --------------------------------------------------------------------------------------- through Ray
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from orchestrator.ray_backend import start_local_ray
-
-    start_local_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
+# local_ray: tests/orchestrator/conftest.py
 @pytest.mark.slow
 def test_an_evaluate_stage_runs_on_ray_on_one_worker_from_its_finetune_weights(local_ray, tmp_path):
     import dataclasses

@@ -23,7 +23,7 @@ import standins  # noqa: E402
 
 from orchestrator.execution import run_study  # noqa: E402
 from orchestrator.progress import Progress, StageProgress, format_summary  # noqa: E402
-from orchestrator.ray_backend import LeaseTable, start_local_ray, trial_resources  # noqa: E402
+from orchestrator.ray_backend import LeaseTable, trial_resources  # noqa: E402
 from orchestrator.store import Store  # noqa: E402
 from workloads.config import to_dict  # noqa: E402
 
@@ -129,13 +129,7 @@ def test_finished_study_reruns_without_ray(tmp_path):
 
 
 # -------------------------------------------------------------------------------------- through Ray
-@pytest.fixture(scope="module")
-def local_ray():
-    start_local_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
+# local_ray: tests/orchestrator/conftest.py
 @pytest.mark.slow
 def test_chain_publishes_results_skips_after_collapse_and_reruns_nothing(local_ray, tmp_path, capsys):
     compute = standins.tiny_compute(workers_per_stage=2)  # DDP over 2 gloo workers

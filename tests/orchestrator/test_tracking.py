@@ -160,17 +160,7 @@ def wandb_closed(run_dir: Path) -> bool:
     return any(r.WhichOneof("record_type") == "exit" for r in wandb_records(run_dir))
 
 
-@pytest.fixture
-def local_ray():
-    import ray
-
-    from orchestrator.ray_backend import start_local_ray
-
-    start_local_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
+# local_ray: tests/orchestrator/conftest.py
 @pytest.mark.slow
 def test_mlflow_wandb_and_tensorboard_record_every_epoch_of_a_study(local_ray, tmp_path):
     pytest.importorskip("mlflow", reason="pip install 'hsjp-study[mlflow]'")
