@@ -1,4 +1,4 @@
-"""Disk use of the store (issue 18, item 6), Ray-free: pruning a finished stage's epoch checkpoints and
+"""Disk use of the store, Ray-free: pruning a finished stage's epoch checkpoints and
 measuring the store for `hsjp-study status`.
 
 A finished stage keeps what a later step reads: `result.json`, `config.json`, `metrics.jsonl` (status,

@@ -1,4 +1,4 @@
-"""Bounded, explained retries of a failed stage (issue 18, item 1), Ray-free.
+"""Bounded, explained retries of a failed stage, Ray-free.
 
 A stage that raises is retried at most `compute.max_failures` times, each retry after a backoff
 (`retry_backoff_s`, × `retry_backoff_factor` per retry, at most `retry_backoff_max_s`), and fails at

@@ -1,4 +1,4 @@
-"""Fair claims on a shared machine and no leftovers (issue 18, items 2 and 5), Ray-free.
+"""Fair claims on a shared machine and no leftovers, Ray-free.
 
 A local Ray (no `--address`) used to take `os.cpu_count()` CPUs and every GPU, so two `hsjp-study run`
 on one 8-GPU box both scheduled onto all 8, and a container's CPU limit or `CUDA_VISIBLE_DEVICES` were

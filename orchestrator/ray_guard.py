@@ -1,4 +1,4 @@
-"""The Ray version guard (issue 18, item 3): refuse, before anything starts, a Ray whose `TorchTrainer`
+"""The Ray version guard: refuse, before anything starts, a Ray whose `TorchTrainer`
 is Ray Train V1.
 
 The design relies on Train V2's same-name resume: a stage's trainer is named after the stage id, and a

@@ -139,7 +139,7 @@ def _load_single(path: Path, raw: dict, text: str) -> Study:
     name = _study_name(raw, path)
     data = load_data(raw.get("data"), path)
     compute = load_compute(raw.get("compute"), path)
-    check_trial_count(raw, compute, path)  # before anything is expanded (issue 18)
+    check_trial_count(raw, compute, path)  # before anything is expanded
     base = _load_defaults(raw.get("defaults"), path)
     seeds = _load_seeds(raw.get("seeds"), path)
     included = _load_include(raw.get("include"), path)

@@ -85,3 +85,17 @@ def test_the_checks_see_an_outside_citation():
     assert len(_hits(OUTSIDE, sample)) == 1
     assert DOCS_CITATION.findall(sample["y.py"]) == ["nowhere.md"]
     assert NOTE_NAMES.findall("(ray.md §3c)") == ["ray"] and not NOTE_NAMES.findall("docs/ray.md")
+
+
+# "issue 18", "Issue #20": the project's own tracker, which a reader of the repository does not have.
+# A public project's issue (`HRNet issue #22`, `… repository's issue #3`) is a citation and stays.
+OWN_ISSUE = re.compile(r"(?<!HRNet )(?<!repository's )\b[Ii]ssue #?\d+")
+
+
+def test_no_tracked_file_cites_the_projects_own_issue_numbers():
+    cited = {
+        f"{name}:{text[: m.start()].count(chr(10)) + 1}: {m.group(0)}"
+        for name, text in _tracked_text_files().items()
+        for m in OWN_ISSUE.finditer(text)
+    }
+    assert not cited, "say the reason instead of the issue number: " + "; ".join(sorted(cited))

@@ -1,4 +1,4 @@
-"""A graceful node drain (issue 18, item 7) on a simulated multi-node Ray cluster, all on this machine.
+"""A graceful node drain on a simulated multi-node Ray cluster, all on this machine.
 
 A spot node announces its end through Ray's drain API: the GCS `DrainNode` call with reason
 `DRAIN_NODE_REASON_PREEMPTION` and a deadline (what `ray drain-node` and the autoscaler send). Ray

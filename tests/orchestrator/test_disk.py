@@ -1,4 +1,4 @@
-"""Disk (issue 18, item 6): pruning a finished stage's epoch checkpoints on a fake store layout
+"""Disk: pruning a finished stage's epoch checkpoints on a fake store layout
 (`<store>/stages/<id>/train/<id>/checkpoint_*`, as Ray Train V2 writes it), and the store's size in
 `hsjp-study status` (no Ray)."""
 

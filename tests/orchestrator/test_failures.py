@@ -1,4 +1,4 @@
-"""Bounded, explained retries (issue 18, item 1): the decision function, the texts, attempts.json /
+"""Bounded, explained retries: the decision function, the texts, attempts.json /
 error.txt through the Store, `status` showing `retrying 2/3: …` / `failed: …`, and the refusal of
 `max_failures: -1` (no Ray)."""
 

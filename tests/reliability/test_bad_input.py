@@ -1,4 +1,4 @@
-"""Bad input (issue 10): every user mistake gives an error naming the file / key / value and what was
+"""Bad input: every user mistake gives an error naming the file / key / value and what was
 expected, exits 2 from `hsjp-study`, and writes nothing to the store. Data and checkpoint faults found
 only when a stage loads them give errors naming the file; a corrupt JPEG is skipped with a warning.
 

@@ -1,4 +1,4 @@
-"""Two `hsjp-study run` of the same study at once (issue 10): the second fails fast with a clear message
+"""Two `hsjp-study run` of the same study at once: the second fails fast with a clear message
 and exit code 2, before anything is written and before Ray starts (a study-level file lock,
 `<store>/locks/study-<name>.lock`). Tested without Ray: the lock is held by the test."""
 

@@ -1,4 +1,4 @@
-"""Corrupt files left by a crash (issue 10): a truncated result.json means "not finished" (warned, the
+"""Corrupt files left by a crash: a truncated result.json means "not finished" (warned, the
 stage is redone); a truncated epoch checkpoint falls back to the previous good one, both in the plain
 LocalContext and in the Ray Train context (`orchestrator.ray_backend`, tested without a Ray cluster)."""
 

@@ -1,4 +1,4 @@
-"""Faults (issue 10): a study survives a SIGKILLed driver at several points, a SIGKILLed Ray Train
+"""Faults: a study survives a SIGKILLed driver at several points, a SIGKILLed Ray Train
 worker and a truncated epoch checkpoint, and ends with the same numbers as an uninterrupted run.
 
 Through a real local Ray with the deterministic stand-in workloads of tests/orchestrator/standins.py

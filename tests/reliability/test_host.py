@@ -1,4 +1,4 @@
-"""Fair claims on a shared machine and no leftovers (issue 18, items 2 and 5), without Ray: the usable
+"""Fair claims on a shared machine and no leftovers, without Ray: the usable
 CPU count from fake cgroup v1 / v2 trees and affinity, GPUs from CUDA_VISIBLE_DEVICES, the split of a
 machine between runs, and the ending of a dead run's orphans, with real (fake-Ray) processes."""
 

@@ -1,4 +1,4 @@
-"""Inputs that used to get through (issue 18, items 3, 4 and 8), each refused by `hsjp-study run` with
+"""Inputs that used to get through, each refused by `hsjp-study run` with
 exit 2, one line naming the argument or key (and its line), no traceback and nothing written:
 `--storage` naming a file, an unknown URI scheme or an unwritable place; a study giving a key twice; a
 study over the trial bound (refused before it is expanded); fractional GPUs with several workers per

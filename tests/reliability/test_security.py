@@ -1,4 +1,4 @@
-"""Security checks (issue 10): no key can name a path outside the store root; the code base parses YAML
+"""Security checks: no key can name a path outside the store root; the code base parses YAML
 with `safe_load` only, runs no shell, and unpickles checkpoints with `torch.load(weights_only=True)` only
 (a checkpoint from the internet must not be able to run code)."""
 

@@ -1,4 +1,4 @@
-"""Two runs on one machine (issue 18, item 2), through real local Rays in separate processes, on a box
+"""Two runs on one machine, through real local Rays in separate processes, on a box
 with fake GPUs (CUDA_VISIBLE_DEVICES=0,1,2,3; no real GPU is needed to advertise them): the second run
 takes only what the first left free, so the total claimed never exceeds the box. Before, each local Ray
 took os.cpu_count() CPUs and every GPU. The claims are printed."""

@@ -1,4 +1,4 @@
-"""Report cells of issue 17: test-dev AP from the server's stats, bf16 marks, the BN-batch note,
+"""Report cells that need care: test-dev AP from the server's stats, bf16 marks, the BN-batch note,
 P-collapse shown as the paper shows it, and the link to the paper-silent choices."""
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ TINY = ModelConfig(width=8, num_blocks=1, num_modules=(1, 1, 1))
 
 
 def check_results_file(results: list, image_ids: set[int]) -> None:
-    """The Must-show of issue 17: exactly the info file's image ids, 51 values and a score per entry."""
+    """The server's format: exactly the info file's image ids, 51 values and a score per entry."""
     assert isinstance(results, list) and results
     assert {r["image_id"] for r in results} == image_ids
     for r in results:
