@@ -773,6 +773,13 @@ class RayStageContext:
         }
         if self.resumed_from is not None:
             row["resumed_from"] = self.resumed_from
+        if self.rank == 0:  # progress only: a resume follows Ray's registered checkpoints, not this row.
+            # Written before the checkpoint is reported: a checkpoint registered while the row is still
+            # unwritten (the upload thread wins the race, then the driver is killed) would leave that
+            # epoch without a row for good; this way a kill can only leave a row whose epoch is trained
+            # again (metrics.jsonl then holds it twice, as for any re-trained epoch).
+            self.store.append_metrics(self.stage_id, row)
+            tb.log_epoch(self.store, self.stage_id, row)  # <store>/stages/<id>/tb/ (orchestrator.tb)
         checkpoint, upload = None, None
         if self.rank == 0:  # `state` is host memory already (engine.host_copy): written in the background
             checkpoint = ray.train.Checkpoint.from_directory(tempfile.mkdtemp(prefix="hsjp-ckpt-"))
@@ -787,9 +794,6 @@ class RayStageContext:
             delete_local_checkpoint_after_upload=True,
             checkpoint_upload_fn=upload,
         )
-        if self.rank == 0:  # progress only: a resume follows Ray's registered checkpoints, not this row
-            self.store.append_metrics(self.stage_id, row)
-            tb.log_epoch(self.store, self.stage_id, row)  # <store>/stages/<id>/tb/ (orchestrator.tb)
 
     def report(self, metrics: dict) -> None:
         """Within-epoch progress. Not forwarded through Ray Train: its report is a barrier that every
