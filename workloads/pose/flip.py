@@ -4,7 +4,8 @@ Official HRNet (lib/utils/transforms.py:flip_back, lib/core/function.py:validate
 heatmap width, swap the COCO left/right channels, and with TEST.SHIFT_HEATMAP move the result one
 column to the right (`out[..., 1:] = out[..., :-1]`, column 0 keeps its value). The shift makes up for
 the mirror axis of the input (x' = W_in - 1 - x) not mapping onto the heatmap's own mirror axis at
-stride 4; without it AP drops by ~2 points (HRNet issue #22).
+stride 4; without it AP drops by ~2 points (reported to the official HRNet repository, its GitHub
+issue number 22).
 """
 
 from __future__ import annotations
