@@ -107,7 +107,11 @@ def test_smoke_study_on_an_object_store_killed_mid_stage_resumes_equal_to_uninte
 
     resumed = store.read_result(victim)
     assert resumed["status"] == "done"
-    assert resumed["resumed_from"] is not None and resumed["resumed_from"] <= killed_at[-1]
+    # The Train workers are Ray's processes, not the driver's: SIGKILLing the driver leaves them running
+    # until Ray notices, so the epoch in flight may still be written (its row, then its checkpoint) after
+    # `killed_at` was read. The resume then starts one epoch later than the rows seen at the kill (seen
+    # in 2 of 4 fresh-clone runs on a loaded 2-core box): progress kept, not lost; later is a bug.
+    assert resumed["resumed_from"] is not None and resumed["resumed_from"] <= killed_at[-1] + 1
     ref_plan, ref_store = smoke_reference.plan, smoke_reference.store
     ref_trials = {t.trial_id: t for t in ref_plan.trials}
     assert sorted(ref_trials) == sorted(t.trial_id for t in plan.trials)
