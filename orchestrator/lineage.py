@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from orchestrator.store_format import STAGES_DIR, STALE_DIR
 from workloads import STAGE_WORKLOADS, WORKLOAD_VERSIONS
@@ -80,13 +80,11 @@ def stale_text(stale: Stale) -> str:
     return ", ".join(f"{w} {old} (current {new})" for w, (old, new) in stale.items())
 
 
-def find_stale(plan: Plan, store: Store, results: dict[str, Any] | None = None) -> dict[str, Stale]:
-    """{stage id: what is stale} for the plan's stages whose stored result an older workload made
-    (`results`: already-read results by id, to spare a store read)."""
+def find_stale(plan: Plan, store: Store) -> dict[str, Stale]:
+    """{stage id: what is stale} for the plan's stages whose stored result an older workload made."""
     out: dict[str, Stale] = {}
     for sid in plan.stages:
-        result = results[sid] if results is not None and sid in results else store.read_result(sid)
-        stale = stale_of(result)
+        stale = stale_of(store.read_result(sid))
         if stale:
             out[sid] = stale
     return out
