@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.inputs import GPU_THROUGHPUT
 from orchestrator.plan import COCO_VAL_DETECTIONS, COCO_VAL_KEYPOINT_PERSONS, EVAL_SPEEDUP
+from orchestrator.spec.inputs import GPU_THROUGHPUT
 from workloads.config import DataConfig, FinetuneConfig, ModelConfig
 from workloads.data import synthetic
 from workloads.data.keypoints import NUM_KEYPOINTS

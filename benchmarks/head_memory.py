@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.host import descendants
+from orchestrator.ray.host import descendants
 
 REPO = Path(__file__).resolve().parent.parent
 STAGE_HEAD = (
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--storage", default="/tmp/hsjp-head-memory")
     args = ap.parse_args()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "run", args.study, "--storage", args.storage],
+        [sys.executable, "-m", "orchestrator.cli.main", "run", args.study, "--storage", args.storage],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -20,8 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator.host import descendants
-from orchestrator.store_format import StageState
+from orchestrator.ray.host import descendants
+from orchestrator.store.format import StageState
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS = ("studies/paper.yaml:8", "studies/paper.yaml:32", "studies/label_fraction.yaml:8")
@@ -40,7 +40,7 @@ def tree_rss_mb(root: int) -> float:
 
 
 def sample(stop: threading.Event, rows: list[tuple[float, int, int, float]]) -> None:
-    from orchestrator.ray_backend import ACTIVE
+    from orchestrator.ray.tune import ACTIVE
 
     while not stop.wait(0.5):
         sched = ACTIVE.scheduler
@@ -77,11 +77,11 @@ def main() -> None:
     ap.add_argument("--target-s", type=float, default=120.0, help="lower bound in seconds when no time scale")
     args = ap.parse_args()
 
-    from orchestrator.execution import Simulation, simulate_study
-    from orchestrator.inputs import data_config
+    from orchestrator.cli.run import Simulation, simulate_study
     from orchestrator.plan import make_plan
-    from orchestrator.scheduler import list_schedule
-    from orchestrator.study import load_study
+    from orchestrator.schedule.scheduler import list_schedule
+    from orchestrator.spec.inputs import data_config
+    from orchestrator.spec.study import load_study
 
     for spec in args.runs:
         path, _, g = spec.rpartition(":")

@@ -1,4 +1,4 @@
-"""Two local Rays on one machine (orchestrator.host): prints what each claims and which GPUs a task of
+"""Two local Rays on one machine (orchestrator.ray.host): prints what each claims and which GPUs a task of
 each sees, and the total against the machine. On a GPU machine (no CUDA_VISIBLE_DEVICES) the GPUs are
 the NVIDIA driver's; elsewhere give fake ones: `CUDA_VISIBLE_DEVICES=0,1,2,3`.
 
@@ -23,8 +23,8 @@ from pathlib import Path
 HOLD = """
 import json, os, sys, time
 import ray
-from orchestrator import host
-from orchestrator.ray_backend import start_local_ray
+from orchestrator.ray import host
+from orchestrator.ray.tune import start_local_ray
 k = int(sys.argv[3])
 start_local_ray(demand=host.Demand(cpus=1, gpus=k, min_gpus=min(1, k)), study=sys.argv[1])
 
@@ -49,7 +49,7 @@ def main() -> int:
     except ImportError as err:
         print(f"SKIPPED: not run: this check starts two local Rays and Ray is not importable here ({err})")
         return 0
-    from orchestrator import host
+    from orchestrator.ray import host
 
     box_gpus = host.box_gpu_ids()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -81,7 +81,7 @@ def main() -> int:
                 if not line:
                     err = proc.stderr.read()
                     busy = next(
-                        (ln for ln in err.splitlines() if ln.startswith("orchestrator.host.HostBusy")), ""
+                        (ln for ln in err.splitlines() if ln.startswith("orchestrator.ray.host.HostBusy")), ""
                     )
                     if name == "second" and busy and len(box_gpus) < 2 * args.gpus_each:
                         print(f"second run: refused, as it must be (too few GPUs left for it): {busy}")

@@ -7,7 +7,7 @@ for the evaluation server; nothing is trained, and adding one changes no other s
 switches (`identity_dict`: compiling, memory format, where images are decoded, loader workers —
 recorded with the result instead), the data identity (the study's data spec, never the store path),
 and its parent's id. The workloads' numerics versions are not hashed: they are recorded with each
-result, and a stage made by an older version is named stale (orchestrator.lineage), never silently
+result, and a stage made by an older version is named stale (orchestrator.schedule.lineage), never silently
 recomputed nor silently reused. So identical pretrains are one stage within and across studies
 (the N=6 HRNet pretrain feeds Table 1, 2, 3 and Figs. 5, 6). `scratch` / `imagenet` pretrains have
 no work; their identity is only (method, model, checkpoint path). Trials that come out identical (same
@@ -31,9 +31,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.inputs import ComputeConfig, DataSpec, throughput_source
-from orchestrator.store_format import StageState
-from orchestrator.study import Study, Trial
+from orchestrator.spec.inputs import ComputeConfig, DataSpec, throughput_source
+from orchestrator.spec.study import Study, Trial
+from orchestrator.store.format import StageKind, StageState
 from workloads import WORKLOAD_VERSIONS
 from workloads.config import (
     DataConfig,
@@ -159,7 +159,7 @@ class Plan:
     parts: tuple[str, ...] = ()
     """Merged study: the names of its parts."""
     tracking: dict = dataclasses.field(default_factory=dict)
-    """The study's `tracking:` (MLflow / W&B; orchestrator.tracking); not part of any stage id."""
+    """The study's `tracking:` (MLflow / W&B; orchestrator.spec.tracking); not part of any stage id."""
 
     def backbones(self) -> list[str]:
         """The backbones the plan's work stages train."""
@@ -339,9 +339,27 @@ def evaluation_stage(finetune: StageSpec, split: str, data: DataSpec, init: str)
     )
 
 
-def stage_workers(spec: StageSpec, compute: ComputeConfig) -> int:
-    """Train workers of a stage: an evaluate stage predicts on one; the others use compute.workers_per_stage."""
-    return 1 if spec.kind == "evaluate" else compute.workers_per_stage
+@dataclass(frozen=True)
+class StageRequest:
+    """What one running stage holds: `workers` Ray Train workers of `per_worker` resources each (its
+    trial driver holds ~nothing: `orchestrator.ray.connect.trial_resources`)."""
+
+    workers: int
+    per_worker: dict[str, float]
+
+    @property
+    def total(self) -> dict[str, float]:
+        return {k: v * self.workers for k, v in self.per_worker.items()} if self.workers else {}
+
+
+def stage_request(compute: ComputeConfig, kind: str = StageKind.PRETRAIN, work: bool = True) -> StageRequest:
+    """The one definition of a stage's resources: an evaluate stage predicts on one worker, the others
+    train on `compute.workers_per_stage`; a stage without work holds nothing."""
+    per_worker = {"CPU": float(compute.cpus_per_worker)}
+    if compute.use_gpu:
+        per_worker["GPU"] = float(compute.gpus_per_worker)
+    workers = (1 if kind == StageKind.EVALUATE else compute.workers_per_stage) if work else 0
+    return StageRequest(workers, per_worker)
 
 
 def _digest(key: dict) -> str:
@@ -534,7 +552,7 @@ def render_plan(plan: Plan) -> str:
 def render_prediction(plan: Plan, gpus: int) -> str:
     """`plan --gpus G`: the predicted wall-clock time of the study on G GPUs (the stage scheduler's
     choice replayed on the estimates), beside its lower bound."""
-    from orchestrator.scheduler import list_schedule, lower_bound, unschedulable
+    from orchestrator.schedule.scheduler import list_schedule, lower_bound, unschedulable
 
     c = plan.compute
     if not c.use_gpu:

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from orchestrator.store_format import StageState
+from orchestrator.store.format import StageState
 from reports.bootstrap import N_RESAMPLES, SEED
 from reports.collect import collect
 from reports.curves import study_curves

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from orchestrator.store_format import FINISHED_STATES, StageState
+from orchestrator.store.format import FINISHED_STATES, StageState
 from reports.collect import OFFICIAL_FINETUNE_EPOCHS
 
 PAPER_N, PAPER_LR, PAPER_PT_EPOCHS = 6, 1e-3, 240  # paper §3.4, §5.2

@@ -1,7 +1,7 @@
 """Read a result store into one tidy table of stages (docs/design.md §4 store layout, §6 report).
 
-Reads the store through its readers (`orchestrator.store.Store`, opened read-only, and
-`orchestrator.store_format`: ids, state names, the result.json schema, the corrupt-JSON policy; no Ray,
+Reads the store through its readers (`orchestrator.store.store.Store`, opened read-only, and
+`orchestrator.store.format`: ids, state names, the result.json schema, the corrupt-JSON policy; no Ray,
 no torch): `<root>/stages/<id>/{config.json, result.json, attempts.json, error.txt, metrics.jsonl}` and
 `<root>/studies/<name>/plan.json`. A stage's config, data config and parent come from one source, its
 `StageRecord` (config.json; a stage that never started: its plan's entry).
@@ -30,18 +30,17 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.failures import last_line, stage_failure_status
-from orchestrator.lineage import stale_of, stale_text
-from orchestrator.store import Store
-from orchestrator.store_format import (
+from orchestrator.schedule.lineage import stale_of, stale_text
+from orchestrator.schedule.view import stage_view
+from orchestrator.store.format import (
     FINISHED_STATES,
     PLAN_FILE,
     StageRecord,
     StageState,
     is_stage_id,
-    stage_state,
     state_before_start,
 )
+from orchestrator.store.store import Store
 from workloads.config import BACKBONE_SCHEDULES
 
 log = logging.getLogger(__name__)
@@ -118,7 +117,7 @@ def read_plans(store: Store) -> dict[str, dict]:
 
 
 def read_raw_stages(store: Store, plans: dict[str, dict]) -> dict[str, dict]:
-    """{stage id: {record, result, failure, error, running, studies, trials}} for every stage in the
+    """{stage id: {record, view, result, studies, trials}} for every stage in the
     stages folder or in a plan. `record` is the stage's `StageRecord` from its one source: the store
     (`Store.read_stage_record`) for a stage that has started, its plan's entry (and the plan's data
     config) for one that has not, which is all there is of it."""
@@ -128,11 +127,8 @@ def read_raw_stages(store: Store, plans: dict[str, dict]) -> dict[str, dict]:
         if record is None:  # a folder with neither config.json nor result.json: not started
             continue
         e = raw[stage_id] = {"studies": set(), "trials": set(), "record": record}
-        e["result"] = store.read_result(stage_id, consequence="the stage counts as not finished")
-        if e["result"] is None:
-            e["failure"] = stage_failure_status(store, stage_id)  # attempts.json: retrying / failed
-            e["error"] = store.read_error(stage_id)
-            e["running"] = any(isinstance(r.get("epoch"), int) for r in store.read_metrics(stage_id))
+        e["view"] = stage_view(store, stage_id, work=bool(record.get("work", True)))
+        e["result"] = e["view"].result
         e["server_stats"] = _read_server_stats(store, stage_id, e["result"])
     for study, plan in plans.items():
         for stage_id, spec in (plan.get("stages") or {}).items():
@@ -218,25 +214,11 @@ def _read_server_stats(store: Store, stage_id: str, result: Any) -> dict | None:
 
 
 def _status(e: dict) -> tuple[StageState, str]:
-    """(state, reason) of one stage, as `hsjp-study status` tells it (`orchestrator.status`): from its
-    result, attempts.json, error.txt, metrics.jsonl; else `queued`, which `_join_parents` turns into
-    `waiting` / `blocked` by its pretrain."""
-    res = e.get("result")
-    if res is not None:
-        status = stage_state(res)
-        metrics = res.get("metrics") or {}
-        reason = res.get("reason") or metrics.get("reason") or ""
-        if status == StageState.COLLAPSED and not reason and res.get("collapsed_epoch") is not None:
-            reason = f"collapsed at epoch {res['collapsed_epoch']}"
-        return status, str(reason)
-    last = last_line(e.get("error"))[:200]
-    if e.get("failure") is not None:
-        return StageState(e["failure"]["state"]), str(e["failure"].get("error") or last)
-    if e.get("error") is not None:
-        return StageState.FAILED, last or "error.txt"
-    if e.get("running"):
-        return StageState.RUNNING, ""
-    return StageState.QUEUED, ""
+    """(state, reason) of one stage, as `hsjp-study status` tells it (`orchestrator.schedule.view`); a
+    stage that never started is `queued`, which `_join_parents` turns into `waiting` / `blocked` by its
+    pretrain."""
+    view = e.get("view")
+    return (view.state, view.reason) if view is not None else (StageState.QUEUED, "")
 
 
 # --------------------------------------------------------------------------------------- rows

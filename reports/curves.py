@@ -19,7 +19,7 @@ import math
 import pandas as pd
 from matplotlib.figure import Figure
 
-from orchestrator.store import Store
+from orchestrator.store.store import Store
 from reports.cells import fmt_lr
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from orchestrator.store_format import StageState
+from orchestrator.store.format import StageState
 from reports.cells import ANY, Cell, aggregate, method_group, protocol_finetunes, references
 from reports.intervals import Bootstraps, cell_runs
 from reports.tables import load_reported

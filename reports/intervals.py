@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator.store_format import StageState
+from orchestrator.store.format import StageState
 from reports.bootstrap import COLUMNS, N_RESAMPLES, SEED, Outcome, bootstrap, image_set_key, read_outcome
 from reports.bootstrap import percentile_interval as boot_interval
 from reports.collect import open_store

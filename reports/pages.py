@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.store import Store
-from orchestrator.store_format import StageState
+from orchestrator.store.format import StageState
+from orchestrator.store.store import Store
 from reports.curves import read_epochs, setting_label, stage_curve
 from reports.intervals import Bootstraps, cell_runs
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from orchestrator.store_format import StageState
+from orchestrator.store.format import StageState
 from reports.collect import STAGE_COLUMNS
 
 log = logging.getLogger(__name__)

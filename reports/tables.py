@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from orchestrator.store_format import StageState
+from orchestrator.store.format import StageState
 from reports.cells import (
     FINETUNE_KEY,
     PAPER_PT_EPOCHS,

@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session", autouse=True)
 def local_ray_records(tmp_path_factory) -> Path:
-    """The local-Ray records (orchestrator.host) of this test session only: a test on a shared machine
+    """The local-Ray records (orchestrator.ray.host) of this test session only: a test on a shared machine
     neither takes its share from real runs (or other test sessions) nor ends their processes. Tests of
     the records themselves point HSJP_LOCAL_STATE at their own folder."""
     folder = tmp_path_factory.mktemp("local-ray")
@@ -140,11 +140,11 @@ def smoke_reference(tmp_path_factory):
     import importlib.util
     from types import SimpleNamespace
 
-    from orchestrator.execution import run_study
-    from orchestrator.inputs import prepare_data
+    from orchestrator.cli.run import run_study
     from orchestrator.plan import make_plan
-    from orchestrator.store import Store
-    from orchestrator.study import load_study
+    from orchestrator.spec.inputs import prepare_data
+    from orchestrator.spec.study import load_study
+    from orchestrator.store.store import Store
 
     base = tmp_path_factory.mktemp("smoke-reference")
     study = load_study(REPO / "studies" / "smoke.yaml")

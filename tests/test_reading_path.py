@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # (file, function, the function it calls directly): docs/architecture.md, "The reading path"
 HOPS = [
-    ("orchestrator/cli.py", "cmd_run", "make_plan"),  # run → plan
-    ("orchestrator/cli.py", "cmd_run", "run_study"),  # plan → scheduler
-    ("orchestrator/execution.py", "run_study", "StageScheduler"),
+    ("orchestrator/cli/main.py", "cmd_run", "make_plan"),  # run → plan
+    ("orchestrator/cli/main.py", "cmd_run", "run_study"),  # plan → scheduler
+    ("orchestrator/cli/run.py", "run_study", "StageScheduler"),
     ("workloads/hsjp/train.py", "run_pretrain", "run_epochs"),  # stage → engine
     ("workloads/pose/train.py", "run_finetune", "run_epochs"),
     ("workloads/engine.py", "run_epochs", "train_one_epoch"),

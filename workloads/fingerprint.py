@@ -11,7 +11,7 @@ changes what a workload computes moves at least one of them.
 `workloads/fingerprints.json` holds the fingerprint recorded for each workload's current version. The
 test (tests/workloads/test_fingerprint.py) recomputes them: a difference fails, naming the workload and
 the version to bump, so a numerics change can no longer reuse a store's results as if they were current
-(orchestrator.lineage names stages of an older version stale).
+(orchestrator.schedule.lineage names stages of an older version stale).
 
     python -m workloads.fingerprint                 # compute and compare both
     python -m workloads.fingerprint --record pose   # after a bump: record the new version's fingerprint

@@ -15,7 +15,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from orchestrator.ray_backend import TRIAL_RESOURCE
+from orchestrator.ray.connect import TRIAL_RESOURCE
 
 HEAD_NODE = {"num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}, "include_dashboard": False}
 WORKER_NODES = 2

@@ -27,9 +27,9 @@ import ray
 import ray.cloudpickle
 from ray.cluster_utils import Cluster
 
-from orchestrator import failures
-from orchestrator.execution import run_study
-from orchestrator.store import Store
+from orchestrator.cli.run import run_study
+from orchestrator.schedule import failures
+from orchestrator.store.store import Store
 from tests.orchestrator import standins
 
 ray.cloudpickle.register_pickle_by_value(standins)
@@ -45,7 +45,7 @@ whole number of the stand-in's 1 s epochs, so it falls inside an epoch, as a rea
 WAIT_S = 300.0  # generous: 2 CPUs shared with other engineers' test runs
 CLUSTER_ENV = {
     # Ray Train's watcher is on by default; a local Ray started earlier in this process may have set
-    # it to 0 (orchestrator.ray_backend.start_local_ray): this cluster's nodes inherit it from here.
+    # it to 0 (orchestrator.ray.tune.start_local_ray): this cluster's nodes inherit it from here.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1",
     "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",  # default 5 s: notice the drain within the deadline
     # the controller registers one reported checkpoint per poll (default every 2 s): with the stand-in's
@@ -132,7 +132,7 @@ def test_the_local_rays_watcher_setting_does_not_outlive_its_start(monkeypatch):
     """start_local_ray turns Ray Train's PreemptionWatcher off for the local Ray it starts (its raylet,
     and so every worker, inherits the setting) without leaving it in this process's environment,
     where a cluster started later (these tests) would inherit it too; a user's own setting stays."""
-    from orchestrator.ray_backend import _local_node_env
+    from orchestrator.ray.connect import _local_node_env
 
     name = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
     monkeypatch.delenv(name, raising=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.cli import build_parser
+from orchestrator.cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO / "examples" / "cluster" / "cluster-launcher.yaml"
@@ -134,7 +134,7 @@ def test_rayjob_runs_the_study_with_drivers_on_the_head():
 
 
 def test_trial_resource_name_matches_the_code():
-    from orchestrator.ray_backend import TRIAL_RESOURCE as CODE_NAME
+    from orchestrator.ray.connect import TRIAL_RESOURCE as CODE_NAME
 
     assert CODE_NAME == TRIAL_RESOURCE
 
@@ -167,7 +167,7 @@ def test_guide_names_the_examples_and_the_resource():
 def test_run_joins_the_cluster_of_a_ray_job(monkeypatch):
     """`ray job submit -- hsjp-study run ...`: Ray sets RAY_ADDRESS for the entrypoint; without it being
     honoured, run_study would start a private local Ray on the head (address="local" ignores it)."""
-    from orchestrator.cli import ray_address
+    from orchestrator.cli.main import ray_address
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert ray_address(None) is None  # plain `hsjp-study run`: a local Ray

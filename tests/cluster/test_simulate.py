@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 LINE = re.compile(
@@ -92,7 +92,7 @@ def test_simulated_label_fraction_on_8_gpus_keeps_them_busy(tmp_path):
     args = [
         sys.executable,
         "-m",
-        "orchestrator.cli",
+        "orchestrator.cli.main",
         "run",
         str(REPO / "studies" / "label_fraction.yaml"),
         "--simulate",
@@ -107,10 +107,10 @@ def test_simulated_label_fraction_on_8_gpus_keeps_them_busy(tmp_path):
     assert m, done.stdout
     makespan, bound, ratio, idle = map(float, m.groups())
     print(m.group(0))
-    from orchestrator.inputs import data_config
     from orchestrator.plan import make_plan
-    from orchestrator.scheduler import list_schedule, lower_bound
-    from orchestrator.study import load_study
+    from orchestrator.schedule.scheduler import list_schedule, lower_bound
+    from orchestrator.spec.inputs import data_config
+    from orchestrator.spec.study import load_study
 
     study = load_study(REPO / "studies" / "label_fraction.yaml", dry_run=True)
     plan = make_plan(study, data_config(study.data, str(tmp_path)))

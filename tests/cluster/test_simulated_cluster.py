@@ -26,8 +26,8 @@ import ray
 import ray.cloudpickle
 from ray.cluster_utils import Cluster
 
-from orchestrator.execution import run_study
-from orchestrator.store import Store
+from orchestrator.cli.run import run_study
+from orchestrator.store.store import Store
 from tests.orchestrator import standins
 
 ray.cloudpickle.register_pickle_by_value(standins)

@@ -1,12 +1,17 @@
 """A node-local --storage path is refused up front on a cluster that spans several hosts
-(orchestrator.execution.check_storage_for_cluster), with fake `ray.nodes()` lists and mount tables."""
+(orchestrator.store.store.check_storage_for_cluster), with fake `ray.nodes()` lists and mount tables."""
 
 from __future__ import annotations
 
 import pytest
 
-from orchestrator.execution import SHARED_STORAGE_ENV, check_storage_for_cluster, mount_fs_type
-from orchestrator.store import Store, StoreError
+from orchestrator.store.store import (
+    SHARED_STORAGE_ENV,
+    Store,
+    StoreError,
+    check_storage_for_cluster,
+    mount_fs_type,
+)
 
 MOUNTS = """\
 overlay / overlay rw,relatime 0 0

@@ -8,7 +8,7 @@ config.json was written for stages published without a trial), from the reposito
     rm -rf tests/data/store_v1 && cp -r /tmp/hsjp-store-v1 tests/data/store_v1
 
 Nothing is trained: each stage's files are written by the functions a run calls for it
-(`orchestrator.stages.stage_record` / `publish`, `Store.append_metrics`, `failures.record_failure`),
+(`orchestrator.schedule.stage.stage_record` / `publish`, `Store.append_metrics`, `failures.record_failure`),
 in the order a run calls them. The study (below) has four trials, one per kind of stage:
 
     n2       pretrain done (its result.json then rewritten as version 0, without `schema_version` and
@@ -48,13 +48,14 @@ PROVENANCE = {"fixture": "tests/data/make_store_v1.py", "device": {"type": "cpu"
 
 
 def main(out: str) -> None:
-    from orchestrator import failures, store_format
-    from orchestrator.inputs import data_config
     from orchestrator.plan import make_plan
-    from orchestrator.scheduler import SKIP_REASON
-    from orchestrator.stages import publish, stage_record
-    from orchestrator.store import Store
-    from orchestrator.study import load_study
+    from orchestrator.schedule import failures
+    from orchestrator.schedule.scheduler import SKIP_REASON
+    from orchestrator.schedule.stage import publish, stage_record
+    from orchestrator.spec.inputs import data_config
+    from orchestrator.spec.study import load_study
+    from orchestrator.store import format as store_format
+    from orchestrator.store.store import Store
 
     if store_format.SCHEMA_VERSION != 1:
         sys.exit(f"this code writes schema_version {store_format.SCHEMA_VERSION}: run it on commit 029457b")

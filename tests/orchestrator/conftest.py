@@ -9,7 +9,7 @@ import pytest
 def local_ray():
     import ray
 
-    from orchestrator.ray_backend import start_local_ray
+    from orchestrator.ray.connect import start_local_ray
 
     start_local_ray(num_cpus=2)
     yield

@@ -1,7 +1,7 @@
 """In-process fakes for the orchestrator's Ray-free bookkeeping (not collected as tests).
 
-`FakeRunner` drives a `StageScheduler` the way `orchestrator.ray_backend.RayRunner` does — launch what
-the scheduler hands out, compute it through `orchestrator.stages.compute_stage`, tell the scheduler it
+`FakeRunner` drives a `StageScheduler` the way `orchestrator.ray.tune.RayRunner` does — launch what
+the scheduler hands out, compute it as `stage_trial` does (`begin_attempt`, the fit, `finish` or `failed`), tell the scheduler it
 ended — but in this process, on a virtual clock, with a `fake_fit` that writes what rank 0 of a Ray
 Train run would (`staging.json`, weights, metrics rows) and no training. A run of a whole plan takes
 milliseconds.
@@ -14,9 +14,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator.scheduler import StageScheduler
-from orchestrator.stages import StageFailed, compute_stage, staging_path
-from orchestrator.store import Store
+from orchestrator.schedule.scheduler import StageScheduler
+from orchestrator.schedule.stage import StageFailed, begin_attempt, workload_of
+from orchestrator.store.format import STAGING_FILE
+from orchestrator.store.store import Store
 
 
 class VirtualClock:
@@ -46,7 +47,7 @@ def fake_fit(
             "provenance": {"fake": True},
             **extra,
         }
-        store.write_json(staging_path(store, spec.stage_id), summary)
+        store.write_json(store.stage_path(spec.stage_id, STAGING_FILE), summary)
 
     return fit
 
@@ -101,9 +102,14 @@ class FakeRunner:
             self.clock.now, sid = heapq.heappop(running)
             error, decision = None, None
             try:
-                compute_stage(
-                    plan, sid, store, self.fit, workloads=workloads, run_token=token, node="fake-node"
-                )
+                attempt = begin_attempt(plan, sid, store)
+                if attempt.done is None:
+                    try:
+                        workload = workload_of(attempt.spec.kind, workloads)
+                        self.fit(plan, attempt.spec, store, workload, attempt.parent_has_weights)
+                    except Exception as exc:
+                        raise attempt.failed(exc, run_token=token, node="fake-node") from exc
+                    attempt.finish()
             except StageFailed as exc:
                 error = str(exc)
                 decision = exc.decision.to_dict() if exc.decision is not None else None

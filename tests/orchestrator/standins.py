@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator.inputs import CPU_THROUGHPUT, ComputeConfig
 from orchestrator.plan import Plan, StageSpec, TrialSpec
+from orchestrator.spec.inputs import CPU_THROUGHPUT, ComputeConfig
 from workloads.config import DataConfig, FinetuneConfig, ModelConfig, PretrainConfig, to_dict
 from workloads.context import StageResult
 from workloads.engine import LoopSpec, Task, loss_summary, make_optimizer, make_scheduler, run_epochs

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-import orchestrator.ray_backend as ray_context
-from orchestrator.store import Store
+import orchestrator.ray.train as ray_context
+from orchestrator.store.format import STAGING_FILE
+from orchestrator.store.store import Store
 from workloads.config import FinetuneConfig
 from workloads.context import StageResult
 
@@ -35,4 +36,4 @@ def test_artifacts_are_written_into_the_stage_folder(tmp_path, monkeypatch):
     )  # fmt: skip
     for name, data in files.items():
         assert store.read_bytes(store.stage_path(sid, name)) == data
-    assert store.read_json(ray_context.staging_path(store, sid))["metrics"] == {"AP": 0.1}
+    assert store.read_json(store.stage_path(sid, STAGING_FILE))["metrics"] == {"AP": 0.1}

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import orchestrator.cli as cli
-from orchestrator.cli import main
-from orchestrator.inputs import data_config
-from orchestrator.store import Store
+import orchestrator.cli.main as cli
+from orchestrator.cli.main import main
+from orchestrator.spec.inputs import data_config
+from orchestrator.store.store import Store
 from tests.orchestrator.standins import SMALL_STUDY
 
 COMMANDS = ("run", "plan", "status", "report", "make-data", "puzzle", "evaluate")
@@ -31,7 +31,7 @@ def tiny(tmp_path) -> Path:
 
 @pytest.fixture
 def fake_execution(monkeypatch):
-    """orchestrator.execution replaced: run_study records its call and finishes every work stage
+    """orchestrator.cli.run replaced: run_study records its call and finishes every work stage
     except the ids in `fail`."""
     calls: list[dict] = []
     fail: set[str] = set()
@@ -46,7 +46,7 @@ def fake_execution(monkeypatch):
                 store.record_error(sid, "RuntimeError: boom")
         return {"failures": [{"stage_id": s} for s in fail]}
 
-    monkeypatch.setitem(sys.modules, "orchestrator.execution", types.SimpleNamespace(run_study=run_study))
+    monkeypatch.setitem(sys.modules, "orchestrator.cli.run", types.SimpleNamespace(run_study=run_study))
     return calls, fail
 
 

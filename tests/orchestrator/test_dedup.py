@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 
 import standins  # noqa: E402
 
-from orchestrator.store import Store  # noqa: E402
+from orchestrator.store.store import Store  # noqa: E402
 
 SALT = "two-studies"
 WAIT_S = 300.0
@@ -50,7 +50,7 @@ def drive(address: str, root: str, which: str, calls: str, out: str) -> None:
     """One study's driver: joins the cluster at `address`, runs its plan, writes its summary to `out`."""
     import ray.cloudpickle
 
-    from orchestrator.execution import run_study
+    from orchestrator.cli.run import run_study
 
     ray.cloudpickle.register_pickle_by_value(standins)
     plan = dict(zip("ab", plans()))[which]
@@ -76,7 +76,7 @@ def drive(address: str, root: str, which: str, calls: str, out: str) -> None:
 def cluster_address():
     import ray
 
-    from orchestrator.ray_backend import start_local_ray
+    from orchestrator.ray.connect import start_local_ray
 
     start_local_ray(num_cpus=2)
     yield ray.get_runtime_context().gcs_address

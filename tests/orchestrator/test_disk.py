@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.disk import format_bytes, prune_stage, store_usage
-from orchestrator.store import Store
+from orchestrator.cli.main import main
+from orchestrator.store.disk import format_bytes, prune_stage, store_usage
+from orchestrator.store.store import Store
 
 SID = "pretrain-0123456789abcdef"
 SMOKE = Path(__file__).resolve().parents[2] / "studies" / "smoke.yaml"

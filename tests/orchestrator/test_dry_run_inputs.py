@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.inputs import check_inputs, missing_inputs
-from orchestrator.study import load_study
+from orchestrator.cli.main import main
+from orchestrator.spec.inputs import check_inputs, missing_inputs
+from orchestrator.spec.study import load_study
 from workloads.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

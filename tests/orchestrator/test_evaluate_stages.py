@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.execution import run_study
-from orchestrator.inputs import DataSpec
-from orchestrator.plan import evaluation_stage, finetune_stage, make_plan, pretrain_stage
-from orchestrator.scheduler import stage_request
-from orchestrator.store import Store
-from orchestrator.store_format import StageState
-from orchestrator.study import load_study
+from orchestrator.cli.main import main
+from orchestrator.cli.run import run_study
+from orchestrator.plan import evaluation_stage, finetune_stage, make_plan, pretrain_stage, stage_request
+from orchestrator.spec.inputs import DataSpec
+from orchestrator.spec.study import load_study
+from orchestrator.store.format import StageState
+from orchestrator.store.store import Store
 from tests.orchestrator.fakes import FakeRunner, fake_fit
 from workloads.config import DataConfig, FinetuneConfig, ModelConfig, PretrainConfig
 
@@ -158,8 +157,8 @@ def test_an_evaluate_stage_asks_for_one_worker(small_plan):
     plan, _ = small_plan
     ev = next(s for s in plan.stages.values() if s.kind == "evaluate")
     fin = plan.stages[ev.parent]
-    assert stage_request(plan, fin) == {"CPU": 4.0, "GPU": 2.0}
-    assert stage_request(plan, ev) == {"CPU": 2.0, "GPU": 1.0}
+    assert stage_request(plan.compute, fin.kind).total == {"CPU": 4.0, "GPU": 2.0}
+    assert stage_request(plan.compute, ev.kind).total == {"CPU": 2.0, "GPU": 1.0}
 
 
 def test_evaluate_runs_after_its_finetune_reading_its_weights_and_is_found_on_a_rerun(small_plan, tmp_path):
@@ -198,7 +197,7 @@ def test_evaluate_runs_after_its_finetune_reading_its_weights_and_is_found_on_a_
 
 
 def test_a_failed_finetune_blocks_its_evaluate_stage(small_plan, tmp_path, monkeypatch):
-    from orchestrator import execution
+    from orchestrator.cli import run as execution
 
     plan, text = small_plan
     store = Store(tmp_path / "store")

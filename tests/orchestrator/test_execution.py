@@ -21,10 +21,11 @@ sys.path.insert(0, str(HERE))
 
 import standins  # noqa: E402
 
-from orchestrator.execution import run_study  # noqa: E402
-from orchestrator.progress import Progress, StageProgress, format_summary  # noqa: E402
-from orchestrator.ray_backend import LeaseTable, trial_resources  # noqa: E402
-from orchestrator.store import Store  # noqa: E402
+from orchestrator.cli.progress import Progress, StageProgress, format_summary  # noqa: E402
+from orchestrator.cli.run import run_study  # noqa: E402
+from orchestrator.ray.connect import trial_resources  # noqa: E402
+from orchestrator.schedule.lease import LeaseTable  # noqa: E402
+from orchestrator.store.store import Store  # noqa: E402
 from workloads.config import to_dict  # noqa: E402
 
 ray.cloudpickle.register_pickle_by_value(standins)  # Ray workers cannot import tests/ by name
@@ -235,7 +236,7 @@ def test_unrestorable_tune_state_falls_back_to_a_fresh_tuner(local_ray, tmp_path
     store.write_bytes(store.study_path("fallback", "tune", "tuner.pkl"), b"not a pickle")
     store.write_bytes(store.study_path("fallback", "tune", "experiment_state-x.json"), b"{}")
 
-    with caplog.at_level("INFO", logger="orchestrator.ray_backend"):
+    with caplog.at_level("INFO", logger="orchestrator.ray.tune"):
         summary = run_study(
             plan, store, study_text="name: fallback\n", workloads=standins.workloads(calls), progress=False
         )
@@ -305,7 +306,7 @@ def test_an_always_failing_stage_stops_at_its_second_identical_error_and_says_wh
     it is tried twice (the retry after a 1 s backoff) and then failed, "the same error twice in a row",
     within seconds; its finetune is not run; the other trial finishes; the run says why as it happens,
     error.txt keeps the worker's traceback and node, and `status` shows it."""
-    from orchestrator.status import render_status, study_status
+    from orchestrator.cli.status import render_status, study_status
 
     compute = standins.tiny_compute(max_failures=3, retry_backoff_s=1.0)
     plan = standins.make_plan(

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import failures
-from orchestrator.cli import main
-from orchestrator.failures import Attempt, FailurePolicy, decide, status_text, summary_line
-from orchestrator.inputs import ComputeConfig, data_config
+from orchestrator.cli.main import main
+from orchestrator.cli.status import render_status, study_status
 from orchestrator.plan import make_plan
-from orchestrator.status import render_status, study_status
-from orchestrator.store import Store
-from orchestrator.study import load_study
+from orchestrator.schedule import failures
+from orchestrator.schedule.failures import Attempt, FailurePolicy, decide, status_text, summary_line
+from orchestrator.spec.inputs import ComputeConfig, data_config
+from orchestrator.spec.study import load_study
+from orchestrator.store.store import Store
 from workloads.config import ConfigError, from_dict
 
 SMOKE = Path(__file__).resolve().parents[2] / "studies" / "smoke.yaml"

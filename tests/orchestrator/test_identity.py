@@ -22,13 +22,13 @@ sys.path.insert(0, str(HERE))
 import standins  # noqa: E402
 from fakes import FakeRunner, fake_fit  # noqa: E402
 
-from orchestrator.execution import run_study  # noqa: E402
-from orchestrator.inputs import DataSpec, SyntheticSpec, data_config  # noqa: E402
-from orchestrator.lineage import archive_stale, find_stale, stale_of, stale_summary  # noqa: E402
+from orchestrator.cli.run import run_study  # noqa: E402
+from orchestrator.cli.status import render_status, study_status  # noqa: E402
 from orchestrator.plan import finetune_stage, make_plan, pretrain_stage  # noqa: E402
-from orchestrator.status import render_status, study_status  # noqa: E402
-from orchestrator.store import Store  # noqa: E402
-from orchestrator.study import load_study  # noqa: E402
+from orchestrator.schedule.lineage import archive_stale, find_stale, stale_of, stale_summary  # noqa: E402
+from orchestrator.spec.inputs import DataSpec, SyntheticSpec, data_config  # noqa: E402
+from orchestrator.spec.study import load_study  # noqa: E402
+from orchestrator.store.store import Store  # noqa: E402
 from workloads import WORKLOAD_VERSIONS  # noqa: E402
 from workloads.config import (  # noqa: E402
     DataConfig,
@@ -289,7 +289,7 @@ def test_a_result_of_the_earlier_recipe_reads_as_that_version_of_each_workload(m
 
 
 def test_status_and_plan_of_the_cli_name_stale_stages(tmp_path, monkeypatch, capsys):
-    from orchestrator.cli import main
+    from orchestrator.cli.main import main
 
     study = tmp_path / "s.yaml"
     study.write_text(standins.SMALL_STUDY + "name: small\n")
@@ -317,7 +317,7 @@ def test_synthetic_data_is_hashed_by_its_generator_not_its_store_path():
 
 
 def test_run_says_what_it_keeps_and_with_recompute_stale_moves_it_aside(tmp_path, monkeypatch, capsys):
-    from orchestrator.cli import _say_stale
+    from orchestrator.cli.main import _say_stale
 
     plan, store = _chain_plan("say"), Store(tmp_path / "store")
     _run(plan, store)

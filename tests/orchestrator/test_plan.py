@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import orchestrator.plan as plan_mod
-from orchestrator.inputs import DataSpec, SyntheticSpec, data_config
 from orchestrator.plan import finetune_stage, make_plan, pretrain_stage, render_plan
-from orchestrator.study import load_study
+from orchestrator.spec.inputs import DataSpec, SyntheticSpec, data_config
+from orchestrator.spec.study import load_study
 from workloads.config import DataConfig, FinetuneConfig, ModelConfig, PretrainConfig
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
@@ -210,7 +210,7 @@ def test_estimate_counts_shared_work_once(paper_env):
 
 
 def test_estimate_scales_with_epochs_and_throughput():
-    from orchestrator.inputs import GPU_THROUGHPUT, ComputeConfig
+    from orchestrator.spec.inputs import GPU_THROUGHPUT, ComputeConfig
 
     compute = ComputeConfig(use_gpu=True, throughput=dict(GPU_THROUGHPUT))
     s240 = pretrain_stage(PretrainConfig(eval_every=240), COCO)
@@ -256,7 +256,7 @@ def test_plan_json_shows_the_lr_steps_each_stage_trains_with():
 
 
 def test_the_estimate_selects_on_gt_boxes_and_evaluates_the_detections_once():
-    from orchestrator.inputs import ComputeConfig
+    from orchestrator.spec.inputs import ComputeConfig
 
     compute = ComputeConfig(use_gpu=True, throughput={"hrnet_w32": 1000.0, "simplebaseline_r50": 1000.0})
 

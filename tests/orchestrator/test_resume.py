@@ -36,8 +36,8 @@ def drive(root: str, calls: str) -> dict:
     """What both the killed driver and the re-run execute."""
     import ray.cloudpickle
 
-    from orchestrator.execution import run_study
-    from orchestrator.store import Store
+    from orchestrator.cli.run import run_study
+    from orchestrator.store.store import Store
 
     ray.cloudpickle.register_pickle_by_value(standins)
     return run_study(
@@ -63,7 +63,7 @@ def _wait_for_epoch(store, stage_id: str, epoch: int, proc: subprocess.Popen, ti
 
 @pytest.mark.slow
 def test_killed_driver_resumes_the_stage_and_keeps_finished_ones(tmp_path):
-    from orchestrator.store import Store
+    from orchestrator.store.store import Store
 
     root, calls = str(tmp_path / "store"), str(tmp_path / "calls.jsonl")
     store = Store(root)

@@ -17,8 +17,8 @@ sys.path.insert(0, str(HERE))
 import standins  # noqa: E402
 from fakes import FakeRunner, VirtualClock, fake_fit  # noqa: E402
 
-from orchestrator.execution import run_study  # noqa: E402
-from orchestrator.scheduler import (  # noqa: E402
+from orchestrator.cli.run import run_study  # noqa: E402
+from orchestrator.schedule.scheduler import (  # noqa: E402
     Interval,
     StageScheduler,
     describe_changes,
@@ -30,8 +30,8 @@ from orchestrator.scheduler import (  # noqa: E402
     stage_request,
     unschedulable,
 )
-from orchestrator.stages import FileLease  # noqa: E402
-from orchestrator.store import Store  # noqa: E402
+from orchestrator.schedule.lease import FileLease  # noqa: E402
+from orchestrator.store.store import Store  # noqa: E402
 
 GPU = standins.tiny_compute(use_gpu=True, gpus_per_worker=1.0, cpus_per_worker=8.0)
 
@@ -45,7 +45,7 @@ def label_fraction_like(n_finetunes: int = 9, salt: str = "lf"):
 
 
 def scheduler_for(plan, store: Store, capacity: dict, **kw) -> StageScheduler:
-    from orchestrator.stages import publish
+    from orchestrator.schedule.stage import publish
 
     return StageScheduler(
         plan,
@@ -95,7 +95,10 @@ def test_a_stage_that_does_not_fit_lets_a_smaller_ready_one_go_first(tmp_path):
     store = Store(tmp_path / "store")
     sched = scheduler_for(plan, store, {"GPU": 4.0, "CPU": 64.0})
     sched.start()
-    assert stage_request(plan, plan.stages[plan.trials[0].pretrain]) == {"CPU": 4.0, "GPU": 4.0}
+    assert stage_request(plan.compute, plan.stages[plan.trials[0].pretrain].kind).total == {
+        "CPU": 4.0,
+        "GPU": 4.0,
+    }
     assert sched.next_launch() == plan.trials[0].pretrain
     assert sched.free()["GPU"] == 0.0 and sched.next_launch() is None
     assert unschedulable(plan, {"GPU": 2.0, "CPU": 64.0})[0][1] == {"CPU": 4.0, "GPU": 4.0}
@@ -210,7 +213,7 @@ def test_a_stage_leased_by_another_run_is_waited_for_then_found(tmp_path):
 
     runner = FakeRunner({"CPU": 2.0}, fit=fake_fit(calls=calls), on_idle=other_run_finishes)
     sched_events: list[dict] = []
-    from orchestrator import execution
+    from orchestrator.cli import run as execution
 
     real = execution.StageScheduler
 
@@ -359,7 +362,7 @@ def _retry_plan(salt: str, **compute):
 
 
 def test_the_same_error_twice_stops_a_stage_its_dependants_skip_and_the_rest_finishes(tmp_path):
-    from orchestrator.failures import read_attempts
+    from orchestrator.schedule.failures import read_attempts
 
     plan = _retry_plan("always")
     store = Store(tmp_path / "store")
@@ -380,7 +383,7 @@ def test_the_same_error_twice_stops_a_stage_its_dependants_skip_and_the_rest_fin
 
 
 def test_a_transient_failure_is_retried_in_the_same_run_and_its_attempts_cleared(tmp_path):
-    from orchestrator.failures import read_attempts
+    from orchestrator.schedule.failures import read_attempts
 
     plan = _retry_plan("transient")
     store = Store(tmp_path / "store")
@@ -406,7 +409,7 @@ def test_a_transient_failure_is_retried_in_the_same_run_and_its_attempts_cleared
 
 
 def test_a_spent_budget_fails_the_stage_and_the_status_says_why(tmp_path):
-    from orchestrator.status import study_status
+    from orchestrator.cli.status import study_status
 
     plan = _retry_plan("budget", max_failures=1)
     store = Store(tmp_path / "store")

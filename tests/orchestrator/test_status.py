@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.inputs import data_config
+from orchestrator.cli.status import format_duration, render_status, status_totals, study_status
 from orchestrator.plan import make_plan
-from orchestrator.status import format_duration, render_status, status_totals, study_status
-from orchestrator.store import Store
-from orchestrator.study import load_study
+from orchestrator.spec.inputs import data_config
+from orchestrator.spec.study import load_study
+from orchestrator.store.store import Store
 
 SMOKE = Path(__file__).resolve().parents[2] / "studies" / "smoke.yaml"
 

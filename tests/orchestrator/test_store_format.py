@@ -1,4 +1,4 @@
-"""The store format in one module (`orchestrator.store_format`): result.json carries a schema version,
+"""The store format in one module (`orchestrator.store.format`): result.json carries a schema version,
 and a store written before it existed (no `schema_version`) still reads in the orchestrator, `status`
 and the reports."""
 
@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import store_format
-from orchestrator.inputs import data_config
-from orchestrator.lineage import pre_identity_results
+from orchestrator.cli.status import render_status, study_status
 from orchestrator.plan import make_plan
-from orchestrator.stages import publish
-from orchestrator.status import render_status, study_status
-from orchestrator.store import Store
-from orchestrator.store_format import SCHEMA_VERSION, StoreError, read_result_record, stage_state
-from orchestrator.study import load_study
+from orchestrator.schedule.lineage import pre_identity_results
+from orchestrator.schedule.stage import publish
+from orchestrator.spec.inputs import data_config
+from orchestrator.spec.study import load_study
+from orchestrator.store import format as store_format
+from orchestrator.store.format import SCHEMA_VERSION, StoreError, read_result_record, stage_state
+from orchestrator.store.store import Store
 from reports.collect import collect, open_store
 
 SMOKE = Path(__file__).resolve().parents[2] / "studies" / "smoke.yaml"
@@ -72,7 +72,7 @@ def test_a_newer_schema_is_refused_naming_the_file():
 
 
 def test_one_set_of_state_names():
-    from orchestrator import scheduler
+    from orchestrator.schedule import scheduler
 
     assert set(store_format.RESULT_STATUSES) <= set(store_format.FINISHED_STATES)
     assert set(store_format.FINISHED_STATES) <= set(store_format.STAGE_STATES)
@@ -89,7 +89,7 @@ def test_one_set_of_state_names():
 def test_progress_lines_say_each_state_with_the_word_status_shows():
     import io
 
-    from orchestrator.progress import Progress
+    from orchestrator.cli.progress import Progress
 
     out = io.StringIO()
     p = Progress(stream=out, t0=0.0)
@@ -119,7 +119,7 @@ def test_the_store_format_imports_no_ray_torch_or_pyarrow():
     import sys
 
     code = (
-        "import sys, orchestrator.store_format;"
+        "import sys, orchestrator.store.format;"
         "bad = [m for m in ('ray', 'torch', 'pyarrow', 'numpy') if m in sys.modules]; print(bad);"
         "sys.exit(1 if bad else 0)"
     )

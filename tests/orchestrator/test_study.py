@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.inputs import check_inputs, data_config, prepare_data
-from orchestrator.store import Store
-from orchestrator.study import load_study
+from orchestrator.spec.inputs import check_inputs, data_config, prepare_data
+from orchestrator.spec.study import load_study
+from orchestrator.store.store import Store
 from tests.orchestrator.standins import SMALL_STUDY as SMALL
 from workloads.config import ConfigError
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli, tb
-from orchestrator.ray_backend import tracking_callbacks as tune_callbacks
-from orchestrator.store import Store
-from orchestrator.study import load_study
-from orchestrator.tracking import TrackingError, check_available, parse_tracking
+from orchestrator.cli import main as cli
+from orchestrator.ray.tune import tracking_callbacks as tune_callbacks
+from orchestrator.spec.study import load_study
+from orchestrator.spec.tracking import TrackingError, check_available, parse_tracking
+from orchestrator.store import tb
+from orchestrator.store.store import Store
 from workloads.config import ConfigError
 
 HERE = Path(__file__).resolve().parent
@@ -65,8 +66,8 @@ def _study_with_tracking(tmp_path: Path, tracking: str) -> Path:
 
 
 def test_study_and_plan_carry_the_tracking_config(tmp_path):
-    from orchestrator.inputs import data_config
     from orchestrator.plan import make_plan
+    from orchestrator.spec.inputs import data_config
 
     study = load_study(_study_with_tracking(tmp_path, "  mlflow: {tracking_uri: file:///tmp/x}\n"))
     assert study.tracking.trackers == ("mlflow",)
@@ -170,7 +171,7 @@ def test_mlflow_wandb_and_tensorboard_record_every_epoch_of_a_study(local_ray, t
     sys.path.insert(0, str(HERE))
     import standins
 
-    from orchestrator.execution import run_study
+    from orchestrator.cli.run import run_study
 
     ray.cloudpickle.register_pickle_by_value(standins)
     pre, ft = standins.pretrain_config(epochs=3), standins.finetune_config(epochs=4)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-import orchestrator.cli as cli
-from orchestrator import failures
-from orchestrator.execution import StudyBusy
-from orchestrator.host import HostBusy
-from orchestrator.ray_guard import RayVersionError
-from orchestrator.store import Store
-from orchestrator.store_format import StoreError, parse_json, parse_json_lines, parse_json_or_warn
-from orchestrator.tracking import TrackingError
+import orchestrator.cli.main as cli
+from orchestrator.cli.run import StudyBusy
+from orchestrator.ray.connect import RayVersionError
+from orchestrator.ray.host import HostBusy
+from orchestrator.schedule import failures
+from orchestrator.spec.tracking import TrackingError
+from orchestrator.store.format import StoreError, parse_json, parse_json_lines, parse_json_or_warn
+from orchestrator.store.store import Store
 from reports.collect import open_store
 from workloads.config import ConfigError
 from workloads.data.coco import CocoDataError
@@ -96,13 +96,13 @@ def test_parse_json_raises_a_store_error_naming_the_file():
 
 
 def test_parse_json_or_warn_reads_corrupt_as_absent_with_the_consequence(caplog):
-    with caplog.at_level(logging.WARNING, logger="orchestrator.store_format"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.store.format"):
         assert parse_json_or_warn("{trunc", "p/plan.json", "the study is left out") is None
     assert "p/plan.json: corrupt JSON" in caplog.text and "the study is left out" in caplog.text
 
 
 def test_parse_json_lines_skips_a_partial_line_naming_it(caplog):
-    with caplog.at_level(logging.WARNING, logger="orchestrator.store_format"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.store.format"):
         rows = parse_json_lines(b'{"epoch": 0}\n{"epoch": 1}\n{"epo', "m.jsonl")
     assert rows == [{"epoch": 0}, {"epoch": 1}] and "m.jsonl line 3: unreadable row skipped" in caplog.text
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from tests.orchestrator.standins import SMALL_STUDY as SMALL
 from workloads.config import FinetuneConfig, PretrainConfig
 from workloads.data.coco import CocoDataError, load_coco, load_detections, load_persons

@@ -9,12 +9,13 @@ from pathlib import Path
 import filelock
 import pytest
 
-from orchestrator import execution, ray_backend
-from orchestrator.cli import main
-from orchestrator.inputs import data_config
+from orchestrator.cli import run as execution
+from orchestrator.cli.main import main
 from orchestrator.plan import make_plan
-from orchestrator.store import Store
-from orchestrator.study import load_study
+from orchestrator.ray import tune as ray_backend
+from orchestrator.spec.inputs import data_config
+from orchestrator.spec.study import load_study
+from orchestrator.store.store import Store
 from tests.orchestrator.standins import SMALL_STUDY
 
 SMALL = "\nname: locked" + SMALL_STUDY + "matrix: {pretrain.n: [2, 3]}\n"

@@ -1,6 +1,6 @@
 """Corrupt files left by a crash: a truncated result.json means "not finished" (warned, the
 stage is redone); a truncated epoch checkpoint falls back to the previous good one, both in the plain
-LocalContext and in the Ray Train context (`orchestrator.ray_backend`, tested without a Ray cluster)."""
+LocalContext and in the Ray Train context (`orchestrator.ray.tune`, tested without a Ray cluster)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.store import Store
+from orchestrator.store.store import Store
 from workloads.context import LocalContext
 
 STAGE = "pretrain-0123456789abcdef"
@@ -27,7 +27,7 @@ def test_truncated_result_json_counts_as_not_finished_with_a_warning(tmp_path, c
     assert store.is_done(STAGE)
     path = Path(store.stage_path(STAGE, "result.json"))
     _truncate(path)
-    with caplog.at_level(logging.WARNING, logger="orchestrator.store"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.store.store"):
         assert store.read_result(STAGE) is None
         assert not store.is_done(STAGE)
         assert list(store.iter_results()) == []
@@ -40,7 +40,7 @@ def test_result_json_of_binary_garbage_counts_as_not_finished(tmp_path, caplog):
     path = Path(store.stage_path(STAGE, "result.json"))
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\xff\xfe\x00garbage")
-    with caplog.at_level(logging.WARNING, logger="orchestrator.store"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.store.store"):
         assert store.read_result(STAGE) is None
     assert str(path) in caplog.text
 
@@ -72,7 +72,8 @@ def test_every_epoch_checkpoint_truncated_starts_from_scratch(tmp_path, caplog):
 
 
 # ---------------------------------------------------------------------- Ray Train checkpoints
-import orchestrator.ray_backend as rc  # noqa: E402  (beside the tests that use it)
+import orchestrator.ray.train as rc  # noqa: E402  (beside the tests that use it)
+import orchestrator.store.checkpoints as ckpt  # noqa: E402
 
 
 def _ray_run(tmp_path: Path, epochs: list[int], truncate: tuple[int, ...] = (), drop: tuple[int, ...] = ()):
@@ -83,9 +84,9 @@ def _ray_run(tmp_path: Path, epochs: list[int], truncate: tuple[int, ...] = (), 
         folder = run / f"checkpoint_2026-01-01_00-00-{epoch:02d}.000000"
         folder.mkdir(parents=True)
         if epoch not in drop:
-            torch.save(_state(epoch), folder / rc.STATE_FILE)
+            torch.save(_state(epoch), folder / ckpt.STATE_FILE)
         if epoch in truncate:
-            _truncate(folder / rc.STATE_FILE)
+            _truncate(folder / ckpt.STATE_FILE)
         dirs.append(str(folder))
     (run / "checkpoint_tmp_unrelated").mkdir()  # other names in the run dir sort but are no checkpoints
     (run / "checkpoint_tmp_unrelated" / "x").write_text("x")
@@ -95,9 +96,9 @@ def _ray_run(tmp_path: Path, epochs: list[int], truncate: tuple[int, ...] = (), 
 def test_checkpoint_dirs_are_newest_first_and_never_newer_than_the_latest(tmp_path):
     run, dirs = _ray_run(tmp_path, [1, 2, 3, 4])
     listed = [str(p) for p in run.iterdir()]
-    order = rc.checkpoint_dirs(listed, dirs[2])  # Ray handed back epoch 3's: epoch 4's is not ours
+    order = ckpt.checkpoint_dirs(listed, dirs[2])  # Ray handed back epoch 3's: epoch 4's is not ours
     assert order == [dirs[2], dirs[1], dirs[0]]
-    assert rc.checkpoint_dirs([], dirs[0]) == [dirs[0]]
+    assert ckpt.checkpoint_dirs([], dirs[0]) == [dirs[0]]
 
 
 def test_first_loadable_state_skips_a_truncated_latest_and_warns_naming_it(tmp_path, caplog):
@@ -105,8 +106,8 @@ def test_first_loadable_state_skips_a_truncated_latest_and_warns_naming_it(tmp_p
 
     _, dirs = _ray_run(tmp_path, [1, 2, 3], truncate=(3,), drop=(2,))
     fs = LocalFileSystem()
-    with caplog.at_level(logging.WARNING, logger="orchestrator.ray_backend"):
-        found = rc.first_loadable_state(dirs[::-1], lambda d: rc._load_state(fs, d))
+    with caplog.at_level(logging.WARNING, logger="orchestrator.store.checkpoints"):
+        found = ckpt.first_loadable_state(dirs[::-1], lambda d: ckpt.load_state(fs, d))
     folder, state = found
     assert folder == dirs[0] and state["epoch"] == 1
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -118,8 +119,8 @@ def test_first_loadable_state_skips_a_truncated_latest_and_warns_naming_it(tmp_p
 
 def test_first_loadable_state_none_when_nothing_is_readable(tmp_path):
     _, dirs = _ray_run(tmp_path, [1, 2], truncate=(1, 2))
-    assert rc.first_loadable_state(dirs, lambda d: torch.load(f"{d}/state.pt", weights_only=True)) is None
-    assert rc.first_loadable_state(["x"], lambda d: ["not", "a", "dict"]) is None
+    assert ckpt.first_loadable_state(dirs, lambda d: torch.load(f"{d}/state.pt", weights_only=True)) is None
+    assert ckpt.first_loadable_state(["x"], lambda d: ["not", "a", "dict"]) is None
 
 
 @pytest.mark.parametrize(
@@ -135,7 +136,7 @@ def test_ray_stage_context_resume_falls_back(tmp_path, monkeypatch, caplog, trun
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint(dirs[-1]))
     ctx = object.__new__(rc.RayStageContext)
     ctx.stage_id, ctx.resumed_from = STAGE, None
-    with caplog.at_level(logging.WARNING, logger="orchestrator.ray_backend"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.store.checkpoints"):
         state = ctx.resume_state()
     if expected_epoch is None:
         assert state is None and ctx.resumed_from is None

@@ -64,8 +64,8 @@ def drive(
     """What the killed drivers, their re-runs and the reference execute."""
     import ray.cloudpickle
 
-    from orchestrator.execution import run_study
-    from orchestrator.store import Store
+    from orchestrator.cli.run import run_study
+    from orchestrator.store.store import Store
 
     ray.cloudpickle.register_pickle_by_value(standins)
     return run_study(
@@ -144,7 +144,7 @@ def start_driver(tmp_path: Path, root: str, calls: str, salt: str, **opts) -> tu
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(STANDINS), str(HERE), os.environ.get("PYTHONPATH", "")]),
-        # The killed drivers keep their own local-Ray records (orchestrator.host): this module's
+        # The killed drivers keep their own local-Ray records (orchestrator.ray.host): this module's
         # in-process Ray holds the machine's CPUs, which a second run would otherwise not be given.
         # Each driver ends the orphans its SIGKILLed predecessor left.
         "HSJP_LOCAL_STATE": os.path.join(os.environ["HSJP_LOCAL_STATE"], "killed-drivers"),
@@ -191,7 +191,7 @@ def local_ray():
     The killed drivers start their own Ray in their subprocess."""
     import ray
 
-    from orchestrator.ray_backend import start_local_ray
+    from orchestrator.ray.tune import start_local_ray
 
     started = not ray.is_initialized()
     if started:
@@ -204,7 +204,7 @@ def local_ray():
 @pytest.fixture(scope="module")
 def reference(local_ray, tmp_path_factory) -> dict:
     """The plan run once without faults (its own store): what every scenario must reproduce."""
-    from orchestrator.store import Store
+    from orchestrator.store.store import Store
 
     base = tmp_path_factory.mktemp("faults-reference")
     root, calls = str(base / "store"), str(base / "calls.jsonl")
@@ -240,7 +240,7 @@ KILL_POINTS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_driver_killed_then_rerun_recomputes_nothing_finished(point, reference, tmp_path):
-    from orchestrator.store import Store
+    from orchestrator.store.store import Store
 
     salt = f"faults-{point}"
     root, calls = str(tmp_path / "store"), str(tmp_path / "calls.jsonl")
@@ -291,7 +291,7 @@ def test_driver_killed_then_rerun_recomputes_nothing_finished(point, reference, 
 def test_killed_train_worker_restarts_from_its_checkpoint(reference, tmp_path):
     """With compute.max_failures >= 1, Ray Train restarts a stage's worker group after a worker dies
     and the workload resumes from the last registered checkpoint, within the same driver run."""
-    from orchestrator.store import Store
+    from orchestrator.store.store import Store
 
     salt = "faults-worker"
     root, calls = str(tmp_path / "store"), str(tmp_path / "calls.jsonl")
@@ -347,7 +347,7 @@ def test_driver_killed_mid_pretrain_with_truncated_checkpoint(reference, tmp_pat
     pretrain from the checkpoint before it (RayStageContext.resume_state falls back, warning), runs the
     finetune once and still reproduces the reference. (Kill point "during a pretrain epoch" and the
     truncated checkpoint share one study to keep the file's run time down.)"""
-    from orchestrator.store import Store
+    from orchestrator.store.store import Store
 
     salt = "faults-truncated"
     root, calls = str(tmp_path / "store"), str(tmp_path / "calls.jsonl")

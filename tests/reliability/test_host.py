@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import host
-from orchestrator.host import Demand, HostBusy, Record, plan_claim
+from orchestrator.ray import host
+from orchestrator.ray.host import Demand, HostBusy, Record, plan_claim
 
 
 # ------------------------------------------------------------------------------------------- CPUs
@@ -109,7 +109,7 @@ def test_nothing_free_is_refused_naming_the_holders_and_the_address():
 
 
 def test_study_demand_from_the_compute_section():
-    from orchestrator.inputs import ComputeConfig
+    from orchestrator.spec.inputs import ComputeConfig
 
     gpu = ComputeConfig(use_gpu=True, workers_per_stage=2, cpus_per_worker=4, gpus_per_worker=1)
     assert host.study_demand(gpu, n_trials=10, max_concurrent=3) == Demand(
@@ -265,7 +265,7 @@ def test_claims_under_the_lock_and_the_visible_gpus(tmp_path, monkeypatch):
 def test_run_on_a_fully_claimed_machine_exits_2_before_ray_starts(tmp_path, monkeypatch, capsys):
     import ray
 
-    from orchestrator.cli import main
+    from orchestrator.cli.main import main
 
     monkeypatch.setenv(host.STATE_DIR_ENV, str(tmp_path / "local-ray"))
     me, start = os.getpid(), host.proc_start(os.getpid())

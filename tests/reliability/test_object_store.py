@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.store import Store
+from orchestrator.store.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 600.0
@@ -44,7 +44,7 @@ def _run_cli(study: Path, uri: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with open(log, "w") as f:  # a file, not a pipe: a full pipe would block the driver
         return subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "run", str(study), "--storage", uri],
+            [sys.executable, "-m", "orchestrator.cli.main", "run", str(study), "--storage", uri],
             stdout=f,
             stderr=subprocess.STDOUT,
             env=env,
@@ -65,9 +65,9 @@ def _epochs(store: Store, sid: str) -> list[int]:
 def test_smoke_study_on_an_object_store_killed_mid_stage_resumes_equal_to_uninterrupted(
     s3_server, smoke_reference, tmp_path
 ):
-    from orchestrator.inputs import data_config
     from orchestrator.plan import make_plan
-    from orchestrator.study import load_study
+    from orchestrator.spec.inputs import data_config
+    from orchestrator.spec.study import load_study
 
     study_path = _study_on_local_data(tmp_path)
     uri = s3_server.uri(f"smoke-{time.time_ns()}")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import study as study_mod
-from orchestrator.cli import main
-from orchestrator.ray_guard import RAY_FLOOR, RayVersionError, check_ray, parse_version
-from orchestrator.store import Store, StoreError, check_storage
-from orchestrator.study import load_study
+from orchestrator.cli.main import main
+from orchestrator.ray.connect import RAY_FLOOR, RayVersionError, check_ray, parse_version
+from orchestrator.spec import study as study_mod
+from orchestrator.spec.study import load_study
+from orchestrator.store.store import Store, StoreError, check_storage
 from tests.orchestrator.standins import SMALL_STUDY as SMALL
 from workloads.config import ConfigError
 
@@ -128,7 +128,7 @@ def test_a_nested_duplicate_and_a_flow_mapping_duplicate(tmp_path):
 
 
 def test_merge_keys_may_still_be_overridden():
-    from orchestrator import strict_yaml
+    from orchestrator.spec import strict_yaml
 
     text = "a: &a {x: 1, y: 2}\nb: {<<: *a, y: 3}\n"
     assert strict_yaml.parse(text) == {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}}
@@ -223,7 +223,7 @@ def test_train_v1_is_refused_by_run_with_exit_2_and_nothing_written(tmp_path):
     (tmp_path / "study.yaml").write_text(SMALL)
     env = {**os.environ, "RAY_TRAIN_V2_ENABLED": "0", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "run", "study.yaml", "--storage", "store"],
+        [sys.executable, "-m", "orchestrator.cli.main", "run", "study.yaml", "--storage", "store"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

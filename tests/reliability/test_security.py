@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.store import Store
-from orchestrator.store_format import StoreError, check_stage_id, check_study_name
+from orchestrator.cli.main import main
+from orchestrator.store.format import StoreError, check_stage_id, check_study_name
+from orchestrator.store.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("orchestrator", "workloads", "reports", "benchmarks")
@@ -90,7 +90,7 @@ def _calls(path: Path):
 
 
 def test_sources_are_found():
-    assert len(SOURCES) > 50 and REPO / "orchestrator" / "store.py" in SOURCES
+    assert len(SOURCES) > 50 and REPO / "orchestrator" / "store" / "store.py" in SOURCES
 
 
 def test_no_unsafe_yaml_shell_or_pickle_calls():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import host
+from orchestrator.ray import host
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_GPUS = ["0", "1", "2", "3"]
@@ -22,8 +22,8 @@ FAKE_GPUS = ["0", "1", "2", "3"]
 HOLD = """
 import json, os, sys, time
 import ray
-from orchestrator import host
-from orchestrator.ray_backend import start_local_ray
+from orchestrator.ray import host
+from orchestrator.ray.connect import start_local_ray
 start_local_ray(demand=host.Demand(cpus=1, gpus=3, min_gpus=1), study=sys.argv[1])
 
 @ray.remote(num_gpus=1, num_cpus=0)
@@ -43,8 +43,8 @@ sys.path.insert(0, sys.argv[4])
 import ray.cloudpickle
 import standins
 ray.cloudpickle.register_pickle_by_value(standins)
-from orchestrator.execution import run_study
-from orchestrator.store import Store
+from orchestrator.cli.run import run_study
+from orchestrator.store.store import Store
 
 name, store, calls = sys.argv[1], sys.argv[2], sys.argv[3]
 plan = standins.make_plan(

@@ -1,4 +1,4 @@
-"""A result store with known results, built through `orchestrator.store.Store`'s own API."""
+"""A result store with known results, built through `orchestrator.store.store.Store`'s own API."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from orchestrator.store import Store  # noqa: E402
+from orchestrator.store.store import Store  # noqa: E402
 from workloads.config import FinetuneConfig, ModelConfig, PretrainConfig, to_dict  # noqa: E402
 
 OKS = [f"{t:.2f}" for t in [0.5 + 0.05 * i for i in range(10)]]
@@ -145,7 +145,7 @@ class StoreBuilder:
     def _write(self, sid, kind, cfg, parent, status, metrics, gpu_hours, data=DATA, work=True):
         if status == "pending":
             return
-        # config.json as the orchestrator writes it (orchestrator.stages.stage_record)
+        # config.json as the orchestrator writes it (orchestrator.schedule.stage.stage_record)
         record = {"stage_id": sid, "kind": kind, "config": cfg, "data": data, "parent": parent, "work": work}
         self.store.write_stage_config(sid, record)
         if status == "running":

@@ -90,15 +90,17 @@ def test_empty_store_reports_not_run_everywhere(tmp_path):
 
 
 def test_reports_import_no_ray_torch_or_orchestrator_beyond_the_store_readers():
-    """The dependency rule (docs/design.md): reports read the store through its readers only — of the
-    orchestrator they import `orchestrator.store_format`, `orchestrator.store` and the attempts reader
-    `orchestrator.failures`, the stale-stage reader `orchestrator.lineage` (and the package), nothing
-    else; no Ray, no torch."""
+    """The dependency rule (docs/architecture.md): reports read the store through its readers only — of
+    the orchestrator they import `orchestrator.store.format`, `orchestrator.store.store`, the stage view
+    `orchestrator.schedule.view` (with the attempts reader `orchestrator.schedule.failures` it uses),
+    the stale-stage reader `orchestrator.schedule.lineage` (and the packages), nothing else; no Ray, no
+    torch."""
     import subprocess
 
     code = (
-        "import sys, reports.build; allowed = {'orchestrator', 'orchestrator.store_format',"
-        " 'orchestrator.store', 'orchestrator.failures', 'orchestrator.lineage'};"
+        "import sys, reports.build; allowed = {'orchestrator', 'orchestrator.store', 'orchestrator.schedule',"
+        " 'orchestrator.store.format', 'orchestrator.store.store', 'orchestrator.schedule.view',"
+        " 'orchestrator.schedule.failures', 'orchestrator.schedule.lineage'};"
         "bad = [m for m in sys.modules if m in ('ray', 'torch')"
         " or (m.split('.')[0] == 'orchestrator' and m not in allowed)];"
         "print(bad); sys.exit(1 if bad else 0)"

@@ -51,7 +51,7 @@ def test_smoke_study_is_tracked_and_reported_with_intervals(smoke_reference, tmp
         len(v) for v in computed.values()
     )
     # W&B: one offline run per stage trial, its history rows the stage's epochs in order. Known defect
-    # (see orchestrator/tracking.py): a run's last rows can be lost when Ray ends its logging actor while
+    # (see orchestrator/spec/tracking.py): a run's last rows can be lost when Ray ends its logging actor while
     # wandb-core still writes (seen in 2 of 8 runs on 2 busy cores), so completeness is asserted for
     # the runs that closed (exit record) and order / values for every run.
     offline = sorted((wandb_dir / "wandb").glob("offline-run-*"))

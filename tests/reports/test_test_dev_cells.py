@@ -21,7 +21,7 @@ RESULTS = "person_keypoints_test-dev2017_hrnetw32-scratch-0a1b2c3d_results.json"
 
 
 def write_evaluation(b: StoreBuilder, finetune: str, *, finished: bool = True) -> None:
-    """An evaluate stage of `finetune` on test-dev2017 as orchestrator.stages writes it (planned only
+    """An evaluate stage of `finetune` on test-dev2017 as orchestrator.schedule.stage writes it (planned only
     when not `finished`)."""
     ft_cfg = b.stages[finetune]["config"]
     cfg = {"finetune": {k: v for k, v in ft_cfg.items() if k != "init"}, "split": "test-dev2017",

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from orchestrator.inputs import ComputeConfig, SyntheticSpec
+from orchestrator.spec.inputs import ComputeConfig, SyntheticSpec
 from workloads.config import (
     ConfigError,
     DataConfig,

@@ -9,7 +9,7 @@ import zipfile
 import pytest
 import torch
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from tests.testdev_data import SPLIT, make_testdev_root
 from tests.workloads.pose.test_testdev import check_results_file
 from workloads.config import ModelConfig
@@ -218,7 +218,7 @@ def test_a_missing_weight_is_still_refused_beside_absent_counters(tmp_path, full
 
 
 def test_gt_box_summary_makes_no_zoo_comparison():
-    from orchestrator.evaluate_checkpoint import format_summary
+    from orchestrator.cli.evaluate import format_summary
 
     base = {
         "checkpoint": {"file": "zoo.pth.tar", "entry": "state_dict", "prefix": "module.", "counters_filled": 53},

@@ -2,7 +2,7 @@
 
 A study's plan is a DAG of stages (each finetune has one parent pretrain, each evaluate stage one parent
 finetune whose best weights it reads). `StageScheduler` keeps every
-stage in one of the states of `orchestrator.store_format.StageState`, the names `status` and the
+stage in one of the states of `orchestrator.store.format.StageState`, the names `status` and the
 progress lines show too:
 
     waiting   its parent is not finished yet                 (holds nothing: no slot, no process)
@@ -20,7 +20,7 @@ leave free, so nothing waits while holding a GPU or a process. Among ready stage
 longest remaining path (its own estimated hours plus the longest chain of stages it unblocks) goes first,
 ties in plan order; a lower-priority stage that fits goes first when the top one does not (backfilling).
 
-The Ray side (`orchestrator.ray_backend`) drives it from a Ray Tune `Searcher`; tests drive it from
+The Ray side (`orchestrator.ray.tune`) drives it from a Ray Tune `Searcher`; tests drive it from
 an in-process fake runner. `list_schedule` runs the same choice on the plan's estimates with a virtual
 clock (`hsjp-study plan --gpus G`), and `schedule_metrics` measures a finished schedule (makespan, its
 lower bound, GPU idle while a stage was ready), as `run --simulate` prints them.
@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from orchestrator.plan import Plan, StageSpec, stage_hours, stage_workers
-from orchestrator.store_format import SKIP_REASON, TERMINAL_STATES, StageHow, StageState, stage_state
+from orchestrator.plan import Plan, StageSpec, stage_hours, stage_request
+from orchestrator.store.format import SKIP_REASON, TERMINAL_STATES, StageHow, StageState, stage_state
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +61,6 @@ class NoLease:
 
     def release(self, stage_id: str) -> None:
         return None
-
-
-def stage_request(plan: Plan, spec: StageSpec) -> dict[str, float]:
-    """The resources one stage holds while it runs: its Ray Train workers' (the trial driver is ~free)."""
-    if not spec.work:
-        return {}
-    c = plan.compute
-    workers = stage_workers(spec, c)  # an evaluate stage: one worker
-    request = {"CPU": workers * float(c.cpus_per_worker)}
-    if c.use_gpu:
-        request["GPU"] = workers * float(c.gpus_per_worker)
-    return request
 
 
 def fits(request: dict[str, float], free: dict[str, float]) -> bool:
@@ -113,7 +101,10 @@ def estimated_hours(plan: Plan) -> dict[str, float]:
 
 def wall_hours(plan: Plan, hours: dict[str, float]) -> dict[str, float]:
     """Stage id → estimated wall-clock hours: its device-hours spread over the devices it holds."""
-    return {sid: h / max(1, stage_workers(plan.stages[sid], plan.compute)) for sid, h in hours.items()}
+    return {
+        sid: h / max(1, stage_request(plan.compute, plan.stages[sid].kind).workers)
+        for sid, h in hours.items()
+    }
 
 
 @dataclass
@@ -162,7 +153,7 @@ class StageScheduler:
     recheck_s: float = RECHECK_S
     judge: Callable[[str, str | None, dict | None], dict] | None = None
     """After a failed attempt: (stage id, error, the trial's decision or None) → a decision dict
-    {retry, delay_s, line, status} (`orchestrator.failures`); None: every failure is final."""
+    {retry, delay_s, line, status} (`orchestrator.schedule.failures`); None: every failure is final."""
     stages: dict[str, StageRun] = field(default_factory=dict)
     _too_big_warned: set[str] = field(default_factory=set)
 
@@ -170,7 +161,9 @@ class StageScheduler:
         hours = estimated_hours(self.plan)
         priority = remaining_path_hours(self.plan, wall_hours(self.plan, hours))
         for i, (sid, spec) in enumerate(self.plan.stages.items()):
-            self.stages[sid] = StageRun(spec, i, stage_request(self.plan, spec), priority[sid])
+            self.stages[sid] = StageRun(
+                spec, i, stage_request(self.plan.compute, spec.kind, spec.work).total, priority[sid]
+            )
         self.children = children_of(self.plan)
 
     # ------------------------------------------------------------------------------------- start
@@ -251,7 +244,7 @@ class StageScheduler:
         return {k: v - used.get(k, 0.0) for k, v in self.capacity.items()}
 
     def never_fits(self, spec: StageSpec) -> bool:
-        return not fits(stage_request(self.plan, spec), self.capacity)
+        return not fits(stage_request(self.plan.compute, spec.kind, spec.work).total, self.capacity)
 
     def next_launch(self) -> str | None:
         """The stage to launch now (its lease taken, marked running), or None."""
@@ -430,9 +423,9 @@ def list_schedule(plan: Plan, capacity: dict[str, float]) -> list[Scheduled]:
 def unschedulable(plan: Plan, capacity: dict[str, float]) -> list[tuple[str, dict[str, float]]]:
     """(stage id, request) of the work stages whose request exceeds `capacity` as a whole."""
     return [
-        (sid, stage_request(plan, spec))
+        (sid, stage_request(plan.compute, spec.kind, spec.work).total)
         for sid, spec in plan.stages.items()
-        if spec.work and not fits(stage_request(plan, spec), capacity)
+        if spec.work and not fits(stage_request(plan.compute, spec.kind, spec.work).total, capacity)
     ]
 
 

@@ -7,7 +7,7 @@ and `seeds` (an axis over both stages' `seed`, crossing every trial). A study ma
 studies (`paper.yaml`). One trial = one finetune and the pretrain it starts from (paper §4.2).
 
 Every mistake is a `ConfigError` naming the file, the dotted key, the value and what is allowed.
-Loading touches no file but the study files themselves; `orchestrator.inputs` prepares the data.
+Loading touches no file but the study files themselves; `orchestrator.spec.inputs` prepares the data.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
-from orchestrator import strict_yaml
-from orchestrator.inputs import (
+from orchestrator.spec import strict_yaml
+from orchestrator.spec.inputs import (
     ComputeConfig,
     DataSpec,
     dry_run_inputs,
@@ -38,8 +38,8 @@ from orchestrator.inputs import (
     resolve_path,
     short,
 )
-from orchestrator.store_format import StoreError, check_study_name
-from orchestrator.tracking import TrackingConfig, parse_tracking
+from orchestrator.spec.tracking import TrackingConfig, parse_tracking
+from orchestrator.store.format import StoreError, check_study_name
 from workloads.config import (
     HEATMAP_STRIDE,
     INPUT_MULTIPLE,
@@ -91,7 +91,7 @@ class Study:
     unset_env: tuple[tuple[str, str], ...] = ()
     """Dry runs only (`load_study(dry_run=True)`): (VAR, key) of each `${VAR}` left unexpanded."""
     tracking: TrackingConfig = TrackingConfig()
-    """MLflow / W&B through Ray Tune's callbacks (`orchestrator.tracking`); none by default."""
+    """MLflow / W&B through Ray Tune's callbacks (`orchestrator.spec.tracking`); none by default."""
 
 
 # ----------------------------------------------------------------------------------------- loading

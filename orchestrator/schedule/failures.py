@@ -35,14 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from orchestrator.store_format import StageState, is_study_name, parse_json_or_warn
+from orchestrator.store.format import ATTEMPTS_FILE, LOCKS_DIR, StageState, is_study_name, parse_json_or_warn
 
 if TYPE_CHECKING:
-    from orchestrator.inputs import ComputeConfig
-    from orchestrator.store import Store
+    from orchestrator.spec.inputs import ComputeConfig
+    from orchestrator.store.store import Store
 
 T = TypeVar("T")
-ATTEMPTS_FILE = "attempts.json"
 """Per stage: the failed attempts of the latest run and the decision taken (read by `status`)."""
 PREEMPTION_BUDGET = 100
 """Planned preemptions tolerated per stage and run before it fails (they do not use max_failures)."""
@@ -405,14 +404,14 @@ def stage_failure_status(store: Store, stage_id: str) -> dict | None:
 
 def run_active(store: Store, study: str) -> bool | None:
     """Whether an `hsjp-study run` of `study` holds its lock now (`<store>/locks/study-<name>.lock`,
-    orchestrator.execution.study_lock); None when it cannot be told (object store, invalid name).
+    orchestrator.cli.run.study_lock); None when it cannot be told (object store, invalid name).
     Probed with a non-blocking flock on a read-only descriptor: nothing is written."""
     import fcntl
     import os
 
     if not store.is_local or not is_study_name(study):
         return None
-    path = os.path.join(store.base, "locks", f"study-{study}.lock")
+    path = os.path.join(store.base, LOCKS_DIR, f"study-{study}.lock")
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -58,7 +58,7 @@ def format_summary(summary: dict, backbone: str) -> str:
 
 
 def add_arguments(p) -> None:
-    """The `--checkpoint` options of `hsjp-study evaluate` (registered by orchestrator.cli)."""
+    """The `--checkpoint` options of `hsjp-study evaluate` (registered by orchestrator.cli.main)."""
     g = p.add_argument_group("checkpoint evaluation (the setup check)")
     g.add_argument("--checkpoint", help="pose checkpoint: ours (weights.pt) or the official model zoo's")
     g.add_argument("--backbone", choices=BACKBONES, help="the checkpoint's network")

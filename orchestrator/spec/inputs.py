@@ -34,7 +34,7 @@ from workloads.config import (
 )
 
 if TYPE_CHECKING:
-    from orchestrator.store import Store
+    from orchestrator.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class ComputeConfig:
     """Trials Ray Tune runs at once; None → derived by the executor from the cluster's resources."""
     max_failures: int = 3
     """Retries of a failed stage (a raised error, a lost worker or node) before it is recorded as
-    failed (≥ 0; `orchestrator.failures`). The same error twice in a row fails it at once."""
+    failed (≥ 0; `orchestrator.schedule.failures`). The same error twice in a row fails it at once."""
     retry_backoff_s: float = 10.0
     """Wait before the first retry of a failed stage, in seconds."""
     retry_backoff_factor: float = 2.0
@@ -307,7 +307,7 @@ def data_config(spec: DataSpec, storage_root: str) -> DataConfig:
 
 
 class StudyInputs(Protocol):
-    """What the input checks read of a study (`orchestrator.study.Study` is one). A protocol, so that
+    """What the input checks read of a study (`orchestrator.spec.study.Study` is one). A protocol, so that
     this module does not import the study loader, which builds its `DataSpec` / `ComputeConfig` here."""
 
     @property

@@ -22,12 +22,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from orchestrator.store_format import STAGES_DIR, STALE_DIR
+from orchestrator.store.format import STAGES_DIR, STALE_DIR
 from workloads import STAGE_WORKLOADS, WORKLOAD_VERSIONS
 
 if TYPE_CHECKING:
     from orchestrator.plan import Plan, StageSpec
-    from orchestrator.store import Store
+    from orchestrator.store.store import Store
 
 log = logging.getLogger(__name__)
 

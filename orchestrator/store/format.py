@@ -3,23 +3,12 @@
 Ray-free, torch-free and pyarrow-free. It holds the layout (folders, file names, stage ids, study
 names), the one set of stage state names (`StageState`) and of the ways a run gets a stage
 (`StageHow`), the `config.json` / `result.json` schemas (`StageRecord`, `ResultRecord`,
-`SCHEMA_VERSION`) and the corrupt-JSON policy. `orchestrator.store.Store` reads and writes it on a
+`SCHEMA_VERSION`) and the corrupt-JSON policy. `orchestrator.store.store.Store` reads and writes it on a
 filesystem; the reports read the store through those two modules (and the attempts reader of
-`orchestrator.failures`) only (docs/design.md, "Layers").
+`orchestrator.schedule.failures`) only (docs/design.md, "Layers").
 
-**Layout** (relative to the store root; `orchestrator.store.Store` resolves it on a filesystem):
-
-```
-stages/<kind>-<hash>/    config.json    `StageRecord`: what identifies the stage (written when it starts
-                                        or is published without a trial, whichever comes first)
-                         metrics.jsonl  one row per epoch (append-only)
-                         error.txt      the last failure's traceback (removed on success)
-                         result.json    `ResultRecord`, written atomically and last: present = finished
-stale/<stage id>-<UTC>/  a stale stage's folder as it was, moved aside by `run --recompute-stale`
-studies/<name>/          study.yaml     the study file as run;  plan.json  its plan;
-                         trials.csv     one row per trial of the last run (the report's results.csv
-                                        is a different table: every finetune of the store)
-```
+**Layout**: every folder and file name is defined once below (`LAYOUT` lists them, each with what it
+holds; docs/design.md's layout table is tested against it).
 
 **Corrupt JSON, one policy.** The store's JSON files are written atomically (a temporary file, then
 a rename), so a file that does not parse was damaged from outside (a crash of the filesystem, a
@@ -43,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from enum import StrEnum
 from typing import Any, TypedDict
@@ -57,16 +47,61 @@ class StoreError(UserError, RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ layout
-STAGES_DIR, STUDIES_DIR, STALE_DIR = "stages", "studies", "stale"
+STAGES_DIR, STUDIES_DIR, STALE_DIR, LOCKS_DIR = "stages", "studies", "stale", "locks"
 CONFIG_FILE, METRICS_FILE, ERROR_FILE, RESULT_FILE = (
     "config.json",
     "metrics.jsonl",
     "error.txt",
     "result.json",
 )
-STUDY_FILE, PLAN_FILE, TRIALS_FILE = "study.yaml", "plan.json", "trials.csv"
-STAGE_KINDS = ("pretrain", "finetune", "evaluate")
-STAGE_ID = re.compile(r"^(pretrain|finetune|evaluate)-[0-9a-f]{8,64}$")
+WEIGHTS_FILE, STAGING_FILE, FAILED_ON_FILE = "weights.pt", "staging.json", "failed_on.json"
+ATTEMPTS_FILE, TB_DIR, TRAIN_DIR = "attempts.json", "tb", "train"
+CHECKPOINT_PREFIX, STATE_FILE = "checkpoint_", "state.pt"
+STUDY_FILE, PLAN_FILE, TRIALS_FILE, TUNE_DIR = "study.yaml", "plan.json", "trials.csv", "tune"
+
+LAYOUT: tuple[tuple[str, str], ...] = (
+    (
+        f"{STAGES_DIR}/<stage id>/{CONFIG_FILE}",
+        "`StageRecord`: what identifies the stage (written when it starts or is published)",
+    ),
+    (f"{STAGES_DIR}/<stage id>/{METRICS_FILE}", "one row per trained epoch (append-only)"),
+    (f"{STAGES_DIR}/<stage id>/{WEIGHTS_FILE}", "the stage's output weights (the best model)"),
+    (
+        f"{STAGES_DIR}/<stage id>/{TRAIN_DIR}/<stage id>/{CHECKPOINT_PREFIX}*/{STATE_FILE}",
+        "Ray Train's epoch checkpoints (pruned when the stage finishes)",
+    ),
+    (f"{STAGES_DIR}/<stage id>/{TB_DIR}/", "TensorBoard event files, one scalar per epoch and metric"),
+    (f"{STAGES_DIR}/<stage id>/{STAGING_FILE}", "rank 0's summary, published as result.json, then removed"),
+    (f"{STAGES_DIR}/<stage id>/{FAILED_ON_FILE}", "the rank and node of a worker whose workload raised"),
+    (f"{STAGES_DIR}/<stage id>/{ATTEMPTS_FILE}", "the failed attempts the retry budget counts"),
+    (f"{STAGES_DIR}/<stage id>/{ERROR_FILE}", "the last failure's traceback (removed on success)"),
+    (
+        f"{STAGES_DIR}/<stage id>/{RESULT_FILE}",
+        "`ResultRecord`, written atomically and last: present = finished",
+    ),
+    (
+        f"{STALE_DIR}/<stage id>-<UTC>/",
+        "a stale stage's folder as it was, moved aside by `run --recompute-stale`",
+    ),
+    (f"{STUDIES_DIR}/<name>/{STUDY_FILE}", "the study file as run"),
+    (f"{STUDIES_DIR}/<name>/{PLAN_FILE}", "its plan: every stage and trial"),
+    (f"{STUDIES_DIR}/<name>/{TRIALS_FILE}", "one row per trial of the last run"),
+    (f"{STUDIES_DIR}/<name>/{TUNE_DIR}/", "Ray Tune's experiment state (restored by the next run)"),
+    (f"{LOCKS_DIR}/", "file locks of local stores: one per study run and per stage being computed"),
+)
+"""Every path of the store, relative to its root, and what it holds."""
+
+
+class StageKind(StrEnum):
+    """The three kinds of stage; a stage id starts with its kind."""
+
+    PRETRAIN = "pretrain"
+    FINETUNE = "finetune"
+    EVALUATE = "evaluate"
+
+
+STAGE_KINDS = tuple(StageKind)
+STAGE_ID = re.compile(rf"^({'|'.join(StageKind)})-[0-9a-f]{{8,64}}$")
 """`<kind>-<content hash>` (orchestrator.plan names stages by a hash of what changes their result)."""
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -123,7 +158,7 @@ class StageState(StrEnum):
     RUNNING = "running"
     """Launched: training (its lease held), or, in `status`, epochs in metrics.jsonl and no result."""
     RETRYING = "retrying"
-    """Its last attempt failed and it is retried after a backoff (`orchestrator.failures`)."""
+    """Its last attempt failed and it is retried after a backoff (`orchestrator.schedule.failures`)."""
     FAILED = "failed"
     """Its last attempt failed for good (error.txt, attempts.json); the next run retries it."""
     BLOCKED = "blocked"
@@ -185,7 +220,7 @@ class StageHow(StrEnum):
 SCHEMA_VERSION = 3
 """Version of the stage files (`StageRecord` in config.json, `ResultRecord` in result.json), written
 into result.json. 1: `schema_version` added. 3: `workload_versions` (the numerics versions of the
-workloads the stage was made from: orchestrator.lineage) and `execution` (the execution switches it ran
+workloads the stage was made from: orchestrator.schedule.lineage) and `execution` (the execution switches it ran
 with) recorded; from 3 on, stage ids hash neither the workload version nor the execution switches, so a
 result of an older version sits under an id of the earlier recipe. 2: config.json is written for every stage that
 has a result (before, a stage published without a trial, i.e. a no-work pretrain, a skipped finetune or
@@ -195,7 +230,7 @@ possibly absent (= "done")."""
 
 
 class StageRecord(TypedDict):
-    """What identifies a stage (`orchestrator.stages.stage_record`): config.json holds it, written when
+    """What identifies a stage (`orchestrator.schedule.stage.stage_record`): config.json holds it, written when
     the stage starts or is published, whichever comes first; result.json repeats it at its head."""
 
     stage_id: str
@@ -210,7 +245,7 @@ STAGE_RECORD_KEYS = tuple(StageRecord.__annotations__)
 
 
 class ResultRecord(StageRecord, total=False):
-    """What `result.json` holds: the stage's `StageRecord`, then its outcome (`orchestrator.stages.publish`
+    """What `result.json` holds: the stage's `StageRecord`, then its outcome (`orchestrator.schedule.stage.publish`
     writes it, `Store.write_result` adds the id, the time and the version)."""
 
     schema_version: int
@@ -357,3 +392,14 @@ __all__ = [
     "state_before_start",
     "study_parts",
 ]
+
+
+def finite_or_none(value: Any) -> Any:
+    """NaN / Inf → None so result.json stays strict JSON (a collapsed loss is NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value

@@ -23,9 +23,10 @@ import tempfile
 import time
 from typing import Any
 
+from orchestrator.store.format import TB_DIR
+
 log = logging.getLogger(__name__)
 
-TB_DIR = "tb"
 TRAIN_KEYS = ("loss", "lr", "img_per_s", "seconds", "data_wait_share", "images")
 NOT_SCALARS = ("epoch", "epochs", "time", "world_size", "resumed_from", "stage_id", "step", "steps")
 

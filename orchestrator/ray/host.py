@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.plan import stage_request
 from workloads.user_errors import UserError
 
 log = logging.getLogger(__name__)
@@ -372,8 +373,8 @@ class Demand:
 def study_demand(compute: Any, n_trials: int, max_concurrent: int | None = None) -> Demand:
     """Demand of a study's pending trials (ComputeConfig): concurrent stages × a stage's workers."""
     stages = max(1, min(n_trials, max_concurrent or compute.max_concurrent_trials or n_trials))
-    cpu_stage = compute.workers_per_stage * compute.cpus_per_worker
-    gpu_stage = math.ceil(compute.workers_per_stage * compute.gpus_per_worker) if compute.use_gpu else 0
+    one = stage_request(compute).total  # a training stage
+    cpu_stage, gpu_stage = one["CPU"], math.ceil(one.get("GPU", 0.0))
     return Demand(cpus=stages * cpu_stage, gpus=stages * gpu_stage, min_cpus=cpu_stage, min_gpus=gpu_stage)
 
 

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from orchestrator.failures import last_line
-from orchestrator.store_format import StageHow, StageState
+from orchestrator.schedule.failures import last_line
+from orchestrator.store.format import StageHow, StageState
 
 log = logging.getLogger(__name__)
 

@@ -24,22 +24,22 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.inputs import check_inputs, data_config, prepare_data
-from orchestrator.lineage import stale_summary
+from orchestrator.cli.status import render_status, status_totals, study_status, watch
 from orchestrator.plan import Plan, make_plan, render_plan, render_prediction
-from orchestrator.status import dashboard_url, render_status, status_totals, study_status, watch
-from orchestrator.store_format import FINISHED_STATES
-from orchestrator.study import Study, load_study
-from orchestrator.tracking import check_available as check_trackers
+from orchestrator.schedule.lineage import stale_summary
+from orchestrator.spec.inputs import check_inputs, data_config, prepare_data
+from orchestrator.spec.study import Study, load_study
+from orchestrator.spec.tracking import check_available as check_trackers
+from orchestrator.store.format import FINISHED_STATES
 from workloads.config import ConfigError
 from workloads.user_errors import MissingFileError, UserError
 
 if TYPE_CHECKING:
-    from orchestrator.store import Store
+    from orchestrator.store.store import Store
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_STUDY = REPO / "studies" / "smoke.yaml"
 BUG_NOTE = (
     "hsjp-study: the error above is a bug in hsjp-study, not in your study or data; please report it "
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", help="ground-truth annotation JSON (person_keypoints_val2017.json)")
     p.add_argument("--results", help="COCO keypoint results JSON")
     p.add_argument("--out", help="folder for metrics.json (and, with --checkpoint, the results file)")
-    from orchestrator.evaluate_checkpoint import add_arguments
+    from orchestrator.cli.evaluate import add_arguments
 
     add_arguments(p)
     return parser
@@ -235,22 +235,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"--{flag.replace('_', '-')} is an option of --simulate (a dry run); a real run "
                 "takes its resources from the Ray cluster"
             )
-    from orchestrator.store import check_storage
+    from orchestrator.store.store import check_storage
 
     check_storage(args.storage)  # a file, an unknown scheme, an unwritable place: refused first
     study = _load(args.study)
     check_inputs(study)  # everything checkable is checked before the store is touched
     check_trackers(study.tracking, f"{study.path}: tracking")  # a missing mlflow / wandb: exit 2 now
-    from orchestrator.ray_guard import check_ray
+    from orchestrator.ray.connect import check_ray
 
     check_ray()  # Ray too old, or Train V1 selected (RAY_TRAIN_V2_ENABLED=0): refused before Ray starts
-    from orchestrator.store import Store
+    from orchestrator.store.store import Store
 
     store = Store(args.storage)
     data = prepare_data(study, store)
     plan = make_plan(study, data)
     _say_stale(plan, store, recompute=getattr(args, "recompute_stale", False))
-    from orchestrator.execution import run_study  # Ray is imported only to run
+    from orchestrator.cli.run import run_study  # Ray is imported only to run
 
     max_concurrent = args.max_concurrent or study.compute.max_concurrent_trials
     summary = run_study(
@@ -274,7 +274,12 @@ def _say_stale(plan: Plan, store: Store, recompute: bool) -> None:
     """Before a run: name the stored stages an older workload version made, and keep them or (with
     --recompute-stale) move them aside so they are computed again; note the results of the earlier id
     recipe, which no stage of this plan finds."""
-    from orchestrator.lineage import archive_stale, find_stale, pre_identity_line, pre_identity_results
+    from orchestrator.schedule.lineage import (
+        archive_stale,
+        find_stale,
+        pre_identity_line,
+        pre_identity_results,
+    )
 
     stale = find_stale(plan, store)
     if stale:
@@ -296,7 +301,7 @@ def _failed(summary: Any, plan: Plan, store: Store) -> list[str]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from orchestrator.execution import Simulation, check_simulation, simulate_study
+    from orchestrator.cli.run import Simulation, check_simulation, simulate_study
 
     if args.gpus is None:
         raise ConfigError("--simulate needs --gpus G: the GPUs of the simulated cluster")
@@ -322,7 +327,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         out = plan.to_dict()
         if args.gpus:
-            from orchestrator.scheduler import list_schedule, lower_bound
+            from orchestrator.schedule.scheduler import list_schedule, lower_bound
 
             schedule = list_schedule(plan, {"GPU": float(args.gpus), "CPU": float("inf")})
             out["prediction"] = {
@@ -345,8 +350,8 @@ def _note_stale(plan: Plan, storage: str) -> None:
     version; nothing when there is no store there yet (plan creates none)."""
     if "://" not in storage and not Path(storage).expanduser().is_dir():
         return
-    from orchestrator.lineage import find_stale
-    from orchestrator.store import Store
+    from orchestrator.schedule.lineage import find_stale
+    from orchestrator.store.store import Store
 
     stale = find_stale(plan, Store(storage, create=False))
     if stale:
@@ -355,7 +360,7 @@ def _note_stale(plan: Plan, storage: str) -> None:
 
 def _note_missing_inputs(study: Study) -> None:
     """Say once (on stderr, so `--json` stays JSON) which inputs a real run will need but are not here."""
-    from orchestrator.inputs import missing_inputs
+    from orchestrator.spec.inputs import missing_inputs
 
     missing = missing_inputs(study)
     if missing:
@@ -369,6 +374,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.watch is not None:
         if args.json:
             raise ConfigError("status: --watch and --json do not go together (use --json in a loop instead)")
+        from orchestrator.ray.connect import dashboard_url  # imports Ray: only when asked
+
         url = dashboard_url(ray_address(getattr(args, "address", None)))
         head = f"Ray dashboard: {url}\n" if url else ""
 
@@ -379,7 +386,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         watch(render, interval_s=args.watch)
         return 0
     rows = study_status(plan, store)
-    from orchestrator.disk import store_usage
+    from orchestrator.store.disk import store_usage
 
     usage = store_usage(store)
     if args.json:
@@ -392,7 +399,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render_status(rows, plan))
         print(usage.line(store.uri))
-        from orchestrator.lineage import pre_identity_line, pre_identity_results
+        from orchestrator.schedule.lineage import pre_identity_line, pre_identity_results
 
         older = pre_identity_results(store)
         if older:
@@ -434,7 +441,7 @@ def cmd_puzzle(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.checkpoint is not None:
-        from orchestrator.evaluate_checkpoint import run_from_args
+        from orchestrator.cli.evaluate import run_from_args
 
         return run_from_args(args)
     if not args.gt or not args.results:
@@ -462,7 +469,7 @@ def _load(path: str | None, dry_run: bool = False) -> Study:
 
 def _existing_store(storage: str) -> Store:
     """Open a store that must exist already (status / report never create one)."""
-    from orchestrator.store import Store, StoreError
+    from orchestrator.store.store import Store, StoreError
 
     if "://" not in storage and not Path(storage).expanduser().is_dir():
         raise StoreError(f"no store at {storage}: nothing has run there (give --storage or set HSJP_STORAGE)")

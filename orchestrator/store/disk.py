@@ -21,14 +21,12 @@ from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
+from orchestrator.store.format import CHECKPOINT_PREFIX, STAGES_DIR, TRAIN_DIR, WEIGHTS_FILE
+
 if TYPE_CHECKING:
-    from orchestrator.store import Store
+    from orchestrator.store.store import Store
 
 log = logging.getLogger(__name__)
-
-TRAIN_DIR = "train"
-"""The stage's Ray Train storage_path (orchestrator.stages: `<store>/stages/<id>/train/<id>/`)."""
-CHECKPOINT_PREFIX = "checkpoint_"
 
 
 @dataclass
@@ -59,7 +57,7 @@ def prune_stage(store: Store, stage_id: str, keep_last: bool = False) -> PruneRe
     if result is None:
         report.skipped = "the stage is not finished"
         return report
-    if result.get("has_weights") and not store.exists(store.stage_path(stage_id, "weights.pt")):
+    if result.get("has_weights") and not store.exists(store.stage_path(stage_id, WEIGHTS_FILE)):
         report.skipped = "its result names output weights but weights.pt is missing"
         log.warning("stage %s: %s; its checkpoints are not pruned", stage_id, report.skipped)
         return report
@@ -129,7 +127,7 @@ def store_usage(store: Store) -> StoreUsage:
     """Bytes and files of the whole store, and the share in stage checkpoints, in one listing."""
     total = files = ckpt = 0
     marker = f"/{TRAIN_DIR}/"
-    stages_root = store.path("stages") + "/"
+    stages_root = store.path(STAGES_DIR) + "/"
     for i in store.fs.get_file_info(pafs.FileSelector(store.base, recursive=True, allow_not_found=True)):
         if i.type != pafs.FileType.File:
             continue

@@ -4,40 +4,37 @@ States are `store_format.StageState`, the words the progress lines of `hsjp-stud
 is `done` / `collapsed` / `skipped` when its result.json says so (`skipped`: a finetune whose
 pretrain collapsed), `no-work` for a scratch / imagenet pretrain (nothing to compute), `retrying` /
 `failed` (shown as `retrying 2/3: <error>` / `failed: <error>`) when the stage's attempts.json
-(`orchestrator.failures`) says so, `failed` when error.txt is there without a result, `running` when
+(`orchestrator.schedule.failures`) says so, `failed` when error.txt is there without a result, `running` when
 metrics.jsonl has epochs but there is no result yet, `blocked` when it is a finetune whose pretrain
 failed, `waiting` when its pretrain is not done otherwise, else `queued`. (`elsewhere`, another run
 holding the stage's lease, is known to the running schedulers only: here that stage is `running`.)
 Progress, the key metric (HSJP precision P / AP), device-hours spent and an ETA come from result.json
 and the per-epoch rows of metrics.jsonl. A finished stage an older workload version made is marked
-`stale` (orchestrator.lineage), with the versions, in its row and in the summary.
+`stale` (orchestrator.schedule.lineage), with the versions, in its row and in the summary.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
-from orchestrator.failures import last_line, stage_failure_status
-from orchestrator.lineage import stale_of, stale_summary, stale_text
-from orchestrator.plan import Plan, StageSpec, describe_stage
-from orchestrator.scheduler import total_epochs
-from orchestrator.store_format import (
+from orchestrator.plan import Plan, StageSpec, describe_stage, stage_request
+from orchestrator.schedule.lineage import stale_of, stale_summary, stale_text
+from orchestrator.schedule.scheduler import total_epochs
+from orchestrator.schedule.view import StageView, stage_view
+from orchestrator.store.format import (
     FINISHED_STATES,
+    METRICS_FILE,
     STAGE_STATES,
     StageState,
-    stage_state,
-    state_before_start,
 )
 
 if TYPE_CHECKING:
-    from orchestrator.store import Store
+    from orchestrator.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +52,14 @@ def study_status(plan: Plan, store: Store) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for sid, spec in plan.stages.items():  # a pretrain's row comes before its finetunes'
         parent = rows.get(spec.parent) if spec.parent else None
-        row = _stage_row(spec, plan, store, store.read_result(sid), parent["state"] if parent else None)
+        view = stage_view(store, sid, work=spec.work, parent_state=parent["state"] if parent else None)
+        row = _stage_row(spec, plan, store, view)
         row["trials"] = users.get(sid, [])
         rows[sid] = row
     return list(rows.values())
 
 
-def _stage_row(
-    spec: StageSpec,
-    plan: Plan,
-    store: Store,
-    result: dict | None,
-    parent_state: StageState | None = None,
-) -> dict[str, Any]:
+def _stage_row(spec: StageSpec, plan: Plan, store: Store, view: StageView) -> dict[str, Any]:
     total = total_epochs(spec)  # None for an evaluate stage: it trains nothing
     row: dict[str, Any] = {
         "stage_id": spec.stage_id,
@@ -75,7 +67,7 @@ def _stage_row(
         "work": spec.work,
         "parent": spec.parent,
         "description": describe_stage(spec),
-        "state": StageState.QUEUED,
+        "state": view.state,
         "epoch": None,
         "epochs": total if spec.work else None,
         "metric": METRIC_OF_KIND.get(spec.kind, "AP"),
@@ -84,17 +76,15 @@ def _stage_row(
         "device_hours": 0.0,
         "eta_s": None,
         "error": None,
-        "detail": None,
+        "detail": view.detail,
         "updated_s_ago": None,
         "stale": None,
     }
     if not spec.work:
-        row["state"] = StageState.NO_WORK  # scratch / imagenet: nothing to compute
         return row
-    metrics_rows = [r for r in store.read_metrics(spec.stage_id) if isinstance(r.get("epoch"), int)]
-    _progress(row, metrics_rows, plan)
+    _progress(row, view.epochs, plan)
+    result = view.result
     if result is not None:
-        row["state"] = stage_state(result)
         stale = stale_of(result)
         row["stale"] = {w: {"made_with": old, "current": new} for w, (old, new) in stale.items()} or None
         value = (result.get("metrics") or {}).get(row["metric"])
@@ -105,23 +95,10 @@ def _stage_row(
             if isinstance(result.get(key), (int, float)):
                 row[key] = float(result[key])
         row["eta_s"] = None
-        return row
-    failure = stage_failure_status(store, spec.stage_id)  # attempts.json (orchestrator.failures)
-    error = store.read_error(spec.stage_id)
-    if failure is not None:
-        row["state"] = StageState(failure["state"])
-        row["error"] = failure["error"] or (_error_line(error) if error else None)
-        row["detail"] = failure["status"]
-        row["eta_s"] = None
-    elif error is not None:
-        row["state"] = StageState.FAILED
-        row["error"] = _error_line(error)
-        row["eta_s"] = None
-    elif metrics_rows:
-        row["state"] = StageState.RUNNING
-        row["updated_s_ago"] = _age_s(store, store.stage_path(spec.stage_id, "metrics.jsonl"))
-    else:
-        row["state"] = state_before_start(parent_state if spec.parent else None)
+    elif view.state in (StageState.FAILED, StageState.RETRYING):
+        row["error"], row["eta_s"] = view.reason or None, None
+    elif view.state == StageState.RUNNING:
+        row["updated_s_ago"] = _age_s(store, store.stage_path(spec.stage_id, METRICS_FILE))
     return row
 
 
@@ -133,16 +110,12 @@ def _progress(row: dict, metrics_rows: list[dict], plan: Plan) -> None:
     values = [r[row["metric"]] for r in metrics_rows if isinstance(r.get(row["metric"]), (int, float))]
     row["value"] = max(values) if values else None
     seconds = [float(r["seconds"]) for r in metrics_rows if isinstance(r.get("seconds"), (int, float))]
-    c = plan.compute
-    row["device_hours"] = sum(seconds) * c.workers_per_stage / 3600.0
-    row["gpu_hours"] = row["device_hours"] * c.gpus_per_worker if c.use_gpu else 0.0
+    request = stage_request(plan.compute)  # a training stage's workers
+    row["device_hours"] = sum(seconds) * request.workers / 3600.0
+    row["gpu_hours"] = sum(seconds) * request.total.get("GPU", 0.0) / 3600.0
     if seconds and row["epochs"]:
         recent = seconds[-_ETA_WINDOW:]
         row["eta_s"] = max(0, row["epochs"] - row["epoch"]) * sum(recent) / len(recent)
-
-
-def _error_line(text: str) -> str:
-    return last_line(text)[:200] or "(empty error.txt)"
 
 
 def _age_s(store: Store, path: str) -> float | None:
@@ -236,52 +209,6 @@ def format_duration(seconds: float | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------ watching
-def dashboard_url(address: str | None = None, timeout_s: float = 3.0) -> str | None:
-    """The Ray dashboard URL of the cluster at `address` (else $RAY_ADDRESS, else the cluster `ray start`
-    recorded in Ray's temp folder), read from the cluster's GCS key-value store without joining it as a
-    driver; None when there is no cluster, it has no dashboard (the local Ray of `hsjp-study run`
-    starts none) or it does not answer within `timeout_s`."""
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address and address.startswith(("http://", "https://")):  # a job-submission address is the dashboard
-        return address
-    if address in (None, "auto", "local"):
-        address = _recorded_address()
-    if not address or address.startswith("ray://"):
-        return None
-    found: list[str | None] = []
-
-    def lookup() -> None:
-        try:
-            found.append(_gcs_webui_url(address))
-        except Exception:  # noqa: BLE001 — a stale address or a cluster that went away
-            found.append(None)
-
-    thread = threading.Thread(target=lookup, daemon=True)  # GcsClient retries a dead address for long
-    thread.start()
-    thread.join(timeout_s)
-    url = found[0] if found else None
-    return (url if url.startswith("http") else f"http://{url}") if url else None
-
-
-def _recorded_address() -> str | None:
-    """The GCS address `ray start` wrote to Ray's temp folder (/tmp/ray/ray_current_cluster), if any."""
-    try:
-        from ray._private.utils import read_ray_address
-
-        return read_ray_address() or None
-    except Exception:  # noqa: BLE001 — Ray missing or nothing recorded
-        return None
-
-
-def _gcs_webui_url(address: str) -> str | None:
-    """The dashboard's `webui:url` entry of the GCS at `address` (what ray.init reports as dashboard_url)."""
-    from ray._private.ray_constants import KV_NAMESPACE_DASHBOARD
-    from ray._raylet import GcsClient
-
-    value = GcsClient(address=address).internal_kv_get(b"webui:url", KV_NAMESPACE_DASHBOARD)
-    return value.decode() if value else None
-
-
 def watch(
     render: Callable[[], tuple[str, bool]],
     *,

@@ -4,7 +4,7 @@ its last run, resolve what needs no trial, hand the rest to a runner, summarise 
 `run_study` is idempotent: finished stages are never recomputed (their result.json is read before
 anything starts; a study whose stages are all finished does not even start Ray), a half-done stage
 resumes from its last epoch checkpoint, a killed driver is recovered by running it again. The runner
-is `orchestrator.ray_backend.RayRunner` (one Ray Tune trial per stage, handed out by the stage
+is `orchestrator.ray.tune.RayRunner` (one Ray Tune trial per stage, handed out by the stage
 scheduler as stages become ready) unless a caller passes another (tests: an in-process fake).
 `simulate_study` runs the same scheduler on a local Ray with fake GPUs, each stage holding its real
 resource request for its estimated hours × a time scale (`hsjp-study run --simulate`).
@@ -28,10 +28,9 @@ from typing import Any, Protocol
 
 import filelock
 
-from orchestrator.failures import last_line
+from orchestrator.cli.progress import Progress
 from orchestrator.plan import Plan
-from orchestrator.progress import Progress
-from orchestrator.scheduler import (
+from orchestrator.schedule.scheduler import (
     StageScheduler,
     describe_changes,
     intervals_of,
@@ -39,9 +38,18 @@ from orchestrator.scheduler import (
     schedule_metrics,
     unschedulable,
 )
-from orchestrator.stages import StageFailed, publish
-from orchestrator.store import Store
-from orchestrator.store_format import TRIALS_FILE, StageHow, StageState, StoreError, check_study_name
+from orchestrator.schedule.stage import StageFailed, publish
+from orchestrator.schedule.view import StageView, stage_view
+from orchestrator.store.format import (
+    LOCKS_DIR,
+    PLAN_FILE,
+    TRIALS_FILE,
+    StageHow,
+    StageState,
+    StoreError,
+    check_study_name,
+)
+from orchestrator.store.store import Store
 from workloads.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -65,65 +73,6 @@ class Runner(Protocol):
     ) -> str: ...
 
 
-SHARED_STORAGE_ENV = "HSJP_SHARED_STORAGE"
-"""Set to 1 to declare a local --storage path a filesystem shared by every node (skips the check)."""
-SHARED_FS_TYPES = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "fuse.glusterfs"}
-)
-"""Filesystem types (/proc/mounts) taken as shared between hosts."""
-
-
-def mount_fs_type(path: str, mounts_text: str | None = None) -> str | None:
-    """Filesystem type of the mount holding `path` (longest mount-point prefix in /proc/mounts);
-    None when unknown (no /proc/mounts)."""
-    if mounts_text is None:
-        try:
-            with open("/proc/mounts") as f:
-                mounts_text = f.read()
-        except OSError:
-            return None
-    path = os.path.realpath(path)
-    best, fs_type = "", None
-    for line in mounts_text.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
-        inside = path == point or path.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > len(best):
-            best, fs_type = point, fields[2]
-    return fs_type
-
-
-def check_storage_for_cluster(
-    store: Store, nodes: list[dict], *, shared: bool | None = None, mounts_text: str | None = None
-) -> None:
-    """Refuse a node-local store on a cluster that spans several hosts (docs/ray.md §6: every node reads
-    and writes the store directly; a path on one host's disk breaks checkpoints, results and resume).
-
-    `nodes` is `ray.nodes()`. A URI store, a single host (however many Ray nodes run on it), a path on
-    a shared filesystem type (SHARED_FS_TYPES) or `shared` / $HSJP_SHARED_STORAGE=1 pass; anything else
-    raises StoreError naming the path and the hosts.
-    """
-    if not store.is_local:
-        return
-    hosts = sorted({str(n.get("NodeManagerAddress") or n.get("NodeID")) for n in nodes if n.get("Alive")})
-    if len(hosts) <= 1:
-        return
-    if shared is None:
-        shared = os.environ.get(SHARED_STORAGE_ENV, "").strip().lower() in ("1", "true", "yes")
-    fs_type = mount_fs_type(store.base, mounts_text)
-    if shared or fs_type in SHARED_FS_TYPES:
-        return
-    shown = ", ".join(hosts[:4]) + (", ..." if len(hosts) > 4 else "")
-    raise StoreError(
-        f"--storage {store.base} is a local path ({fs_type or 'unknown'} filesystem) but the Ray cluster "
-        f"spans {len(hosts)} hosts ({shown}): every node must read and write the same store. Give a "
-        f"bucket URI (s3://..., gs://...) or a shared filesystem mounted at the same path on every node; "
-        f"if {store.base} is such a mount, set {SHARED_STORAGE_ENV}=1"
-    )
-
-
 # ---------------------------------------------------------------------------------------- the study
 def run_study(
     plan: Any,
@@ -138,7 +87,7 @@ def run_study(
 ) -> dict:
     """Run every stage of `plan` that is not finished in `store`; return the run's summary.
 
-    `workloads` overrides the stage-kind → workload registry of `orchestrator.stages` (tests).
+    `workloads` overrides the stage-kind → workload registry of `orchestrator.schedule.stage` (tests).
     Writes `studies/<name>/study.yaml`, `plan.json` and, at the end, `trials.csv`.
     """
     with study_lock(store, plan.study):  # before anything is written or Ray starts
@@ -163,7 +112,7 @@ def run_study(
         mode, setup_s = "none", 0.0
         if not sched.is_finished():
             if runner is None:
-                from orchestrator.ray_backend import RayRunner  # Ray is imported only to run
+                from orchestrator.ray.tune import RayRunner  # Ray is imported only to run
 
                 runner = RayRunner(address=address)
             same = previous is not None and set(previous.get("stages") or {}) == set(plan.stages)
@@ -199,7 +148,7 @@ def stage_labels(plan: Plan) -> dict[str, str]:
 
 def _previous_plan(store: Store, study: str) -> dict | None:
     try:
-        return store.read_json(store.study_path(study, "plan.json"))
+        return store.read_json(store.study_path(study, PLAN_FILE))
     except StoreError as exc:
         log.warning("%s; treating this as the study's first run", exc)
         return None
@@ -210,9 +159,9 @@ def judge_failure(
 ) -> dict:
     """The scheduler's `judge`: the decision the stage's trial recorded (attempts.json, error.txt), or —
     when the trial itself died (its node lost, an infrastructure error) — one recorded here from Tune's
-    error, under the same budget (`orchestrator.failures`). Returns the decision with its one-line
+    error, under the same budget (`orchestrator.schedule.failures`). Returns the decision with its one-line
     summary (`line`), which the run prints as it happens."""
-    from orchestrator import failures
+    from orchestrator.schedule import failures
 
     if decision is None:
         attempt = failures.Attempt(
@@ -258,7 +207,7 @@ def study_lock(store: Store, name: str) -> Iterator[None]:
     if not store.is_local:
         yield
         return
-    path = os.path.join(store.base, "locks", f"study-{check_study_name(name)}.lock")
+    path = os.path.join(store.base, LOCKS_DIR, f"study-{check_study_name(name)}.lock")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     lock = filelock.FileLock(path)
     try:
@@ -320,7 +269,7 @@ def simulate_study(plan: Plan, sim: Simulation, *, progress: bool = False) -> di
     Returns the measured schedule and the line `run --simulate` prints."""
     check_simulation(plan, sim)
     scale = sim.time_scale or sim.target_s / max(lower_bound(plan, sim.gpus), 1e-9)
-    from orchestrator.ray_backend import RayRunner
+    from orchestrator.ray.tune import RayRunner
 
     with tempfile.TemporaryDirectory(prefix="hsjp-simulate-") as tmp:
         store = Store(tmp)
@@ -367,47 +316,58 @@ def _fmt_request(request: dict[str, float]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ summary
-def summarize(plan: Any, store: Store, scheduler: StageScheduler | None = None) -> dict:
-    """Per-trial status from the store (the source of truth), with failures and counts; how this run
-    got each stage (found / computed / waited / no work / skipped / blocked) from the scheduler."""
+def summarize(plan: Plan, store: Store, scheduler: StageScheduler | None = None) -> dict[str, Any]:
+    """Per-trial status from the store (the source of truth: `orchestrator.schedule.view`), with failures
+    and counts; how this run got each stage (found / computed / waited / no work / skipped / blocked)
+    from the scheduler."""
     trials, failures = [], []
     stages = scheduler.stages if scheduler is not None else {}
+    views: dict[str, StageView] = {}
+
+    def view(sid: str) -> StageView:
+        if sid not in views:
+            spec = plan.stages[sid]
+            parent = view(spec.parent).state if spec.parent else None
+            views[sid] = stage_view(store, sid, work=spec.work, parent_state=parent)
+        return views[sid]
+
+    def error_of(v: StageView) -> str | None:
+        run = stages.get(v.stage_id)
+        if v.result is None and v.state in (StageState.FAILED, StageState.RETRYING):
+            return v.reason or (run.error if run is not None else None) or v.state
+        return run.error if v.result is None and run is not None and run.error else None
+
     for t in plan.trials:
-        pre, ft = store.read_result(t.pretrain), store.read_result(t.finetune)
+        pre, ft = view(t.pretrain), view(t.finetune)
         row: dict[str, Any] = {
             "trial_id": t.trial_id,
             "params": dict(t.params),
             "pretrain": t.pretrain,
             "finetune": t.finetune,
-            "pretrain_status": (pre or {}).get("status"),
-            "finetune_status": (ft or {}).get("status"),
+            "pretrain_status": (pre.result or {}).get("status"),
+            "finetune_status": (ft.result or {}).get("status"),
         }
-        for key, sid, res in (("pretrain_how", t.pretrain, pre), ("finetune_how", t.finetune, ft)):
-            run = stages.get(sid)
-            row[key] = run.how if run is not None and run.how else (StageHow.FOUND if res is not None else "")
-        row["precision"] = ((pre or {}).get("metrics") or {}).get("precision")
-        row.update({k: ((ft or {}).get("metrics") or {}).get(k) for k in MAIN_METRICS})
-        if ft is not None:
-            row["status"] = ft["status"]
+        for key, v in (("pretrain_how", pre), ("finetune_how", ft)):
+            run = stages.get(v.stage_id)
+            row[key] = run.how if run is not None and run.how else (StageHow.FOUND if v.result else "")
+        row["precision"] = ((pre.result or {}).get("metrics") or {}).get("precision")
+        row.update({k: ((ft.result or {}).get("metrics") or {}).get(k) for k in MAIN_METRICS})
+        if ft.result is not None:
+            row["status"] = ft.result["status"]
         else:
-            stage = next((s for s in (t.pretrain, t.finetune) if store.read_error(s) is not None), None)
-            error = last_line(store.read_error(stage))[:500] if stage else None
-            if error is None:
-                run = next(
-                    (stages[s] for s in (t.pretrain, t.finetune) if s in stages and stages[s].error), None
-                )
-                stage, error = (run.spec.stage_id, run.error) if run is not None else (None, None)
+            failed = next(((v.stage_id, e) for v in (pre, ft) if (e := error_of(v))), None)
             unfinished = stages[t.finetune].state if t.finetune in stages else StageState.QUEUED
-            row["status"] = StageState.FAILED if error else unfinished  # waiting / queued / blocked ...
-            if error:
-                row["error"] = error
-                failures.append({"trial_id": t.trial_id, "stage_id": stage, "error": error})
+            row["status"] = StageState.FAILED if failed else unfinished  # waiting / queued / blocked ...
+            if failed:
+                row["error"] = failed[1]
+                failures.append({"trial_id": t.trial_id, "stage_id": failed[0], "error": failed[1]})
         row["evaluations"] = {}  # the finetune's evaluate stages (test splits): state, and why one failed
         for sid in t.evaluations:
-            res, run = store.read_result(sid), stages.get(sid)
-            row["evaluations"][sid] = (res or {}).get("status") or (run.state if run else StageState.QUEUED)
-            error = None if res is not None else last_line(store.read_error(sid))[:500] or (run and run.error)
-            if error:
+            v, run = view(sid), stages.get(sid)
+            row["evaluations"][sid] = (v.result or {}).get("status") or (
+                run.state if run else StageState.QUEUED
+            )
+            if error := error_of(v):
                 failures.append({"trial_id": t.trial_id, "stage_id": sid, "error": error})
         trials.append(row)
     counts = dict(collections.Counter(r["status"] for r in trials))

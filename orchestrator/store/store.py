@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa_lib
 import pyarrow.fs as pafs
 
-from orchestrator.store_format import (
+from orchestrator.store.format import (
     CONFIG_FILE,
     ERROR_FILE,
     METRICS_FILE,
@@ -35,6 +35,7 @@ from orchestrator.store_format import (
     STAGES_DIR,
     STUDIES_DIR,
     STUDY_FILE,
+    WEIGHTS_FILE,
     ResultRecord,
     StageRecord,
     StoreError,
@@ -243,7 +244,7 @@ class Store:
 
     # ---------------------------------------------------------------------------------- stages
     def write_stage_config(self, stage_id: str, config: dict) -> None:
-        """config.json: the stage's `StageRecord` (`orchestrator.stages.stage_record`)."""
+        """config.json: the stage's `StageRecord` (`orchestrator.schedule.stage.stage_record`)."""
         self.write_json(self.stage_path(stage_id, CONFIG_FILE), config)
 
     def read_stage_record(self, stage_id: str) -> StageRecord | None:
@@ -272,14 +273,14 @@ class Store:
 
         buf = io.BytesIO()
         torch.save(state_dict, buf)
-        path = self.stage_path(stage_id, "weights.pt")
+        path = self.stage_path(stage_id, WEIGHTS_FILE)
         self.write_bytes(path, buf.getvalue())
         return path
 
     def load_weights(self, stage_id: str) -> dict[str, torch.Tensor]:
         import torch
 
-        path = self.stage_path(stage_id, "weights.pt")
+        path = self.stage_path(stage_id, WEIGHTS_FILE)
         data = self.read_bytes(path)
         if data is None:
             raise StoreError(f"{path}: output weights missing")
@@ -344,3 +345,62 @@ class Store:
 def _redact(uri: str) -> str:
     """A URI without its query string (which may carry access keys)."""
     return uri.partition("?")[0] + ("?..." if "?" in uri else "")
+
+
+SHARED_STORAGE_ENV = "HSJP_SHARED_STORAGE"
+"""Set to 1 to declare a local --storage path a filesystem shared by every node (skips the check)."""
+SHARED_FS_TYPES = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "fuse.glusterfs"}
+)
+"""Filesystem types (/proc/mounts) taken as shared between hosts."""
+
+
+def mount_fs_type(path: str, mounts_text: str | None = None) -> str | None:
+    """Filesystem type of the mount holding `path` (longest mount-point prefix in /proc/mounts);
+    None when unknown (no /proc/mounts)."""
+    if mounts_text is None:
+        try:
+            with open("/proc/mounts") as f:
+                mounts_text = f.read()
+        except OSError:
+            return None
+    path = os.path.realpath(path)
+    best, fs_type = "", None
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, fs_type = point, fields[2]
+    return fs_type
+
+
+def check_storage_for_cluster(
+    store: Store, nodes: list[dict], *, shared: bool | None = None, mounts_text: str | None = None
+) -> None:
+    """Refuse a node-local store on a cluster that spans several hosts (docs/ray.md §6: every node reads
+    and writes the store directly; a path on one host's disk breaks checkpoints, results and resume).
+
+    `nodes` is `ray.nodes()`. A URI store, a single host (however many Ray nodes run on it), a path on
+    a shared filesystem type (SHARED_FS_TYPES) or `shared` / $HSJP_SHARED_STORAGE=1 pass; anything else
+    raises StoreError naming the path and the hosts.
+    """
+    if not store.is_local:
+        return
+    hosts = sorted({str(n.get("NodeManagerAddress") or n.get("NodeID")) for n in nodes if n.get("Alive")})
+    if len(hosts) <= 1:
+        return
+    if shared is None:
+        shared = os.environ.get(SHARED_STORAGE_ENV, "").strip().lower() in ("1", "true", "yes")
+    fs_type = mount_fs_type(store.base, mounts_text)
+    if shared or fs_type in SHARED_FS_TYPES:
+        return
+    shown = ", ".join(hosts[:4]) + (", ..." if len(hosts) > 4 else "")
+    raise StoreError(
+        f"--storage {store.base} is a local path ({fs_type or 'unknown'} filesystem) but the Ray cluster "
+        f"spans {len(hosts)} hosts ({shown}): every node must read and write the same store. Give a "
+        f"bucket URI (s3://..., gs://...) or a shared filesystem mounted at the same path on every node; "
+        f"if {store.base} is such a mount, set {SHARED_STORAGE_ENV}=1"
+    )

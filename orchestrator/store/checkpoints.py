@@ -1,0 +1,67 @@
+"""A stage's epoch checkpoints on the store, Ray-free: which `checkpoint_*` folder of its Ray Train run
+to resume from when the newest one is unreadable (a truncated upload, a node lost mid-write)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+
+import pyarrow.fs as pafs
+
+from orchestrator.store.format import STATE_FILE
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_dirs(dirs: list[str], latest: str) -> list[str]:
+    """The Train run's `checkpoint_*` folders not newer than `latest`, newest first (Ray names them
+    `checkpoint_<timestamp>`, so name order is time order); `latest` is always the first."""
+    latest = latest.rstrip("/")
+    name = latest.rsplit("/", 1)[-1]
+    older = {
+        d.rstrip("/")
+        for d in dirs
+        if d.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_")
+        and d.rstrip("/").rsplit("/", 1)[-1] < name
+    }
+    return [latest, *sorted(older, key=lambda d: d.rsplit("/", 1)[-1], reverse=True)]
+
+
+def first_loadable_state(dirs: list[str], load: Callable[[str], dict]) -> tuple[str, dict] | None:
+    """(folder, state) of the first folder in `dirs` whose state `load` can read, or None. Each folder
+    that fails is logged as a warning naming its state file; the next one is tried."""
+    for folder in dirs:
+        try:
+            state = load(folder)
+        except Exception as exc:  # truncated / missing / not a state dict: try the previous checkpoint
+            log.warning(
+                "%s/%s is unreadable (%s: %s); falling back to the previous checkpoint",
+                folder,
+                STATE_FILE,
+                type(exc).__name__,
+                str(exc)[:200],
+            )
+            continue
+        if not isinstance(state, dict):
+            log.warning(
+                "%s/%s holds %s, not a state dict; falling back to the previous checkpoint",
+                folder,
+                STATE_FILE,
+                type(state).__name__,
+            )
+            continue
+        return folder, state
+    return None
+
+
+def load_state(fs: pafs.FileSystem, folder: str) -> dict:
+    """`<folder>/state.pt` through the checkpoint's filesystem (local or object store)."""
+    import torch
+
+    path = f"{folder}/{STATE_FILE}"
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{path} not found")
+    with fs.open_input_stream(path) as f:
+        data = f.read()
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
