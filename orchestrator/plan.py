@@ -97,7 +97,7 @@ class StageSpec:
             "parent": self.parent,
             "work": self.work,
         }
-        if self.work and self.kind != "evaluate":  # an evaluate stage trains nothing
+        if self.work and self.kind != StageKind.EVALUATE:  # an evaluate stage trains nothing
             out["lr_schedule"] = lr_schedule(self.config)
         return out
 
@@ -191,9 +191,9 @@ class Plan:
         """Device-hours (GPU-hours when use_gpu): training images × epochs / throughput, plus evaluation,
         for the distinct work stages ('shared') and for every trial computing its own pretrain."""
         hours = {sid: stage_hours(s, self.data_spec, self.compute) for sid, s in self.stages.items()}
-        pre = sum(h for sid, h in hours.items() if self.stages[sid].kind == "pretrain")
-        fin = sum(h for sid, h in hours.items() if self.stages[sid].kind == "finetune")
-        evl = sum(h for sid, h in hours.items() if self.stages[sid].kind == "evaluate")
+        pre = sum(h for sid, h in hours.items() if self.stages[sid].kind == StageKind.PRETRAIN)
+        fin = sum(h for sid, h in hours.items() if self.stages[sid].kind == StageKind.FINETUNE)
+        evl = sum(h for sid, h in hours.items() if self.stages[sid].kind == StageKind.EVALUATE)
         requested = sum(1 + len(t.aliases) for t in self.trials)
         unshared = sum(
             (1 + len(t.aliases))
@@ -279,34 +279,36 @@ def pretrain_stage(cfg: PretrainConfig, data: DataSpec) -> StageSpec:
     if cfg.method != "hsjp":
         cfg = PretrainConfig(method=cfg.method, checkpoint=cfg.checkpoint, model=cfg.model)
         key = {
-            "kind": "pretrain",
+            "kind": StageKind.PRETRAIN,
             "method": cfg.method,
             "model": identity_dict(cfg.model),
             "checkpoint": cfg.checkpoint,
         }
         return StageSpec(
-            stage_id=f"pretrain-{_digest(key)}", kind="pretrain", config=cfg, parent=None, work=False
+            stage_id=f"pretrain-{_digest(key)}", kind=StageKind.PRETRAIN, config=cfg, parent=None, work=False
         )
     key = {
-        "kind": "pretrain",
+        "kind": StageKind.PRETRAIN,
         "config": identity_dict(cfg),
         "data": data.identity("pretrain"),
         "parent": None,
     }
-    return StageSpec(stage_id=f"pretrain-{_digest(key)}", kind="pretrain", config=cfg, parent=None, work=True)
+    return StageSpec(
+        stage_id=f"pretrain-{_digest(key)}", kind=StageKind.PRETRAIN, config=cfg, parent=None, work=True
+    )
 
 
 def finetune_stage(cfg: FinetuneConfig, data: DataSpec, parent: str) -> StageSpec:
     # test_splits are the evaluate stages' (evaluation_stage): not part of the finetune's id or config
     cfg = dataclasses.replace(cfg, test_splits=())
     key = {
-        "kind": "finetune",
+        "kind": StageKind.FINETUNE,
         "config": identity_dict(cfg),
         "data": data.identity("finetune"),
         "parent": parent,
     }
     return StageSpec(
-        stage_id=f"finetune-{_digest(key)}", kind="finetune", config=cfg, parent=parent, work=True
+        stage_id=f"finetune-{_digest(key)}", kind=StageKind.FINETUNE, config=cfg, parent=parent, work=True
     )
 
 
@@ -321,7 +323,7 @@ def evaluation_stage(finetune: StageSpec, split: str, data: DataSpec, init: str)
     cfg = finetune.config
     det = data.config.test_detection_file
     key = {
-        "kind": "evaluate",
+        "kind": StageKind.EVALUATE,
         "parent": finetune.stage_id,
         "split": split,
         "detection_file": det,
@@ -332,7 +334,7 @@ def evaluation_stage(finetune: StageSpec, split: str, data: DataSpec, init: str)
     config = EvaluationConfig(finetune=cfg, split=split, detection_file=det, alg=alg)
     return StageSpec(
         stage_id=f"evaluate-{_digest(key)}",
-        kind="evaluate",
+        kind=StageKind.EVALUATE,
         config=config,
         parent=finetune.stage_id,
         work=True,
@@ -500,8 +502,8 @@ def render_plan(plan: Plan) -> str:
     """`hsjp-study plan`: the trials, the distinct stages, which finetunes share which pretrain, the cost."""
     est = plan.estimate()
     hours = est["stage_hours"]
-    pretrains = [s for s in plan.stages.values() if s.kind == "pretrain"]
-    evaluations = [s for s in plan.stages.values() if s.kind == "evaluate"]
+    pretrains = [s for s in plan.stages.values() if s.kind == StageKind.PRETRAIN]
+    evaluations = [s for s in plan.stages.values() if s.kind == StageKind.EVALUATE]
     c = plan.compute
     device = f"{c.gpus_per_worker:g} GPU" if c.use_gpu else f"{c.cpus_per_worker:g} CPU"
     data = (

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from orchestrator.store.format import StageState
+from orchestrator.store.format import StageKind, StageState
 from reports.bootstrap import N_RESAMPLES, SEED
 from reports.collect import collect
 from reports.curves import study_curves
@@ -45,7 +45,9 @@ def make_report(
     stages = collect(storage)
     reported = load_reported()
     boots = Bootstraps(str(storage), out / CACHE_DIR, n_resamples=n_resamples, seed=seed, progress=progress)
-    finetunes = stages[(stages["kind"] == "finetune") & (stages["status"] == StageState.DONE)]["stage_id"]
+    finetunes = stages[(stages["kind"] == StageKind.FINETUNE) & (stages["status"] == StageState.DONE)][
+        "stage_id"
+    ]
     boots.prepare(finetunes)  # all at once: one pass over the resamples per image set
     written: list[Path] = []
     tables = {name: add_intervals(build(stages, reported), stages, boots) for name, build in TABLES.items()}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from orchestrator.store.format import FINISHED_STATES, StageState
+from orchestrator.store.format import FINISHED_STATES, StageKind, StageState
 from reports.collect import OFFICIAL_FINETUNE_EPOCHS
 
 PAPER_N, PAPER_LR, PAPER_PT_EPOCHS = 6, 1e-3, 240  # paper §3.4, §5.2
@@ -65,8 +65,8 @@ def _same(a, b) -> bool:
 def references(stages: pd.DataFrame, backbone: str) -> References:
     """Reference settings of `backbone` (see the module docstring)."""
     mine = stages[stages["backbone"] == backbone]
-    hsjp = mine[(mine["kind"] == "pretrain") & (mine["method"] == "hsjp")]
-    ft = mine[mine["kind"] == "finetune"]
+    hsjp = mine[(mine["kind"] == StageKind.PRETRAIN) & (mine["method"] == "hsjp")]
+    ft = mine[mine["kind"] == StageKind.FINETUNE]
     pretrained_ft = ft[ft["method"].isin(["hsjp", "imagenet"])]
     official = OFFICIAL_FINETUNE_EPOCHS.get(backbone)
     return References(
@@ -173,7 +173,7 @@ def describe(group: pd.DataFrame) -> str:
         parts.append(f"HSJP N={r['n']} lr={fmt_lr(r['lr'])} {r['pt_epochs']} pretrain ep, {concat}")
     else:
         parts.append(str(r["method"]))
-    if r["kind"] == "finetune":
+    if r["kind"] == StageKind.FINETUNE:
         freeze = "none" if _clean(r["freeze"]) is None else f"0–{int(r['freeze'])}"
         parts.append(
             f"finetune {r['ft_epochs']} ep, freeze {freeze}, labels {100 * r['label_fraction']:.0f}%, "
@@ -191,7 +191,7 @@ def protocol_finetunes(stages: pd.DataFrame, refs: References, **equal) -> pd.Da
     """Finetunes of `refs.backbone` at the protocol of Tables 1–3 unless `equal` overrides it: all layers
     trained (freeze None), all labels, the reference finetune epochs, evaluated on val2017."""
     base = {
-        "kind": "finetune",
+        "kind": StageKind.FINETUNE,
         "backbone": refs.backbone,
         "freeze": None,
         "label_fraction": 1.0,
@@ -263,7 +263,7 @@ def _blocked(r: pd.Series) -> str | None:
     """Why a run has no value: 'collapsed' | 'running' | 'failed' | None (not run / has a value)."""
     status, pt = r["status"], r.get("pt_status")
     collapsed, skipped = StageState.COLLAPSED, StageState.SKIPPED
-    if r["kind"] == "finetune" and status != collapsed and pt == collapsed:
+    if r["kind"] == StageKind.FINETUNE and status != collapsed and pt == collapsed:
         return "not available"  # paper Table 2: the collapsed pretrain's finetune is "Not Available"
     if status == collapsed or pt == collapsed or (status == skipped and "collaps" in str(r["reason"])):
         return "collapsed"
@@ -282,7 +282,7 @@ def aggregate(group: pd.DataFrame, metric: str, others: Sequence[str] = ()) -> C
     cell = Cell(settings=describe(group) if not group.empty else "")
     for _, r in group.iterrows():
         cell.stage_ids.append(r["stage_id"])
-        if r["kind"] == "finetune" and isinstance(r.get("parent"), str):
+        if r["kind"] == StageKind.FINETUNE and isinstance(r.get("parent"), str):
             cell.stage_ids.append(r["parent"])
         value = r[metric]
         if r["status"] == StageState.DONE and value is not None and not math.isnan(value):

@@ -35,6 +35,7 @@ from orchestrator.schedule.view import stage_view
 from orchestrator.store.format import (
     FINISHED_STATES,
     PLAN_FILE,
+    StageKind,
     StageRecord,
     StageState,
     is_stage_id,
@@ -246,9 +247,9 @@ def _setup_label(cfg: dict, data: dict, kind: str) -> str:
         [3, 4, 6, 3],
     ):
         parts.append("R" + "-".join(str(x) for x in model["resnet_layers"]))
-    if kind == "pretrain" and cfg.get("input_size") not in (None, 224):
+    if kind == StageKind.PRETRAIN and cfg.get("input_size") not in (None, 224):
         parts.append(f"in{cfg['input_size']}")
-    if kind == "finetune" and cfg.get("input_hw") not in (None, [256, 192]):
+    if kind == StageKind.FINETUNE and cfg.get("input_hw") not in (None, [256, 192]):
         parts.append("in" + "x".join(str(x) for x in cfg["input_hw"]))
     return " ".join(parts)
 
@@ -325,14 +326,14 @@ def _row(stage_id: str, e: dict, configs: dict[str, dict]) -> dict:
     for key in ("gpu_hours", "device_hours", "wall_seconds"):
         row[key] = _num(res.get(key))
     row.update(_numerics_fields(cfg, res))
-    if kind == "pretrain":
+    if kind == StageKind.PRETRAIN:
         row.update(_pretrain_fields(cfg))
         row["precision"] = _num(metrics.get("precision"))
         row["settings_flat"] = flat_settings(cfg, None, data)
         row["variant"] = _variant(row["settings_flat"], data)
         return row
     init = cfg.get("init") if isinstance(cfg.get("init"), dict) else None
-    if kind == "evaluate":  # a finetune's test split: its results file and the server's stats
+    if kind == StageKind.EVALUATE:  # a finetune's test split: its results file and the server's stats
         ft = cfg.get("finetune") if isinstance(cfg.get("finetune"), dict) else {}
         row.update(_pretrain_fields((init or {}).get("pretrain") or {}))
         row.update(
@@ -406,7 +407,7 @@ def _join_parents(rows: list[dict]) -> None:
     """Copy each finetune's pretrain status / precision / GPU-hours onto the finetune row."""
     by_id = {r["stage_id"]: r for r in rows}
     for r in rows:
-        if r["kind"] != "finetune":
+        if r["kind"] != StageKind.FINETUNE:
             continue
         parent = by_id.get(r["parent"] or "")
         if parent is None:
@@ -431,7 +432,7 @@ def _join_evaluations(rows: list[dict]) -> None:
     results file / server stats (or why there are none yet) onto its finetune's row."""
     by_id = {r["stage_id"]: r for r in rows}
     for r in rows:
-        finetune = by_id.get(r["parent"] or "") if r["kind"] == "evaluate" else None
+        finetune = by_id.get(r["parent"] or "") if r["kind"] == StageKind.EVALUATE else None
         if finetune is None:
             continue
         if r["status"] == StageState.QUEUED:  # not started: by its finetune, as `status` tells it

@@ -19,6 +19,7 @@ import math
 import pandas as pd
 from matplotlib.figure import Figure
 
+from orchestrator.store.format import StageKind
 from orchestrator.store.store import Store
 from reports.cells import fmt_lr
 
@@ -58,7 +59,7 @@ def setting_label(r: pd.Series) -> str:
         label += f" lr {fmt_lr(r['lr'])} {r['pt_epochs']}ep"
     else:
         label = {"scratch": "scratch", "imagenet": "ImageNet"}.get(r["method"], str(r["method"]))
-    if r["kind"] == "finetune":
+    if r["kind"] == StageKind.FINETUNE:
         if r.get("freeze") is not None and not (isinstance(r["freeze"], float) and math.isnan(r["freeze"])):
             label += f", freeze 0–{int(r['freeze'])}"
         if r.get("label_fraction") not in (None, 1.0) and r["label_fraction"] == r["label_fraction"]:
@@ -127,7 +128,7 @@ def stage_curve(rows: pd.DataFrame, kind: str, title: str) -> Figure:
     left, right = fig.subplots(1, 2)
     fig.suptitle(title, fontsize=9)
     metric, scale, name = (
-        ("precision", 1.0, "HSJP precision P") if kind == "pretrain" else ("AP", 100.0, "AP (%)")
+        ("precision", 1.0, "HSJP precision P") if kind == StageKind.PRETRAIN else ("AP", 100.0, "AP (%)")
     )
     if not rows.empty and rows["loss"].notna().any():
         left.plot(rows["epoch"], rows["loss"], marker=".")

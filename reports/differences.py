@@ -17,6 +17,7 @@ import math
 
 import pandas as pd
 
+from orchestrator.store.format import StageKind
 from reports.cells import ANY, References, aggregate, method_group, protocol_finetunes, references
 from reports.intervals import Bootstraps, Interval, cell_runs
 from reports.tables import BACKBONE_OF, _pretrain_and_finetune, load_reported
@@ -123,7 +124,7 @@ def _table3_rows(stages: pd.DataFrame, r: References, boots: Bootstraps, reporte
     found: dict[tuple[bool, int], tuple[list[str], str]] = {}
     for concat in (False, True):
         pts = stages[
-            (stages["kind"] == "pretrain")
+            (stages["kind"] == StageKind.PRETRAIN)
             & (stages["backbone"] == "hrnet_w32")
             & (stages["method"] == "hsjp")
             & (stages["concat_original"] == concat)

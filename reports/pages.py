@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.store.format import StageState
+from orchestrator.store.format import StageKind, StageState
 from orchestrator.store.store import Store
 from reports.curves import read_epochs, setting_label, stage_curve
 from reports.intervals import Bootstraps, cell_runs
@@ -81,7 +81,7 @@ def write_stage_pages(
     users = used_by(tables)
     children: dict[str, list[str]] = {}
     for _, r in stages.iterrows():
-        if r["kind"] == "finetune" and isinstance(r["parent"], str):
+        if r["kind"] == StageKind.FINETUNE and isinstance(r["parent"], str):
             children.setdefault(r["parent"], []).append(r["stage_id"])
     written = []
     for _, r in stages.iterrows():  # planned-only stages too: table rows link to them
@@ -123,7 +123,7 @@ def _page(
         ("TensorBoard", f"<code>tensorboard --logdir {esc(root)}/stages/{esc(sid)}/tb</code>"),
         ("metrics.jsonl", f"<code>{esc(root)}/stages/{esc(sid)}/metrics.jsonl</code> ({len(epochs)} epochs)"),
     ]
-    if r["kind"] == "finetune":
+    if r["kind"] == StageKind.FINETUNE:
         outcome = boots.outcome(sid) if boots is not None else None
         iv = boots.cell(cell_runs([sid], stages)) if outcome is not None else None
         ap = r["AP"]
@@ -173,7 +173,7 @@ def _page(
         ("backbone", esc(str(r["backbone"]))),
         ("data", esc(str(r["setup"] or "—"))),
     ]
-    if r["kind"] == "pretrain":
+    if r["kind"] == StageKind.PRETRAIN:
         what.append(("HSJP precision P", _fmt(r["precision"], 4)))
     rows_html = (
         epochs.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}", na_rep="")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from orchestrator.store.format import StageState
+from orchestrator.store.format import StageKind, StageState
 from reports.collect import STAGE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ def write_figure(fig: Figure, data: pd.DataFrame, out: Path, name: str) -> list[
 def results_frame(stages: pd.DataFrame) -> pd.DataFrame:
     """Every finetune: classification columns, status, its pretrain's precision, metrics (fractions as
     stored), AP at each OKS threshold, overall error shares, GPU-hours."""
-    ft = stages[stages["kind"] == "finetune"].copy()
+    ft = stages[stages["kind"] == StageKind.FINETUNE].copy()
     per_oks = [d if isinstance(d, dict) else {} for d in ft["ap_per_oks"]]
     for t in sorted({k for d in per_oks for k in d}):
         ft[f"AP@{t}"] = [d.get(t, math.nan) for d in per_oks]

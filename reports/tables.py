@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from orchestrator.store.format import StageState
+from orchestrator.store.format import StageKind, StageState
 from reports.cells import (
     FINETUNE_KEY,
     PAPER_PT_EPOCHS,
@@ -105,7 +105,7 @@ def finish(
 
 def _pretrain_and_finetune(stages: pd.DataFrame, refs: References, **equal) -> tuple[Cell, Cell]:
     """(precision cell, AP cell) of HRNet HSJP runs with the given pretrain settings."""
-    pts = where(stages, kind="pretrain", backbone=refs.backbone, method="hsjp", **equal)
+    pts = where(stages, kind=StageKind.PRETRAIN, backbone=refs.backbone, method="hsjp", **equal)
     group, others = pick_group(pts, PRETRAIN_KEY)
     precision = aggregate(group, "precision", others)
     fts = protocol_finetunes(stages, refs, method="hsjp", **equal)
@@ -194,7 +194,9 @@ def batch_notes(stages: pd.DataFrame) -> list[str]:
         stages["status"].isin([StageState.DONE, StageState.COLLAPSED]) & stages["world_size"].notna()
     ]
     for kind, (batch, gpus) in PAPER_BATCH.items():
-        mine = done[(done["kind"] == kind) & ~((done["kind"] == "pretrain") & (done["method"] != "hsjp"))]
+        mine = done[
+            (done["kind"] == kind) & ~((done["kind"] == StageKind.PRETRAIN) & (done["method"] != "hsjp"))
+        ]
         seen = sorted(
             {(int(b), int(w)) for b, w in zip(mine["batch_size"], mine["world_size"]) if b == b and w == w}
         )
@@ -247,7 +249,9 @@ def table2(stages: pd.DataFrame, reported: dict | None = None) -> pd.DataFrame:
     reference lr, measured epochs mapped to 120/240/480 by their ratio to the reference epochs."""
     reported = reported or load_reported()
     r = references(stages, "hrnet_w32")
-    hsjp = where(stages, kind="pretrain", backbone="hrnet_w32", method="hsjp", n=r.n, concat_original=False)
+    hsjp = where(
+        stages, kind=StageKind.PRETRAIN, backbone="hrnet_w32", method="hsjp", n=r.n, concat_original=False
+    )
     base = {"n": r.n, "concat_original": False}
     rows = []
     paper_lrs = [p["lr"] for p in reported["table2"]["learning_rate"]]
@@ -313,7 +317,7 @@ def table3(stages: pd.DataFrame, reported: dict | None = None) -> pd.DataFrame:
         paper = reported["table3"][key]
         pts = where(
             stages,
-            kind="pretrain",
+            kind=StageKind.PRETRAIN,
             backbone="hrnet_w32",
             method="hsjp",
             lr=r.lr,
@@ -362,7 +366,7 @@ def long_epochs(measured: list[int], default: int | None) -> int | None:
 def _scratch_rows(stages: pd.DataFrame, r: References, paper: list[dict]) -> list[dict]:
     fts = where(
         stages,
-        kind="finetune",
+        kind=StageKind.FINETUNE,
         backbone="hrnet_w32",
         method="scratch",
         freeze=None,

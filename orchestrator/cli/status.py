@@ -30,6 +30,7 @@ from orchestrator.store.format import (
     FINISHED_STATES,
     METRICS_FILE,
     STAGE_STATES,
+    StageKind,
     StageState,
 )
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ETA_WINDOW = 5  # mean of the last epochs' durations
-METRIC_OF_KIND = {"pretrain": "precision", "finetune": "AP", "evaluate": "results"}
+METRIC_OF_KIND = {StageKind.PRETRAIN: "precision", StageKind.FINETUNE: "AP", StageKind.EVALUATE: "results"}
 """The key metric a stage's row shows (an evaluate stage: the number of results it wrote)."""
 
 
@@ -174,7 +175,9 @@ def render_status(rows: list[dict], plan: Plan) -> str:
         if not isinstance(value, (int, float)):
             metric = "-"
         else:  # an evaluate stage's value is a count of results
-            metric = f"{r['metric']} {value}" if r["kind"] == "evaluate" else f"{r['metric']} {value:.3f}"
+            metric = (
+                f"{r['metric']} {value}" if r["kind"] == StageKind.EVALUATE else f"{r['metric']} {value:.3f}"
+            )
         what = f"{r['description']} ({', '.join(t.split('-')[0] for t in r['trials'])})"
         if r.get("detail"):
             what += f" — {r['detail']}"

@@ -14,7 +14,6 @@ Every failure explains itself: `attempts.json` in the stage folder keeps the his
 worker's traceback and node; `summary_line` is what the run prints as it happens; `status_text` is
 what `hsjp-study status` shows (`retrying 2/3: <error>` / `failed: <error>`).
 
-`run_with_retries(run_once, store, stage_id, policy, run_token=...)` is the whole loop for a caller
 that can block; a scheduler that cannot uses its steps:
 
     attempt = attempt_from_exception(exc, node=node_of_the_stage, run_token=token)
@@ -29,9 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -295,47 +292,6 @@ def _died_with_drain(exc: BaseException) -> bool:
 def last_line(text: str | None) -> str:
     lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
     return lines[-1] if lines else ""
-
-
-# ------------------------------------------------------------------------------------------- loop
-class StageGaveUp(RuntimeError):
-    """A stage failed for good (budget spent, or the same error twice); `decision` says why."""
-
-    def __init__(self, stage_id: str, decision: Decision):
-        super().__init__(f"stage {stage_id} {status_text(decision)}")
-        self.stage_id, self.decision = stage_id, decision
-
-
-def run_with_retries(
-    run_once: Callable[[], T],
-    store: Store,
-    stage_id: str,
-    policy: FailurePolicy,
-    *,
-    run_token: str,
-    node: Callable[[], str | None] | None = None,
-    report: Callable[[str], None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    study: str = "",
-) -> T:
-    """Call `run_once` (one attempt of a stage) until it returns, under `policy`: each failure is
-    recorded (attempts.json, error.txt), reported as one line, and either retried after its backoff
-    or ends in StageGaveUp. On success this run's attempts are cleared. `node` names where the failed
-    attempt ran, when the caller can tell."""
-    report = report or (lambda line: print(line, file=sys.stderr, flush=True))
-    while True:
-        try:
-            result = run_once()
-        except Exception as exc:  # noqa: BLE001 — every failure of the stage is the policy's to judge
-            attempt = attempt_from_exception(exc, node=node() if node else None, run_token=run_token)
-            decision = record_failure(store, stage_id, attempt, policy, study=study)
-            report(summary_line(stage_id, decision))
-            if not decision.retry:
-                raise StageGaveUp(stage_id, decision) from exc
-            sleep(decision.delay_s)
-            continue
-        clear_attempts(store, stage_id)
-        return result
 
 
 # ------------------------------------------------------------------------------------------ store

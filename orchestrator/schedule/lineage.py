@@ -22,7 +22,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from orchestrator.store.format import STAGES_DIR, STALE_DIR
+from orchestrator.store.format import STAGES_DIR, STALE_DIR, StageKind
 from workloads import STAGE_WORKLOADS, WORKLOAD_VERSIONS
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def recorded_versions(result: dict) -> dict[str, str] | None:
     kinds = [result.get("kind")]
     init = (result.get("config") or {}).get("init") or {}
     if init.get("method") == "hsjp":
-        kinds.append("pretrain")
+        kinds.append(StageKind.PRETRAIN)
     return {STAGE_WORKLOADS[k]: str(legacy) for k in kinds if k in STAGE_WORKLOADS}
 
 

@@ -36,7 +36,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator.plan import Plan, StageSpec, stage_hours, stage_request
-from orchestrator.store.format import SKIP_REASON, TERMINAL_STATES, StageHow, StageState, stage_state
+from orchestrator.store.format import (
+    SKIP_REASON,
+    TERMINAL_STATES,
+    StageHow,
+    StageKind,
+    StageState,
+    stage_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +198,9 @@ class StageScheduler:
             return
         parent = self.stages.get(run.spec.parent) if run.spec.parent else None
         if parent is not None and parent.state == StageState.COLLAPSED:
-            reason = SKIP_REASON if parent.spec.kind == "pretrain" else f"{parent.spec.kind} collapsed"
+            reason = (
+                SKIP_REASON if parent.spec.kind == StageKind.PRETRAIN else f"{parent.spec.kind} collapsed"
+            )
             self._publish_without_trial(run, StageState.SKIPPED, {"reason": reason}, now)
             return
         if parent is not None and parent.state in (StageState.FAILED, StageState.SKIPPED):

@@ -143,10 +143,10 @@ def begin_attempt(plan: Plan, stage_id: str, store: Store) -> StageAttempt:
 def stage_record(plan: Any, spec: Any) -> dict:
     """What identifies a stage (config.json; also the head of result.json)."""
     config = to_dict(spec.config)
-    if spec.kind == "finetune" and spec.parent:
+    if spec.kind == StageKind.FINETUNE and spec.parent:
         parent_cfg = plan.stages[spec.parent].config
         config["init"] = {"method": parent_cfg.method, "pretrain": to_dict(parent_cfg)}
-    if spec.kind == "evaluate" and spec.parent:  # its finetune's record (the report classifies by it)
+    if spec.kind == StageKind.EVALUATE and spec.parent:  # its finetune's record (the report classifies by it)
         config["init"] = stage_record(plan, plan.stages[spec.parent])["config"].get("init")
     return {
         "stage_id": spec.stage_id,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from orchestrator.store.format import StageKind
 from workloads.config import (
     BACKBONES,
     ConfigError,
@@ -168,7 +169,7 @@ class DataSpec:
         file for a pretrain (HSJP precision uses GT persons). The test-split detections are a child-stage
         field: the evaluate stages hash them (plan.evaluation_stage)."""
         ident: dict[str, Any] = identity_dict(self.config)
-        if kind == "pretrain":
+        if kind == StageKind.PRETRAIN:
             ident.pop("detection_file", None)
         if self.synthetic is not None:
             ident.pop("coco_root", None)

@@ -19,7 +19,6 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa_lib
@@ -310,9 +309,6 @@ class Store:
         obj = parse_json_or_warn(self.read_bytes(path), path, consequence)
         return None if obj is None else read_result_record(obj, path)
 
-    def is_done(self, stage_id: str) -> bool:
-        return self.read_result(stage_id) is not None
-
     def record_error(self, stage_id: str, text: str) -> None:
         self.write_bytes(self.stage_path(stage_id, ERROR_FILE), text.encode())
 
@@ -329,12 +325,6 @@ class Store:
     def list_studies(self) -> list[str]:
         """The study folders of the store (names that are not valid study names are ignored)."""
         return [name for name in self.list_dirs(STUDIES_DIR) if is_study_name(name)]
-
-    def iter_results(self) -> Iterator[dict]:
-        for stage_id in self.list_stages():
-            res = self.read_result(stage_id)
-            if res is not None:
-                yield res
 
     # --------------------------------------------------------------------------------- studies
     def write_study(self, name: str, study_text: str, plan: dict) -> None:

@@ -96,11 +96,3 @@ def log_epoch(store: Any, stage_id: str, row: dict) -> None:
     except Exception as exc:  # noqa: BLE001 — TensorBoard output must never fail a stage
         log.warning("stage %s: TensorBoard events not written (%s: %s)", stage_id, type(exc).__name__, exc)
         _WRITERS[key] = None
-
-
-def close_all() -> None:
-    """Close every writer of this process (tests; a finished stage process exits anyway)."""
-    for writer in _WRITERS.values():
-        if writer is not None:
-            writer.close()
-    _WRITERS.clear()

@@ -211,7 +211,9 @@ def test_failed_stage_records_error_and_the_next_run_retries_it(local_ray, tmp_p
     assert first["failures"][0]["stage_id"] == trial.finetune
     assert "injected failure" in first["failures"][0]["error"]
     assert "injected failure" in store.read_error(trial.finetune)
-    assert not store.is_done(trial.finetune) and store.is_done(trial.pretrain)
+    assert not (store.read_result(trial.finetune) is not None) and (
+        store.read_result(trial.pretrain) is not None
+    )
 
     second = run_study(plan, store, study_text="name: fail\n", workloads=work, progress=False)
 

@@ -5,7 +5,11 @@ error.txt through the Store, `status` showing `retrying 2/3: …` / `failed: …
 from __future__ import annotations
 
 import dataclasses
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -227,6 +231,49 @@ def test_bad_retry_settings_are_refused(field, value, expected):
 
 
 # ------------------------------------------------------------------------------------------ loop
+class StageGaveUp(RuntimeError):
+    """A stage failed for good (budget spent, or the same error twice); `decision` says why."""
+
+    def __init__(self, stage_id: str, decision: failures.Decision):
+        super().__init__(f"stage {stage_id} {failures.status_text(decision)}")
+        self.stage_id, self.decision = stage_id, decision
+
+
+T = TypeVar("T")
+
+
+def run_with_retries(  # the retry loop the scheduler runs, as one function (tests)
+    run_once: Callable[[], T],
+    store: Store,
+    stage_id: str,
+    policy: failures.FailurePolicy,
+    *,
+    run_token: str,
+    node: Callable[[], str | None] | None = None,
+    report: Callable[[str], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    study: str = "",
+) -> T:
+    """Call `run_once` (one attempt of a stage) until it returns, under `policy`: each failure is
+    recorded (attempts.json, error.txt), reported as one line, and either retried after its backoff
+    or ends in StageGaveUp. On success this run's attempts are cleared. `node` names where the failed
+    attempt ran, when the caller can tell."""
+    report = report or (lambda line: print(line, file=sys.stderr, flush=True))
+    while True:
+        try:
+            result = run_once()
+        except Exception as exc:  # noqa: BLE001 — every failure of the stage is the policy's to judge
+            attempt = failures.attempt_from_exception(exc, node=node() if node else None, run_token=run_token)
+            decision = failures.record_failure(store, stage_id, attempt, policy, study=study)
+            report(failures.summary_line(stage_id, decision))
+            if not decision.retry:
+                raise StageGaveUp(stage_id, decision) from exc
+            sleep(decision.delay_s)
+            continue
+        failures.clear_attempts(store, stage_id)
+        return result
+
+
 def test_an_always_failing_stage_stops_after_two_identical_errors(setup):
     """The always-failing stand-in under the loop: 2 attempts, one backoff, error.txt, two lines
     printed (the traceback's last line in each), status `failed: …`; no real waiting."""
@@ -237,8 +284,8 @@ def test_an_always_failing_stage_stops_after_two_identical_errors(setup):
         calls.append(1)
         raise RuntimeError("stand-in stage: deterministic bug")
 
-    with pytest.raises(failures.StageGaveUp) as info:
-        failures.run_with_retries(
+    with pytest.raises(StageGaveUp) as info:
+        run_with_retries(
             always_fails,
             store,
             sid,
@@ -275,9 +322,7 @@ def test_a_flaky_stage_is_retried_and_its_attempts_cleared(setup):
         return "ok"
 
     assert (
-        failures.run_with_retries(
-            flaky, store, sid, POLICY, run_token="r1", report=lambda _: None, sleep=waits.append
-        )
+        run_with_retries(flaky, store, sid, POLICY, run_token="r1", report=lambda _: None, sleep=waits.append)
         == "ok"
     )
     assert waits == [10.0] and failures.read_attempts(store, sid) is None
@@ -290,8 +335,8 @@ def test_the_budget_bounds_different_errors(setup):
     def new_error_each_time():
         raise ValueError(f"error {next(n)}")
 
-    with pytest.raises(failures.StageGaveUp) as info:
-        failures.run_with_retries(
+    with pytest.raises(StageGaveUp) as info:
+        run_with_retries(
             new_error_each_time,
             store,
             sid,

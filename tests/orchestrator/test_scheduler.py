@@ -18,6 +18,7 @@ import standins  # noqa: E402
 from fakes import FakeRunner, VirtualClock, fake_fit  # noqa: E402
 
 from orchestrator.cli.run import run_study  # noqa: E402
+from orchestrator.schedule.lease import FileLease  # noqa: E402
 from orchestrator.schedule.scheduler import (  # noqa: E402
     Interval,
     StageScheduler,
@@ -30,7 +31,6 @@ from orchestrator.schedule.scheduler import (  # noqa: E402
     stage_request,
     unschedulable,
 )
-from orchestrator.schedule.lease import FileLease  # noqa: E402
 from orchestrator.store.store import Store  # noqa: E402
 
 GPU = standins.tiny_compute(use_gpu=True, gpus_per_worker=1.0, cpus_per_worker=8.0)

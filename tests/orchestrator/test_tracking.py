@@ -92,13 +92,21 @@ def test_missing_tracker_package_exits_2_naming_the_extra(tmp_path, monkeypatch,
 
 
 # -------------------------------------------------------------------------------------- tensorboard
+def _close_writers() -> None:
+    """Flush this process's event files (a stage's worker process ends, which closes them)."""
+    for writer in tb._WRITERS.values():
+        if writer is not None:
+            writer.close()
+    tb._WRITERS.clear()
+
+
 def test_tensorboard_events_one_scalar_per_epoch(tmp_path):
     store = Store(tmp_path / "store")
     sid = "finetune-" + "ab" * 8
     for epoch in range(3):
         row = {"epoch": epoch, "epochs": 3, "loss": 1.0 / (epoch + 1), "lr": 1e-3, "img_per_s": 50.0}
         tb.log_epoch(store, sid, row | ({"AP": 0.1 * epoch, "collapsed": False} if epoch else {}))
-    tb.close_all()
+    _close_writers()
     scalars = _event_scalars(Path(store.stage_path(sid, "tb")))
     assert [s for s, _ in scalars["train/loss"]] == [0, 1, 2]
     assert [v for _, v in scalars["train/loss"]] == pytest.approx([1.0, 0.5, 1 / 3])
@@ -116,7 +124,7 @@ def test_tensorboard_events_reach_an_object_store(tmp_path):
     sid = "pretrain-" + "cd" * 8
     for epoch in range(2):
         tb.log_epoch(store, sid, {"epoch": epoch, "loss": 2.0 - epoch, "precision": 0.1})
-    tb.close_all()
+    _close_writers()
     scalars = _event_scalars(Path(store.stage_path(sid, "tb")))
     assert [s for s, _ in scalars["train/loss"]] == [0, 1] and len(scalars["eval/precision"]) == 2
 
