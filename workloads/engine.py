@@ -120,13 +120,15 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, fused=bool(params))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, milestones: list[int], factor: float):
+def make_lr_schedule(
+    optimizer: torch.optim.Optimizer, milestones: list[int], factor: float
+) -> torch.optim.lr_scheduler.MultiStepLR:
     """MultiStepLR stepped once per epoch after training it, with the official drop placement: the lr
     drops by `factor` from 0-based epoch m − 1 for each milestone m (`lr_drop_epochs`).
 
     The official HRNet / SimpleBaseline tools/train.py call `lr_scheduler.step()` at the START of each
-    epoch on a scheduler whose constructor already stepped once (PyTorch < 1.1), so epoch e trains with
-    the lr of scheduler epoch e + 1: LR_STEP [170, 200] of 210 epochs gives 169 / 30 / 11 epochs per lr
+    epoch on an lr scheduler whose constructor already stepped once (PyTorch < 1.1), so epoch e trains
+    with the lr of lr-scheduler epoch e + 1: LR_STEP [170, 200] of 210 epochs gives 169 / 30 / 11 epochs per lr
     (0..168, 169..198, 199..209). Stepping after the epoch with milestones m − 1 gives the same lrs."""
     return torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=lr_drop_epochs(milestones), gamma=factor
@@ -169,7 +171,7 @@ def forward_heatmaps(
 
 def backward_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
     """One optimiser step on `loss` (gradients zeroed first, as None); the loss back, detached and still
-    on the device (no host read). Both tasks' `train_step` end with it."""
+    on the device (no host read). Both workloads' steps (`pretext_step`, `pose_step`) end with it."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -391,13 +393,13 @@ def global_mean(total: torch.Tensor, seen: int, world_size: int) -> float:
 
 @dataclass
 class Task:
-    """What a workload hands the engine: its model, optimiser, lr scheduler and loader, and three
+    """What a workload hands the engine: its model, optimiser, lr schedule and loader, and three
     functions. `run_epochs` runs the epochs, `train_one_epoch` the batches of one."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Any
-    """Stepped once per epoch (`make_scheduler`)."""
+    lr_schedule: Any
+    """The lr scheduler, stepped once per epoch (`make_lr_schedule`)."""
     loader: Iterable
     sampler: Any
     """The loader's `EpochSampler` (anything with `set_epoch`)."""
@@ -458,7 +460,7 @@ def run_epochs(ctx: StageContext, task: Task, spec: LoopSpec) -> LoopOutcome:
     """Train epochs [start, spec.epochs) of `task` where start follows the latest checkpoint of this
     stage: each epoch `train_one_epoch`, the lr step, every `spec.eval_every` epochs (and after the
     last) `task.evaluate` and the best-model choice, the collapse checks, then the epoch checkpoint."""
-    model, optimizer, scheduler = task.model, task.optimizer, task.scheduler
+    model, optimizer, lr_schedule = task.model, task.optimizer, task.lr_schedule
     out, start = _resume(ctx, task)
     if out.collapsed:
         return out
@@ -467,7 +469,7 @@ def run_epochs(ctx: StageContext, task: Task, spec: LoopSpec) -> LoopOutcome:
         t0 = time.perf_counter()
         stats = train_one_epoch(ctx, task, epoch)
         seconds = time.perf_counter() - t0
-        scheduler.step()
+        lr_schedule.step()
         loss = float(stats["loss"])
         collapsed = not math.isfinite(loss) or loss > spec.collapse_loss
         metrics = {
@@ -504,7 +506,7 @@ def run_epochs(ctx: StageContext, task: Task, spec: LoopSpec) -> LoopOutcome:
             out.collapsed, out.collapsed_epoch, out.collapse_reason = True, epoch, reason
             metrics["collapsed"] = True
             log.warning("epoch %d: %s", epoch, reason)
-        ctx.save_epoch(_checkpoint(model, optimizer, scheduler, epoch, out, spec, collapsed), metrics)
+        ctx.save_epoch(_checkpoint(model, optimizer, lr_schedule, epoch, out, spec, collapsed), metrics)
         if collapsed:
             break
     return out
@@ -520,7 +522,7 @@ def _resume(ctx: StageContext, task: Task) -> tuple[LoopOutcome, int]:
         return out, 0
     unwrap(task.model).load_state_dict(state["model"])
     task.optimizer.load_state_dict(state["optimizer"])
-    task.scheduler.load_state_dict(state["scheduler"])
+    task.lr_schedule.load_state_dict(state["scheduler"])  # the checkpoint key of the lr schedule
     if "rng" in state:
         torch.set_rng_state(state["rng"])
     best = state.get("best") or {}
@@ -537,12 +539,12 @@ def _resume(ctx: StageContext, task: Task) -> tuple[LoopOutcome, int]:
 
 
 def _checkpoint(
-    model, optimizer, scheduler, epoch: int, out: LoopOutcome, spec: LoopSpec, collapsed: bool
+    model, optimizer, lr_schedule, epoch: int, out: LoopOutcome, spec: LoopSpec, collapsed: bool
 ) -> dict:
     return {
         "model": cpu_state_dict(model),
         "optimizer": host_copy(optimizer.state_dict()),
-        "scheduler": scheduler.state_dict(),
+        "scheduler": lr_schedule.state_dict(),  # key kept: checkpoints written before read it back
         "epoch": epoch,
         "rng": torch.get_rng_state(),
         "best": {

@@ -40,8 +40,8 @@ from workloads.engine import (
     forward_heatmaps,
     loss_summary,
     make_loader,
+    make_lr_schedule,
     make_optimizer,
-    make_scheduler,
     place_model,
     run_epochs,
     wants_channels_last,
@@ -60,8 +60,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Loop:
-    """What the batch preparation and the train step share."""
+class PretextRun:
+    """The parts of one pretext run that its batch preparation and its step share (`task_of` makes the
+    engine's Task of them)."""
 
     cfg: PretrainConfig
     ctx: StageContext
@@ -80,17 +81,17 @@ def heatmap_hw_of(cfg: PretrainConfig) -> tuple[int, int]:
     return cfg.heatmap_size, cfg.heatmap_size * (2 if cfg.concat_original else 1)
 
 
-def prepare_batch(batch: dict, loop: Loop) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def prepare_batch(batch: dict, run: PretextRun) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images, target heatmaps [B, K, H, W], mask [B, K]) on the device from a loader batch: the images
     rendered there with augment_on: device (decoded too with decode_on: device), or the loader's uint8
     images as they are (normalised in the step); the targets of paper eq. (1) made there."""
-    cfg, device = loop.cfg, loop.ctx.device
+    cfg, device = run.cfg, run.ctx.device
     images = batch_images(
         batch, cfg, device
     )  # before the mask: a file the device cannot decode zeroes its row
     centers = batch["centers_xy"].to(device, non_blocking=True)  # [B, K, 2] xy input px
     mask = batch["mask"].to(device, non_blocking=True)  # [B, K]
-    return images, make_heatmaps(centers, mask, loop.heatmap_hw, loop.stride, cfg.sigma), mask
+    return images, make_heatmaps(centers, mask, run.heatmap_hw, run.stride, cfg.sigma), mask
 
 
 def make_forward_loss(cfg: PretrainConfig, device: torch.device, heatmap_hw: tuple[int, int]):
@@ -106,22 +107,22 @@ def make_forward_loss(cfg: PretrainConfig, device: torch.device, heatmap_hw: tup
     return forward_loss
 
 
-def train_step(loop: Loop, tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def pretext_step(run: PretextRun, tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """One Adam step on prepared (images, targets, mask) (`prepare_batch`); returns the loss, still on
     the device."""
-    return backward_step(loop.optimizer, loop.forward_loss(loop.model, *tensors))
+    return backward_step(run.optimizer, run.forward_loss(run.model, *tensors))
 
 
-def task_of(loop: Loop, scheduler: Any, evaluate: Callable[[], dict]) -> Task:
-    """The pretext as the engine runs it: `prepare_batch` (eq. 1 targets) and `train_step` (eq. 2)."""
+def task_of(run: PretextRun, lr_schedule: Any, evaluate: Callable[[], dict]) -> Task:
+    """The pretext as the engine runs it: `prepare_batch` (eq. 1 targets) and `pretext_step` (eq. 2)."""
     return Task(
-        loop.model,
-        loop.optimizer,
-        scheduler,
-        loop.loader,
-        loop.sampler,
-        prepare=functools.partial(prepare_batch, loop=loop),
-        train_step=functools.partial(train_step, loop),
+        run.model,
+        run.optimizer,
+        lr_schedule,
+        run.loader,
+        run.sampler,
+        prepare=functools.partial(prepare_batch, run=run),
+        train_step=functools.partial(pretext_step, run),
         evaluate=evaluate,
     )
 
@@ -189,11 +190,11 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
         collate_fn=collate_with_bytes if decode_here else None,
     )
     optimizer = make_optimizer(model, cfg.lr)
-    scheduler = make_scheduler(optimizer, cfg.milestones, cfg.lr_factor)
+    lr_schedule = make_lr_schedule(optimizer, cfg.milestones, cfg.lr_factor)
     stride = heatmap_stride(cfg.input_size, cfg.heatmap_size)
     hw = heatmap_hw_of(cfg)
     forward_loss = compile_step(make_forward_loss(cfg, device, hw), cfg.runtime, device)
-    loop = Loop(cfg, ctx, model, optimizer, loader, sampler, hw, stride, forward_loss)
+    run = PretextRun(cfg, ctx, model, optimizer, loader, sampler, hw, stride, forward_loss)
     val_loader: list[DataLoader] = []  # built on first use (every rank: its share)
 
     def evaluate() -> dict:  # every rank scores its share of the puzzles; the counts are summed
@@ -226,7 +227,7 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
         collapse_check=PretextCollapse(CollapseRule.of(cfg), ctx.rank, ctx.world_size, device),
         history_keys=SIGNALS,
     )
-    out = run_epochs(ctx, task_of(loop, scheduler, evaluate), spec)
+    out = run_epochs(ctx, task_of(run, lr_schedule, evaluate), spec)
     metrics = {
         "precision": out.best_value,
         "best_epoch": out.best_epoch,

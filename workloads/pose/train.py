@@ -60,8 +60,8 @@ from workloads.engine import (
     forward_heatmaps,
     loss_summary,
     make_loader,
+    make_lr_schedule,
     make_optimizer,
-    make_scheduler,
     place_model,
     run_epochs,
     unwrap,
@@ -156,8 +156,8 @@ def initialise(
 
 # ---------------------------------------------------------------------------------------- training
 @dataclass
-class Loop:
-    """What the engine's task of a finetune is made from (`task_of`)."""
+class FinetuneRun:
+    """The parts of one finetune run that the engine's Task is made of (`task_of`)."""
 
     cfg: FinetuneConfig
     ctx: StageContext
@@ -214,7 +214,7 @@ def make_forward_loss(cfg: FinetuneConfig, device: torch.device):
     return forward_loss
 
 
-def train_step(
+def pose_step(
     model: nn.Module,
     batch,
     optimizer: torch.optim.Optimizer,
@@ -231,24 +231,24 @@ def train_step(
     return backward_step(optimizer, forward_loss(model, images, targets, weights))
 
 
-def task_of(loop: Loop, scheduler: Any, evaluate: Callable[[], dict]) -> Task:
+def task_of(run: FinetuneRun, lr_schedule: Any, evaluate: Callable[[], dict]) -> Task:
     """The finetune as the engine runs it: `prepare_batch` (heatmap targets on the device) and
-    `train_step` (JointsMSE, one Adam step)."""
-    cfg, device = loop.cfg, loop.ctx.device
+    `pose_step` (JointsMSE, one Adam step)."""
+    cfg, device = run.cfg, run.ctx.device
     return Task(
-        loop.model,
-        loop.optimizer,
-        scheduler,
-        loop.loader,
-        loop.sampler,
+        run.model,
+        run.optimizer,
+        lr_schedule,
+        run.loader,
+        run.sampler,
         prepare=functools.partial(prepare_batch, cfg=cfg, device=device),
         train_step=functools.partial(
-            train_step,
-            loop.model,
-            optimizer=loop.optimizer,
+            pose_step,
+            run.model,
+            optimizer=run.optimizer,
             cfg=cfg,
             device=device,
-            forward_loss=loop.forward_loss,
+            forward_loss=run.forward_loss,
             prepared=True,
         ),
         evaluate=evaluate,
@@ -475,8 +475,8 @@ def run_finetune(
         collate_fn=collate_with_bytes if decode_here else None,
     )
     optimizer = make_optimizer(model, cfg.lr)  # trainable parameters only
-    scheduler = make_scheduler(optimizer, cfg.milestones, cfg.lr_factor)
-    loop = Loop(
+    lr_schedule = make_lr_schedule(optimizer, cfg.milestones, cfg.lr_factor)
+    run = FinetuneRun(
         cfg,
         ctx,
         model,
@@ -504,7 +504,7 @@ def run_finetune(
         collapse_loss=cfg.collapse_loss,
         config=stage_config,
     )
-    out = run_epochs(ctx, task_of(loop, scheduler, evaluate), spec)
+    out = run_epochs(ctx, task_of(run, lr_schedule, evaluate), spec)
     best_eval = dict(out.best_eval)
     best_eval.pop(PER_IMAGE_KEY, None)
     metrics: dict[str, Any] = {}
