@@ -728,7 +728,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
             return _coerce(inner[0], value, where)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -68,11 +68,11 @@ class PretextRun:
     ctx: StageContext
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    loader: DataLoader
+    loader: DataLoader[Any]
     sampler: EpochSampler
     heatmap_hw: tuple[int, int]
     stride: float
-    forward_loss: Callable
+    forward_loss: Callable[..., Any]
     """`make_forward_loss`, compiled when the runtime says so (engine.compile_step)."""
 
 
@@ -81,7 +81,7 @@ def heatmap_hw_of(cfg: PretrainConfig) -> tuple[int, int]:
     return cfg.heatmap_size, cfg.heatmap_size * (2 if cfg.concat_original else 1)
 
 
-def prepare_batch(batch: dict, run: PretextRun) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def prepare_batch(batch: dict[str, Any], run: PretextRun) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images, target heatmaps [B, K, H, W], mask [B, K]) on the device from a loader batch: the images
     rendered there with augment_on: device (decoded too with decode_on: device), or the loader's uint8
     images as they are (normalised in the step); the targets of paper eq. (1) made there."""
@@ -94,12 +94,16 @@ def prepare_batch(batch: dict, run: PretextRun) -> tuple[torch.Tensor, torch.Ten
     return images, make_heatmaps(centers, mask, run.heatmap_hw, run.stride, cfg.sigma), mask
 
 
-def make_forward_loss(cfg: PretrainConfig, device: torch.device, heatmap_hw: tuple[int, int]):
+def make_forward_loss(
+    cfg: PretrainConfig, device: torch.device, heatmap_hw: tuple[int, int]
+) -> Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """fn(model, images, target, mask) → the masked MSE of paper eq. (2) (float32), the input normalised /
     laid out on the device, the forward under the configured autocast. What `engine.compile_step` compiles."""
     channels_last = wants_channels_last(cfg.runtime, device)
 
-    def forward_loss(model: nn.Module, images: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+    def forward_loss(
+        model: nn.Module, images: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         pred = forward_heatmaps(model, images, cfg.runtime, device, channels_last)
         check_heatmap_output(pred, heatmap_hw, "pretrain.heatmap_size", cfg.heatmap_size)
         return masked_mse(pred, target, mask)  # paper eq. (2), float32
@@ -113,7 +117,7 @@ def pretext_step(run: PretextRun, tensors: tuple[torch.Tensor, torch.Tensor, tor
     return backward_step(run.optimizer, run.forward_loss(run.model, *tensors))
 
 
-def task_of(run: PretextRun, lr_schedule: Any, evaluate: Callable[[], dict]) -> Task:
+def task_of(run: PretextRun, lr_schedule: Any, evaluate: Callable[[], dict[str, Any]]) -> Task:
     """The pretext as the engine runs it: `prepare_batch` (eq. 1 targets) and `pretext_step` (eq. 2)."""
     return Task(
         run.model,
@@ -127,7 +131,9 @@ def task_of(run: PretextRun, lr_schedule: Any, evaluate: Callable[[], dict]) -> 
     )
 
 
-def combine_precision(local: dict, patches: int, world_size: int, device: torch.device) -> dict:
+def combine_precision(
+    local: dict[str, Any], patches: int, world_size: int, device: torch.device
+) -> dict[str, Any]:
     """P, patch accuracy, heatmap contrast and puzzle count over every rank's share (`evaluate_precision`
     of each) — the solved / located counts and the contrast sums added, so each is over all validation
     puzzles, as on one rank."""
@@ -195,9 +201,9 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
     hw = heatmap_hw_of(cfg)
     forward_loss = compile_step(make_forward_loss(cfg, device, hw), cfg.runtime, device)
     run = PretextRun(cfg, ctx, model, optimizer, loader, sampler, hw, stride, forward_loss)
-    val_loader: list[DataLoader] = []  # built on first use (every rank: its share)
+    val_loader: list[DataLoader[Any]] = []  # built on first use (every rank: its share)
 
-    def evaluate() -> dict:  # every rank scores its share of the puzzles; the counts are summed
+    def evaluate() -> dict[str, Any]:  # every rank scores its share of the puzzles; the counts are summed
         if not val_loader:
             val_set = PuzzleDataset(load_instances(data, train=False, seed=cfg.seed), cfg, train=False)
             share = Subset(val_set, range(ctx.rank, len(val_set), ctx.world_size))  # no padding: exact P
@@ -212,7 +218,7 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
             )
         local = (
             evaluate_precision(model, val_loader[0], stride, cfg.eps, device, cfg.runtime)
-            if len(val_loader[0].dataset)
+            if len(cast(Sized, val_loader[0].dataset))  # a Subset: torch's Dataset declares no __len__
             else {"precision": 0.0, "patch_accuracy": 0.0, "heatmap_contrast": 0.0, "puzzles": 0}
         )
         result = combine_precision(local, cfg.n * cfg.n, ctx.world_size, device)
