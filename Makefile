@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 STORE  ?= hsjp-store
 
-.PHONY: demo test test-fast lint install clean device-wheels
+.PHONY: demo test test-fast lint typecheck install clean device-wheels
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# mypy --strict on the workload interfaces the orchestrator calls: the files and the strict modules are
+# pyproject.toml's [tool.mypy]
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 # The wheels benchmarks/device_check.sh installs on the GPU machine, which has no network and no
 # pycocotools (docs/performance.md "The device check's machine"): carry .whl with the call. 2.0.11: the

@@ -81,12 +81,12 @@ def step_rows(batch: int, input_size: int, backbones: list[str]) -> list[tuple[s
                              augment_on="device")  # fmt: skip
         model = build_model(model_cfg, 36).train()
         hw = hsjp_train.heatmap_hw_of(cfg)
-        loop = SimpleNamespace(cfg=cfg, ctx=SimpleNamespace(device=cpu), model=model,
+        run = SimpleNamespace(cfg=cfg, ctx=SimpleNamespace(device=cpu), model=model,
                                optimizer=make_optimizer(model, 1e-3), heatmap_hw=hw,
                                stride=heatmap_stride(cfg.input_size, cfg.heatmap_size),
                                forward_loss=hsjp_train.make_forward_loss(cfg, cpu, hw))  # fmt: skip
         b = pretext_draws(cfg, batch)
-        fn = lambda loop=loop, b=b: hsjp_train.train_step(loop, hsjp_train.prepare_batch(dict(b), loop))  # noqa: E731
+        fn = lambda run=run, b=b: hsjp_train.pretext_step(run, hsjp_train.prepare_batch(dict(b), run))  # noqa: E731
         fn()
         rows.append((f"{backbone} pretext step (render + targets + fwd/bwd + Adam)", *counted(fn)))
 
@@ -99,7 +99,7 @@ def step_rows(batch: int, input_size: int, backbones: list[str]) -> list[tuple[s
               torch.rand(batch, 17, 2, generator=g, dtype=torch.float64) * torch.tensor([w, h]),
               (torch.rand(batch, 17, generator=g) > 0.3).float())  # fmt: skip
         fwd = pose_train.make_forward_loss(fcfg, cpu)
-        fn = lambda pose=pose, pb=pb, opt=opt, fcfg=fcfg, fwd=fwd: pose_train.train_step(  # noqa: E731
+        fn = lambda pose=pose, pb=pb, opt=opt, fcfg=fcfg, fwd=fwd: pose_train.pose_step(  # noqa: E731
             pose, pb, opt, fcfg, cpu, fwd
         )
         fn()

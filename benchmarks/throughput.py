@@ -280,7 +280,7 @@ def ours_pipeline(
     task: str, cfg, persons: list, sizes: Sizes, device: torch.device, tmp: Path, decode_on: str = "auto"
 ) -> Pipeline:
     """The workloads' training path: their datasets and the engine task each hands the loop (`task_of`:
-    `prepare_batch`, the compiled forward + loss, `train_step`)."""
+    `prepare_batch`, the compiled forward + loss, `pretext_step` / `pose_step`)."""
     channels = cfg.n * cfg.n if task == "pretext" else NUM_KEYPOINTS
     model = build_model(cfg.model, channels, generator=torch.Generator().manual_seed(0))
     model = apply_memory_format(model, cfg.runtime, device).to(device)
@@ -307,11 +307,11 @@ def ours_pipeline(
         dataset, sizes.batch, ctx, seed=0, workers=sizes.workers, collate_fn=collate
     )
     if task == "pretext":  # the engine's task of each workload: its own prepare and train step
-        loop = hsjp_train.Loop(cfg, ctx, model, optimizer, loader, sampler, hw, stride, forward_loss)
-        work = hsjp_train.task_of(loop, None, dict)
+        run = hsjp_train.PretextRun(cfg, ctx, model, optimizer, loader, sampler, hw, stride, forward_loss)
+        work = hsjp_train.task_of(run, None, dict)
     else:
         work = pose_train.task_of(
-            pose_train.Loop(cfg, ctx, model, optimizer, loader, sampler, forward_loss), None, dict
+            pose_train.FinetuneRun(cfg, ctx, model, optimizer, loader, sampler, forward_loss), None, dict
         )
     return Pipeline("ours", model, loader, work.prepare, work.train_step, _batch_size, prefetch=True)
 

@@ -187,16 +187,6 @@ def table_latex(table: pd.DataFrame, label: str) -> str:
 
 
 # ---------------------------------------------------------------------------------- differences
-DIFF_TITLES = {
-    "comparison": "Comparison",
-    "a": "A",
-    "b": "B",
-    "text": "Δ AP [95 %]",
-    "paper": "paper Δ",
-    "how": "interval",
-}
-
-
 def differences_display(frame: pd.DataFrame) -> pd.DataFrame:
     """The differences table as shown: comparison, Δ with its interval, the paper's Δ, how, A and B."""
     return pd.DataFrame(

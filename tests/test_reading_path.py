@@ -19,8 +19,8 @@ HOPS = [
     ("workloads/pose/train.py", "run_finetune", "run_epochs"),
     ("workloads/engine.py", "run_epochs", "train_one_epoch"),
     ("workloads/engine.py", "train_one_epoch", "train_step"),  # engine → model step
-    ("workloads/hsjp/train.py", "train_step", "forward_loss"),
-    ("workloads/pose/train.py", "train_step", "forward_loss"),
+    ("workloads/hsjp/train.py", "pretext_step", "forward_loss"),
+    ("workloads/pose/train.py", "pose_step", "forward_loss"),
 ]
 
 

@@ -283,7 +283,7 @@ class PretrainConfig:
     lr_steps: tuple[int, ...] = (190, 220)
     """Epochs at which lr drops by lr_factor, given for 240 epochs (paper §3.4: "dropped ... at the 190th
     and 220th epoch") and scaled proportionally when `epochs` differs (`scale_milestones`: 120 → 95, 110;
-    480 → 380, 440). A step m applies from the m-th epoch, 0-based m − 1 (engine.make_scheduler)."""
+    480 → 380, 440). A step m applies from the m-th epoch, 0-based m − 1 (engine.make_lr_schedule)."""
     lr_factor: float = 0.1
     """LR drop factor (paper §3.4: 1e-3 → 1e-4 → 1e-5)."""
     batch_size: int = 64
@@ -478,7 +478,7 @@ class FinetuneConfig:
     """LR drop epochs for the official schedule length; None → backbone's (HRNet 170, 200; SB 90, 120).
     Scaled proportionally when `epochs` differs from the official length (`scale_milestones`: HRNet
     450 epochs → 364, 429). A step m applies from 0-based epoch m − 1, as the official code's
-    `lr_scheduler.step()` at the start of each epoch (engine.make_scheduler)."""
+    `lr_scheduler.step()` at the start of each epoch (engine.make_lr_schedule)."""
     lr_factor: float = 0.1
     """LR drop factor (official: 0.1)."""
     batch_size: int = 32
@@ -622,7 +622,7 @@ def scale_milestones(steps: tuple[int, ...] | list[int], base_epochs: int, epoch
 
 def lr_drop_epochs(milestones: tuple[int, ...] | list[int]) -> list[int]:
     """The 0-based epochs from which each lr drop m applies: m − 1, the official placement (HRNet /
-    SimpleBaseline tools/train.py step the scheduler at the start of each epoch; engine.make_scheduler)."""
+    SimpleBaseline tools/train.py step the lr scheduler at the start of each epoch; engine.make_lr_schedule)."""
     return [max(0, int(m) - 1) for m in milestones]
 
 
@@ -728,7 +728,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
             return _coerce(inner[0], value, where)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

@@ -27,17 +27,17 @@ class StageContext(Protocol):
     world_size: int
     device: torch.device
 
-    def resume_state(self) -> dict | None:
+    def resume_state(self) -> dict[str, Any] | None:
         """The latest epoch checkpoint of THIS stage (a plain dict as given to `save_epoch`), if any."""
 
-    def parent_weights(self) -> dict | None:
+    def parent_weights(self) -> dict[str, Any] | None:
         """The output state dict of the parent stage (the pretrain's best model), if any."""
 
-    def save_epoch(self, state: dict, metrics: dict) -> None:
+    def save_epoch(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
         """Persist an epoch checkpoint and its metrics. Called by every rank (a barrier under DDP);
         only rank 0's state is written."""
 
-    def report(self, metrics: dict) -> None:
+    def report(self, metrics: dict[str, Any]) -> None:
         """Progress that is not a checkpoint (e.g. within-epoch loss, img/s)."""
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -83,8 +83,8 @@ class LocalContext:
 
     def __init__(
         self,
-        folder: str | os.PathLike,
-        parent_weights: dict | None = None,
+        folder: str | os.PathLike[str],
+        parent_weights: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
         keep: int = 2,
     ):
@@ -95,20 +95,21 @@ class LocalContext:
         self.device = torch.device(device)
         self._parent = parent_weights
         self._keep = keep
-        self.reports: list[dict] = []
+        self.reports: list[dict[str, Any]] = []
 
-    def resume_state(self) -> dict | None:
+    def resume_state(self) -> dict[str, Any] | None:
         for path in sorted(self.folder.glob("epoch-*.pt"), reverse=True):
             try:
-                return torch.load(path, map_location="cpu", weights_only=True)
+                state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+                return state
             except Exception as exc:  # a truncated file left by a dying writer: fall back to the previous one
                 log.warning("checkpoint %s is unreadable (%s); falling back to the previous one", path, exc)
         return None
 
-    def parent_weights(self) -> dict | None:
+    def parent_weights(self) -> dict[str, Any] | None:
         return self._parent
 
-    def save_epoch(self, state: dict, metrics: dict) -> None:
+    def save_epoch(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
         path = self.folder / f"epoch-{int(state['epoch']):04d}.pt"
         tmp = path.with_suffix(".pt.tmp")
         torch.save(state, tmp)
@@ -118,7 +119,7 @@ class LocalContext:
         for old in sorted(self.folder.glob("epoch-*.pt"))[: -self._keep]:
             old.unlink()
 
-    def report(self, metrics: dict) -> None:
+    def report(self, metrics: dict[str, Any]) -> None:
         self.reports.append(dict(metrics))
 
     def prepare_model(self, model: nn.Module) -> nn.Module:

@@ -16,9 +16,9 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ sampling
-class EpochSampler(Sampler):
+class EpochSampler(Sampler[Any]):
     """Yields `(epoch, index)` keys: a permutation that depends only on (seed, epoch), sharded over
     ranks (padded by wrapping so every rank gets the same count, as DistributedSampler does).
 
@@ -78,15 +78,15 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 def make_loader(
-    dataset: Dataset,
+    dataset: Dataset[Any],
     batch_size: int,
     ctx: StageContext,
     seed: int,
     workers: int,
     shuffle: bool = True,
     drop_last: bool = True,
-    collate_fn: Callable | None = None,
-) -> tuple[DataLoader, EpochSampler]:
+    collate_fn: Callable[..., Any] | None = None,
+) -> tuple[DataLoader[Any], EpochSampler]:
     """A loader over `dataset` (whose __getitem__ takes an `(epoch, index)` key) for this rank.
 
     `batch_size` is per worker (per GPU: the configs' batch sizes are, as the official BATCH_SIZE_PER_GPU);
@@ -94,7 +94,8 @@ def make_loader(
     the shard so tiny data sets still train.
     """
     per_rank = max(1, batch_size)
-    sampler = EpochSampler(len(dataset), seed, ctx.rank, ctx.world_size, shuffle)
+    # torch's Dataset declares no __len__; a map-style dataset (every one here) defines it
+    sampler = EpochSampler(len(cast(Sized, dataset)), seed, ctx.rank, ctx.world_size, shuffle)
     per_rank = min(per_rank, len(sampler))
     loader = DataLoader(
         dataset,
@@ -120,13 +121,15 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, fused=bool(params))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, milestones: list[int], factor: float):
+def make_lr_schedule(
+    optimizer: torch.optim.Optimizer, milestones: list[int], factor: float
+) -> torch.optim.lr_scheduler.MultiStepLR:
     """MultiStepLR stepped once per epoch after training it, with the official drop placement: the lr
     drops by `factor` from 0-based epoch m − 1 for each milestone m (`lr_drop_epochs`).
 
     The official HRNet / SimpleBaseline tools/train.py call `lr_scheduler.step()` at the START of each
-    epoch on a scheduler whose constructor already stepped once (PyTorch < 1.1), so epoch e trains with
-    the lr of scheduler epoch e + 1: LR_STEP [170, 200] of 210 epochs gives 169 / 30 / 11 epochs per lr
+    epoch on an lr scheduler whose constructor already stepped once (PyTorch < 1.1), so epoch e trains
+    with the lr of lr-scheduler epoch e + 1: LR_STEP [170, 200] of 210 epochs gives 169 / 30 / 11 epochs per lr
     (0..168, 169..198, 199..209). Stepping after the epoch with milestones m − 1 gives the same lrs."""
     return torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=lr_drop_epochs(milestones), gamma=factor
@@ -137,7 +140,7 @@ def use_bf16(runtime: RuntimeConfig, device: torch.device) -> bool:
     return runtime.amp == "bf16" or (runtime.amp == "auto" and device.type == "cuda")
 
 
-def autocast(runtime: RuntimeConfig, device: torch.device):
+def autocast(runtime: RuntimeConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast context when enabled, else a no-op context."""
     if use_bf16(runtime, device):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -164,19 +167,20 @@ def forward_heatmaps(
     configured autocast. The first half of both tasks' `forward_loss`."""
     x = network_input(images, channels_last)
     with autocast(runtime, device):
-        return model(x)
+        heatmaps: torch.Tensor = model(x)
+        return heatmaps
 
 
 def backward_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
     """One optimiser step on `loss` (gradients zeroed first, as None); the loss back, detached and still
-    on the device (no host read). Both tasks' `train_step` end with it."""
+    on the device (no host read). Both workloads' steps (`pretext_step`, `pose_step`) end with it."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
     optimizer.step()
     return loss.detach()
 
 
-def check_heatmap_output(pred: torch.Tensor, expected_hw: tuple[int, int], key: str, value: Any) -> None:
+def check_heatmap_output(pred: torch.Tensor, expected_hw: Iterable[int], key: str, value: Any) -> None:
     """The model's heatmaps [B, K, H, W] have the configured size (`key` = `value`): a backbone outputs
     input / HEATMAP_STRIDE, so a mismatch is a config that slipped past the study checks."""
     if tuple(pred.shape[-2:]) != tuple(expected_hw):
@@ -194,8 +198,8 @@ def configure_backends(device: torch.device) -> None:
 
 
 def compile_step(
-    fn: Callable, runtime: RuntimeConfig, device: torch.device, fullgraph: bool = False
-) -> Callable:
+    fn: Callable[..., Any], runtime: RuntimeConfig, device: torch.device, fullgraph: bool = False
+) -> Callable[..., Any]:
     """`fn` (a training step's forward + loss) under torch.compile when `runtime.compiles(device)`, else
     `fn`. The step is compiled, not the module, so the DDP wrapper, the loss and the input normalisation
     are in the graph too; tests/workloads/test_compile.py proves there are no graph breaks."""
@@ -220,7 +224,7 @@ def use_static_graph(model: nn.Module, runtime: RuntimeConfig, device: torch.dev
     """Mark a DDP-wrapped `model` as a static graph (DDP's own `_set_static_graph`, what static_graph=True
     does in its constructor) when the step runs eagerly; True when it did. Call before the first step."""
     if isinstance(model, nn.parallel.DistributedDataParallel) and not runtime.compiles(device):
-        model._set_static_graph()
+        model._set_static_graph()  # type: ignore[no-untyped-call]  # DDP's private method is unannotated
         return True
     return False
 
@@ -245,7 +249,7 @@ def sync_buffers(model: nn.Module, world_size: int) -> None:
 
 
 def prefetch(
-    loader: Iterable, prepare: Callable[[Any], Any], device: torch.device, depth: int = 2
+    loader: Iterable[Any], prepare: Callable[[Any], Any], device: torch.device, depth: int = 2
 ) -> Iterator[Any]:
     """`prepare(batch)` of every batch of `loader`, `depth` batches ahead of the consumer.
 
@@ -255,8 +259,9 @@ def prefetch(
     allocator does not hand their memory to the side stream while the step still reads it. On CPU the
     same order without streams."""
     it = iter(loader)
-    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-    queue: deque = deque()
+    # torch.cuda.Stream / Event are unannotated constructors
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None  # type: ignore[no-untyped-call]
+    queue: deque[Any] = deque()
 
     def launch() -> None:
         batch = next(it, _END)
@@ -269,7 +274,7 @@ def prefetch(
         # (complete when made), and its outputs' memory comes from the side stream's own pool
         with torch.cuda.stream(stream):
             out = prepare(batch)
-            event = torch.cuda.Event()
+            event = torch.cuda.Event()  # type: ignore[no-untyped-call]
             event.record(stream)
         queue.append((out, event))
 
@@ -288,7 +293,7 @@ def prefetch(
 _END = object()
 
 
-def _record_stream(tree: Any, stream) -> None:
+def _record_stream(tree: Any, stream: torch.cuda.Stream) -> None:
     if isinstance(tree, torch.Tensor):
         if tree.is_cuda:
             tree.record_stream(stream)
@@ -303,16 +308,17 @@ def _record_stream(tree: Any, stream) -> None:
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model under DDP / torch.compile wrappers."""
     while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
+        inner = getattr(model, "module", None)
+        if isinstance(inner, nn.Module):
+            model = inner
         elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+            model = cast(nn.Module, model._orig_mod)  # torch.compile's OptimizedModule
         else:
             return model
 
 
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return host_copy(dict(unwrap(model).state_dict()))
+    return cast(dict[str, torch.Tensor], host_copy(dict(unwrap(model).state_dict())))
 
 
 def host_copy(tree: Any) -> Any:
@@ -356,9 +362,9 @@ class LoopSpec:
     """Metric (from `evaluate`) whose maximum selects the output model: `precision` / `AP`."""
     collapse_loss: float
     """Mean epoch loss above this (or non-finite) = collapsed."""
-    config: dict
+    config: dict[str, Any]
     """The stage's config as plain data (stored in every checkpoint)."""
-    collapse_check: Callable[[list[dict], bool], str | None] | None = None
+    collapse_check: Callable[[list[dict[str, Any]], bool], str | None] | None = None
     """Called on every rank after each evaluation with (history, is-last-epoch): a reason string ends
     the stage as collapsed (pretext: it failed to learn the puzzle after a warm-up, hsjp/collapse.py)."""
     history_keys: tuple[str, ...] = ()
@@ -371,7 +377,7 @@ class LoopOutcome:
     best_epoch: int | None
     best_model: dict[str, torch.Tensor] | None
     best_eval: dict[str, Any]
-    history: list[dict] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     trained: list[int] = field(default_factory=list)
     collapsed: bool = False
     collapsed_epoch: int | None = None
@@ -386,19 +392,27 @@ def global_mean(total: torch.Tensor, seen: int, world_size: int) -> float:
     buf = torch.stack([total.double(), torch.tensor(float(seen), dtype=torch.float64, device=total.device)])
     if world_size > 1 and dist.is_available() and dist.is_initialized():
         dist.all_reduce(buf)
-    return float(buf[0] / max(buf[1], 1.0))
+    return float(buf[0] / buf[1].clamp(min=1.0))
+
+
+class Batches(Protocol):
+    """A task's loader: iterated once per epoch, with a length (a DataLoader, a list)."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
 
 
 @dataclass
 class Task:
-    """What a workload hands the engine: its model, optimiser, lr scheduler and loader, and three
+    """What a workload hands the engine: its model, optimiser, lr schedule and loader, and three
     functions. `run_epochs` runs the epochs, `train_one_epoch` the batches of one."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Any
-    """Stepped once per epoch (`make_scheduler`)."""
-    loader: Iterable
+    lr_schedule: Any
+    """The lr scheduler, stepped once per epoch (`make_lr_schedule`)."""
+    loader: Batches
     sampler: Any
     """The loader's `EpochSampler` (anything with `set_epoch`)."""
     prepare: Callable[[Any], tuple[torch.Tensor, ...]]
@@ -406,11 +420,11 @@ class Task:
     samples: a host-side shape, no sync). Runs two batches ahead (`prefetch`)."""
     train_step: Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
     """The prepared tensors → the loss, still on the device, after one optimiser step."""
-    evaluate: Callable[[], dict]
+    evaluate: Callable[[], dict[str, Any]]
     """→ metrics incl. `LoopSpec.select_key` (on rank 0; other ranks may return {})."""
 
 
-def train_one_epoch(ctx: StageContext, task: Task, epoch: int) -> dict:
+def train_one_epoch(ctx: StageContext, task: Task, epoch: int) -> dict[str, Any]:
     """One pass over this rank's shard, both tasks alike: {"loss": sample mean over all ranks, "images",
     "data_wait_share"}.
 
@@ -458,7 +472,7 @@ def run_epochs(ctx: StageContext, task: Task, spec: LoopSpec) -> LoopOutcome:
     """Train epochs [start, spec.epochs) of `task` where start follows the latest checkpoint of this
     stage: each epoch `train_one_epoch`, the lr step, every `spec.eval_every` epochs (and after the
     last) `task.evaluate` and the best-model choice, the collapse checks, then the epoch checkpoint."""
-    model, optimizer, scheduler = task.model, task.optimizer, task.scheduler
+    model, optimizer, lr_schedule = task.model, task.optimizer, task.lr_schedule
     out, start = _resume(ctx, task)
     if out.collapsed:
         return out
@@ -467,7 +481,7 @@ def run_epochs(ctx: StageContext, task: Task, spec: LoopSpec) -> LoopOutcome:
         t0 = time.perf_counter()
         stats = train_one_epoch(ctx, task, epoch)
         seconds = time.perf_counter() - t0
-        scheduler.step()
+        lr_schedule.step()
         loss = float(stats["loss"])
         collapsed = not math.isfinite(loss) or loss > spec.collapse_loss
         metrics = {
@@ -504,7 +518,7 @@ def run_epochs(ctx: StageContext, task: Task, spec: LoopSpec) -> LoopOutcome:
             out.collapsed, out.collapsed_epoch, out.collapse_reason = True, epoch, reason
             metrics["collapsed"] = True
             log.warning("epoch %d: %s", epoch, reason)
-        ctx.save_epoch(_checkpoint(model, optimizer, scheduler, epoch, out, spec, collapsed), metrics)
+        ctx.save_epoch(_checkpoint(model, optimizer, lr_schedule, epoch, out, spec, collapsed), metrics)
         if collapsed:
             break
     return out
@@ -520,7 +534,7 @@ def _resume(ctx: StageContext, task: Task) -> tuple[LoopOutcome, int]:
         return out, 0
     unwrap(task.model).load_state_dict(state["model"])
     task.optimizer.load_state_dict(state["optimizer"])
-    task.scheduler.load_state_dict(state["scheduler"])
+    task.lr_schedule.load_state_dict(state["scheduler"])  # the checkpoint key of the lr schedule
     if "rng" in state:
         torch.set_rng_state(state["rng"])
     best = state.get("best") or {}
@@ -537,12 +551,18 @@ def _resume(ctx: StageContext, task: Task) -> tuple[LoopOutcome, int]:
 
 
 def _checkpoint(
-    model, optimizer, scheduler, epoch: int, out: LoopOutcome, spec: LoopSpec, collapsed: bool
-) -> dict:
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_schedule: Any,
+    epoch: int,
+    out: LoopOutcome,
+    spec: LoopSpec,
+    collapsed: bool,
+) -> dict[str, Any]:
     return {
         "model": cpu_state_dict(model),
         "optimizer": host_copy(optimizer.state_dict()),
-        "scheduler": scheduler.state_dict(),
+        "scheduler": lr_schedule.state_dict(),  # key kept: checkpoints written before read it back
         "epoch": epoch,
         "rng": torch.get_rng_state(),
         "best": {
@@ -558,7 +578,7 @@ def _checkpoint(
     }
 
 
-def loss_summary(history: list[dict]) -> dict[str, Any]:
+def loss_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     """First / last / min epoch loss of a run (what result.json keeps of the loss curve)."""
     losses = [h["loss"] for h in history if "loss" in h]
     if not losses:

@@ -46,12 +46,6 @@ def _packet(func) -> str:
     return f"{func.namespace}.{func._opname}"
 
 
-def _tensors(args, kwargs) -> list[torch.Tensor]:
-    out = [a for a in args if isinstance(a, torch.Tensor)]
-    out += [v for v in kwargs.values() if isinstance(v, torch.Tensor)]
-    return out
-
-
 def _is_host_device_copy(name: str, args, kwargs, result) -> bool:
     """A copy between host memory and a device that blocks the host (pageable host side, or D2H)."""
     if name == "aten._to_copy" and args and isinstance(args[0], torch.Tensor):

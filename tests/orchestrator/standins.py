@@ -24,7 +24,7 @@ from orchestrator.plan import Plan, StageSpec, TrialSpec
 from orchestrator.spec.inputs import CPU_THROUGHPUT, ComputeConfig
 from workloads.config import DataConfig, FinetuneConfig, ModelConfig, PretrainConfig, to_dict
 from workloads.context import StageResult
-from workloads.engine import LoopSpec, Task, loss_summary, make_optimizer, make_scheduler, run_epochs
+from workloads.engine import LoopSpec, Task, loss_summary, make_lr_schedule, make_optimizer, run_epochs
 
 TINY_MODEL = ModelConfig(backbone="hrnet_w32", width=4, num_blocks=1, num_modules=(1, 1, 1))
 SMALL_STUDY = """
@@ -47,7 +47,7 @@ def _linear_stage(
         model.load_state_dict(init_state)
     model = ctx.prepare_model(model)
     optimizer = make_optimizer(model, cfg.lr)
-    scheduler = make_scheduler(optimizer, cfg.milestones, cfg.lr_factor)
+    lr_schedule = make_lr_schedule(optimizer, cfg.milestones, cfg.lr_factor)
     gen = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(32, 4, generator=gen)
     y = 0.1 * x.sum(1, keepdim=True)
@@ -73,7 +73,7 @@ def _linear_stage(
         collapse_loss=cfg.collapse_loss,
         config=to_dict(cfg),
     )
-    task = Task(model, optimizer, scheduler, [(x, y)], _OneBatch(), lambda b: b, train_step, evaluate)
+    task = Task(model, optimizer, lr_schedule, [(x, y)], _OneBatch(), lambda b: b, train_step, evaluate)
     return run_epochs(ctx, task, spec)
 
 

@@ -25,7 +25,7 @@ from reports.bootstrap import (
     resample_indices,
 )
 from workloads.data.keypoints import OKS_SIGMAS, person_category
-from workloads.pose.per_image import PerImageOutcome, extract
+from workloads.pose.per_image import extract
 
 
 def synthetic_eval_set(seed: int = 0, n_images: int = 36) -> tuple[dict, list[dict]]:
@@ -192,10 +192,12 @@ def test_ties_inside_an_image_follow_cocoeval_copy_order():
 
 def test_outcome_round_trips_and_is_compact(evaluated):
     _, _, ev, outcome = evaluated
-    data = extract(ev).to_bytes()
-    back = PerImageOutcome.from_bytes(data)
-    assert np.array_equal(back.matched, outcome.matched) and np.array_equal(back.ignored, outcome.ignored)
-    assert np.array_equal(back.scores, outcome.scores) and back.area_labels == ("all", "medium", "large")
+    original = extract(ev)
+    data = original.to_bytes()
+    back = read_outcome(data)
+    assert np.array_equal(back.matched, original.matched) and np.array_equal(back.ignored, original.ignored)
+    assert np.array_equal(back.scores, original.scores) and back.area_labels == ("all", "medium", "large")
+    assert np.array_equal(back.image_ids, original.image_ids) and np.array_equal(back.npig, original.npig)
     assert len(data) < 64 + 8 * outcome.scores.size + outcome.matched.size  # bits packed, compressed
     with pytest.raises(ValueError, match="not a per-image outcome"):
         read_outcome(b"not an npz")

@@ -92,16 +92,18 @@ def _check(loader: ProbedLoader, ctx: Ctx) -> None:
         assert per_interval[s + 1]["aten._local_scalar_dense"] >= 1
 
 
-def _train_epoch_and_check(train_module, cfg, model, batches: list, device: torch.device, *loop_args) -> None:
-    """One epoch of `train_module`'s task (`Loop(cfg, ctx, model, optimizer, loader, sampler, *loop_args)`
+def _train_epoch_and_check(
+    train_module, run_class, cfg, model, batches: list, device: torch.device, *run_args
+) -> None:
+    """One epoch of `train_module`'s task (`run_class(cfg, ctx, model, optimizer, loader, sampler, *run_args)`
     through its `task_of`, run by `engine.train_one_epoch`) over `batches` under the counter, then `_check`
     of what it counted."""
     counter = HostSyncCounter()
     loader = ProbedLoader([_pinned(b, device) for b in batches], counter)
     ctx = Ctx(device)
-    loop = train_module.Loop(cfg, ctx, model, make_optimizer(model, 1e-3), loader, NoSampler(), *loop_args)
+    run = run_class(cfg, ctx, model, make_optimizer(model, 1e-3), loader, NoSampler(), *run_args)
     with counter:
-        stats = train_one_epoch(ctx, train_module.task_of(loop, None, dict), 0)
+        stats = train_one_epoch(ctx, train_module.task_of(run, None, dict), 0)
     assert stats["images"] == 2 * STEPS and np.isfinite(stats["loss"])
     _check(loader, ctx)
 
@@ -134,7 +136,13 @@ def test_pose_steady_state_step_has_no_host_sync(backbone, device):
     cfg = FinetuneConfig(model=BACKBONES[backbone], input_hw=(64, 64), heatmap_hw=(16, 16))
     model = build_model(cfg.model, 17, generator=torch.Generator().manual_seed(0)).to(device)
     _train_epoch_and_check(
-        pose_train, cfg, model, _pose_batches(cfg, STEPS), device, pose_train.make_forward_loss(cfg, device)
+        pose_train,
+        pose_train.FinetuneRun,
+        cfg,
+        model,
+        _pose_batches(cfg, STEPS),
+        device,
+        pose_train.make_forward_loss(cfg, device),
     )
 
 
@@ -166,6 +174,7 @@ def test_pretext_steady_state_step_has_no_host_sync(backbone, device):
     hw = hsjp_train.heatmap_hw_of(cfg)
     _train_epoch_and_check(
         hsjp_train,
+        hsjp_train.PretextRun,
         cfg,
         model,
         _pretext_batches(cfg, STEPS),

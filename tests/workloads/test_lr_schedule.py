@@ -1,6 +1,6 @@
-"""The lr schedule: drops at the official epoch (the official tools/train.py steps the scheduler at the
+"""The lr schedule: drops at the official epoch (the official tools/train.py steps the lr scheduler at the
 start of each epoch: LR_STEP m applies from 0-based epoch m − 1), steps scaled for other lengths, and a
-scheduler restored from its state continuing exactly."""
+lr scheduler restored from its state continuing exactly."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from workloads.config import FinetuneConfig, ModelConfig, PretrainConfig, lr_drop_epochs
-from workloads.engine import make_scheduler
+from workloads.engine import make_lr_schedule
 
 
 def _lrs(milestones: list[int], epochs: int, lr: float = 1e-3) -> list[float]:
-    """The lr of each epoch as run_epochs sees it: read before the epoch, the scheduler stepped after."""
+    """The lr of each epoch as run_epochs sees it: read before the epoch, the lr scheduler stepped after."""
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-    sched = make_scheduler(opt, milestones, 0.1)
+    sched = make_lr_schedule(opt, milestones, 0.1)
     out = []
     for _ in range(epochs):
         out.append(opt.param_groups[0]["lr"])
@@ -62,16 +62,16 @@ def test_steps_are_scaled_for_other_lengths():
     assert _runs(_lrs([364, 429], 450)) == [(0, 363), (363, 65), (428, 22)]
 
 
-def test_a_restored_scheduler_continues_exactly():
+def test_a_restored_lr_schedule_continues_exactly():
     full = _lrs([3, 5], 8)
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    sched = make_scheduler(opt, [3, 5], 0.1)
+    sched = make_lr_schedule(opt, [3, 5], 0.1)
     for _ in range(3):
         opt.step()
         sched.step()
     state_opt, state_sched = opt.state_dict(), sched.state_dict()
     opt2 = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    sched2 = make_scheduler(opt2, [3, 5], 0.1)
+    sched2 = make_lr_schedule(opt2, [3, 5], 0.1)
     opt2.load_state_dict(state_opt)
     sched2.load_state_dict(state_sched)
     rest = []

@@ -391,20 +391,3 @@ def match_detections(
             raise CocoDataError(msg + "; no detection matches this split")
         log.warning("%s; their detections are ignored", msg)
     return instances
-
-
-def validate_coco_root(root: str | os.PathLike, splits: tuple[str, ...] = ("train2017", "val2017")) -> dict:
-    """Check the layout of `root` and load each split's annotation index; returns counts per split."""
-    counts = {}
-    for split in splits:
-        coco = load_coco(root, split)
-        person_anns = coco.loadAnns(coco.getAnnIds(catIds=[PERSON_CATEGORY_ID], iscrowd=False))
-        paths = [image_file(image_dir(root, split), img) for img in coco.imgs.values()]
-        check_images(root, split, paths)
-        counts[split] = {
-            "images": len(coco.imgs),
-            "annotations": len(coco.anns),
-            "persons": len(person_anns),
-            "persons_with_keypoints": sum(1 for a in person_anns if a.get("num_keypoints", 0) > 0),
-        }
-    return {"root": str(Path(root).resolve()), "splits": counts}

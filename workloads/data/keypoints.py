@@ -1,7 +1,7 @@
 """COCO person-keypoint constants (paper §4.1: COCO top-down keypoint estimation, 17 joints).
 
 Indices are 0-based throughout the project. The COCO annotation files store the skeleton 1-based;
-`COCO_SKELETON_1BASED` is that form, `SKELETON` the 0-based one used for drawing.
+`COCO_SKELETON_1BASED` is that form.
 """
 
 from __future__ import annotations
@@ -84,7 +84,6 @@ COCO_SKELETON_1BASED: tuple[tuple[int, int], ...] = (
     (4, 6),
     (5, 7),
 )
-SKELETON: tuple[tuple[int, int], ...] = tuple((a - 1, b - 1) for a, b in COCO_SKELETON_1BASED)
 
 # Half-body augmentation groups (HRNet JointsDataset: upper 0-10, lower 11-16).
 UPPER_BODY_IDS: tuple[int, ...] = tuple(range(0, 11))

@@ -158,11 +158,6 @@ def sample_color(aug: HSJPAugConfig, rng: np.random.Generator) -> ColorParams:
     return ColorParams(tuple(jitter), perm, gray, sigma, solarize)  # type: ignore[arg-type]
 
 
-def color_augment(image_hwc: np.ndarray, aug: HSJPAugConfig, rng: np.random.Generator) -> np.ndarray:
-    """[H, W, 3] uint8 RGB → augmented [H, W, 3] uint8: `sample_color` then `apply_color`."""
-    return apply_color(image_hwc, sample_color(aug, rng))
-
-
 def apply_color(image_hwc: np.ndarray, params: ColorParams) -> np.ndarray:
     """[H, W, 3] uint8 RGB → [H, W, 3] uint8 with the drawn colour augmentation, per sample on the CPU."""
     img = image_hwc

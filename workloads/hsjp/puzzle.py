@@ -93,12 +93,6 @@ def shuffle_image(image: np.ndarray, perm: np.ndarray, n: int) -> np.ndarray:
     return compose_patches(split_patches(image, n)[np.asarray(perm)], n)
 
 
-def unshuffle_image(composite: np.ndarray, perm: np.ndarray, n: int) -> np.ndarray:
-    """Put every patch of `composite` back where `perm` took it from (inverse of `shuffle_image`)."""
-    _check_perm(perm, n)
-    return compose_patches(split_patches(composite, n)[inverse_permutation(perm)], n)
-
-
 def grid_centers_xy(n: int, patch_px: float) -> np.ndarray:
     """[N², 2] xy centres of the grid cells, row-major, continuous px: ((col+½)·P, (row+½)·P)."""
     idx = np.arange(n * n)

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -40,8 +40,8 @@ from workloads.engine import (
     forward_heatmaps,
     loss_summary,
     make_loader,
+    make_lr_schedule,
     make_optimizer,
-    make_scheduler,
     place_model,
     run_epochs,
     wants_channels_last,
@@ -60,18 +60,19 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Loop:
-    """What the batch preparation and the train step share."""
+class PretextRun:
+    """The parts of one pretext run that its batch preparation and its step share (`task_of` makes the
+    engine's Task of them)."""
 
     cfg: PretrainConfig
     ctx: StageContext
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    loader: DataLoader
+    loader: DataLoader[Any]
     sampler: EpochSampler
     heatmap_hw: tuple[int, int]
     stride: float
-    forward_loss: Callable
+    forward_loss: Callable[..., Any]
     """`make_forward_loss`, compiled when the runtime says so (engine.compile_step)."""
 
 
@@ -80,25 +81,29 @@ def heatmap_hw_of(cfg: PretrainConfig) -> tuple[int, int]:
     return cfg.heatmap_size, cfg.heatmap_size * (2 if cfg.concat_original else 1)
 
 
-def prepare_batch(batch: dict, loop: Loop) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def prepare_batch(batch: dict[str, Any], run: PretextRun) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images, target heatmaps [B, K, H, W], mask [B, K]) on the device from a loader batch: the images
     rendered there with augment_on: device (decoded too with decode_on: device), or the loader's uint8
     images as they are (normalised in the step); the targets of paper eq. (1) made there."""
-    cfg, device = loop.cfg, loop.ctx.device
+    cfg, device = run.cfg, run.ctx.device
     images = batch_images(
         batch, cfg, device
     )  # before the mask: a file the device cannot decode zeroes its row
     centers = batch["centers_xy"].to(device, non_blocking=True)  # [B, K, 2] xy input px
     mask = batch["mask"].to(device, non_blocking=True)  # [B, K]
-    return images, make_heatmaps(centers, mask, loop.heatmap_hw, loop.stride, cfg.sigma), mask
+    return images, make_heatmaps(centers, mask, run.heatmap_hw, run.stride, cfg.sigma), mask
 
 
-def make_forward_loss(cfg: PretrainConfig, device: torch.device, heatmap_hw: tuple[int, int]):
+def make_forward_loss(
+    cfg: PretrainConfig, device: torch.device, heatmap_hw: tuple[int, int]
+) -> Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """fn(model, images, target, mask) → the masked MSE of paper eq. (2) (float32), the input normalised /
     laid out on the device, the forward under the configured autocast. What `engine.compile_step` compiles."""
     channels_last = wants_channels_last(cfg.runtime, device)
 
-    def forward_loss(model: nn.Module, images: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+    def forward_loss(
+        model: nn.Module, images: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         pred = forward_heatmaps(model, images, cfg.runtime, device, channels_last)
         check_heatmap_output(pred, heatmap_hw, "pretrain.heatmap_size", cfg.heatmap_size)
         return masked_mse(pred, target, mask)  # paper eq. (2), float32
@@ -106,27 +111,29 @@ def make_forward_loss(cfg: PretrainConfig, device: torch.device, heatmap_hw: tup
     return forward_loss
 
 
-def train_step(loop: Loop, tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def pretext_step(run: PretextRun, tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """One Adam step on prepared (images, targets, mask) (`prepare_batch`); returns the loss, still on
     the device."""
-    return backward_step(loop.optimizer, loop.forward_loss(loop.model, *tensors))
+    return backward_step(run.optimizer, run.forward_loss(run.model, *tensors))
 
 
-def task_of(loop: Loop, scheduler: Any, evaluate: Callable[[], dict]) -> Task:
-    """The pretext as the engine runs it: `prepare_batch` (eq. 1 targets) and `train_step` (eq. 2)."""
+def task_of(run: PretextRun, lr_schedule: Any, evaluate: Callable[[], dict[str, Any]]) -> Task:
+    """The pretext as the engine runs it: `prepare_batch` (eq. 1 targets) and `pretext_step` (eq. 2)."""
     return Task(
-        loop.model,
-        loop.optimizer,
-        scheduler,
-        loop.loader,
-        loop.sampler,
-        prepare=functools.partial(prepare_batch, loop=loop),
-        train_step=functools.partial(train_step, loop),
+        run.model,
+        run.optimizer,
+        lr_schedule,
+        run.loader,
+        run.sampler,
+        prepare=functools.partial(prepare_batch, run=run),
+        train_step=functools.partial(pretext_step, run),
         evaluate=evaluate,
     )
 
 
-def combine_precision(local: dict, patches: int, world_size: int, device: torch.device) -> dict:
+def combine_precision(
+    local: dict[str, Any], patches: int, world_size: int, device: torch.device
+) -> dict[str, Any]:
     """P, patch accuracy, heatmap contrast and puzzle count over every rank's share (`evaluate_precision`
     of each) — the solved / located counts and the contrast sums added, so each is over all validation
     puzzles, as on one rank."""
@@ -189,14 +196,14 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
         collate_fn=collate_with_bytes if decode_here else None,
     )
     optimizer = make_optimizer(model, cfg.lr)
-    scheduler = make_scheduler(optimizer, cfg.milestones, cfg.lr_factor)
+    lr_schedule = make_lr_schedule(optimizer, cfg.milestones, cfg.lr_factor)
     stride = heatmap_stride(cfg.input_size, cfg.heatmap_size)
     hw = heatmap_hw_of(cfg)
     forward_loss = compile_step(make_forward_loss(cfg, device, hw), cfg.runtime, device)
-    loop = Loop(cfg, ctx, model, optimizer, loader, sampler, hw, stride, forward_loss)
-    val_loader: list[DataLoader] = []  # built on first use (every rank: its share)
+    run = PretextRun(cfg, ctx, model, optimizer, loader, sampler, hw, stride, forward_loss)
+    val_loader: list[DataLoader[Any]] = []  # built on first use (every rank: its share)
 
-    def evaluate() -> dict:  # every rank scores its share of the puzzles; the counts are summed
+    def evaluate() -> dict[str, Any]:  # every rank scores its share of the puzzles; the counts are summed
         if not val_loader:
             val_set = PuzzleDataset(load_instances(data, train=False, seed=cfg.seed), cfg, train=False)
             share = Subset(val_set, range(ctx.rank, len(val_set), ctx.world_size))  # no padding: exact P
@@ -211,7 +218,7 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
             )
         local = (
             evaluate_precision(model, val_loader[0], stride, cfg.eps, device, cfg.runtime)
-            if len(val_loader[0].dataset)
+            if len(cast(Sized, val_loader[0].dataset))  # a Subset: torch's Dataset declares no __len__
             else {"precision": 0.0, "patch_accuracy": 0.0, "heatmap_contrast": 0.0, "puzzles": 0}
         )
         result = combine_precision(local, cfg.n * cfg.n, ctx.world_size, device)
@@ -226,7 +233,7 @@ def run_pretrain(cfg: PretrainConfig, data: DataConfig, ctx: StageContext) -> St
         collapse_check=PretextCollapse(CollapseRule.of(cfg), ctx.rank, ctx.world_size, device),
         history_keys=SIGNALS,
     )
-    out = run_epochs(ctx, task_of(loop, scheduler, evaluate), spec)
+    out = run_epochs(ctx, task_of(run, lr_schedule, evaluate), spec)
     metrics = {
         "precision": out.best_value,
         "best_epoch": out.best_epoch,

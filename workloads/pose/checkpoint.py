@@ -20,6 +20,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,7 +75,7 @@ def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
     return LoadedCheckpoint(state, entry, prefix)
 
 
-def _is_state_dict(d: dict) -> bool:
+def _is_state_dict(d: dict[str, Any]) -> bool:
     return bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
 
 
@@ -107,6 +108,9 @@ class BGRInput(nn.Module):
     with OpenCV and does not convert them (COLOR_RGB false), so its zoo model was trained on BGR,
     normalised with the RGB-order statistics. Exact: un-normalise, reverse the channels, normalise."""
 
+    mean: torch.Tensor  # buffers (register_buffer)
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
@@ -115,7 +119,8 @@ class BGRInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pixels = x * self.std + self.mean
-        return self.model((pixels.flip(1) - self.mean) / self.std)
+        heatmaps: torch.Tensor = self.model((pixels.flip(1) - self.mean) / self.std)
+        return heatmaps
 
 
 def pose_config(backbone: str) -> FinetuneConfig:
@@ -135,7 +140,7 @@ def evaluate_checkpoint(
     device: str | None = None,
     max_images: int | None = None,
     alg: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Run the whole check; returns {"results_file", "zip_file" (a split without annotations, or None),
     "metrics_file" (or None), "metrics" (or None), "persons", "images", "checkpoint": {entry, prefix},
     "zoo": (file, AP)}. The results file has the evaluation server's name,
@@ -174,6 +179,7 @@ def evaluate_checkpoint(
     net: nn.Module = BGRInput(model) if channel_order == "bgr" else model
     aspect = cfg.input_hw[1] / cfg.input_hw[0]
     if not annotated:
+        assert detections is not None  # a split without annotations needs them (checked above)
         instances, _ = load_test_detections(
             detections, root, split, aspect_ratio=aspect, image_thre=cfg.image_thre
         )

@@ -9,7 +9,6 @@ autocast). Source: `deep-high-resolution-net.pytorch:lib/core/loss.py` (docs/pos
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 JOINTS_MSE_FACTOR = 0.5  # official JointsMSELoss: 0.5 · MSE per joint (lib/core/loss.py)
 
@@ -29,10 +28,3 @@ def joints_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -
     w = weight.reshape(b, k, 1, 1).float()
     diff = (pred.float() - target.float()) * w
     return JOINTS_MSE_FACTOR * diff.pow(2).mean()
-
-
-class JointsMSELoss(nn.Module):
-    """Module form of `joints_mse` (official name)."""
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return joints_mse(pred, target, weight)

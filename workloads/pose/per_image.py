@@ -47,7 +47,7 @@ class PerImageOutcome:
     max_det: int
 
     def to_bytes(self) -> bytes:
-        """Compressed npz (bool arrays bit-packed); read back with `from_bytes` or reports.bootstrap."""
+        """Compressed npz (bool arrays bit-packed); read back by reports.bootstrap.read_outcome."""
         buf = io.BytesIO()
         np.savez_compressed(
             buf,
@@ -64,26 +64,6 @@ class PerImageOutcome:
             max_det=np.int32(self.max_det),
         )
         return buf.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> PerImageOutcome:
-        z = np.load(io.BytesIO(data), allow_pickle=False)
-        version = int(z["version"])
-        if version != FORMAT_VERSION:
-            raise ValueError(f"per-image outcome format {version}, this code reads {FORMAT_VERSION}")
-        n = int(z["scores"].shape[0])
-        return cls(
-            image_ids=z["image_ids"],
-            det_count=z["det_count"],
-            scores=z["scores"],
-            matched=np.unpackbits(z["matched"], axis=-1, count=n).astype(bool),
-            ignored=np.unpackbits(z["ignored"], axis=-1, count=n).astype(bool),
-            npig=z["npig"],
-            area_labels=tuple(str(a) for a in z["area_labels"]),
-            iou_thrs=z["iou_thrs"],
-            rec_thrs=z["rec_thrs"],
-            max_det=int(z["max_det"]),
-        )
 
 
 def extract(ev: Any) -> PerImageOutcome:

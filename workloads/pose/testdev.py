@@ -54,12 +54,12 @@ ALG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 TEST_IMAGE_FOLDERS = {"test-dev2017": "test2017", "test-challenge2017": "test2017"}
 
 
-def image_info_path(root: str | os.PathLike, split: str) -> Path:
+def image_info_path(root: str | os.PathLike[str], split: str) -> Path:
     """`<root>/annotations/image_info_<split>.json` (COCO's name for the image list of a test split)."""
     return Path(root) / "annotations" / f"image_info_{split}.json"
 
 
-def test_image_dir(root: str | os.PathLike, split: str) -> Path:
+def test_image_dir(root: str | os.PathLike[str], split: str) -> Path:
     """The images of a test split: `test2017/` for test-dev2017 / test-challenge2017, else `<split>/`."""
     return Path(root) / TEST_IMAGE_FOLDERS.get(split, split)
 
@@ -88,7 +88,7 @@ def stats_name(split: str, name: str) -> str:
     return results_name(split, name).removesuffix(".json") + ".stats.json"
 
 
-def load_image_info(root: str | os.PathLike, split: str) -> dict[int, dict]:
+def load_image_info(root: str | os.PathLike[str], split: str) -> dict[int, dict[str, Any]]:
     """{image id: image record} of a test split; CocoDataError naming the file when absent or malformed."""
     path = image_info_path(root, split)
     if not path.is_file():
@@ -107,13 +107,13 @@ def load_image_info(root: str | os.PathLike, split: str) -> dict[int, dict]:
 
 
 def load_test_detections(
-    det_file: str | os.PathLike,
-    root: str | os.PathLike,
+    det_file: str | os.PathLike[str],
+    root: str | os.PathLike[str],
     split: str,
     *,
     aspect_ratio: float,
     image_thre: float = 0.0,
-) -> tuple[list[PersonInstance], dict[int, dict]]:
+) -> tuple[list[PersonInstance], dict[int, dict[str, Any]]]:
     """(person detections on the split's images, the image info), HRNet's box convention as for val.
 
     Detections of images outside the info file are dropped (with a warning); none left is an error."""
@@ -136,7 +136,7 @@ def load_test_detections(
     return instances, images
 
 
-def submission_files(results: list[dict], split: str, name: str) -> dict[str, bytes]:
+def submission_files(results: list[dict[str, Any]], split: str, name: str) -> dict[str, bytes]:
     """{results json name: bytes, its zip name: bytes} as the evaluation server takes them."""
     json_name = results_name(split, name)
     payload = json.dumps(results).encode()
@@ -146,7 +146,7 @@ def submission_files(results: list[dict], split: str, name: str) -> dict[str, by
     return {json_name: payload, zip_name(split, name): buf.getvalue()}
 
 
-def check_submission(results: list[dict], image_ids: set[int], where: str) -> None:
+def check_submission(results: list[dict[str, Any]], image_ids: set[int], where: str) -> None:
     """Every entry has an image id of the split, category 1, 51 keypoint values and a score."""
     for i, r in enumerate(results):
         if r.get("image_id") not in image_ids or r.get("category_id") != PERSON_CATEGORY_ID:

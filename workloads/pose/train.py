@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -60,8 +60,8 @@ from workloads.engine import (
     forward_heatmaps,
     loss_summary,
     make_loader,
+    make_lr_schedule,
     make_optimizer,
-    make_scheduler,
     place_model,
     run_epochs,
     unwrap,
@@ -110,15 +110,16 @@ def check_same_backbone(pretrain: ModelConfig, finetune: ModelConfig, method: st
 
 def initialise(
     model: nn.Module, cfg: FinetuneConfig, init: PretrainConfig | None, ctx: StageContext
-) -> dict | None:
+) -> dict[str, Any] | None:
     """Load the initial weights named by `init` into `model`; returns the LoadReport as a dict (None = scratch)."""
     method = init_method(init)
-    if method == "scratch":
+    if method == "scratch" or init is None:  # None is scratch (init_method)
         log.info("init: scratch (official random init)")
         return None
     check_same_backbone(init.model, cfg.model, method)
     if method == "imagenet":
-        report = load_imagenet(model, init.checkpoint, cfg.model.backbone)
+        # PretrainConfig's checks give method imagenet a checkpoint path
+        report = load_imagenet(model, cast(str, init.checkpoint), cfg.model.backbone)
     elif method == "hsjp":
         weights = ctx.parent_weights()
         if weights is None:
@@ -156,16 +157,16 @@ def initialise(
 
 # ---------------------------------------------------------------------------------------- training
 @dataclass
-class Loop:
-    """What the engine's task of a finetune is made from (`task_of`)."""
+class FinetuneRun:
+    """The parts of one finetune run that the engine's Task is made of (`task_of`)."""
 
     cfg: FinetuneConfig
     ctx: StageContext
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    loader: DataLoader
+    loader: DataLoader[Any]
     sampler: EpochSampler
-    forward_loss: Callable
+    forward_loss: Callable[..., Any]
     """`make_forward_loss`, compiled when the runtime says so (engine.compile_step)."""
 
 
@@ -175,12 +176,12 @@ def uses_device_targets(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def batch_size_of(batch) -> int:
+def batch_size_of(batch: Any) -> int:
     """Samples in a training batch: a (images, …) tuple or a decode-on-device dict."""
     return len(batch["path"]) if isinstance(batch, dict) else int(batch[0].shape[0])
 
 
-def prepare_batch(batch, cfg: FinetuneConfig, device: torch.device) -> tuple[torch.Tensor, ...]:
+def prepare_batch(batch: Any, cfg: FinetuneConfig, device: torch.device) -> tuple[torch.Tensor, ...]:
     """The step's tensors on `device` from a loader batch: (images, heatmaps [B, 17, h, w], weights [B, 17]).
 
     images: uint8 [B, H, W, 3] as the loader ships them (normalised in the step, `network_input`), float
@@ -201,12 +202,16 @@ def prepare_batch(batch, cfg: FinetuneConfig, device: torch.device) -> tuple[tor
     return images, targets, weights
 
 
-def make_forward_loss(cfg: FinetuneConfig, device: torch.device):
+def make_forward_loss(
+    cfg: FinetuneConfig, device: torch.device
+) -> Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """fn(model, images, heatmaps, weights) → the official JointsMSE loss (float32): the input normalised
     on the device, the forward under the configured autocast. What `engine.compile_step` compiles."""
     channels_last = wants_channels_last(cfg.runtime, device)
 
-    def forward_loss(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor):
+    def forward_loss(
+        model: nn.Module, images: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
         pred = forward_heatmaps(model, images, cfg.runtime, device, channels_last)
         check_heatmap_output(pred, targets.shape[-2:], "finetune.heatmap_hw", list(cfg.heatmap_hw))
         return joints_mse(pred, targets, weights)  # official JointsMSE with target weights, float32
@@ -214,13 +219,13 @@ def make_forward_loss(cfg: FinetuneConfig, device: torch.device):
     return forward_loss
 
 
-def train_step(
+def pose_step(
     model: nn.Module,
-    batch,
+    batch: Any,
     optimizer: torch.optim.Optimizer,
     cfg: FinetuneConfig,
     device: torch.device,
-    forward_loss=None,
+    forward_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     prepared: bool = False,
 ) -> torch.Tensor:
     """One Adam step on a loader batch (`prepare_batch`; `prepared=True`: its result already) — (images,
@@ -231,24 +236,24 @@ def train_step(
     return backward_step(optimizer, forward_loss(model, images, targets, weights))
 
 
-def task_of(loop: Loop, scheduler: Any, evaluate: Callable[[], dict]) -> Task:
+def task_of(run: FinetuneRun, lr_schedule: Any, evaluate: Callable[[], dict[str, Any]]) -> Task:
     """The finetune as the engine runs it: `prepare_batch` (heatmap targets on the device) and
-    `train_step` (JointsMSE, one Adam step)."""
-    cfg, device = loop.cfg, loop.ctx.device
+    `pose_step` (JointsMSE, one Adam step)."""
+    cfg, device = run.cfg, run.ctx.device
     return Task(
-        loop.model,
-        loop.optimizer,
-        scheduler,
-        loop.loader,
-        loop.sampler,
+        run.model,
+        run.optimizer,
+        lr_schedule,
+        run.loader,
+        run.sampler,
         prepare=functools.partial(prepare_batch, cfg=cfg, device=device),
         train_step=functools.partial(
-            train_step,
-            loop.model,
-            optimizer=loop.optimizer,
+            pose_step,
+            run.model,
+            optimizer=run.optimizer,
             cfg=cfg,
             device=device,
-            forward_loss=loop.forward_loss,
+            forward_loss=run.forward_loss,
             prepared=True,
         ),
         evaluate=evaluate,
@@ -282,9 +287,11 @@ def load_val_instances(cfg: FinetuneConfig, data: DataConfig, boxes: str | None 
     boxes = final_boxes(cfg, data) if boxes is None else boxes
     if boxes not in ("detections", "gt"):
         raise ValueError(f"load_val_instances: boxes = {boxes!r}; valid: 'detections', 'gt'")
-    if boxes == "detections" and not data.detection_file:
-        raise ValueError("load_val_instances: boxes 'detections' needs data.detection_file; none is given")
     if boxes == "detections":
+        if not data.detection_file:
+            raise ValueError(
+                "load_val_instances: boxes 'detections' needs data.detection_file; none is given"
+            )
         instances = load_detections(
             data.detection_file,
             data.coco_root,
@@ -348,11 +355,11 @@ def shard_by_image(instances: list[PersonInstance], rank: int, world_size: int) 
     return sorted(mine)
 
 
-def gather_results(results: list[dict], rank: int, world_size: int) -> list[dict] | None:
+def gather_results(results: list[dict[str, Any]], rank: int, world_size: int) -> list[dict[str, Any]] | None:
     """Every rank's results on rank 0 (None on the others); the list itself without DDP."""
     if world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
         return results
-    parts: list | None = [None] * world_size if rank == 0 else None
+    parts: list[Any] | None = [None] * world_size if rank == 0 else None
     dist.gather_object(results, parts, dst=0)
     if rank != 0:
         return None
@@ -368,7 +375,7 @@ def evaluate_model(
     rank: int = 0,
     world_size: int = 1,
     per_image: bool = True,
-) -> dict:
+) -> dict[str, Any]:
     """AP..., ap_per_oks, errors (and with `per_image` the per-image outcome) of `model` on the val
     persons against the val annotations.
 
@@ -388,14 +395,14 @@ def evaluate_model(
         if mine
         else []
     )
-    results = gather_results(results, rank, world_size)
-    if results is None:
+    gathered = gather_results(results, rank, world_size)
+    if gathered is None:
         return {}
     gt_json = annotation_path(data.coco_root, data.val_split)
     with tempfile.TemporaryDirectory(prefix="hsjp-eval-") as tmp:
         if val.image_ids is not None:
             gt_json = write_gt_subset(gt_json, val.image_ids, Path(tmp) / "gt.json")
-        metrics = pose_evaluate.evaluate_keypoints(gt_json, results, per_image=per_image)
+        metrics = pose_evaluate.evaluate_keypoints(gt_json, gathered, per_image=per_image)
     metrics.update(
         eval_boxes=val.boxes,
         eval_instances=len(val.instances),
@@ -419,7 +426,7 @@ def final_evaluation(
     cfg: FinetuneConfig,
     data: DataConfig,
     device: torch.device,
-) -> dict:
+) -> dict[str, Any]:
     """The reported evaluation: the selected weights `best_state` (loaded into `model`) on the
     `final_boxes` (the detection file), once, on this rank alone (rank 0: it holds the best model).
     Depends only on the checkpointed best model, so a resume repeats it exactly."""
@@ -429,7 +436,7 @@ def final_evaluation(
     return evaluate_model(model, load_val_instances(cfg, data, final_boxes(cfg, data)), cfg, data, device)
 
 
-def selection_metrics(best_eval: dict) -> dict:
+def selection_metrics(best_eval: dict[str, Any]) -> dict[str, Any]:
     """What the result keeps of the best per-epoch (selection) evaluation, beside the reported one."""
     return {
         "select_AP": best_eval.get("AP"),
@@ -442,7 +449,7 @@ def selection_metrics(best_eval: dict) -> dict:
 # ----------------------------------------------------------------------------------------- the stage
 def build_finetune_model(
     cfg: FinetuneConfig, init: PretrainConfig | None, ctx: StageContext
-) -> tuple[nn.Module, dict | None, list[str]]:
+) -> tuple[nn.Module, dict[str, Any] | None, list[str]]:
     """(model with initial weights and frozen stages, load report, frozen parameter names), not yet wrapped."""
     model = build_model(cfg.model, NUM_KEYPOINTS, generator=torch.Generator().manual_seed(cfg.seed))
     report = initialise(model, cfg, init, ctx)
@@ -475,8 +482,8 @@ def run_finetune(
         collate_fn=collate_with_bytes if decode_here else None,
     )
     optimizer = make_optimizer(model, cfg.lr)  # trainable parameters only
-    scheduler = make_scheduler(optimizer, cfg.milestones, cfg.lr_factor)
-    loop = Loop(
+    lr_schedule = make_lr_schedule(optimizer, cfg.milestones, cfg.lr_factor)
+    run = FinetuneRun(
         cfg,
         ctx,
         model,
@@ -489,7 +496,7 @@ def run_finetune(
     select_boxes = selection_boxes(cfg, data)
     separate_final = final_boxes(cfg, data) != select_boxes  # else the selection evaluation is the final one
 
-    def evaluate() -> dict:  # every rank predicts its share; rank 0 scores (the others return {})
+    def evaluate() -> dict[str, Any]:  # every rank predicts its share; rank 0 scores (the others return {})
         if not val:
             val.append(load_val_instances(cfg, data, select_boxes))
         return evaluate_model(
@@ -504,7 +511,7 @@ def run_finetune(
         collapse_loss=cfg.collapse_loss,
         config=stage_config,
     )
-    out = run_epochs(ctx, task_of(loop, scheduler, evaluate), spec)
+    out = run_epochs(ctx, task_of(run, lr_schedule, evaluate), spec)
     best_eval = dict(out.best_eval)
     best_eval.pop(PER_IMAGE_KEY, None)
     metrics: dict[str, Any] = {}

@@ -15,9 +15,9 @@ from workloads.data.coco import (
     annotation_path,
     box_to_center_scale,
     clean_box,
+    load_coco,
     load_detections,
     load_persons,
-    validate_coco_root,
 )
 
 DET_NAME = "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"
@@ -124,16 +124,16 @@ def test_detections_load_with_threshold(coco_dets):
 
 
 @pytest.mark.realdata
-def test_validate_coco_root_counts(coco_mini, coco_dets):
-    info = validate_coco_root(coco_mini)
-    assert info["splits"]["train2017"]["persons"] == 86
-    assert info["splits"]["val2017"] == {
-        "images": 30,
-        "annotations": 65,
-        "persons": 65,
-        "persons_with_keypoints": 40,
-    }
-    assert validate_coco_root(coco_dets, splits=("val2017",))["splits"]["val2017"]["images"] == 4
+def test_load_coco_counts(coco_mini, coco_dets):
+    def counts(root, split):
+        coco = load_coco(root, split)
+        persons = coco.loadAnns(coco.getAnnIds(catIds=[1], iscrowd=False))
+        with_kpts = sum(1 for a in persons if a.get("num_keypoints", 0) > 0)
+        return len(coco.imgs), len(coco.anns), len(persons), with_kpts
+
+    assert counts(coco_mini, "train2017")[2] == 86
+    assert counts(coco_mini, "val2017") == (30, 65, 65, 40)  # images, annotations, persons, with keypoints
+    assert counts(coco_dets, "val2017")[0] == 4
 
 
 # --------------------------------------------------------------------------- errors name the path

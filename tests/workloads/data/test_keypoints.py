@@ -28,11 +28,6 @@ def test_sigmas_symmetric_and_coco_values():
     assert kp.OKS_SIGMAS[0] == pytest.approx(0.026) and kp.OKS_SIGMAS[11] == pytest.approx(0.107)
 
 
-def test_skeleton_is_zero_based_coco_skeleton():
-    assert [(a + 1, b + 1) for a, b in kp.SKELETON] == list(kp.COCO_SKELETON_1BASED)
-    assert all(0 <= i < 17 for pair in kp.SKELETON for i in pair)
-
-
 @pytest.mark.realdata
 def test_person_category_matches_the_release(coco_mini):
     data = json.loads((coco_mini / "annotations" / "person_keypoints_val2017.json").read_text())

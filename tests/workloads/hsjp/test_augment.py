@@ -12,10 +12,11 @@ from workloads.config import HSJPAugConfig
 from workloads.data.transforms import affine_points
 from workloads.hsjp.augment import (
     SpatialParams,
+    apply_color,
     blend_uint8,
     blur_kernel_px,
-    color_augment,
     composite_matrix,
+    sample_color,
     sample_spatial,
     shift_hue,
     warp_composite,
@@ -90,6 +91,11 @@ def test_spatial_draws_stay_in_the_configured_ranges():
 
 def _crop(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+
+
+def color_augment(image_hwc: np.ndarray, aug: HSJPAugConfig, rng: np.random.Generator) -> np.ndarray:
+    """The CPU colour path as the pretext dataset runs it: draw the parameters, then apply them."""
+    return apply_color(image_hwc, sample_color(aug, rng))
 
 
 def test_colour_augmentation_is_deterministic_by_seed_and_changes_the_image():

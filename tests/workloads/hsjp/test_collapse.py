@@ -12,7 +12,7 @@ import workloads.hsjp.train as hsjp_train
 from workloads.config import ConfigError, DataConfig, ModelConfig, PretrainConfig
 from workloads.context import LocalContext
 from workloads.data.synthetic import generate
-from workloads.engine import LoopSpec, Task, make_optimizer, make_scheduler, run_epochs
+from workloads.engine import LoopSpec, Task, make_lr_schedule, make_optimizer, run_epochs
 from workloads.hsjp.collapse import SIGNALS, CollapseRule, PretextCollapse, failure_of, pretext_collapsed
 from workloads.hsjp.precision import heatmap_contrast
 
@@ -143,7 +143,7 @@ def _scripted_run(tmp_path, evals: dict[int, dict], losses: list[float], rule: C
         epoch["now"] += 1
         return (torch.zeros(1),)
 
-    task = Task(model, optimizer, make_scheduler(optimizer, [], 0.1), [0], _Sampler(), prepare, train_step,
+    task = Task(model, optimizer, make_lr_schedule(optimizer, [], 0.1), [0], _Sampler(), prepare, train_step,
                 lambda: dict(evals[epoch["now"]]))  # fmt: skip
     spec = LoopSpec(epochs=len(losses), eval_every=1, select_key="precision", collapse_loss=1.0, config={},
                     collapse_check=PretextCollapse(rule, 0, 1, "cpu"), history_keys=SIGNALS)  # fmt: skip

@@ -14,8 +14,12 @@ from workloads.hsjp.puzzle import (
     shuffle_image,
     shuffled_centers_xy,
     split_patches,
-    unshuffle_image,
 )
+
+
+def unshuffle_image(composite: np.ndarray, perm: np.ndarray, n: int) -> np.ndarray:
+    """Every patch of `composite` put back where `perm` took it from: the inverse of `shuffle_image`."""
+    return compose_patches(split_patches(composite, n)[inverse_permutation(perm)], n)
 
 
 def _image(side: int, seed: int = 0) -> np.ndarray:

@@ -1,5 +1,5 @@
 """The batched torch targets (built on the training device) equal the per-sample official-rule targets,
-and the training path wired to them (dataset `device_targets` + `train_step`) equals the per-sample path."""
+and the training path wired to them (dataset `device_targets` + `pose_step`) equals the per-sample path."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from workloads.engine import make_optimizer
 from workloads.models import build_model
 from workloads.pose.dataset import PoseTrainDataset
 from workloads.pose.targets import make_heatmaps, make_heatmaps_batched
-from workloads.pose.train import train_step
+from workloads.pose.train import pose_step
 
 TINY = ModelConfig(width=8, num_blocks=1, num_modules=(1, 1, 1))  # narrow HRNet
 
@@ -101,7 +101,7 @@ def _persons(tmp_path, count: int = 3) -> list[PersonInstance]:
     return out
 
 
-def test_device_target_samples_and_train_step_equal_the_per_sample_path(tmp_path):
+def test_device_target_samples_and_pose_step_equal_the_per_sample_path(tmp_path):
     cfg = FinetuneConfig(model=TINY, input_hw=INPUT_HW, heatmap_hw=HEATMAP_HW, batch_size=3)
     persons = _persons(tmp_path)
     per_sample = PoseTrainDataset(persons, cfg, seed=7)
@@ -120,5 +120,5 @@ def test_device_target_samples_and_train_step_equal_the_per_sample_path(tmp_path
         torch.manual_seed(0)
         model = build_model(TINY, 17, generator=torch.Generator().manual_seed(0))
         optimizer = make_optimizer(model, lr=1e-3)
-        losses.append(train_step(model, batch, optimizer, cfg, torch.device("cpu")).item())
+        losses.append(pose_step(model, batch, optimizer, cfg, torch.device("cpu")).item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=0)

@@ -15,7 +15,7 @@ from workloads.engine import make_optimizer
 from workloads.models import build_model, stage_of_parameter
 from workloads.pose.dataset import PoseTrainDataset, load_train_instances
 from workloads.pose.per_image import PER_IMAGE_FILE
-from workloads.pose.train import build_finetune_model, load_val_instances, run_finetune, train_step
+from workloads.pose.train import build_finetune_model, load_val_instances, pose_step, run_finetune
 
 TINY = ModelConfig(width=8, num_blocks=1, num_modules=(1, 1, 1))  # narrow HRNet, same names as W32
 HW, HM = (64, 64), (16, 16)  # inputs divisible by 32; heatmaps at input/4
@@ -92,7 +92,7 @@ def test_freezing_keeps_frozen_weights_and_bn_statistics_bit_identical(tmp_path)
     model.train()
     g = torch.Generator().manual_seed(0)
     batch = (torch.randn(2, 3, *HW, generator=g), torch.rand(2, 17, *HM, generator=g), torch.ones(2, 17))
-    train_step(model, batch, optimizer, cfg, torch.device("cpu"))
+    pose_step(model, batch, optimizer, cfg, torch.device("cpu"))
     after = model.state_dict()
     stages = {k: stage_of_parameter(model, k) for k in after}
     frozen_keys = [k for k, s in stages.items() if s is not None and s <= 2]
@@ -118,7 +118,7 @@ def test_a_few_steps_on_coco_mini_lower_the_loss(coco_mini):
     model = build_model(TINY, 17, generator=torch.Generator().manual_seed(0))
     optimizer = make_optimizer(model, lr=1e-3)
     model.train()
-    losses = [train_step(model, batch, optimizer, cfg, torch.device("cpu")).item() for _ in range(8)]
+    losses = [pose_step(model, batch, optimizer, cfg, torch.device("cpu")).item() for _ in range(8)]
     assert losses[-1] < 0.8 * losses[0], losses
 
 
