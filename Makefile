@@ -24,6 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
@@ -32,8 +33,8 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-# mypy --strict on the workload interfaces the orchestrator calls: the files and the strict modules are
-# pyproject.toml's [tool.mypy]
+# mypy --strict on orchestrator/ and the workload interfaces it calls (also run by `make test`): the files
+# and the strict modules are pyproject.toml's [tool.mypy]
 typecheck: $(STAMP)
 	$(BIN)/mypy
 

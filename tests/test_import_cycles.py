@@ -1,6 +1,8 @@
-"""No two modules of the project import each other, directly or around a loop: module-level imports
-and `if TYPE_CHECKING:` imports count (a type-only cycle is still two modules that each need the other
-to be read); imports inside functions (kept lazy for start-up time) do not."""
+"""The dependency rule of docs/architecture.md ("The layout"): no two modules of the project import each
+other, directly or around a loop — every import counts, at module level, under `if TYPE_CHECKING:` and
+inside a function alike (a lazy import only moves the cycle to run time); the orchestrator's packages
+import only to their left in store → spec → plan → schedule → ray → cli; `import ray` happens only in
+orchestrator/ray/ and never reaches a private Ray module."""
 
 from __future__ import annotations
 
@@ -20,25 +22,20 @@ def _modules() -> dict[str, Path]:
     return mods
 
 
-def _module_level_imports(tree: ast.Module, known: set[str]) -> set[str]:
-    """Imports outside any function body (class bodies, `if` / `try` blocks included)."""
+def _imports(tree: ast.Module) -> set[str]:
+    """Every module an import names (module level, `if` / `try` blocks and function bodies alike)."""
     found: set[str] = set()
-    todo: list[ast.AST] = list(tree.body)
-    while todo:
-        node = todo.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            continue
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
-        todo.extend(ast.iter_child_nodes(node))
-    return found & known
+    return found
 
 
 def import_graph() -> dict[str, set[str]]:
     mods = _modules()
-    return {m: _module_level_imports(ast.parse(p.read_text()), set(mods)) - {m} for m, p in mods.items()}
+    return {m: (_imports(ast.parse(p.read_text())) & set(mods)) - {m} for m, p in mods.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -87,8 +84,43 @@ def test_no_import_cycle_between_project_modules():
     assert cycles(import_graph()) == []
 
 
+LAYERS = ("store", "spec", "plan", "schedule", "ray", "cli")
+"""The orchestrator's packages, each importing only those before it (docs/architecture.md)."""
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if parts[0] == "orchestrator" and len(parts) > 1 else None
+
+
+def test_the_orchestrator_imports_point_one_way():
+    wrong = [
+        f"{m} imports {d}"
+        for m, deps in import_graph().items()
+        if (lm := _layer(m)) is not None
+        for d in deps
+        if (ld := _layer(d)) is not None and ld > lm
+    ]
+    assert wrong == []
+
+
+def test_every_module_is_in_a_layer():
+    assert {m.split(".")[1] for m in _modules() if m.startswith("orchestrator.")} == set(LAYERS)
+
+
+def test_ray_is_imported_only_in_orchestrator_ray_and_only_its_public_api():
+    for name, path in _modules().items():
+        rays = {m for m in _imports(ast.parse(path.read_text())) if m == "ray" or m.startswith("ray.")}
+        if name.startswith("orchestrator.ray.") or name.startswith(
+            "benchmarks."
+        ):  # benchmarks: their own clusters
+            assert not [m for m in rays if any(p.startswith("_") for p in m.split("."))], (name, rays)
+        else:
+            assert not rays, f"{name} imports {sorted(rays)}: Ray belongs in orchestrator/ray/"
+
+
 def test_the_cycle_finder_sees_a_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
     assert cycles(graph) == [["a", "b", "c"]]
     tree = ast.parse("import a\nif X:\n    from b import y\ndef f():\n    import c\n")
-    assert _module_level_imports(tree, {"a", "b", "b.y", "c"}) == {"a", "b", "b.y"}
+    assert _imports(tree) == {"a", "b", "b.y", "c"}  # the import inside f counts too
