@@ -97,7 +97,7 @@ class StageSpec:
             "parent": self.parent,
             "work": self.work,
         }
-        if self.work and self.kind != StageKind.EVALUATE:  # an evaluate stage trains nothing
+        if self.work and not isinstance(self.config, EvaluationConfig):  # an evaluate stage trains nothing
             out["lr_schedule"] = lr_schedule(self.config)
         return out
 
@@ -158,7 +158,7 @@ class Plan:
     """The study's data spec (what the stage ids hash; the image counts of the estimate)."""
     parts: tuple[str, ...] = ()
     """Merged study: the names of its parts."""
-    tracking: dict = dataclasses.field(default_factory=dict)
+    tracking: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The study's `tracking:` (MLflow / W&B; orchestrator.spec.tracking); not part of any stage id."""
 
     def backbones(self) -> list[str]:
@@ -321,6 +321,7 @@ def evaluation_stage(finetune: StageSpec, split: str, data: DataSpec, init: str)
     """The evaluate stage of `finetune` on test split `split` (its detections: data.test_detection_file);
     `init` (the pretrain method) names the server's results file."""
     cfg = finetune.config
+    assert isinstance(cfg, FinetuneConfig), f"{finetune.stage_id} is not a finetune stage"
     det = data.config.test_detection_file
     key = {
         "kind": StageKind.EVALUATE,
@@ -364,7 +365,7 @@ def stage_request(compute: ComputeConfig, kind: str = StageKind.PRETRAIN, work: 
     return StageRequest(workers, per_worker)
 
 
-def _digest(key: dict) -> str:
+def _digest(key: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -433,7 +434,7 @@ def stage_hours(spec: StageSpec, data: DataSpec | None, compute: ComputeConfig) 
     c = spec.config
     if isinstance(c, EvaluationConfig):  # one prediction of the split's detections, no training
         f = c.finetune
-        boxes = COCO_TESTDEV_DETECTIONS * (2 if f.flip_test else 1)
+        boxes: float = COCO_TESTDEV_DETECTIONS * (2 if f.flip_test else 1)
         pixels = f.input_hw[0] * f.input_hw[1] / REFERENCE_PIXELS
         return (boxes / EVAL_SPEEDUP * pixels / compute.throughput[c.model.backbone] + STAGE_START_S) / 3600.0
     if isinstance(c, PretrainConfig):
@@ -461,7 +462,7 @@ def instance_counts(data: DataSpec | None) -> dict[str, float]:
     if data is not None and data.synthetic is not None:
         train = data.synthetic.train * SYNTHETIC_PERSONS_PER_IMAGE
         val = data.synthetic.val * SYNTHETIC_PERSONS_PER_IMAGE
-        counts = {
+        counts: dict[str, float] = {
             "pretrain_train": train,
             "finetune_train": train,
             "pretrain_val": val,

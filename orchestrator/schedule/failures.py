@@ -108,7 +108,7 @@ class Attempt:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> Attempt:
+    def from_dict(cls, data: dict[str, Any]) -> Attempt:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -150,22 +150,22 @@ def decide(history: list[Attempt], policy: FailurePolicy) -> Decision:
     last = history[-1]
     counted = [a for a in history if not a.preempted]
     preemptions = len(history) - len(counted)
-    base = {
-        "failures": len(counted),
-        "budget": policy.max_failures,
-        "error": last.last_line,
-        "node": last.node,
-    }
+
+    def decision(retry: bool, reason: str, delay_s: float = 0.0) -> Decision:
+        return Decision(retry, delay_s, len(counted), policy.max_failures, reason, last.last_line, last.node)
+
     if last.preempted:
-        if preemptions > policy.max_preemptions:
-            return Decision(retry=False, delay_s=0.0, reason="preemptions", **base)
-        return Decision(retry=True, delay_s=0.0, reason="preempted", **base)
+        return (
+            decision(False, "preemptions")
+            if preemptions > policy.max_preemptions
+            else decision(True, "preempted")
+        )
     previous = next((a for a in reversed(history[:-1]) if not a.preempted), None)
     if previous is not None and previous.signature() == last.signature():
-        return Decision(retry=False, delay_s=0.0, reason="repeated", **base)
+        return decision(False, "repeated")
     if len(counted) > policy.max_failures:
-        return Decision(retry=False, delay_s=0.0, reason="budget", **base)
-    return Decision(retry=True, delay_s=policy.delay_s(len(counted)), reason="retry", **base)
+        return decision(False, "budget")
+    return decision(True, "retry", policy.delay_s(len(counted)))
 
 
 # ------------------------------------------------------------------------------------------- text
@@ -275,7 +275,8 @@ def _died_with_drain(exc: BaseException) -> bool:
     """Whether a worker under Ray's wrappers died because its node was drained for a preemption
     (`RayActorError.preempted`, under Train V2's WorkerGroupError / WorkerHealthCheckFailedError):
     what Ray Train 2.60 itself charges to its preemption budget, not to `max_failures`."""
-    stack, seen = [exc], set()
+    stack: list[object] = [exc]
+    seen: set[int] = set()
     while stack:
         e = stack.pop()
         if id(e) in seen or not isinstance(e, BaseException):
@@ -299,7 +300,7 @@ def attempts_path(store: Store, stage_id: str) -> str:
     return store.stage_path(stage_id, ATTEMPTS_FILE)
 
 
-def read_attempts(store: Store, stage_id: str) -> dict | None:
+def read_attempts(store: Store, stage_id: str) -> dict[str, Any] | None:
     """attempts.json ({run_token, attempts: [...], decision: {...}}), None when absent or unreadable."""
     path = attempts_path(store, stage_id)
     data = parse_json_or_warn(store.read_bytes(path), path, "its retry history is ignored")
@@ -339,7 +340,7 @@ def clear_attempts(store: Store, stage_id: str) -> None:
     store.remove(attempts_path(store, stage_id))
 
 
-def stage_failure_status(store: Store, stage_id: str) -> dict | None:
+def stage_failure_status(store: Store, stage_id: str) -> dict[str, Any] | None:
     """For `status`: {state: retrying|failed, status: 'retrying 2/3: …', error, node, reason, study},
     or None. A `retrying` whose study's run is known to have ended (its lock is free) is `failed`,
     with `stopped while retrying 2/3: …`: nothing will retry it until the next run."""
@@ -350,7 +351,7 @@ def stage_failure_status(store: Store, stage_id: str) -> dict | None:
         StageState.FAILED,
     ):
         return None
-    out = {k: decision.get(k) for k in ("state", "status", "error", "node", "reason")}
+    out: dict[str, Any] = {k: decision.get(k) for k in ("state", "status", "error", "node", "reason")}
     out["study"] = data.get("study") or ""
     out["state"] = StageState(out["state"])
     if out["state"] == StageState.RETRYING and out["study"] and run_active(store, out["study"]) is False:

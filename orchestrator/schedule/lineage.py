@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.store.format import STAGES_DIR, STALE_DIR, StageKind
 from workloads import STAGE_WORKLOADS, WORKLOAD_VERSIONS
@@ -35,7 +36,7 @@ Stale = dict[str, tuple[str, str]]
 """{workload: (recorded version, current version)} of the workloads that differ."""
 
 
-def made_with(spec: StageSpec, parent_result: dict | None) -> dict[str, str]:
+def made_with(spec: StageSpec, parent_result: Mapping[str, Any] | None) -> dict[str, str]:
     """The `workload_versions` to record for a stage published now: the current version of its own
     workload (a stage with work) and the recorded versions of its parent's result (a no-work or
     unpublished parent adds nothing)."""
@@ -46,7 +47,7 @@ def made_with(spec: StageSpec, parent_result: dict | None) -> dict[str, str]:
     return out
 
 
-def recorded_versions(result: dict) -> dict[str, str] | None:
+def recorded_versions(result: Mapping[str, Any]) -> dict[str, str] | None:
     """{workload: version} a result was made with: its `workload_versions`; for a result written before
     they were recorded, `provenance.workload_version` for the workloads of its kind (a finetune:
     pose and, from an HSJP pretrain, hsjp); None when neither is there."""
@@ -63,7 +64,7 @@ def recorded_versions(result: dict) -> dict[str, str] | None:
     return {STAGE_WORKLOADS[k]: str(legacy) for k in kinds if k in STAGE_WORKLOADS}
 
 
-def stale_of(result: dict | None) -> Stale:
+def stale_of(result: Mapping[str, Any] | None) -> Stale:
     """The workloads whose recorded version differs from the current one ({} = current or no work)."""
     if not result:
         return {}
@@ -126,9 +127,9 @@ def pre_identity_results(store: Store) -> int:
     count = 0
     for sid in store.list_stages():
         result = store.read_result(sid, "it is not counted")
-        legacy = result is not None and "workload_versions" not in result
-        if legacy and result.get("work", True) and "workload_version" in (result.get("provenance") or {}):
-            count += 1
+        if result is None or "workload_versions" in result or not result.get("work", True):
+            continue
+        count += "workload_version" in (result.get("provenance") or {})
     return count
 
 

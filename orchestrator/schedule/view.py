@@ -9,6 +9,7 @@ waiting for its pretrain, or blocked by a failed one).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ ERROR_CHARS = 200
 class StageView:
     stage_id: str
     state: StageState
-    result: dict[str, Any] | None = None
+    result: Mapping[str, Any] | None = None
     reason: str = ""
     """Why the stage is in its state: the failure's error line, or a collapse / skip reason."""
     detail: str | None = None

@@ -212,7 +212,7 @@ def load_compute(raw: Any, path: Path) -> ComputeConfig:
     where = f"{path}: compute"
     raw = dict(raw) if isinstance(raw, dict) else raw
     given = raw.pop("throughput", None) if isinstance(raw, dict) else None
-    cfg = from_dict(ComputeConfig, raw, where)
+    cfg: ComputeConfig = from_dict(ComputeConfig, raw, where)
     if given is not None and not isinstance(given, dict):
         raise ConfigError(f"{where}.throughput = {short(given)}: expected a mapping backbone → images/s")
     throughput = dict(GPU_THROUGHPUT if cfg.use_gpu else CPU_THROUGHPUT)
@@ -270,13 +270,13 @@ def dry_run_inputs() -> Iterator[list[tuple[str, str]]]:
 
 
 def expand_env(value: str, where: str) -> str:
-    def sub(m: re.Match) -> str:
+    def sub(m: re.Match[str]) -> str:
         name = m.group(1)
         if name not in os.environ:
             unset = _DRY_RUN.get()
             if unset is not None:
                 unset.append((name, where.split(": ", 1)[-1]))
-                return m.group(0)
+                return str(m.group(0))
             raise ConfigError(
                 f"{where} = {value!r}: environment variable {name} is not set (export {name}=... first)"
             )

@@ -57,7 +57,7 @@ def parse_tracking(raw: Any, where: str) -> TrackingConfig:
     unknown = [k for k in raw if k not in EXTRAS]
     if unknown:
         raise ConfigError(f"{where}: tracking.{unknown[0]}: unknown tracker; allowed: mlflow, wandb")
-    out: dict[str, dict | None] = {"mlflow": None, "wandb": None}
+    out: dict[str, dict[str, Any] | None] = {"mlflow": None, "wandb": None}
     for name, allowed in (("mlflow", MLFLOW_KEYS), ("wandb", WANDB_KEYS)):
         if name not in raw:
             continue

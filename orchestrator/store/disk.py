@@ -119,7 +119,7 @@ class StoreUsage:
             f"({format_bytes(self.checkpoint_bytes)} of them epoch checkpoints)"
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, int]:
         return {"bytes": self.total_bytes, "files": self.files, "checkpoint_bytes": self.checkpoint_bytes}
 
 

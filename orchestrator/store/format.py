@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, TypedDict
 
@@ -235,8 +236,8 @@ class StageRecord(TypedDict):
 
     stage_id: str
     kind: str  # one of STAGE_KINDS
-    config: dict  # the stage's config as plain data (a finetune's carries `init`: its pretrain's)
-    data: dict  # the data config
+    config: dict[str, Any]  # the stage's config as plain data (a finetune's carries `init`: its pretrain's)
+    data: dict[str, Any]  # the data config
     parent: str | None  # the pretrain of a finetune, the finetune of an evaluate stage
     work: bool  # False for scratch / ImageNet pretrains: nothing is trained
 
@@ -251,7 +252,7 @@ class ResultRecord(StageRecord, total=False):
     schema_version: int
     status: str  # one of RESULT_STATUSES
     reason: str  # why a stage was skipped (optional)
-    metrics: dict  # finetune: AP, AP50, ..., ap_per_oks, errors; pretrain: precision, loss summary
+    metrics: dict[str, Any]  # finetune: AP, AP50, ..., ap_per_oks, errors; pretrain: precision, loss summary
     collapsed: bool
     collapsed_epoch: int | None
     epochs_trained: list[int]
@@ -260,9 +261,9 @@ class ResultRecord(StageRecord, total=False):
     wall_seconds: float
     device_hours: float
     gpu_hours: float
-    provenance: dict  # git commit + dirty flag, package versions, device, config hash
-    workload_versions: dict  # {workload: numerics version} of it and the stages it was made from
-    execution: dict  # {dotted key: value} of the execution switches it ran with (not in its id)
+    provenance: dict[str, Any]  # git commit + dirty flag, package versions, device, config hash
+    workload_versions: dict[str, str]  # {workload: numerics version} of it and the stages it was made from
+    execution: dict[str, Any]  # {dotted key: value} of the execution switches it ran with (not in its id)
     finished_at: str  # UTC, ISO 8601
 
 
@@ -315,7 +316,7 @@ def read_result_record(obj: Any, where: str) -> ResultRecord:
     return record
 
 
-def stage_state(result: ResultRecord) -> StageState:
+def stage_state(result: Mapping[str, Any]) -> StageState:
     """The state of a finished stage from its result: its status; "collapsed" for a run that ended by
     a collapse (older results say status "done" with `collapsed` true), "no-work" for a pretrain with
     nothing to train (published as "done" with `work` false)."""

@@ -21,9 +21,12 @@ import math
 import os
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.store.format import TB_DIR
+
+if TYPE_CHECKING:
+    from orchestrator.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +38,9 @@ def tag_of(key: str) -> str:
     return f"train/{key}" if key in TRAIN_KEYS else f"eval/{key}"
 
 
-def scalars(row: dict) -> dict[str, float]:
+def scalars(row: dict[str, Any]) -> dict[str, float]:
     """The row's numbers as {tag: value} (booleans, strings, nested values and bookkeeping left out)."""
-    out = {}
+    out: dict[str, float] = {}
     for key, value in row.items():
         if key in NOT_SCALARS or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
@@ -51,8 +54,8 @@ class StageWriter:
     (tensorboardX's EventsWriter, not its queue-and-thread SummaryWriter): every epoch is on disk
     when `write` returns, even if the process is killed right after."""
 
-    def __init__(self, store: Any, stage_id: str):
-        from tensorboardX.event_file_writer import EventsWriter
+    def __init__(self, store: Store, stage_id: str):
+        from tensorboardX.event_file_writer import EventsWriter  # type: ignore[import-untyped]  # no stubs
 
         self.store, self.stage_id = store, stage_id
         if store.is_local:
@@ -62,9 +65,9 @@ class StageWriter:
             self.folder = tempfile.mkdtemp(prefix=f"hsjp-tb-{stage_id}-")
         self.events = EventsWriter(os.path.join(self.folder, "events"))
 
-    def write(self, row: dict) -> None:
-        from tensorboardX.proto.event_pb2 import Event
-        from tensorboardX.summary import scalar
+    def write(self, row: dict[str, Any]) -> None:
+        from tensorboardX.proto.event_pb2 import Event  # type: ignore[import-untyped]  # no stubs
+        from tensorboardX.summary import scalar  # type: ignore[import-untyped]  # no stubs
 
         step, now = int(row["epoch"]), time.time()
         for tag, value in scalars(row).items():
@@ -82,7 +85,7 @@ class StageWriter:
 _WRITERS: dict[tuple[str, str], StageWriter | None] = {}
 
 
-def log_epoch(store: Any, stage_id: str, row: dict) -> None:
+def log_epoch(store: Store, stage_id: str, row: dict[str, Any]) -> None:
     """Append one epoch row of `stage_id` to its TensorBoard events (rank 0 calls this)."""
     if not isinstance(row.get("epoch"), int):
         return
