@@ -1,27 +1,12 @@
 """Bounded, explained retries of a failed stage, Ray-free.
 
-A stage that raises is retried at most `compute.max_failures` times, each retry after a backoff
-(`retry_backoff_s`, × `retry_backoff_factor` per retry, at most `retry_backoff_max_s`), and fails at
-once when the same error (exception type and message) comes twice in a row: a deterministic bug or a
-node without the COCO mount fails in seconds instead of restarting for days. A planned preemption
-(Ray Train's `PreemptionError`: a node announced its end; or a worker that died with its drained
-node before Train saw the announcement) is not the stage's fault: it never counts as
-a repeat, and it has its own budget (`PREEMPTION_BUDGET`), as Ray Train V2 keeps `max_preemption_failures`
-apart from `max_failures`.
-
-Every failure explains itself: `attempts.json` in the stage folder keeps the history of the current run
-(exception type, message, the traceback's last line, node, time) and the decision; `error.txt` holds the
-worker's traceback and node; `summary_line` is what the run prints as it happens; `status_text` is
-what `hsjp-study status` shows (`retrying 2/3: <error>` / `failed: <error>`).
-
-that can block; a scheduler that cannot uses its steps:
-
-    attempt = attempt_from_exception(exc, node=node_of_the_stage, run_token=token)
-    decision = record_failure(store, stage_id, attempt, policy)   # attempts.json + error.txt
-    print(summary_line(stage_id, decision))
-    if decision.retry: run the stage again after decision.delay_s
-    else: the stage is failed, its dependants skipped
-    ... on success: clear_attempts(store, stage_id)
+A stage that raises is retried at most `compute.max_failures` times, after a growing backoff, and fails
+at once when the same error (type and message) comes twice in a row, so a deterministic bug fails in
+seconds. A planned preemption (Ray Train's `PreemptionError`, or a worker that died with its drained
+node) never counts as a repeat and has its own budget (`PREEMPTION_BUDGET`), as Ray Train V2 keeps
+`max_preemption_failures` apart from `max_failures`. `record_failure` writes attempts.json (this run's
+history and the decision) and error.txt (the worker's traceback and node); `summary_line` is what the
+run prints, `status_text` what `status` shows.
 """
 
 from __future__ import annotations
@@ -30,7 +15,7 @@ import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.store.format import ATTEMPTS_FILE, LOCKS_DIR, StageState, is_study_name, parse_json_or_warn
 
@@ -38,8 +23,6 @@ if TYPE_CHECKING:
     from orchestrator.spec.inputs import ComputeConfig
     from orchestrator.store.store import Store
 
-T = TypeVar("T")
-"""Per stage: the failed attempts of the latest run and the decision taken (read by `status`)."""
 PREEMPTION_BUDGET = 100
 """Planned preemptions tolerated per stage and run before it fails (they do not use max_failures)."""
 PREEMPTION_TYPES = frozenset({"PreemptionError"})

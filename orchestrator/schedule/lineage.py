@@ -1,19 +1,12 @@
 """Which workload versions made a stored stage, and which stored stages are stale. Ray-free.
 
-A stage id hashes what changes a stage's numbers (orchestrator.plan) but not the workloads' numerics
-versions (`workloads.WORKLOAD_VERSIONS`): a version bump must not orphan a store that cost GPU-weeks,
-and must not be ignored either. So each result.json records `workload_versions`: {workload: version}
-of the workload that computed the stage (`STAGE_WORKLOADS[kind]`) and of every stage it was made from
-(a finetune of an HSJP pretrain carries that pretrain's `hsjp` version, a finetune of a stale pretrain
-is stale too). A stored stage is *stale* when one of those differs from the current version.
-
-Stale stages are kept and reused by default, and said so (`plan` and `status` name them, `run` prints
-the count before it schedules: never silently reused); `hsjp-study run --recompute-stale` moves each
-one's folder to `stale/<stage id>-<UTC time>/` in the store (nothing is deleted) and computes it again
-(never silently recomputed). A result written before versions were recorded (schema < 3) has
-`provenance.workload_version`, one number for both workloads, and reads as that version of each; such
-results sit under the ids of the earlier recipe, which also hashed the version and the execution
-switches, so no current plan finds them (`pre_identity_results` counts them for `status` and `run`).
+A stage id does not hash the workloads' numerics versions (a version bump must not orphan a store that
+cost GPU-weeks, nor be ignored): each result.json records `workload_versions` of the workload that
+computed it and of every stage it was made from, and a stage is *stale* when one of those differs from
+`workloads.WORKLOAD_VERSIONS`. Stale stages are reused and named (`plan`, `status`, `run`);
+`run --recompute-stale` moves each folder to `stale/<stage id>-<UTC>/` and computes it again. A result
+from before schema 3 has one `provenance.workload_version` for both workloads and sits under an id of
+the earlier recipe, which no current plan finds (`pre_identity_results` counts them).
 """
 
 from __future__ import annotations

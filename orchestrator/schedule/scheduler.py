@@ -1,29 +1,16 @@
 """Stage-level scheduling, Ray-free: which stage of a plan runs next, and what a finished one unblocks.
 
-A study's plan is a DAG of stages (each finetune has one parent pretrain, each evaluate stage one parent
-finetune whose best weights it reads). `StageScheduler` keeps every
-stage in one of the states of `orchestrator.store.format.StageState`, the names `status` and the
-progress lines show too:
+`StageScheduler` keeps every stage of the plan's DAG in a `StageState` (waiting for its parent; queued;
+elsewhere: another run holds its lease, re-checked every few s; running; or terminal for this run,
+TERMINAL_STATES) and records how this run got it (`StageHow`). Its events (`on_event`) carry the new
+state, and `how` where the scheduler itself decided it.
 
-    waiting   its parent is not finished yet                 (holds nothing: no slot, no process)
-    queued    it can start as soon as its resources are free (a retry: once its backoff has passed)
-    elsewhere another run (another study on the same store) holds its lease: re-checked every few s
-    running   launched (its lease is held by this run)
-    done / no-work / collapsed / skipped / failed / blocked    terminal for this run (TERMINAL_STATES)
-
-and records how this run got it (`StageHow`: found in the store, computed, waited for another run,
-published without a trial as no-work or skipped, or blocked by its pretrain's failure). Its events
-(`on_event`) carry the stage's new state, and `how` where the scheduler itself decided it.
-
-A stage is launched only when it is ready *and* its resource request fits in what the running stages
-leave free, so nothing waits while holding a GPU or a process. Among ready stages the one with the
-longest remaining path (its own estimated hours plus the longest chain of stages it unblocks) goes first,
-ties in plan order; a lower-priority stage that fits goes first when the top one does not (backfilling).
-
-The Ray side (`orchestrator.ray.tune`) drives it from a Ray Tune `Searcher`; tests drive it from
-an in-process fake runner. `list_schedule` runs the same choice on the plan's estimates with a virtual
-clock (`hsjp-study plan --gpus G`), and `schedule_metrics` measures a finished schedule (makespan, its
-lower bound, GPU idle while a stage was ready), as `run --simulate` prints them.
+A stage is launched only when it is ready *and* its request fits in what the running stages leave free,
+so nothing waits holding a GPU. Among ready stages the longest remaining path (its estimated hours plus
+the longest chain it unblocks) goes first, ties in plan order; a lower one that fits goes first when the
+top one does not (backfilling). `orchestrator.ray.tune` drives it from a Tune `Searcher`, tests from a
+fake runner; `list_schedule` replays the choice on the estimates (`plan --gpus G`), `schedule_metrics`
+measures a finished schedule (`run --simulate`).
 """
 
 from __future__ import annotations

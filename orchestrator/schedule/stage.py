@@ -1,12 +1,7 @@
-"""One stage's bookkeeping, Ray-free: an attempt at computing it (begun, failed or finished by the
-runner around its trainer), publishing `result.json`, recording `error.txt`.
-
-The runner (`orchestrator.ray.tune.stage_trial`: one Ray Tune trial per stage, one Ray Train run inside
-it; tests: an in-process fake) begins an attempt once the scheduler has launched the stage (its parent
-is finished and its lease is held by this run), runs the stage's trainer, and then finishes the attempt
-or records its failure. The trainer's name is the stage id, so a re-created trainer resumes a half-done
-stage from its last registered epoch checkpoint (Ray Train V2). `result.json` is written atomically,
-last.
+"""One stage's bookkeeping, Ray-free: an attempt at computing it (begun, failed or finished by the runner
+around its trainer, `orchestrator.ray.tune.stage_trial`, or a fake in tests), publishing result.json
+(atomically, last), recording error.txt. The trainer is named by the stage id, so a re-created trainer
+resumes from its last epoch checkpoint (Ray Train V2).
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
-"""The result store (docs/design.md §4): a local folder, a shared filesystem or a cloud URI.
-
-```
-<root>/stages/<kind>-<hash>/   config.json, metrics.jsonl, weights.pt (output), error.txt,
-                               train/ (Ray Train run: epoch checkpoints), result.json (atomic, last)
-<root>/studies/<name>/         study.yaml as run, plan.json, trials.csv, tune/ (Ray Tune state)
-```
-`result.json`'s presence means the stage is finished. Every write of a JSON or weights file is
-atomic (temp file + rename; object stores write whole objects), so a reader never sees half a file.
-Paths go through pyarrow filesystems, as Ray's do, so `s3://` / `gs://` roots work unchanged.
-Stage ids and study names are validated so no key can produce a path outside the root.
-"""
+"""The result store (docs/design.md §4): a local folder, a shared filesystem or a cloud URI, through
+pyarrow filesystems as Ray's storage is, so `s3://` / `gs://` roots work unchanged. Every JSON or
+weights file is written atomically (temp file + rename; object stores write whole objects); stage ids
+and study names are validated so no key makes a path outside the root."""
 
 from __future__ import annotations
 

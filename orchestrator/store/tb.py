@@ -1,17 +1,11 @@
-"""TensorBoard event files per stage, written while it trains (no Ray here).
+"""TensorBoard event files per stage, written by rank 0 while it trains (no Ray here).
 
-Rank 0 of a stage writes one scalar per epoch and metric into `<store>/stages/<id>/tb/`, so
-`tensorboard --logdir <store>/stages` shows every stage of every study, each run named by its stage id
-(one Ray Tune trial per stage). Tags: `train/loss`, `train/lr`, `train/img_per_s`, `train/seconds`,
-`train/data_wait_share`, and `eval/<metric>` for what the evaluation gave (HSJP precision P,
-patch accuracy; AP, AP50, ..., AR of a finetune) at the epochs it ran; the step is the 0-based epoch.
-
-Writer: tensorboardX's synchronous EventsWriter (tensorboardX comes with ray[tune]). Local stores are
-written in place, the event file flushed after every epoch. A URI store (s3://, gs://) is written to a local temporary folder and its
-event file copied whole into the stage's `tb/` after every epoch (through the store's pyarrow
-filesystem, so no TensorBoard filesystem plugin is needed). A resumed stage adds a new event file
-beside the earlier ones; TensorBoard merges them. A failure to write is logged once per stage as a
-warning and never fails the stage.
+One scalar per epoch and metric into `<store>/stages/<id>/tb/` (`tensorboard --logdir <store>/stages`
+names each run by its stage id); tags `train/<key>` for TRAIN_KEYS, `eval/<metric>` for the rest; the
+step is the 0-based epoch. tensorboardX's synchronous EventsWriter (it comes with ray[tune]); a URI
+store is written to a local temporary folder and its event file copied whole into `tb/` after every
+epoch (no TensorBoard filesystem plugin needed). A resumed stage adds an event file; TensorBoard merges
+them. A failure to write is logged once per stage and never fails it.
 """
 
 from __future__ import annotations
