@@ -121,13 +121,10 @@ class Decision:
 
 
 def decide(history: list[Attempt], policy: FailurePolicy) -> Decision:
-    """The decision after the last attempt of `history` (all failed attempts of this run, oldest first).
-
-    * the same error twice in a row (not a preemption) → fail now (`repeated`);
-    * more failures than `max_failures` → fail (`budget`); more preemptions than allowed → fail;
-    * else retry after `policy.delay_s(n)`, n = the failures so far (a preemption: no wait, it is
-      not the stage's fault and the node is gone).
-    """
+    """The decision after the last of `history` (this run's failed attempts, oldest first): the same
+    error twice in a row (not a preemption) fails (`repeated`), so do more failures than `max_failures`
+    (`budget`) or preemptions than allowed; else retry after `policy.delay_s(failures so far)` (a
+    preemption at once: not the stage's fault, and the node is gone)."""
     if not history:
         raise ValueError("decide() needs at least one failed attempt")
     last = history[-1]

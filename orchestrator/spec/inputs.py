@@ -1,9 +1,7 @@
-"""What a study runs on (docs/design.md §1): its data and its compute, loaded strictly from the
+"""What a study runs on (docs/design.md §1): its data (a COCO 2017 folder, `${ENV}` expanded, or a
+synthetic COCO-format set generated once into `<store>/data/synthetic-<hash>/`) and its compute (how
+each stage is placed; how fast a device trains, for the plan's estimate), loaded strictly from the
 study file, and the up-front checks / preparation done before anything is scheduled.
-
-`data` is a COCO 2017 folder (paper §4.1; `${ENV}` expanded) or a synthetic COCO-format set that is
-generated once into `<store>/data/synthetic-<hash>/`. `compute` says how each stage is placed on the
-cluster and how fast a device trains (for the plan's GPU-hour estimate).
 """
 
 from __future__ import annotations

@@ -1,13 +1,12 @@
 """Study files (docs/design.md §1): a strict YAML loader from `studies/*.yaml` to typed trials.
 
-A study names its data, its compute, default pretrain + finetune configs, a `matrix` of dotted keys
-whose cartesian product gives trials, `include` entries that add single trials (applied over the
-defaults; without a matrix they are the only trials; with neither, the defaults are the one trial),
-and `seeds` (an axis over both stages' `seed`, crossing every trial). A study made of `studies: [a.yaml, b.yaml]` merges the trials of the listed
-studies (`paper.yaml`). One trial = one finetune and the pretrain it starts from (paper §4.2).
-
-Every mistake is a `ConfigError` naming the file, the dotted key, the value and what is allowed.
-Loading touches no file but the study files themselves; `orchestrator.spec.inputs` prepares the data.
+A study names its data, compute, default pretrain + finetune configs, a `matrix` of dotted keys (its
+cartesian product gives trials), `include` entries adding single trials over the defaults (without a
+matrix they are the only trials; with neither, the defaults are the one trial) and `seeds` (an axis
+over both stages' `seed`). `studies: [a.yaml, b.yaml]` merges the listed studies' trials (paper.yaml).
+One trial = one finetune and the pretrain it starts from (paper §4.2). Every mistake is a
+`ConfigError` naming the file, the dotted key, the value and what is allowed. Loading reads only the
+study files; `orchestrator.spec.inputs` prepares the data.
 """
 
 from __future__ import annotations
