@@ -1,23 +1,15 @@
 """The plan of a study (docs/design.md §2): trials → a DAG of content-addressed stages.
 
-Every trial becomes a `pretrain` and a `finetune` stage, and one `evaluate` stage per split of its
-`finetune.test_splits` (test-dev2017: the finetune's best weights predict the split's detections
-for the evaluation server; nothing is trained, and adding one changes no other stage). A stage id is
-`<kind>-<sha1[:16]>` of what changes its result and nothing else: its config less the execution
-switches (`identity_dict`: compiling, memory format, where images are decoded, loader workers —
-recorded with the result instead), the data identity (the study's data spec, never the store path),
-and its parent's id. The workloads' numerics versions are not hashed: they are recorded with each
-result, and a stage made by an older version is named stale (orchestrator.schedule.lineage), never silently
-recomputed nor silently reused. So identical pretrains are one stage within and across studies
-(the N=6 HRNet pretrain feeds Table 1, 2, 3 and Figs. 5, 6). `scratch` / `imagenet` pretrains have
-no work; their identity is only (method, model, checkpoint path). Trials that come out identical (same
-finetune stage) are merged, their other definitions kept as aliases. `Plan.estimate` gives the
-device-hours of the distinct work next to the cost of running every trial on its own.
-
-An evaluate stage's id is `evaluate-<sha1[:16]>` of {kind, its finetune's id, the split, the detection
-file (its path, as the data identity names files), the evaluation settings that change the numbers
-(flip test, heatmap shift, thresholds, input and heatmap sizes), the workload version}. A finetune's id
-covers neither `test_splits` nor `data.test_detection_file`: opting into test-dev retrains nothing.
+Every trial is a `pretrain` and a `finetune` stage, plus one `evaluate` stage per `finetune.test_splits`
+entry (the finetune's best weights predict the split's detections; nothing is trained). A stage id is
+`<kind>-<sha1[:16]>` of what changes its result only: its config less the execution switches
+(`identity_dict`; recorded with the result instead), the data identity (never the store path) and its
+parent's id. Workload versions are not hashed: recorded with each result, an older one makes the stage
+stale (orchestrator.schedule.lineage). So identical pretrains are one stage within and across studies.
+`scratch` / `imagenet` pretrains have no work; their identity is (method, model, checkpoint). Trials
+with the same finetune stage are merged (aliases kept). An evaluate stage hashes its finetune's id, the
+split, the detection file and EVALUATION_SETTINGS; a finetune's id covers neither `test_splits` nor
+`data.test_detection_file`, so opting into test-dev retrains nothing.
 """
 
 from __future__ import annotations
@@ -97,7 +89,7 @@ class StageSpec:
             "parent": self.parent,
             "work": self.work,
         }
-        if self.work and self.kind != StageKind.EVALUATE:  # an evaluate stage trains nothing
+        if self.work and not isinstance(self.config, EvaluationConfig):  # an evaluate stage trains nothing
             out["lr_schedule"] = lr_schedule(self.config)
         return out
 
@@ -158,7 +150,7 @@ class Plan:
     """The study's data spec (what the stage ids hash; the image counts of the estimate)."""
     parts: tuple[str, ...] = ()
     """Merged study: the names of its parts."""
-    tracking: dict = dataclasses.field(default_factory=dict)
+    tracking: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The study's `tracking:` (MLflow / W&B; orchestrator.spec.tracking); not part of any stage id."""
 
     def backbones(self) -> list[str]:
@@ -276,26 +268,16 @@ def make_plan(study: Study, data: DataConfig) -> Plan:
 def pretrain_stage(cfg: PretrainConfig, data: DataSpec) -> StageSpec:
     """A pretrain stage. No-work methods keep only (method, model, checkpoint): their config is
     normalised so every scratch / imagenet trial of a backbone shares one stage."""
-    if cfg.method != "hsjp":
+    work = cfg.method == "hsjp"
+    key: dict[str, Any]
+    if work:
+        key = {"kind": StageKind.PRETRAIN, "config": identity_dict(cfg), "data": data.identity("pretrain")}
+        key["parent"] = None
+    else:
         cfg = PretrainConfig(method=cfg.method, checkpoint=cfg.checkpoint, model=cfg.model)
-        key = {
-            "kind": StageKind.PRETRAIN,
-            "method": cfg.method,
-            "model": identity_dict(cfg.model),
-            "checkpoint": cfg.checkpoint,
-        }
-        return StageSpec(
-            stage_id=f"pretrain-{_digest(key)}", kind=StageKind.PRETRAIN, config=cfg, parent=None, work=False
-        )
-    key = {
-        "kind": StageKind.PRETRAIN,
-        "config": identity_dict(cfg),
-        "data": data.identity("pretrain"),
-        "parent": None,
-    }
-    return StageSpec(
-        stage_id=f"pretrain-{_digest(key)}", kind=StageKind.PRETRAIN, config=cfg, parent=None, work=True
-    )
+        key = {"kind": StageKind.PRETRAIN, "method": cfg.method, "model": identity_dict(cfg.model)}
+        key["checkpoint"] = cfg.checkpoint
+    return StageSpec(f"pretrain-{_digest(key)}", StageKind.PRETRAIN, cfg, parent=None, work=work)
 
 
 def finetune_stage(cfg: FinetuneConfig, data: DataSpec, parent: str) -> StageSpec:
@@ -321,6 +303,7 @@ def evaluation_stage(finetune: StageSpec, split: str, data: DataSpec, init: str)
     """The evaluate stage of `finetune` on test split `split` (its detections: data.test_detection_file);
     `init` (the pretrain method) names the server's results file."""
     cfg = finetune.config
+    assert isinstance(cfg, FinetuneConfig), f"{finetune.stage_id} is not a finetune stage"
     det = data.config.test_detection_file
     key = {
         "kind": StageKind.EVALUATE,
@@ -364,7 +347,7 @@ def stage_request(compute: ComputeConfig, kind: str = StageKind.PRETRAIN, work: 
     return StageRequest(workers, per_worker)
 
 
-def _digest(key: dict) -> str:
+def _digest(key: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -433,7 +416,7 @@ def stage_hours(spec: StageSpec, data: DataSpec | None, compute: ComputeConfig) 
     c = spec.config
     if isinstance(c, EvaluationConfig):  # one prediction of the split's detections, no training
         f = c.finetune
-        boxes = COCO_TESTDEV_DETECTIONS * (2 if f.flip_test else 1)
+        boxes: float = COCO_TESTDEV_DETECTIONS * (2 if f.flip_test else 1)
         pixels = f.input_hw[0] * f.input_hw[1] / REFERENCE_PIXELS
         return (boxes / EVAL_SPEEDUP * pixels / compute.throughput[c.model.backbone] + STAGE_START_S) / 3600.0
     if isinstance(c, PretrainConfig):
@@ -458,24 +441,14 @@ def stage_hours(spec: StageSpec, data: DataSpec | None, compute: ComputeConfig) 
 
 def instance_counts(data: DataSpec | None) -> dict[str, float]:
     """Person instances each stage reads per epoch (COCO 2017 or synthetic), caps applied."""
+    keys = ("pretrain_train", "finetune_train", "pretrain_val", "val_persons", "val_boxes")
     if data is not None and data.synthetic is not None:
-        train = data.synthetic.train * SYNTHETIC_PERSONS_PER_IMAGE
-        val = data.synthetic.val * SYNTHETIC_PERSONS_PER_IMAGE
-        counts = {
-            "pretrain_train": train,
-            "finetune_train": train,
-            "pretrain_val": val,
-            "val_persons": val,
-            "val_boxes": val,
-        }
+        train, val = (n * SYNTHETIC_PERSONS_PER_IMAGE for n in (data.synthetic.train, data.synthetic.val))
+        values: tuple[float, ...] = (train, train, val, val, val)
     else:
-        counts = {
-            "pretrain_train": COCO_TRAIN_PERSONS,
-            "finetune_train": COCO_TRAIN_KEYPOINT_PERSONS,
-            "pretrain_val": COCO_VAL_PERSONS,
-            "val_persons": COCO_VAL_KEYPOINT_PERSONS,
-            "val_boxes": COCO_VAL_DETECTIONS,
-        }
+        values = (COCO_TRAIN_PERSONS, COCO_TRAIN_KEYPOINT_PERSONS, COCO_VAL_PERSONS)
+        values += (COCO_VAL_KEYPOINT_PERSONS, COCO_VAL_DETECTIONS)
+    counts = dict(zip(keys, values))
     cfg = data.config if data is not None else DataConfig()
     for key in counts:
         cap = cfg.max_train_instances if key.endswith("_train") else cfg.max_val_instances

@@ -1,27 +1,12 @@
 """Bounded, explained retries of a failed stage, Ray-free.
 
-A stage that raises is retried at most `compute.max_failures` times, each retry after a backoff
-(`retry_backoff_s`, × `retry_backoff_factor` per retry, at most `retry_backoff_max_s`), and fails at
-once when the same error (exception type and message) comes twice in a row: a deterministic bug or a
-node without the COCO mount fails in seconds instead of restarting for days. A planned preemption
-(Ray Train's `PreemptionError`: a node announced its end; or a worker that died with its drained
-node before Train saw the announcement) is not the stage's fault: it never counts as
-a repeat, and it has its own budget (`PREEMPTION_BUDGET`), as Ray Train V2 keeps `max_preemption_failures`
-apart from `max_failures`.
-
-Every failure explains itself: `attempts.json` in the stage folder keeps the history of the current run
-(exception type, message, the traceback's last line, node, time) and the decision; `error.txt` holds the
-worker's traceback and node; `summary_line` is what the run prints as it happens; `status_text` is
-what `hsjp-study status` shows (`retrying 2/3: <error>` / `failed: <error>`).
-
-that can block; a scheduler that cannot uses its steps:
-
-    attempt = attempt_from_exception(exc, node=node_of_the_stage, run_token=token)
-    decision = record_failure(store, stage_id, attempt, policy)   # attempts.json + error.txt
-    print(summary_line(stage_id, decision))
-    if decision.retry: run the stage again after decision.delay_s
-    else: the stage is failed, its dependants skipped
-    ... on success: clear_attempts(store, stage_id)
+A stage that raises is retried at most `compute.max_failures` times, after a growing backoff, and fails
+at once when the same error (type and message) comes twice in a row, so a deterministic bug fails in
+seconds. A planned preemption (Ray Train's `PreemptionError`, or a worker that died with its drained
+node) never counts as a repeat and has its own budget (`PREEMPTION_BUDGET`), as Ray Train V2 keeps
+`max_preemption_failures` apart from `max_failures`. `record_failure` writes attempts.json (this run's
+history and the decision) and error.txt (the worker's traceback and node); `summary_line` is what the
+run prints, `status_text` what `status` shows.
 """
 
 from __future__ import annotations
@@ -30,7 +15,7 @@ import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.store.format import ATTEMPTS_FILE, LOCKS_DIR, StageState, is_study_name, parse_json_or_warn
 
@@ -38,8 +23,6 @@ if TYPE_CHECKING:
     from orchestrator.spec.inputs import ComputeConfig
     from orchestrator.store.store import Store
 
-T = TypeVar("T")
-"""Per stage: the failed attempts of the latest run and the decision taken (read by `status`)."""
 PREEMPTION_BUDGET = 100
 """Planned preemptions tolerated per stage and run before it fails (they do not use max_failures)."""
 PREEMPTION_TYPES = frozenset({"PreemptionError"})
@@ -108,7 +91,7 @@ class Attempt:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> Attempt:
+    def from_dict(cls, data: dict[str, Any]) -> Attempt:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -138,34 +121,31 @@ class Decision:
 
 
 def decide(history: list[Attempt], policy: FailurePolicy) -> Decision:
-    """The decision after the last attempt of `history` (all failed attempts of this run, oldest first).
-
-    * the same error twice in a row (not a preemption) → fail now (`repeated`);
-    * more failures than `max_failures` → fail (`budget`); more preemptions than allowed → fail;
-    * else retry after `policy.delay_s(n)`, n = the failures so far (a preemption: no wait, it is
-      not the stage's fault and the node is gone).
-    """
+    """The decision after the last of `history` (this run's failed attempts, oldest first): the same
+    error twice in a row (not a preemption) fails (`repeated`), so do more failures than `max_failures`
+    (`budget`) or preemptions than allowed; else retry after `policy.delay_s(failures so far)` (a
+    preemption at once: not the stage's fault, and the node is gone)."""
     if not history:
         raise ValueError("decide() needs at least one failed attempt")
     last = history[-1]
     counted = [a for a in history if not a.preempted]
     preemptions = len(history) - len(counted)
-    base = {
-        "failures": len(counted),
-        "budget": policy.max_failures,
-        "error": last.last_line,
-        "node": last.node,
-    }
+
+    def decision(retry: bool, reason: str, delay_s: float = 0.0) -> Decision:
+        return Decision(retry, delay_s, len(counted), policy.max_failures, reason, last.last_line, last.node)
+
     if last.preempted:
-        if preemptions > policy.max_preemptions:
-            return Decision(retry=False, delay_s=0.0, reason="preemptions", **base)
-        return Decision(retry=True, delay_s=0.0, reason="preempted", **base)
+        return (
+            decision(False, "preemptions")
+            if preemptions > policy.max_preemptions
+            else decision(True, "preempted")
+        )
     previous = next((a for a in reversed(history[:-1]) if not a.preempted), None)
     if previous is not None and previous.signature() == last.signature():
-        return Decision(retry=False, delay_s=0.0, reason="repeated", **base)
+        return decision(False, "repeated")
     if len(counted) > policy.max_failures:
-        return Decision(retry=False, delay_s=0.0, reason="budget", **base)
-    return Decision(retry=True, delay_s=policy.delay_s(len(counted)), reason="retry", **base)
+        return decision(False, "budget")
+    return decision(True, "retry", policy.delay_s(len(counted)))
 
 
 # ------------------------------------------------------------------------------------------- text
@@ -275,7 +255,8 @@ def _died_with_drain(exc: BaseException) -> bool:
     """Whether a worker under Ray's wrappers died because its node was drained for a preemption
     (`RayActorError.preempted`, under Train V2's WorkerGroupError / WorkerHealthCheckFailedError):
     what Ray Train 2.60 itself charges to its preemption budget, not to `max_failures`."""
-    stack, seen = [exc], set()
+    stack: list[object] = [exc]
+    seen: set[int] = set()
     while stack:
         e = stack.pop()
         if id(e) in seen or not isinstance(e, BaseException):
@@ -299,7 +280,7 @@ def attempts_path(store: Store, stage_id: str) -> str:
     return store.stage_path(stage_id, ATTEMPTS_FILE)
 
 
-def read_attempts(store: Store, stage_id: str) -> dict | None:
+def read_attempts(store: Store, stage_id: str) -> dict[str, Any] | None:
     """attempts.json ({run_token, attempts: [...], decision: {...}}), None when absent or unreadable."""
     path = attempts_path(store, stage_id)
     data = parse_json_or_warn(store.read_bytes(path), path, "its retry history is ignored")
@@ -339,7 +320,7 @@ def clear_attempts(store: Store, stage_id: str) -> None:
     store.remove(attempts_path(store, stage_id))
 
 
-def stage_failure_status(store: Store, stage_id: str) -> dict | None:
+def stage_failure_status(store: Store, stage_id: str) -> dict[str, Any] | None:
     """For `status`: {state: retrying|failed, status: 'retrying 2/3: …', error, node, reason, study},
     or None. A `retrying` whose study's run is known to have ended (its lock is free) is `failed`,
     with `stopped while retrying 2/3: …`: nothing will retry it until the next run."""
@@ -350,7 +331,7 @@ def stage_failure_status(store: Store, stage_id: str) -> dict | None:
         StageState.FAILED,
     ):
         return None
-    out = {k: decision.get(k) for k in ("state", "status", "error", "node", "reason")}
+    out: dict[str, Any] = {k: decision.get(k) for k in ("state", "status", "error", "node", "reason")}
     out["study"] = data.get("study") or ""
     out["state"] = StageState(out["state"])
     if out["state"] == StageState.RETRYING and out["study"] and run_active(store, out["study"]) is False:

@@ -1,26 +1,20 @@
 """Which workload versions made a stored stage, and which stored stages are stale. Ray-free.
 
-A stage id hashes what changes a stage's numbers (orchestrator.plan) but not the workloads' numerics
-versions (`workloads.WORKLOAD_VERSIONS`): a version bump must not orphan a store that cost GPU-weeks,
-and must not be ignored either. So each result.json records `workload_versions`: {workload: version}
-of the workload that computed the stage (`STAGE_WORKLOADS[kind]`) and of every stage it was made from
-(a finetune of an HSJP pretrain carries that pretrain's `hsjp` version, a finetune of a stale pretrain
-is stale too). A stored stage is *stale* when one of those differs from the current version.
-
-Stale stages are kept and reused by default, and said so (`plan` and `status` name them, `run` prints
-the count before it schedules: never silently reused); `hsjp-study run --recompute-stale` moves each
-one's folder to `stale/<stage id>-<UTC time>/` in the store (nothing is deleted) and computes it again
-(never silently recomputed). A result written before versions were recorded (schema < 3) has
-`provenance.workload_version`, one number for both workloads, and reads as that version of each; such
-results sit under the ids of the earlier recipe, which also hashed the version and the execution
-switches, so no current plan finds them (`pre_identity_results` counts them for `status` and `run`).
+A stage id does not hash the workloads' numerics versions (a version bump must not orphan a store that
+cost GPU-weeks, nor be ignored): each result.json records `workload_versions` of the workload that
+computed it and of every stage it was made from, and a stage is *stale* when one of those differs from
+`workloads.WORKLOAD_VERSIONS`. Stale stages are reused and named (`plan`, `status`, `run`);
+`run --recompute-stale` moves each folder to `stale/<stage id>-<UTC>/` and computes it again. A result
+from before schema 3 has one `provenance.workload_version` for both workloads and sits under an id of
+the earlier recipe, which no current plan finds (`pre_identity_results` counts them).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.store.format import STAGES_DIR, STALE_DIR, StageKind
 from workloads import STAGE_WORKLOADS, WORKLOAD_VERSIONS
@@ -35,7 +29,7 @@ Stale = dict[str, tuple[str, str]]
 """{workload: (recorded version, current version)} of the workloads that differ."""
 
 
-def made_with(spec: StageSpec, parent_result: dict | None) -> dict[str, str]:
+def made_with(spec: StageSpec, parent_result: Mapping[str, Any] | None) -> dict[str, str]:
     """The `workload_versions` to record for a stage published now: the current version of its own
     workload (a stage with work) and the recorded versions of its parent's result (a no-work or
     unpublished parent adds nothing)."""
@@ -46,7 +40,7 @@ def made_with(spec: StageSpec, parent_result: dict | None) -> dict[str, str]:
     return out
 
 
-def recorded_versions(result: dict) -> dict[str, str] | None:
+def recorded_versions(result: Mapping[str, Any]) -> dict[str, str] | None:
     """{workload: version} a result was made with: its `workload_versions`; for a result written before
     they were recorded, `provenance.workload_version` for the workloads of its kind (a finetune:
     pose and, from an HSJP pretrain, hsjp); None when neither is there."""
@@ -63,7 +57,7 @@ def recorded_versions(result: dict) -> dict[str, str] | None:
     return {STAGE_WORKLOADS[k]: str(legacy) for k in kinds if k in STAGE_WORKLOADS}
 
 
-def stale_of(result: dict | None) -> Stale:
+def stale_of(result: Mapping[str, Any] | None) -> Stale:
     """The workloads whose recorded version differs from the current one ({} = current or no work)."""
     if not result:
         return {}
@@ -126,9 +120,9 @@ def pre_identity_results(store: Store) -> int:
     count = 0
     for sid in store.list_stages():
         result = store.read_result(sid, "it is not counted")
-        legacy = result is not None and "workload_versions" not in result
-        if legacy and result.get("work", True) and "workload_version" in (result.get("provenance") or {}):
-            count += 1
+        if result is None or "workload_versions" in result or not result.get("work", True):
+            continue
+        count += "workload_version" in (result.get("provenance") or {})
     return count
 
 

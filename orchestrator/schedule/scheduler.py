@@ -1,29 +1,16 @@
 """Stage-level scheduling, Ray-free: which stage of a plan runs next, and what a finished one unblocks.
 
-A study's plan is a DAG of stages (each finetune has one parent pretrain, each evaluate stage one parent
-finetune whose best weights it reads). `StageScheduler` keeps every
-stage in one of the states of `orchestrator.store.format.StageState`, the names `status` and the
-progress lines show too:
+`StageScheduler` keeps every stage of the plan's DAG in a `StageState` (waiting for its parent; queued;
+elsewhere: another run holds its lease, re-checked every few s; running; or terminal for this run,
+TERMINAL_STATES) and records how this run got it (`StageHow`). Its events (`on_event`) carry the new
+state, and `how` where the scheduler itself decided it.
 
-    waiting   its parent is not finished yet                 (holds nothing: no slot, no process)
-    queued    it can start as soon as its resources are free (a retry: once its backoff has passed)
-    elsewhere another run (another study on the same store) holds its lease: re-checked every few s
-    running   launched (its lease is held by this run)
-    done / no-work / collapsed / skipped / failed / blocked    terminal for this run (TERMINAL_STATES)
-
-and records how this run got it (`StageHow`: found in the store, computed, waited for another run,
-published without a trial as no-work or skipped, or blocked by its pretrain's failure). Its events
-(`on_event`) carry the stage's new state, and `how` where the scheduler itself decided it.
-
-A stage is launched only when it is ready *and* its resource request fits in what the running stages
-leave free, so nothing waits while holding a GPU or a process. Among ready stages the one with the
-longest remaining path (its own estimated hours plus the longest chain of stages it unblocks) goes first,
-ties in plan order; a lower-priority stage that fits goes first when the top one does not (backfilling).
-
-The Ray side (`orchestrator.ray.tune`) drives it from a Ray Tune `Searcher`; tests drive it from
-an in-process fake runner. `list_schedule` runs the same choice on the plan's estimates with a virtual
-clock (`hsjp-study plan --gpus G`), and `schedule_metrics` measures a finished schedule (makespan, its
-lower bound, GPU idle while a stage was ready), as `run --simulate` prints them.
+A stage is launched only when it is ready *and* its request fits in what the running stages leave free,
+so nothing waits holding a GPU. Among ready stages the longest remaining path (its estimated hours plus
+the longest chain it unblocks) goes first, ties in plan order; a lower one that fits goes first when the
+top one does not (backfilling). `orchestrator.ray.tune` drives it from a Tune `Searcher`, tests from a
+fake runner; `list_schedule` replays the choice on the estimates (`plan --gpus G`), `schedule_metrics`
+measures a finished schedule (`run --simulate`).
 """
 
 from __future__ import annotations
@@ -31,7 +18,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -150,15 +137,15 @@ class StageScheduler:
     """
 
     plan: Plan
-    resolve: Callable[[str], dict | None]
-    publish: Callable[[StageSpec, str, dict], dict]
+    resolve: Callable[[str], Mapping[str, Any] | None]
+    publish: Callable[[StageSpec, str, dict[str, Any]], Mapping[str, Any]]
     capacity: dict[str, float]
     lease: Lease = field(default_factory=NoLease)
     clock: Callable[[], float] = time.time
-    on_event: Callable[[dict], None] | None = None
+    on_event: Callable[[dict[str, Any]], None] | None = None
     max_running: int | None = None
     recheck_s: float = RECHECK_S
-    judge: Callable[[str, str | None, dict | None], dict] | None = None
+    judge: Callable[[str, str | None, dict[str, Any] | None], dict[str, Any]] | None = None
     """After a failed attempt: (stage id, error, the trial's decision or None) → a decision dict
     {retry, delay_s, line, status} (`orchestrator.schedule.failures`); None: every failure is final."""
     stages: dict[str, StageRun] = field(default_factory=dict)
@@ -214,7 +201,9 @@ class StageScheduler:
         run.state, run.ready_at = StageState.QUEUED, now
         self._emit(run, StageState.QUEUED)
 
-    def _publish_without_trial(self, run: StageRun, state: StageState, summary: dict, now: float) -> None:
+    def _publish_without_trial(
+        self, run: StageRun, state: StageState, summary: dict[str, Any], now: float
+    ) -> None:
         """A no-work pretrain or a skipped finetune: the scheduler publishes its result itself."""
         skipped = state == StageState.SKIPPED
         status = StageState.SKIPPED if skipped else StageState.DONE
@@ -225,7 +214,7 @@ class StageScheduler:
         self._emit(run, state, status=status, how=run.how, work=False, reason=run.reason)
         self._unblock_children(run.spec.stage_id, now)
 
-    def _finish(self, sid: str, how: StageHow, result: dict, now: float) -> None:
+    def _finish(self, sid: str, how: StageHow, result: Mapping[str, Any], now: float) -> None:
         """`sid` has a result (found, computed, or computed by another run)."""
         run = self.stages[sid]
         run.state = stage_state(result)
@@ -321,7 +310,7 @@ class StageScheduler:
         error: str | None = None,
         started_at: float | None = None,
         ended_at: float | None = None,
-        decision: dict | None = None,
+        decision: dict[str, Any] | None = None,
     ) -> None:
         """A launched stage's trial ended: the store says whether it finished (its result.json). If not,
         `judge` decides (from the trial's own `decision` when it recorded one): retry after a backoff
@@ -399,7 +388,9 @@ def list_schedule(plan: Plan, capacity: dict[str, float]) -> list[Scheduled]:
     """The scheduler's choice replayed on the estimates with a virtual clock (hours): each stage lasts
     its estimated wall-clock hours. Stages that can never fit are left out (`unschedulable`)."""
     clock = [0.0]
-    done: dict[str, dict] = {}  # the estimate's own store: finished stages are "published" in memory
+    done: dict[
+        str, dict[str, Any]
+    ] = {}  # the estimate's own store: finished stages are "published" in memory
     sched = StageScheduler(
         plan,
         resolve=done.get,
@@ -483,13 +474,14 @@ def intervals_of(sched: StageScheduler) -> list[Interval]:
     """The computed stages of a finished run as intervals (ready → start → end)."""
     out = []
     for sid, run in sched.stages.items():
-        if run.how == StageHow.COMPUTED and None not in (run.ready_at, run.started_at, run.ended_at):
-            out.append(Interval(sid, run.ready_at, run.started_at, run.ended_at, run.request.get("GPU", 0.0)))
+        ready, start, end = run.ready_at, run.started_at, run.ended_at
+        if run.how == StageHow.COMPUTED and ready is not None and start is not None and end is not None:
+            out.append(Interval(sid, ready, start, end, run.request.get("GPU", 0.0)))
     return out
 
 
 # ------------------------------------------------------------------------------------ edited study
-def describe_changes(previous: dict | None, plan: Plan, finished: set[str]) -> str:
+def describe_changes(previous: dict[str, Any] | None, plan: Plan, finished: set[str]) -> str:
     """One line on what changed since the last run of this study (its recorded plan.json)."""
     found = sum(1 for sid in plan.stages if sid in finished)
     if not previous:

@@ -1,12 +1,7 @@
-"""One stage's bookkeeping, Ray-free: an attempt at computing it (begun, failed or finished by the
-runner around its trainer), publishing `result.json`, recording `error.txt`.
-
-The runner (`orchestrator.ray.tune.stage_trial`: one Ray Tune trial per stage, one Ray Train run inside
-it; tests: an in-process fake) begins an attempt once the scheduler has launched the stage (its parent
-is finished and its lease is held by this run), runs the stage's trainer, and then finishes the attempt
-or records its failure. The trainer's name is the stage id, so a re-created trainer resumes a half-done
-stage from its last registered epoch checkpoint (Ray Train V2). `result.json` is written atomically,
-last.
+"""One stage's bookkeeping, Ray-free: an attempt at computing it (begun, failed or finished by the runner
+around its trainer, `orchestrator.ray.tune.stage_trial`, or a fake in tests), publishing result.json
+(atomically, last), recording error.txt. The trainer is named by the stage id, so a re-created trainer
+resumes from its last epoch checkpoint (Ray Train V2).
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ from orchestrator.schedule.lineage import made_with
 from orchestrator.store import disk
 from orchestrator.store.format import FAILED_ON_FILE, STAGING_FILE, StageKind, StageState
 from orchestrator.store.store import Store
-from workloads.config import execution_dict, to_dict
+from workloads.config import PretrainConfig, execution_dict, to_dict
 
 if TYPE_CHECKING:
     from orchestrator.plan import Plan, StageSpec
@@ -71,7 +66,7 @@ class StageAttempt:
     plan: Plan
     spec: StageSpec
     store: Store
-    done: dict[str, Any] | None
+    done: Mapping[str, Any] | None
     """The stage's result when it is already finished (a trial restored after its stage was published):
     nothing to train."""
     parent_has_weights: bool = False
@@ -140,11 +135,12 @@ def begin_attempt(plan: Plan, stage_id: str, store: Store) -> StageAttempt:
 
 
 # ------------------------------------------------------------------------------------ publishing
-def stage_record(plan: Any, spec: Any) -> dict:
+def stage_record(plan: Plan, spec: StageSpec) -> dict[str, Any]:
     """What identifies a stage (config.json; also the head of result.json)."""
     config = to_dict(spec.config)
     if spec.kind == StageKind.FINETUNE and spec.parent:
         parent_cfg = plan.stages[spec.parent].config
+        assert isinstance(parent_cfg, PretrainConfig), f"{spec.parent} is not a pretrain stage"
         config["init"] = {"method": parent_cfg.method, "pretrain": to_dict(parent_cfg)}
     if spec.kind == StageKind.EVALUATE and spec.parent:  # its finetune's record (the report classifies by it)
         config["init"] = stage_record(plan, plan.stages[spec.parent])["config"].get("init")
@@ -159,8 +155,14 @@ def stage_record(plan: Any, spec: Any) -> dict:
 
 
 def publish(
-    store: Store, plan: Any, spec: Any, *, status: str, summary: dict, wall_seconds: float = 0.0
-) -> dict:
+    store: Store,
+    plan: Plan,
+    spec: StageSpec,
+    *,
+    status: str,
+    summary: dict[str, Any],
+    wall_seconds: float = 0.0,
+) -> dict[str, Any]:
     """Write the stage's config.json (its `StageRecord`; a stage published without a trial has none
     yet: `store_format.SCHEMA_VERSION` 2) and then result.json (`ResultRecord`, atomically, last)."""
     compute = plan.compute
@@ -190,10 +192,10 @@ def publish(
     if "reason" in summary:
         result["reason"] = summary["reason"]
     store.write_result(spec.stage_id, result)
-    return store.read_result(spec.stage_id) or result
+    return dict(store.read_result(spec.stage_id) or result)
 
 
-def _light_provenance(spec: Any) -> dict:
+def _light_provenance(spec: StageSpec) -> dict[str, Any]:
     from workloads.provenance import provenance
 
     return provenance(to_dict(spec.config))

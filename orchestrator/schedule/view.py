@@ -1,14 +1,11 @@
-"""A stage's state read from the store, Ray-free: the one reading that `hsjp-study status`, the run's
-summary and the reports share (each used to derive it on its own).
-
-Precedence: a `result.json` decides (done / collapsed / skipped / no-work, with the reason); else the
-failure policy's `attempts.json` (retrying / failed); else an `error.txt` (failed); else epoch rows in
-`metrics.jsonl` (running); else the state before a start, which the parent's state decides (queued,
-waiting for its pretrain, or blocked by a failed one).
+"""A stage's state read from the store, Ray-free: the one reading `status`, the run's summary and the
+reports share. Precedence: result.json, then attempts.json (retrying / failed), then error.txt
+(failed), then epochs in metrics.jsonl (running), else the parent's state decides (`state_before_start`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +21,7 @@ ERROR_CHARS = 200
 class StageView:
     stage_id: str
     state: StageState
-    result: dict[str, Any] | None = None
+    result: Mapping[str, Any] | None = None
     reason: str = ""
     """Why the stage is in its state: the failure's error line, or a collapse / skip reason."""
     detail: str | None = None

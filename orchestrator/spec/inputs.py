@@ -1,9 +1,7 @@
-"""What a study runs on (docs/design.md §1): its data and its compute, loaded strictly from the
+"""What a study runs on (docs/design.md §1): its data (a COCO 2017 folder, `${ENV}` expanded, or a
+synthetic COCO-format set generated once into `<store>/data/synthetic-<hash>/`) and its compute (how
+each stage is placed; how fast a device trains, for the plan's estimate), loaded strictly from the
 study file, and the up-front checks / preparation done before anything is scheduled.
-
-`data` is a COCO 2017 folder (paper §4.1; `${ENV}` expanded) or a synthetic COCO-format set that is
-generated once into `<store>/data/synthetic-<hash>/`. `compute` says how each stage is placed on the
-cluster and how fast a device trains (for the plan's GPU-hour estimate).
 """
 
 from __future__ import annotations
@@ -212,7 +210,7 @@ def load_compute(raw: Any, path: Path) -> ComputeConfig:
     where = f"{path}: compute"
     raw = dict(raw) if isinstance(raw, dict) else raw
     given = raw.pop("throughput", None) if isinstance(raw, dict) else None
-    cfg = from_dict(ComputeConfig, raw, where)
+    cfg: ComputeConfig = from_dict(ComputeConfig, raw, where)
     if given is not None and not isinstance(given, dict):
         raise ConfigError(f"{where}.throughput = {short(given)}: expected a mapping backbone → images/s")
     throughput = dict(GPU_THROUGHPUT if cfg.use_gpu else CPU_THROUGHPUT)
@@ -270,13 +268,13 @@ def dry_run_inputs() -> Iterator[list[tuple[str, str]]]:
 
 
 def expand_env(value: str, where: str) -> str:
-    def sub(m: re.Match) -> str:
+    def sub(m: re.Match[str]) -> str:
         name = m.group(1)
         if name not in os.environ:
             unset = _DRY_RUN.get()
             if unset is not None:
                 unset.append((name, where.split(": ", 1)[-1]))
-                return m.group(0)
+                return str(m.group(0))
             raise ConfigError(
                 f"{where} = {value!r}: environment variable {name} is not set (export {name}=... first)"
             )

@@ -1,13 +1,12 @@
 """Study files (docs/design.md §1): a strict YAML loader from `studies/*.yaml` to typed trials.
 
-A study names its data, its compute, default pretrain + finetune configs, a `matrix` of dotted keys
-whose cartesian product gives trials, `include` entries that add single trials (applied over the
-defaults; without a matrix they are the only trials; with neither, the defaults are the one trial),
-and `seeds` (an axis over both stages' `seed`, crossing every trial). A study made of `studies: [a.yaml, b.yaml]` merges the trials of the listed
-studies (`paper.yaml`). One trial = one finetune and the pretrain it starts from (paper §4.2).
-
-Every mistake is a `ConfigError` naming the file, the dotted key, the value and what is allowed.
-Loading touches no file but the study files themselves; `orchestrator.spec.inputs` prepares the data.
+A study names its data, compute, default pretrain + finetune configs, a `matrix` of dotted keys (its
+cartesian product gives trials), `include` entries adding single trials over the defaults (without a
+matrix they are the only trials; with neither, the defaults are the one trial) and `seeds` (an axis
+over both stages' `seed`). `studies: [a.yaml, b.yaml]` merges the listed studies' trials (paper.yaml).
+One trial = one finetune and the pretrain it starts from (paper §4.2). Every mistake is a
+`ConfigError` naming the file, the dotted key, the value and what is allowed. Loading reads only the
+study files; `orchestrator.spec.inputs` prepares the data.
 """
 
 from __future__ import annotations
@@ -95,7 +94,7 @@ class Study:
 
 
 # ----------------------------------------------------------------------------------------- loading
-def load_study(path: str | os.PathLike, dry_run: bool = False) -> Study:
+def load_study(path: str | os.PathLike[str], dry_run: bool = False) -> Study:
     """Read and validate a study file (ConfigError naming file / key / value on any mistake).
 
     `dry_run`: an unset `${VAR}` is kept as written (and listed in `unset_env`) instead of an error,
@@ -112,7 +111,7 @@ def load_study(path: str | os.PathLike, dry_run: bool = False) -> Study:
     return _load_single(path, raw, text)
 
 
-def _read_yaml(path: Path) -> tuple[dict, str]:
+def _read_yaml(path: Path) -> tuple[dict[str, Any], str]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -134,7 +133,7 @@ def _read_yaml(path: Path) -> tuple[dict, str]:
     return raw, text
 
 
-def _load_single(path: Path, raw: dict, text: str) -> Study:
+def _load_single(path: Path, raw: dict[str, Any], text: str) -> Study:
     _check_keys(raw, _STUDY_KEYS, f"{path}: ")
     name = _study_name(raw, path)
     data = load_data(raw.get("data"), path)
@@ -160,7 +159,7 @@ def _load_single(path: Path, raw: dict, text: str) -> Study:
     )
 
 
-def _load_merged(path: Path, raw: dict, text: str) -> Study:
+def _load_merged(path: Path, raw: dict[str, Any], text: str) -> Study:
     _check_keys(raw, _MERGED_KEYS, f"{path}: ")
     name = _study_name(raw, path)
     files = raw["studies"]
@@ -218,14 +217,14 @@ def _agreed_data(parts: list[Study], path: Path) -> DataSpec:
     only (finetune.test_splits), never by a pretrain or a finetune: a part that gives it (Table 1's
     test-dev rows) agrees with parts that do not, and the merged study takes it; two different ones
     disagree."""
-    given = {p.data.config.test_detection_file for p in parts} - {None}
+    given = {d for p in parts if (d := p.data.config.test_detection_file) is not None}
     if len(given) > 1:
         raise ConfigError(
             f"{path}: the listed studies disagree on `data.test_detection_file` ({', '.join(sorted(given))}); "
             f"give `data` in {path.name} to use one for all"
         )
     bare = [dataclasses.replace(p, data=_without_test_detections(p.data)) for p in parts]
-    data = _agreed(bare, "data", path)
+    data: DataSpec = _agreed(bare, "data", path)
     return dataclasses.replace(
         data, config=dataclasses.replace(data.config, test_detection_file=next(iter(given), None))
     )
@@ -235,7 +234,7 @@ def _without_test_detections(spec: DataSpec) -> DataSpec:
     return dataclasses.replace(spec, config=dataclasses.replace(spec.config, test_detection_file=None))
 
 
-def _study_name(raw: dict, path: Path) -> str:
+def _study_name(raw: dict[str, Any], path: Path) -> str:
     name = raw.get("name", path.stem)
     try:
         return check_study_name(name)
@@ -244,7 +243,7 @@ def _study_name(raw: dict, path: Path) -> str:
 
 
 # -------------------------------------------------------------------------------------- sections
-def _load_defaults(raw: Any, path: Path) -> dict[str, dict]:
+def _load_defaults(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
     """The defaults as plain data {pretrain: {...}, finetune: {...}} as given (type-checked, paths expanded)."""
     where = f"{path}: defaults"
     if raw is None:
@@ -287,7 +286,7 @@ def _load_seeds(raw: Any, path: Path) -> list[int | None]:
     return list(raw)
 
 
-def check_trial_count(raw: dict, compute: ComputeConfig, path: Path) -> None:
+def check_trial_count(raw: dict[str, Any], compute: ComputeConfig, path: Path) -> None:
     """Refuse a study making more than `compute.trial_limit` trials, counted from the lengths of the
     matrix axes, include and seeds without expanding anything (10^6 trials would take minutes to
     build). Malformed sections are left to their loaders' errors."""
@@ -312,7 +311,7 @@ def check_trial_count(raw: dict, compute: ComputeConfig, path: Path) -> None:
         )
 
 
-def _expand_matrix(raw: Any, path: Path) -> list[tuple[str, dict]]:
+def _expand_matrix(raw: Any, path: Path) -> list[tuple[str, dict[str, Any]]]:
     """The cartesian product of the matrix axes, as (origin label, {dotted key: value}) rows.
     No matrix → one row: the defaults (dropped by the caller when `include` lists trials)."""
     if raw is None:
@@ -335,7 +334,7 @@ def _expand_matrix(raw: Any, path: Path) -> list[tuple[str, dict]]:
     return rows
 
 
-def _load_include(raw: Any, path: Path) -> list[tuple[str, dict]]:
+def _load_include(raw: Any, path: Path) -> list[tuple[str, dict[str, Any]]]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -390,7 +389,7 @@ def _field_type(cls: type, name: str, where: str) -> Any:
     return typing.get_type_hints(cls)[name]
 
 
-def _assign(base: dict, key: str, value: Any) -> None:
+def _assign(base: dict[str, Any], key: str, value: Any) -> None:
     """Set a dotted key in the plain trial data; `model.*` sets both stages' model."""
     parts = key.split(".")
     targets = ["pretrain", "finetune"] if parts[0] == "model" else [parts[0]]
@@ -403,14 +402,16 @@ def _assign(base: dict, key: str, value: Any) -> None:
         node[rest[-1]] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
 
 
-def _merge(old: dict, new: dict) -> dict:
+def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(old)
     for k, v in new.items():
         out[k] = _merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
     return out
 
 
-def _make_trial(base: dict, overrides: dict, seed: int | None, origin: str, study: str, path: Path) -> Trial:
+def _make_trial(
+    base: dict[str, Any], overrides: dict[str, Any], seed: int | None, origin: str, study: str, path: Path
+) -> Trial:
     data = copy.deepcopy(base)
     for key, value in overrides.items():
         _assign(data, key, value)
@@ -480,7 +481,7 @@ def _float_hint() -> Iterator[None]:
         raise ConfigError(f"{exc} (YAML reads numbers like 1e-3 as text: write 1.0e-3)") from None
 
 
-def _check_keys(raw: dict, allowed: tuple[str, ...], where: str) -> None:
+def _check_keys(raw: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
     for key in raw:
         if key not in allowed:
             prefix = where if where.endswith(": ") else f"{where}."
@@ -489,5 +490,5 @@ def _check_keys(raw: dict, allowed: tuple[str, ...], where: str) -> None:
             )
 
 
-def _label(overrides: dict) -> str:
+def _label(overrides: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in overrides.items())

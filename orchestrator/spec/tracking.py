@@ -1,20 +1,11 @@
-"""Experiment trackers of a study (`tracking:` in the study file; off by default) through Ray Tune's own
-callbacks: MLflow (`ray.air.integrations.mlflow.MLflowLoggerCallback`) and Weights & Biases
-(`ray.air.integrations.wandb.WandbLoggerCallback`). Each Tune trial becomes one MLflow / W&B run whose
-metrics are the trial's reported results (per epoch: loss, lr, img/s, precision or AP, ...), each
-logged at its `training_iteration`.
+"""Experiment trackers of a study (`tracking:`, off by default) through Ray Tune's callbacks: MLflow
+(`MLflowLoggerCallback`) and W&B (`WandbLoggerCallback`); each trial is one run whose metrics are its
+reported results, at their `training_iteration`. The packages are extras (`hsjp-study[mlflow]`,
+`[wandb]`): one asked for and missing is a `TrackingError` naming the extra (the CLI exits 2).
 
-```yaml
-tracking:
-  mlflow: {tracking_uri: file:///path/mlruns, experiment_name: hsjp-smoke}   # both optional
-  wandb:  {project: hsjp, mode: offline, dir: /path/wandb}                   # mode: online | offline | disabled
-```
 Known defect (W&B): a run's last rows can be missing from its offline file when Ray ends the trial's
-logging actor while wandb-core is still writing (that run then has no exit record); seen in 2 of 8
-smoke-study runs on 2 busy cores, never with MLflow. Not fixed here: it happens inside Ray's callback.
-
-The packages are extras (`pip install 'hsjp-study[mlflow]'`, `'hsjp-study[wandb]'`); a tracker that is
-asked for but not installed is a `TrackingError` naming the extra (the CLI exits 2 before anything runs).
+logging actor while wandb-core is still writing; seen in 2 of 8 smoke runs on 2 busy cores, never with
+MLflow. It happens inside Ray's callback.
 """
 
 from __future__ import annotations
@@ -57,7 +48,7 @@ def parse_tracking(raw: Any, where: str) -> TrackingConfig:
     unknown = [k for k in raw if k not in EXTRAS]
     if unknown:
         raise ConfigError(f"{where}: tracking.{unknown[0]}: unknown tracker; allowed: mlflow, wandb")
-    out: dict[str, dict | None] = {"mlflow": None, "wandb": None}
+    out: dict[str, dict[str, Any] | None] = {"mlflow": None, "wandb": None}
     for name, allowed in (("mlflow", MLFLOW_KEYS), ("wandb", WANDB_KEYS)):
         if name not in raw:
             continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -28,7 +29,9 @@ def checkpoint_dirs(dirs: list[str], latest: str) -> list[str]:
     return [latest, *sorted(older, key=lambda d: d.rsplit("/", 1)[-1], reverse=True)]
 
 
-def first_loadable_state(dirs: list[str], load: Callable[[str], dict]) -> tuple[str, dict] | None:
+def first_loadable_state(
+    dirs: list[str], load: Callable[[str], dict[str, Any]]
+) -> tuple[str, dict[str, Any]] | None:
     """(folder, state) of the first folder in `dirs` whose state `load` can read, or None. Each folder
     that fails is logged as a warning naming its state file; the next one is tried."""
     for folder in dirs:
@@ -55,7 +58,7 @@ def first_loadable_state(dirs: list[str], load: Callable[[str], dict]) -> tuple[
     return None
 
 
-def load_state(fs: pafs.FileSystem, folder: str) -> dict:
+def load_state(fs: pafs.FileSystem, folder: str) -> dict[str, Any]:
     """`<folder>/state.pt` through the checkpoint's filesystem (local or object store)."""
     import torch
 
@@ -64,4 +67,5 @@ def load_state(fs: pafs.FileSystem, folder: str) -> dict:
         raise FileNotFoundError(f"{path} not found")
     with fs.open_input_stream(path) as f:
         data = f.read()
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    state: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return state

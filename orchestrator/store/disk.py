@@ -1,16 +1,11 @@
-"""Disk use of the store, Ray-free: pruning a finished stage's epoch checkpoints and
-measuring the store for `hsjp-study status`.
+"""Disk use of the store, Ray-free: pruning a finished stage's epoch checkpoints (called by the scheduler
+right after it is published) and measuring the store for `hsjp-study status`.
 
-A finished stage keeps what a later step reads: `result.json`, `config.json`, `metrics.jsonl` (status,
-report) and `weights.pt` (the finetunes that start from a pretrain; the report's evaluation). Its Ray
-Train run folder, `<store>/stages/<id>/train/`, holds the epoch checkpoints (up to two of ~0.5 GB each
-for HRNet-W32) that only a resume of the *unfinished* stage needs. `prune_stage` removes that folder,
-or, with `compute.keep_last_checkpoint: true`, every `checkpoint_*` but the newest (Ray names them
-`checkpoint_<timestamp>`, so name order is time order). It never prunes a stage that is not finished,
-nor one whose output weights are missing although its result says it has them (the checkpoints may
-then be the only copy of the training).
-
-Called by the scheduler right after a stage is published (the wiring is the scheduler's).
+A finished stage keeps what later steps read (result.json, config.json, metrics.jsonl, weights.pt); its
+Ray Train folder `train/` holds epoch checkpoints (up to two of ~0.5 GB for HRNet-W32) that only a
+resume of an *unfinished* stage needs. `prune_stage` removes it, or with `compute.keep_last_checkpoint`
+every `checkpoint_*` but the newest; never for a stage not finished, nor one whose result names weights
+that are missing (the checkpoints may then be the only copy).
 """
 
 from __future__ import annotations
@@ -119,7 +114,7 @@ class StoreUsage:
             f"({format_bytes(self.checkpoint_bytes)} of them epoch checkpoints)"
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, int]:
         return {"bytes": self.total_bytes, "files": self.files, "checkpoint_bytes": self.checkpoint_bytes}
 
 

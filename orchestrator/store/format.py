@@ -1,31 +1,12 @@
-"""The result store's format, read by the orchestrator, `hsjp-study status` and the reports alike.
-
-Ray-free, torch-free and pyarrow-free. It holds the layout (folders, file names, stage ids, study
-names), the one set of stage state names (`StageState`) and of the ways a run gets a stage
-(`StageHow`), the `config.json` / `result.json` schemas (`StageRecord`, `ResultRecord`,
-`SCHEMA_VERSION`) and the corrupt-JSON policy. `orchestrator.store.store.Store` reads and writes it on a
-filesystem; the reports read the store through those two modules (and the attempts reader of
-`orchestrator.schedule.failures`) only (docs/design.md, "Layers").
-
-**Layout**: every folder and file name is defined once below (`LAYOUT` lists them, each with what it
-holds; docs/design.md's layout table is tested against it).
-
-**Corrupt JSON, one policy.** The store's JSON files are written atomically (a temporary file, then
-a rename), so a file that does not parse was damaged from outside (a crash of the filesystem, a
-hand edit, a partial copy):
-
-- `parse_json` raises `StoreError` naming the file; it is what `Store.read_json` does, and what a
-  file nothing can stand in for gets (a corrupt `config.json`: the stage's config is unknown).
-- `parse_json_or_warn` is for readers that have a safe reading of "absent" (a corrupt `result.json`
-  means the stage is not finished and is recomputed; a corrupt `plan.json` leaves its study out of
-  the report; a corrupt `attempts.json` forgets the retry history; a corrupt `failed_on.json` leaves
-  the failing node unnamed): one warning names the file and that consequence, and the reader goes on
-  with None.
-- `parse_json_lines` is for the append-only logs (`metrics.jsonl`), where a crash mid-append leaves
-  a partial last line: an unreadable line is skipped with a warning naming the file and line.
-
-Files a user hands in (study files, annotation and results files) are not store files: their
-readers raise a `UserError` naming the file.
+"""The result store's format (Ray-, torch- and pyarrow-free), read by the orchestrator, `status` and
+the reports: the layout (file names, stage ids, study names), the stage
+states (`StageState`), how a run got a stage (`StageHow`), the config.json / result.json schemas and
+the corrupt-JSON policy. Store files are written atomically, so one that does not parse was damaged
+from outside: `parse_json` raises StoreError naming it (nothing can stand in); `parse_json_or_warn`
+warns with the consequence and reads it as absent (result.json: recomputed; plan.json: study left out
+of the report; attempts.json: retry history forgotten; failed_on.json: node unnamed);
+`parse_json_lines` skips a partial line of an append-only log with a warning. Files a user hands in
+are not store files: their readers raise a `UserError` naming the file.
 """
 
 from __future__ import annotations
@@ -34,6 +15,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, TypedDict
 
@@ -47,7 +29,16 @@ class StoreError(UserError, RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ layout
+# Below the root: stages/<stage id>/, studies/<name>/, stale/<stage id>-<UTC>/ (a stale stage's folder
+# moved aside by `run --recompute-stale`), locks/ (file locks of local stores: study runs, stages).
 STAGES_DIR, STUDIES_DIR, STALE_DIR, LOCKS_DIR = "stages", "studies", "stale", "locks"
+# In a stage's folder: config.json (`StageRecord`, written when it starts or is published),
+# metrics.jsonl (one row per epoch, append-only), weights.pt (output), train/<stage id>/checkpoint_*/
+# state.pt (Ray Train's epoch checkpoints, pruned when it finishes), tb/ (TensorBoard events),
+# staging.json (rank 0's summary, published as result.json, then removed), failed_on.json (rank and
+# node of a worker whose workload raised), attempts.json (the failed attempts the retry budget counts),
+# error.txt (the last failure's traceback, removed on success), result.json (`ResultRecord`, atomic and
+# last: present = finished).
 CONFIG_FILE, METRICS_FILE, ERROR_FILE, RESULT_FILE = (
     "config.json",
     "metrics.jsonl",
@@ -57,39 +48,9 @@ CONFIG_FILE, METRICS_FILE, ERROR_FILE, RESULT_FILE = (
 WEIGHTS_FILE, STAGING_FILE, FAILED_ON_FILE = "weights.pt", "staging.json", "failed_on.json"
 ATTEMPTS_FILE, TB_DIR, TRAIN_DIR = "attempts.json", "tb", "train"
 CHECKPOINT_PREFIX, STATE_FILE = "checkpoint_", "state.pt"
+# In a study's folder: the study file as run, its plan (every stage and trial), one row per trial of
+# the last run, Ray Tune's experiment state (restored by the next run).
 STUDY_FILE, PLAN_FILE, TRIALS_FILE, TUNE_DIR = "study.yaml", "plan.json", "trials.csv", "tune"
-
-LAYOUT: tuple[tuple[str, str], ...] = (
-    (
-        f"{STAGES_DIR}/<stage id>/{CONFIG_FILE}",
-        "`StageRecord`: what identifies the stage (written when it starts or is published)",
-    ),
-    (f"{STAGES_DIR}/<stage id>/{METRICS_FILE}", "one row per trained epoch (append-only)"),
-    (f"{STAGES_DIR}/<stage id>/{WEIGHTS_FILE}", "the stage's output weights (the best model)"),
-    (
-        f"{STAGES_DIR}/<stage id>/{TRAIN_DIR}/<stage id>/{CHECKPOINT_PREFIX}*/{STATE_FILE}",
-        "Ray Train's epoch checkpoints (pruned when the stage finishes)",
-    ),
-    (f"{STAGES_DIR}/<stage id>/{TB_DIR}/", "TensorBoard event files, one scalar per epoch and metric"),
-    (f"{STAGES_DIR}/<stage id>/{STAGING_FILE}", "rank 0's summary, published as result.json, then removed"),
-    (f"{STAGES_DIR}/<stage id>/{FAILED_ON_FILE}", "the rank and node of a worker whose workload raised"),
-    (f"{STAGES_DIR}/<stage id>/{ATTEMPTS_FILE}", "the failed attempts the retry budget counts"),
-    (f"{STAGES_DIR}/<stage id>/{ERROR_FILE}", "the last failure's traceback (removed on success)"),
-    (
-        f"{STAGES_DIR}/<stage id>/{RESULT_FILE}",
-        "`ResultRecord`, written atomically and last: present = finished",
-    ),
-    (
-        f"{STALE_DIR}/<stage id>-<UTC>/",
-        "a stale stage's folder as it was, moved aside by `run --recompute-stale`",
-    ),
-    (f"{STUDIES_DIR}/<name>/{STUDY_FILE}", "the study file as run"),
-    (f"{STUDIES_DIR}/<name>/{PLAN_FILE}", "its plan: every stage and trial"),
-    (f"{STUDIES_DIR}/<name>/{TRIALS_FILE}", "one row per trial of the last run"),
-    (f"{STUDIES_DIR}/<name>/{TUNE_DIR}/", "Ray Tune's experiment state (restored by the next run)"),
-    (f"{LOCKS_DIR}/", "file locks of local stores: one per study run and per stage being computed"),
-)
-"""Every path of the store, relative to its root, and what it holds."""
 
 
 class StageKind(StrEnum):
@@ -235,8 +196,8 @@ class StageRecord(TypedDict):
 
     stage_id: str
     kind: str  # one of STAGE_KINDS
-    config: dict  # the stage's config as plain data (a finetune's carries `init`: its pretrain's)
-    data: dict  # the data config
+    config: dict[str, Any]  # the stage's config as plain data (a finetune's carries `init`: its pretrain's)
+    data: dict[str, Any]  # the data config
     parent: str | None  # the pretrain of a finetune, the finetune of an evaluate stage
     work: bool  # False for scratch / ImageNet pretrains: nothing is trained
 
@@ -251,7 +212,7 @@ class ResultRecord(StageRecord, total=False):
     schema_version: int
     status: str  # one of RESULT_STATUSES
     reason: str  # why a stage was skipped (optional)
-    metrics: dict  # finetune: AP, AP50, ..., ap_per_oks, errors; pretrain: precision, loss summary
+    metrics: dict[str, Any]  # finetune: AP, AP50, ..., ap_per_oks, errors; pretrain: precision, loss summary
     collapsed: bool
     collapsed_epoch: int | None
     epochs_trained: list[int]
@@ -260,9 +221,9 @@ class ResultRecord(StageRecord, total=False):
     wall_seconds: float
     device_hours: float
     gpu_hours: float
-    provenance: dict  # git commit + dirty flag, package versions, device, config hash
-    workload_versions: dict  # {workload: numerics version} of it and the stages it was made from
-    execution: dict  # {dotted key: value} of the execution switches it ran with (not in its id)
+    provenance: dict[str, Any]  # git commit + dirty flag, package versions, device, config hash
+    workload_versions: dict[str, str]  # {workload: numerics version} of it and the stages it was made from
+    execution: dict[str, Any]  # {dotted key: value} of the execution switches it ran with (not in its id)
     finished_at: str  # UTC, ISO 8601
 
 
@@ -315,7 +276,7 @@ def read_result_record(obj: Any, where: str) -> ResultRecord:
     return record
 
 
-def stage_state(result: ResultRecord) -> StageState:
+def stage_state(result: Mapping[str, Any]) -> StageState:
     """The state of a finished stage from its result: its status; "collapsed" for a run that ended by
     a collapse (older results say status "done" with `collapsed` true), "no-work" for a pretrain with
     nothing to train (published as "done" with `work` false)."""
@@ -361,37 +322,6 @@ def parse_json_lines(data: bytes | str | None, where: str) -> list[Any]:
         except json.JSONDecodeError:
             log.warning("%s line %d: unreadable row skipped", where, i + 1)
     return rows
-
-
-__all__ = [
-    "FINISHED_STATES",
-    "RESULT_STATUSES",
-    "SKIP_REASON",
-    "SCHEMA_VERSION",
-    "STAGE_KINDS",
-    "STAGE_RECORD_KEYS",
-    "STAGE_STATES",
-    "TERMINAL_STATES",
-    "TRIALS_FILE",
-    "ResultRecord",
-    "StageHow",
-    "StageRecord",
-    "StageState",
-    "StoreError",
-    "check_stage_id",
-    "check_study_name",
-    "is_stage_id",
-    "is_study_name",
-    "parse_json",
-    "parse_json_lines",
-    "parse_json_or_warn",
-    "read_result_record",
-    "read_stage_record",
-    "stage_parts",
-    "stage_state",
-    "state_before_start",
-    "study_parts",
-]
 
 
 def finite_or_none(value: Any) -> Any:

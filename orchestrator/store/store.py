@@ -1,15 +1,7 @@
-"""The result store (docs/design.md §4): a local folder, a shared filesystem or a cloud URI.
-
-```
-<root>/stages/<kind>-<hash>/   config.json, metrics.jsonl, weights.pt (output), error.txt,
-                               train/ (Ray Train run: epoch checkpoints), result.json (atomic, last)
-<root>/studies/<name>/         study.yaml as run, plan.json, trials.csv, tune/ (Ray Tune state)
-```
-`result.json`'s presence means the stage is finished. Every write of a JSON or weights file is
-atomic (temp file + rename; object stores write whole objects), so a reader never sees half a file.
-Paths go through pyarrow filesystems, as Ray's do, so `s3://` / `gs://` roots work unchanged.
-Stage ids and study names are validated so no key can produce a path outside the root.
-"""
+"""The result store (docs/design.md §4): a local folder, a shared filesystem or a cloud URI, through
+pyarrow filesystems as Ray's storage is, so `s3://` / `gs://` roots work unchanged. Every JSON or
+weights file is written atomically (temp file + rename; object stores write whole objects); stage ids
+and study names are validated so no key makes a path outside the root."""
 
 from __future__ import annotations
 
@@ -104,7 +96,7 @@ class Store:
     reports, `status`): a missing root is not created, and reads find nothing there."""
 
     def __init__(
-        self, root: str | os.PathLike, filesystem: pafs.FileSystem | None = None, *, create: bool = True
+        self, root: str | os.PathLike[str], filesystem: pafs.FileSystem | None = None, *, create: bool = True
     ):
         root = str(root)
         self.query = ""
@@ -175,7 +167,7 @@ class Store:
 
     # ----------------------------------------------------------------------------------- bytes
     def exists(self, path: str) -> bool:
-        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+        return bool(self.fs.get_file_info(path).type != pafs.FileType.NotFound)
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Atomic write: temp file in the same folder, then rename."""
@@ -190,7 +182,8 @@ class Store:
         if not self.exists(path):
             return None
         with self.fs.open_input_stream(path) as f:
-            return f.read()
+            data: bytes = f.read()
+        return data
 
     def write_json(self, path: str, obj: Any) -> None:
         self.write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
@@ -242,7 +235,7 @@ class Store:
             self.fs.delete_file(path)
 
     # ---------------------------------------------------------------------------------- stages
-    def write_stage_config(self, stage_id: str, config: dict) -> None:
+    def write_stage_config(self, stage_id: str, config: dict[str, Any]) -> None:
         """config.json: the stage's `StageRecord` (`orchestrator.schedule.stage.stage_record`)."""
         self.write_json(self.stage_path(stage_id, CONFIG_FILE), config)
 
@@ -260,10 +253,10 @@ class Store:
             )
         return read_stage_record(config, legacy, path)
 
-    def append_metrics(self, stage_id: str, metrics: dict) -> None:
+    def append_metrics(self, stage_id: str, metrics: dict[str, Any]) -> None:
         self.append_line(self.stage_path(stage_id, METRICS_FILE), json.dumps(metrics, default=str))
 
-    def read_metrics(self, stage_id: str) -> list[dict]:
+    def read_metrics(self, stage_id: str) -> list[dict[str, Any]]:
         path = self.stage_path(stage_id, METRICS_FILE)
         return parse_json_lines(self.read_bytes(path), path)
 
@@ -284,11 +277,14 @@ class Store:
         if data is None:
             raise StoreError(f"{path}: output weights missing")
         try:
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            state: dict[str, torch.Tensor] = torch.load(
+                io.BytesIO(data), map_location="cpu", weights_only=True
+            )
+            return state
         except Exception as exc:
             raise StoreError(f"{path}: unreadable weights ({exc})") from exc
 
-    def write_result(self, stage_id: str, result: dict) -> None:
+    def write_result(self, stage_id: str, result: dict[str, Any]) -> None:
         """Publish a finished stage: result.json (`store_format.ResultRecord`), written last and
         atomically."""
         result = {
@@ -327,7 +323,7 @@ class Store:
         return [name for name in self.list_dirs(STUDIES_DIR) if is_study_name(name)]
 
     # --------------------------------------------------------------------------------- studies
-    def write_study(self, name: str, study_text: str, plan: dict) -> None:
+    def write_study(self, name: str, study_text: str, plan: dict[str, Any]) -> None:
         self.write_bytes(self.study_path(name, STUDY_FILE), study_text.encode())
         self.write_json(self.study_path(name, PLAN_FILE), plan)
 
@@ -368,7 +364,7 @@ def mount_fs_type(path: str, mounts_text: str | None = None) -> str | None:
 
 
 def check_storage_for_cluster(
-    store: Store, nodes: list[dict], *, shared: bool | None = None, mounts_text: str | None = None
+    store: Store, nodes: list[dict[str, Any]], *, shared: bool | None = None, mounts_text: str | None = None
 ) -> None:
     """Refuse a node-local store on a cluster that spans several hosts (docs/ray.md §6: every node reads
     and writes the store directly; a path on one host's disk breaks checkpoints, results and resume).

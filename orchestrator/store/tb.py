@@ -1,17 +1,11 @@
-"""TensorBoard event files per stage, written while it trains (no Ray here).
+"""TensorBoard event files per stage, written by rank 0 while it trains (no Ray here).
 
-Rank 0 of a stage writes one scalar per epoch and metric into `<store>/stages/<id>/tb/`, so
-`tensorboard --logdir <store>/stages` shows every stage of every study, each run named by its stage id
-(one Ray Tune trial per stage). Tags: `train/loss`, `train/lr`, `train/img_per_s`, `train/seconds`,
-`train/data_wait_share`, and `eval/<metric>` for what the evaluation gave (HSJP precision P,
-patch accuracy; AP, AP50, ..., AR of a finetune) at the epochs it ran; the step is the 0-based epoch.
-
-Writer: tensorboardX's synchronous EventsWriter (tensorboardX comes with ray[tune]). Local stores are
-written in place, the event file flushed after every epoch. A URI store (s3://, gs://) is written to a local temporary folder and its
-event file copied whole into the stage's `tb/` after every epoch (through the store's pyarrow
-filesystem, so no TensorBoard filesystem plugin is needed). A resumed stage adds a new event file
-beside the earlier ones; TensorBoard merges them. A failure to write is logged once per stage as a
-warning and never fails the stage.
+One scalar per epoch and metric into `<store>/stages/<id>/tb/` (`tensorboard --logdir <store>/stages`
+names each run by its stage id); tags `train/<key>` for TRAIN_KEYS, `eval/<metric>` for the rest; the
+step is the 0-based epoch. tensorboardX's synchronous EventsWriter (it comes with ray[tune]); a URI
+store is written to a local temporary folder and its event file copied whole into `tb/` after every
+epoch (no TensorBoard filesystem plugin needed). A resumed stage adds an event file; TensorBoard merges
+them. A failure to write is logged once per stage and never fails it.
 """
 
 from __future__ import annotations
@@ -21,9 +15,12 @@ import math
 import os
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.store.format import TB_DIR
+
+if TYPE_CHECKING:
+    from orchestrator.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +32,9 @@ def tag_of(key: str) -> str:
     return f"train/{key}" if key in TRAIN_KEYS else f"eval/{key}"
 
 
-def scalars(row: dict) -> dict[str, float]:
+def scalars(row: dict[str, Any]) -> dict[str, float]:
     """The row's numbers as {tag: value} (booleans, strings, nested values and bookkeeping left out)."""
-    out = {}
+    out: dict[str, float] = {}
     for key, value in row.items():
         if key in NOT_SCALARS or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
@@ -51,8 +48,8 @@ class StageWriter:
     (tensorboardX's EventsWriter, not its queue-and-thread SummaryWriter): every epoch is on disk
     when `write` returns, even if the process is killed right after."""
 
-    def __init__(self, store: Any, stage_id: str):
-        from tensorboardX.event_file_writer import EventsWriter
+    def __init__(self, store: Store, stage_id: str):
+        from tensorboardX.event_file_writer import EventsWriter  # type: ignore[import-untyped]  # no stubs
 
         self.store, self.stage_id = store, stage_id
         if store.is_local:
@@ -62,9 +59,9 @@ class StageWriter:
             self.folder = tempfile.mkdtemp(prefix=f"hsjp-tb-{stage_id}-")
         self.events = EventsWriter(os.path.join(self.folder, "events"))
 
-    def write(self, row: dict) -> None:
-        from tensorboardX.proto.event_pb2 import Event
-        from tensorboardX.summary import scalar
+    def write(self, row: dict[str, Any]) -> None:
+        from tensorboardX.proto.event_pb2 import Event  # type: ignore[import-untyped]  # no stubs
+        from tensorboardX.summary import scalar  # type: ignore[import-untyped]  # no stubs
 
         step, now = int(row["epoch"]), time.time()
         for tag, value in scalars(row).items():
@@ -82,7 +79,7 @@ class StageWriter:
 _WRITERS: dict[tuple[str, str], StageWriter | None] = {}
 
 
-def log_epoch(store: Any, stage_id: str, row: dict) -> None:
+def log_epoch(store: Store, stage_id: str, row: dict[str, Any]) -> None:
     """Append one epoch row of `stage_id` to its TensorBoard events (rank 0 calls this)."""
     if not isinstance(row.get("epoch"), int):
         return
