@@ -1,5 +1,6 @@
 """The result store's format (Ray-, torch- and pyarrow-free), read by the orchestrator, `status` and
-the reports: the layout (file names, stage ids, study names), the stage
+the reports: the layout (every path, in `LAYOUT`; docs/architecture.md's store table is tested
+against it), stage ids, study names, the stage
 states (`StageState`), how a run got a stage (`StageHow`), the config.json / result.json schemas and
 the corrupt-JSON policy. Store files are written atomically, so one that does not parse was damaged
 from outside: `parse_json` raises StoreError naming it (nothing can stand in); `parse_json_or_warn`
@@ -29,16 +30,7 @@ class StoreError(UserError, RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ layout
-# Below the root: stages/<stage id>/, studies/<name>/, stale/<stage id>-<UTC>/ (a stale stage's folder
-# moved aside by `run --recompute-stale`), locks/ (file locks of local stores: study runs, stages).
 STAGES_DIR, STUDIES_DIR, STALE_DIR, LOCKS_DIR = "stages", "studies", "stale", "locks"
-# In a stage's folder: config.json (`StageRecord`, written when it starts or is published),
-# metrics.jsonl (one row per epoch, append-only), weights.pt (output), train/<stage id>/checkpoint_*/
-# state.pt (Ray Train's epoch checkpoints, pruned when it finishes), tb/ (TensorBoard events),
-# staging.json (rank 0's summary, published as result.json, then removed), failed_on.json (rank and
-# node of a worker whose workload raised), attempts.json (the failed attempts the retry budget counts),
-# error.txt (the last failure's traceback, removed on success), result.json (`ResultRecord`, atomic and
-# last: present = finished).
 CONFIG_FILE, METRICS_FILE, ERROR_FILE, RESULT_FILE = (
     "config.json",
     "metrics.jsonl",
@@ -48,9 +40,39 @@ CONFIG_FILE, METRICS_FILE, ERROR_FILE, RESULT_FILE = (
 WEIGHTS_FILE, STAGING_FILE, FAILED_ON_FILE = "weights.pt", "staging.json", "failed_on.json"
 ATTEMPTS_FILE, TB_DIR, TRAIN_DIR = "attempts.json", "tb", "train"
 CHECKPOINT_PREFIX, STATE_FILE = "checkpoint_", "state.pt"
-# In a study's folder: the study file as run, its plan (every stage and trial), one row per trial of
-# the last run, Ray Tune's experiment state (restored by the next run).
 STUDY_FILE, PLAN_FILE, TRIALS_FILE, TUNE_DIR = "study.yaml", "plan.json", "trials.csv", "tune"
+
+LAYOUT: tuple[tuple[str, str], ...] = (
+    (
+        f"{STAGES_DIR}/<stage id>/{CONFIG_FILE}",
+        "`StageRecord`: what identifies the stage (written when it starts or is published)",
+    ),
+    (f"{STAGES_DIR}/<stage id>/{METRICS_FILE}", "one row per trained epoch (append-only)"),
+    (f"{STAGES_DIR}/<stage id>/{WEIGHTS_FILE}", "the stage's output weights (the best model)"),
+    (
+        f"{STAGES_DIR}/<stage id>/{TRAIN_DIR}/<stage id>/{CHECKPOINT_PREFIX}*/{STATE_FILE}",
+        "Ray Train's epoch checkpoints (pruned when the stage finishes)",
+    ),
+    (f"{STAGES_DIR}/<stage id>/{TB_DIR}/", "TensorBoard event files, one scalar per epoch and metric"),
+    (f"{STAGES_DIR}/<stage id>/{STAGING_FILE}", "rank 0's summary, published as result.json, then removed"),
+    (f"{STAGES_DIR}/<stage id>/{FAILED_ON_FILE}", "the rank and node of a worker whose workload raised"),
+    (f"{STAGES_DIR}/<stage id>/{ATTEMPTS_FILE}", "the failed attempts the retry budget counts"),
+    (f"{STAGES_DIR}/<stage id>/{ERROR_FILE}", "the last failure's traceback (removed on success)"),
+    (
+        f"{STAGES_DIR}/<stage id>/{RESULT_FILE}",
+        "`ResultRecord`, written atomically and last: present = finished",
+    ),
+    (
+        f"{STALE_DIR}/<stage id>-<UTC>/",
+        "a stale stage's folder as it was, moved aside by `run --recompute-stale`",
+    ),
+    (f"{STUDIES_DIR}/<name>/{STUDY_FILE}", "the study file as run"),
+    (f"{STUDIES_DIR}/<name>/{PLAN_FILE}", "its plan: every stage and trial"),
+    (f"{STUDIES_DIR}/<name>/{TRIALS_FILE}", "one row per trial of the last run"),
+    (f"{STUDIES_DIR}/<name>/{TUNE_DIR}/", "Ray Tune's experiment state (restored by the next run)"),
+    (f"{LOCKS_DIR}/", "file locks of local stores: one per study run and per stage being computed"),
+)
+"""Every path of the store, relative to its root, and what it holds."""
 
 
 class StageKind(StrEnum):
