@@ -522,31 +522,3 @@ def render_plan(plan: Plan) -> str:
         *(f"  {b} {est['throughput_img_per_s'][b]:g} — {src}" for b, src in est["throughput_source"].items()),
     ]
     return "\n".join(lines)
-
-
-def render_prediction(plan: Plan, gpus: int) -> str:
-    """`plan --gpus G`: the predicted wall-clock time of the study on G GPUs (the stage scheduler's
-    choice replayed on the estimates), beside its lower bound."""
-    from orchestrator.schedule.scheduler import list_schedule, lower_bound, unschedulable
-
-    c = plan.compute
-    if not c.use_gpu:
-        return f"--gpus {gpus}: study {plan.study} does not train on GPUs (compute.use_gpu is false)"
-    capacity = {"GPU": float(gpus), "CPU": float("inf")}
-    bad = unschedulable(plan, capacity)
-    schedule = list_schedule(plan, capacity)
-    makespan = max((s.end_h for s in schedule), default=0.0)
-    bound = lower_bound(plan, gpus)
-    busy = sum((s.end_h - s.start_h) * s.gpus for s in schedule)
-    lines = [
-        f"on {gpus} GPU{'s' if gpus != 1 else ''} ({c.workers_per_stage} worker(s) × {c.gpus_per_worker:g} GPU "
-        f"per stage): predicted wall-clock {makespan:.4g} h (list scheduling of {len(schedule)} stages on the "
-        f"estimates, longest remaining path first); lower bound {bound:.4g} h; GPUs busy "
-        f"{100 * busy / (gpus * makespan) if makespan else 0:.0f} %"
-    ]
-    if bad:
-        lines.append(
-            f"  {len(bad)} stage(s) can never run on {gpus} GPUs (each requests {bad[0][1].get('GPU', 0):g}); "
-            "left out of the prediction"
-        )
-    return "\n".join(lines)

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.cli.status import render_status, status_totals, study_status, watch
-from orchestrator.plan import Plan, make_plan, render_plan, render_prediction
+from orchestrator.plan import Plan, make_plan, render_plan
 from orchestrator.schedule.lineage import stale_summary
+from orchestrator.schedule.scheduler import render_prediction
 from orchestrator.spec.inputs import check_inputs, data_config, prepare_data
 from orchestrator.spec.study import Study, load_study
 from orchestrator.spec.tracking import check_available as check_trackers
