@@ -26,13 +26,7 @@ from orchestrator.plan import Plan, StageSpec, describe_stage, stage_request
 from orchestrator.schedule.lineage import stale_of, stale_summary, stale_text
 from orchestrator.schedule.scheduler import total_epochs
 from orchestrator.schedule.view import StageView, stage_view
-from orchestrator.store.format import (
-    FINISHED_STATES,
-    METRICS_FILE,
-    STAGE_STATES,
-    StageKind,
-    StageState,
-)
+from orchestrator.store.format import FINISHED_STATES, METRICS_FILE, STAGE_STATES, StageKind, StageState
 
 if TYPE_CHECKING:
     from orchestrator.store.store import Store

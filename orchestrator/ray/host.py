@@ -95,8 +95,7 @@ def cgroup_cpu_quota(cgroup_text: str | None = None, cgroup_root: str = "/sys/fs
                 limits += _v2_limit(folder / "cpu.max")
         elif "cpu" in controllers.split(","):
             mount = next(
-                (root / name for name in (controllers, "cpu,cpuacct", "cpu") if (root / name).is_dir()),
-                None,
+                (root / name for name in (controllers, "cpu,cpuacct", "cpu") if (root / name).is_dir()), None
             )
             if mount is not None:
                 for folder in _up_to(mount / rel, mount):

@@ -324,10 +324,7 @@ def _fresh_tuner(plan: Any, store: Store, trial_fn: Any) -> tune.Tuner:
             # retries are the stage's failure policy (orchestrator.schedule.failures, via the scheduler):
             # a dead trial is one failed attempt of its stage, not a Tune retry on top
             failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=[
-                StageCallback(),
-                *tracking_callbacks(getattr(plan, "tracking", None), plan.study),
-            ],
+            callbacks=[StageCallback(), *tracking_callbacks(getattr(plan, "tracking", None), plan.study)],
             verbose=0,
         ),
     )
