@@ -150,14 +150,11 @@ class StageCallback(tune.Callback):
 
     def _done(self, trial: Any, error: str | None) -> None:
         sid = (trial.config or {}).get("stage")
+        if sid is None:
+            return
         self._seen.pop(sid, None)
         sched = ACTIVE.scheduler
-        if (
-            sched is None
-            or sid is None
-            or sid not in sched.stages
-            or sched.stages[sid].state != StageState.RUNNING
-        ):
+        if sched is None or sid not in sched.stages or sched.stages[sid].state != StageState.RUNNING:
             return
         last = trial.last_result or {}
         sched.on_complete(
