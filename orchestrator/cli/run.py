@@ -67,9 +67,10 @@ class Runner(Protocol):
         store: Store,
         scheduler: StageScheduler,
         *,
-        workloads: dict | None,
+        workloads: dict[str, Any] | None,
         restore: bool,
         progress: Progress | None = None,
+        run_token: str = "",
     ) -> str: ...
 
 
@@ -82,9 +83,9 @@ def run_study(
     address: str | None = None,
     max_concurrent: int | None = None,
     progress: bool = True,
-    workloads: dict | None = None,
+    workloads: dict[str, Any] | None = None,
     runner: Runner | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Run every stage of `plan` that is not finished in `store`; return the run's summary.
 
     `workloads` overrides the stage-kind → workload registry of `orchestrator.schedule.stage` (tests).
@@ -146,7 +147,7 @@ def stage_labels(plan: Plan) -> dict[str, str]:
     return {sid: f"{sid} ({first[sid]})" if first.get(sid) else sid for sid in plan.stages}
 
 
-def _previous_plan(store: Store, study: str) -> dict | None:
+def _previous_plan(store: Store, study: str) -> dict[str, Any] | None:
     try:
         return store.read_json(store.study_path(study, PLAN_FILE))
     except StoreError as exc:
@@ -155,8 +156,13 @@ def _previous_plan(store: Store, study: str) -> dict | None:
 
 
 def judge_failure(
-    store: Store, plan: Plan, run_token: str, stage_id: str, error: str | None, decision: dict | None
-) -> dict:
+    store: Store,
+    plan: Plan,
+    run_token: str,
+    stage_id: str,
+    error: str | None,
+    decision: dict[str, Any] | None,
+) -> dict[str, Any]:
     """The scheduler's `judge`: the decision the stage's trial recorded (attempts.json, error.txt), or —
     when the trial itself died (its node lost, an infrastructure error) — one recorded here from Tune's
     error, under the same budget (`orchestrator.schedule.failures`). Returns the decision with its one-line
@@ -189,7 +195,9 @@ def judge_failure(
     return {**decision, "line": line}
 
 
-def _publish_without_training(store: Store, plan: Plan, spec: Any, status: str, summary: dict) -> dict:
+def _publish_without_training(
+    store: Store, plan: Plan, spec: Any, status: str, summary: dict[str, Any]
+) -> dict[str, Any]:
     """What the scheduler publishes itself: no-work pretrains and skipped finetunes."""
     return publish(store, plan, spec, status=status, summary=summary)
 
@@ -263,7 +271,7 @@ def check_simulation(plan: Plan, sim: Simulation) -> None:
         )
 
 
-def simulate_study(plan: Plan, sim: Simulation, *, progress: bool = False) -> dict:
+def simulate_study(plan: Plan, sim: Simulation, *, progress: bool = False) -> dict[str, Any]:
     """Run the plan's scheduler on a local Ray with `sim.gpus` fake GPUs, each stage holding its
     request for its estimated wall-clock hours × the time scale; nothing is written to any real store.
     Returns the measured schedule and the line `run --simulate` prints."""
@@ -374,7 +382,7 @@ def summarize(plan: Plan, store: Store, scheduler: StageScheduler | None = None)
     return {"study": plan.study, "trials": trials, "counts": counts, "failures": failures}
 
 
-def write_trials_csv(plan: Any, store: Store, summary: dict) -> str:
+def write_trials_csv(plan: Any, store: Store, summary: dict[str, Any]) -> str:
     """studies/<name>/trials.csv: one row per trial (id, params, stage ids, status, main metrics)."""
     param_keys = sorted({k for t in summary["trials"] for k in t["params"]})
     fields = [
