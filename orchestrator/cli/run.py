@@ -1,13 +1,8 @@
 """Run a study's plan (Ray-free bookkeeping around the runner): lock the study, say what changed since
-its last run, resolve what needs no trial, hand the rest to a runner, summarise from the store.
-
-`run_study` is idempotent: finished stages are never recomputed (their result.json is read before
-anything starts; a study whose stages are all finished does not even start Ray), a half-done stage
-resumes from its last epoch checkpoint, a killed driver is recovered by running it again. The runner
-is `orchestrator.ray.tune.RayRunner` (one Ray Tune trial per stage, handed out by the stage
-scheduler as stages become ready) unless a caller passes another (tests: an in-process fake).
-`simulate_study` runs the same scheduler on a local Ray with fake GPUs, each stage holding its real
-resource request for its estimated hours × a time scale (`hsjp-study run --simulate`).
+its last run, resolve what needs no trial, hand the rest to a runner (`orchestrator.ray.tune.RayRunner`,
+or a test's fake), summarise from the store. Idempotent: finished stages are never recomputed (all
+finished: Ray does not even start), a half-done stage resumes from its last epoch checkpoint.
+`simulate_study` is `hsjp-study run --simulate`: the same scheduler on a local Ray with fake GPUs.
 """
 
 from __future__ import annotations
@@ -30,6 +25,7 @@ import filelock
 
 from orchestrator.cli.progress import Progress
 from orchestrator.plan import Plan
+from orchestrator.schedule import failures
 from orchestrator.schedule.scheduler import (
     StageScheduler,
     describe_changes,
@@ -58,8 +54,7 @@ MAIN_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
 
 
 class Runner(Protocol):
-    """Runs the launched stages of a scheduler until every stage is settled; returns how ("fresh",
-    "restored", ...)."""
+    """Runs a scheduler's launched stages until every stage is settled; returns how ("fresh", "restored")."""
 
     def run(
         self,
@@ -86,11 +81,8 @@ def run_study(
     workloads: dict[str, Any] | None = None,
     runner: Runner | None = None,
 ) -> dict[str, Any]:
-    """Run every stage of `plan` that is not finished in `store`; return the run's summary.
-
-    `workloads` overrides the stage-kind → workload registry of `orchestrator.schedule.stage` (tests).
-    Writes `studies/<name>/study.yaml`, `plan.json` and, at the end, `trials.csv`.
-    """
+    """Run every stage of `plan` not finished in `store`; return the run's summary. `workloads` overrides
+    the stage-kind → workload registry (tests). Writes studies/<name>/ study.yaml, plan.json, trials.csv."""
     with study_lock(store, plan.study):  # before anything is written or Ray starts
         t0 = time.time()
         run_token = uuid.uuid4().hex  # this run's attempts (a new run starts with a fresh failure budget)
@@ -163,12 +155,9 @@ def judge_failure(
     error: str | None,
     decision: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The scheduler's `judge`: the decision the stage's trial recorded (attempts.json, error.txt), or —
-    when the trial itself died (its node lost, an infrastructure error) — one recorded here from Tune's
-    error, under the same budget (`orchestrator.schedule.failures`). Returns the decision with its one-line
-    summary (`line`), which the run prints as it happens."""
-    from orchestrator.schedule import failures
-
+    """The scheduler's `judge`: the decision the stage's trial recorded, or (the trial itself died: a node
+    lost, an infrastructure error) one recorded here from Tune's error under the same budget; with its
+    one-line summary (`line`), which the run prints."""
     if decision is None:
         attempt = failures.Attempt(
             exc_type="TrialError",
@@ -183,15 +172,8 @@ def judge_failure(
         decision = made.to_dict()
         line = failures.summary_line(stage_id, made)
     else:
-        line = failures.summary_line(
-            stage_id,
-            failures.Decision(
-                **{
-                    k: decision[k]
-                    for k in ("retry", "delay_s", "failures", "budget", "reason", "error", "node")
-                }
-            ),
-        )
+        keys = ("retry", "delay_s", "failures", "budget", "reason", "error", "node")
+        line = failures.summary_line(stage_id, failures.Decision(**{k: decision[k] for k in keys}))
     return {**decision, "line": line}
 
 
@@ -208,10 +190,9 @@ class StudyBusy(StoreError):
 
 @contextlib.contextmanager
 def study_lock(store: Store, name: str) -> Iterator[None]:
-    """Hold `<store>/locks/study-<name>.lock` (local stores) for the whole run; fail fast when another
-    process holds it: two runs of one study would share and overwrite `studies/<name>/tune/`. Stages
-    are leased one by one (stages.stage_lease), so different studies may still run side by side.
-    Object stores have no file locks; there a second run is not detected."""
+    """Hold `<store>/locks/study-<name>.lock` for the whole run, failing fast when another process holds it
+    (two runs of one study would overwrite `studies/<name>/tune/`; stages are leased one by one, so
+    different studies may run side by side). Object stores have no file locks: not detected there."""
     if not store.is_local:
         yield
         return
@@ -272,9 +253,9 @@ def check_simulation(plan: Plan, sim: Simulation) -> None:
 
 
 def simulate_study(plan: Plan, sim: Simulation, *, progress: bool = False) -> dict[str, Any]:
-    """Run the plan's scheduler on a local Ray with `sim.gpus` fake GPUs, each stage holding its
-    request for its estimated wall-clock hours × the time scale; nothing is written to any real store.
-    Returns the measured schedule and the line `run --simulate` prints."""
+    """The plan's scheduler on a local Ray with `sim.gpus` fake GPUs, each stage holding its request for
+    its estimated wall-clock hours × the time scale (no real store written); the measured schedule and
+    the line `run --simulate` prints."""
     check_simulation(plan, sim)
     scale = sim.time_scale or sim.target_s / max(lower_bound(plan, sim.gpus), 1e-9)
     from orchestrator.ray.tune import RayRunner
@@ -325,9 +306,8 @@ def _fmt_request(request: dict[str, float]) -> str:
 
 # ------------------------------------------------------------------------------------------ summary
 def summarize(plan: Plan, store: Store, scheduler: StageScheduler | None = None) -> dict[str, Any]:
-    """Per-trial status from the store (the source of truth: `orchestrator.schedule.view`), with failures
-    and counts; how this run got each stage (found / computed / waited / no work / skipped / blocked)
-    from the scheduler."""
+    """Per-trial status from the store (`orchestrator.schedule.view`), failures and counts; how this run got
+    each stage (`StageHow`) from the scheduler."""
     trials, failures = [], []
     stages = scheduler.stages if scheduler is not None else {}
     views: dict[str, StageView] = {}
