@@ -3,11 +3,14 @@ until the command runs, so `--help` stays fast)."""
 
 from __future__ import annotations
 
+import argparse
+from typing import Any
+
 # the same table as workloads.pose.checkpoint.MODEL_ZOO (kept torch-free for the parser)
 BACKBONES = ("hrnet_w32", "simplebaseline_r50")
 
 
-def format_summary(summary: dict, backbone: str) -> str:
+def format_summary(summary: dict[str, Any], backbone: str) -> str:
     """The lines the command prints: where the files are, AP beside the model zoo's value."""
     ck = summary["checkpoint"]
     lines = [
@@ -57,7 +60,7 @@ def format_summary(summary: dict, backbone: str) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     """The `--checkpoint` options of `hsjp-study evaluate` (registered by orchestrator.cli.main)."""
     g = p.add_argument_group("checkpoint evaluation (the setup check)")
     g.add_argument("--checkpoint", help="pose checkpoint: ours (weights.pt) or the official model zoo's")
@@ -74,7 +77,7 @@ def add_arguments(p) -> None:
                    "(letters, digits, '-'; default: backbone and checkpoint file name)")  # fmt: skip
 
 
-def run_from_args(args) -> int:
+def run_from_args(args: argparse.Namespace) -> int:
     from workloads.pose.checkpoint import evaluate_checkpoint
     from workloads.user_errors import CheckpointError
 

@@ -7,10 +7,9 @@
     hsjp-study report           Tables 1-3, Figures 3-6 from the store
     hsjp-study make-data | puzzle | evaluate     tools: synthetic data, a puzzle figure, COCO evaluation
 
-A user mistake (a `workloads.user_errors.UserError`: bad study file, missing COCO folder, bad store
-path, missing file, bad checkpoint) prints `error: <message>` and exits 2 before anything is written;
-`--verbose` adds tracebacks and logs. Any other exception is a bug: its traceback, a line asking to
-report it, exit 1.
+A `workloads.user_errors.UserError` (bad study, data, store path, file or checkpoint) prints `error: <message>`
+and exits 2 before anything is written (`--verbose`: with its traceback); any other exception is a bug:
+its traceback, a line asking to report it, exit 1.
 """
 
 from __future__ import annotations
@@ -21,17 +20,26 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.cli.evaluate import add_arguments as add_checkpoint_arguments
+from orchestrator.cli.evaluate import run_from_args
 from orchestrator.cli.status import render_status, status_totals, study_status, watch
 from orchestrator.plan import Plan, make_plan, render_plan
-from orchestrator.schedule.lineage import stale_summary
+from orchestrator.schedule.lineage import (
+    archive_stale,
+    find_stale,
+    pre_identity_line,
+    pre_identity_results,
+    stale_summary,
+)
 from orchestrator.schedule.scheduler import render_prediction
-from orchestrator.spec.inputs import check_inputs, data_config, prepare_data
+from orchestrator.spec.inputs import check_inputs, data_config, missing_inputs, prepare_data
 from orchestrator.spec.study import Study, load_study
 from orchestrator.spec.tracking import check_available as check_trackers
-from orchestrator.store.format import FINISHED_STATES
+from orchestrator.store.format import FINISHED_STATES, StoreError
 from workloads.config import ConfigError
 from workloads.user_errors import MissingFileError, UserError
 
@@ -89,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         p.set_defaults(func=func)
         return p
@@ -185,9 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", help="ground-truth annotation JSON (person_keypoints_val2017.json)")
     p.add_argument("--results", help="COCO keypoint results JSON")
     p.add_argument("--out", help="folder for metrics.json (and, with --checkpoint, the results file)")
-    from orchestrator.cli.evaluate import add_arguments
-
-    add_arguments(p)
+    add_checkpoint_arguments(p)
     return parser
 
 
@@ -236,31 +242,26 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"--{flag.replace('_', '-')} is an option of --simulate (a dry run); a real run "
                 "takes its resources from the Ray cluster"
             )
-    from orchestrator.store.store import check_storage
+    # imported here, not at the top: pyarrow (the store) and Ray stay out of the other commands' start-up
+    from orchestrator.cli.run import run_study
+    from orchestrator.ray.connect import check_ray
+    from orchestrator.store.store import Store, check_storage
 
     check_storage(args.storage)  # a file, an unknown scheme, an unwritable place: refused first
     study = _load(args.study)
     check_inputs(study)  # everything checkable is checked before the store is touched
     check_trackers(study.tracking, f"{study.path}: tracking")  # a missing mlflow / wandb: exit 2 now
-    from orchestrator.ray.connect import check_ray
-
     check_ray()  # Ray too old, or Train V1 selected (RAY_TRAIN_V2_ENABLED=0): refused before Ray starts
-    from orchestrator.store.store import Store
-
     store = Store(args.storage)
-    data = prepare_data(study, store)
-    plan = make_plan(study, data)
+    plan = make_plan(study, prepare_data(study, store))
     _say_stale(plan, store, recompute=getattr(args, "recompute_stale", False))
-    from orchestrator.cli.run import run_study  # Ray is imported only to run
-
     max_concurrent = args.max_concurrent or study.compute.max_concurrent_trials
     summary = run_study(
         plan, store, study_text=study.text, address=ray_address(args.address), max_concurrent=max_concurrent
     )
     failed = _failed(summary, plan, store)
     print(
-        f"results: {store.uri_of('studies', plan.study)} (plan.json, trials.csv); stages under "
-        f"{store.uri_of('stages')}"
+        f"results: {store.uri_of('studies', plan.study)} (plan.json, trials.csv); stages under {store.uri_of('stages')}"
     )
     print(
         f"next: hsjp-study status {study.path} --storage {store.uri} [--watch]   |   hsjp-study report --storage {store.uri}"
@@ -275,39 +276,35 @@ def _say_stale(plan: Plan, store: Store, recompute: bool) -> None:
     """Before a run: name the stored stages an older workload version made, and keep them or (with
     --recompute-stale) move them aside so they are computed again; note the results of the earlier id
     recipe, which no stage of this plan finds."""
-    from orchestrator.schedule.lineage import (
-        archive_stale,
-        find_stale,
-        pre_identity_line,
-        pre_identity_results,
-    )
-
     stale = find_stale(plan, store)
     if stale:
         print(stale_summary(stale, recompute=recompute), flush=True)
         if recompute:
             archive_stale(store, sorted(stale))
+    _say_pre_identity(store)
+
+
+def _say_pre_identity(store: Store) -> None:
     older = pre_identity_results(store)
     if older:
         print(pre_identity_line(older), flush=True)
 
 
-def _failed(summary: Any, plan: Plan, store: Store) -> list[str]:
+def _failed(summary: dict[str, Any], plan: Plan, store: Store) -> list[str]:
     """Stages without a result after the run (the store is the source of truth)."""
     rows = study_status(plan, store)
     bad = [r["stage_id"] for r in rows if r["state"] not in FINISHED_STATES]
-    if isinstance(summary, dict) and summary.get("failures") and not bad:
+    if summary.get("failures") and not bad:
         bad = [f.get("stage_id") or f.get("trial_id") for f in summary["failures"]]
     return bad
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from orchestrator.cli.run import Simulation, check_simulation, simulate_study
+    from orchestrator.cli.run import Simulation, check_simulation, simulate_study  # Ray: only to simulate
 
     if args.gpus is None:
         raise ConfigError("--simulate needs --gpus G: the GPUs of the simulated cluster")
-    study = _load(args.study, dry_run=True)  # a simulation reads neither the data nor the checkpoints
-    plan = make_plan(study, data_config(study.data, _storage_base(args.storage)))
+    _, plan = _dry_plan(args)
     sim = Simulation(gpus=args.gpus, cpus=args.cpus, time_scale=args.time_scale)
     check_simulation(plan, sim)  # bad input exits 2 before Ray starts
     print(
@@ -323,8 +320,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    study = _load(args.study, dry_run=True)  # a dry run reads neither the data nor the checkpoints
-    plan = make_plan(study, data_config(study.data, _storage_base(args.storage)))
+    study, plan = _dry_plan(args)
     if args.json:
         out = plan.to_dict()
         if args.gpus:
@@ -341,31 +337,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(render_plan(plan))
         if args.gpus:
             print(render_prediction(plan, args.gpus))
-    _note_missing_inputs(study)
-    _note_stale(plan, args.storage)
-    return 0
-
-
-def _note_stale(plan: Plan, storage: str) -> None:
-    """Say (on stderr) which of the plan's stages the store at `storage` holds from an older workload
-    version; nothing when there is no store there yet (plan creates none)."""
-    if "://" not in storage and not Path(storage).expanduser().is_dir():
-        return
-    from orchestrator.schedule.lineage import find_stale
-    from orchestrator.store.store import Store
-
-    stale = find_stale(plan, Store(storage, create=False))
-    if stale:
-        print(f"note: {stale_summary(stale)}", file=sys.stderr)
-
-
-def _note_missing_inputs(study: Study) -> None:
-    """Say once (on stderr, so `--json` stays JSON) which inputs a real run will need but are not here."""
-    from orchestrator.spec.inputs import missing_inputs
-
+    # notes on stderr, so that --json stays JSON: inputs a real run needs that are not here, and the
+    # plan's stages that the store (when there is one: plan creates none) holds from an older workload
     missing = missing_inputs(study)
     if missing:
         print("note: a real run needs inputs that are not here:\n  " + "\n  ".join(missing), file=sys.stderr)
+    if _store_is_there(args.storage):
+        stale = find_stale(plan, _existing_store(args.storage))
+        if stale:
+            print(f"note: {stale_summary(stale)}", file=sys.stderr)
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -375,7 +356,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.watch is not None:
         if args.json:
             raise ConfigError("status: --watch and --json do not go together (use --json in a loop instead)")
-        from orchestrator.ray.connect import dashboard_url  # imports Ray: only when asked
+        from orchestrator.ray.connect import dashboard_url  # Ray: only when asked
 
         url = dashboard_url(ray_address(getattr(args, "address", None)))
         head = f"Ray dashboard: {url}\n" if url else ""
@@ -386,9 +367,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         watch(render, interval_s=args.watch)
         return 0
-    rows = study_status(plan, store)
-    from orchestrator.store.disk import store_usage
+    from orchestrator.store.disk import store_usage  # pyarrow: see cmd_run
 
+    rows = study_status(plan, store)
     usage = store_usage(store)
     if args.json:
         out = {
@@ -400,11 +381,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render_status(rows, plan))
         print(usage.line(store.uri))
-        from orchestrator.schedule.lineage import pre_identity_line, pre_identity_results
-
-        older = pre_identity_results(store)
-        if older:
-            print(pre_identity_line(older))
+        _say_pre_identity(store)
     return 0
 
 
@@ -442,8 +419,6 @@ def cmd_puzzle(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.checkpoint is not None:
-        from orchestrator.cli.evaluate import run_from_args
-
         return run_from_args(args)
     if not args.gt or not args.results:
         raise ConfigError("evaluate: give --gt and --results (a results file), or --checkpoint (a model)")
@@ -468,18 +443,26 @@ def _load(path: str | None, dry_run: bool = False) -> Study:
     return load_study(path, dry_run=dry_run)
 
 
+def _dry_plan(args: argparse.Namespace) -> tuple[Study, Plan]:
+    """The study and its plan for a dry run (plan, --simulate): neither the data nor the checkpoints are
+    read, and the store root is named as Store would name it without creating it."""
+    study = _load(args.study, dry_run=True)
+    storage: str = args.storage
+    base = storage.rstrip("/") if "://" in storage else os.path.abspath(os.path.expanduser(storage))
+    return study, make_plan(study, data_config(study.data, base))
+
+
+def _store_is_there(storage: str) -> bool:
+    return "://" in storage or Path(storage).expanduser().is_dir()
+
+
 def _existing_store(storage: str) -> Store:
     """Open a store that must exist already (status / report never create one)."""
-    from orchestrator.store.store import Store, StoreError
+    from orchestrator.store.store import Store  # pyarrow: see cmd_run
 
-    if "://" not in storage and not Path(storage).expanduser().is_dir():
+    if not _store_is_there(storage):
         raise StoreError(f"no store at {storage}: nothing has run there (give --storage or set HSJP_STORAGE)")
     return Store(storage, create=False)
-
-
-def _storage_base(storage: str) -> str:
-    """The store root as Store would name it, without creating it (plan is a dry run)."""
-    return storage.rstrip("/") if "://" in storage else os.path.abspath(os.path.expanduser(storage))
 
 
 if __name__ == "__main__":

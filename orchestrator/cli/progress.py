@@ -13,6 +13,7 @@ keeps the stage intervals that split the wall time by phase.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ METRIC_LABELS = (("AP", "AP"), ("precision", "P"))
 class StageProgress:
     stage_id: str
     kind: str = ""
-    state: StageState = StageState.QUEUED
+    state: StageState | str = StageState.QUEUED
     epoch: int | None = None
     epochs: int | None = None
     loss: float | None = None
@@ -65,7 +66,7 @@ class Progress:
     def note(self, text: str) -> None:
         self._print(text)
 
-    def on_result(self, label: str, result: dict, now: float | None = None) -> None:
+    def on_result(self, label: str, result: dict[str, Any], now: float | None = None) -> None:
         """A Ray Tune result of a stage's trial: a state change or an epoch report."""
         now = time.time() if now is None else now
         if result.get("event") == "stage":
@@ -76,7 +77,7 @@ class Progress:
     def on_trial_error(self, label: str, message: str) -> None:
         self._print(f"{label}  trial error: {last_line(message) or '?'}")
 
-    def on_stage_event(self, ev: dict, now: float | None = None) -> None:
+    def on_stage_event(self, ev: dict[str, Any], now: float | None = None) -> None:
         now = time.time() if now is None else now
         st = self.stages.setdefault(ev["stage_id"], StageProgress(ev["stage_id"]))
         st.kind, st.epochs = ev.get("kind", st.kind), ev.get("epochs") or st.epochs
@@ -101,16 +102,18 @@ class Progress:
             extra += f"  {ev['error']}"
         if ev.get("reason"):
             extra += f"  ({ev['reason']})"
-        label = {
+        by_how: dict[str, str] = {
             StageHow.FOUND: f"{state}: already in the store",
             StageHow.WAITED: f"{state}: computed by another run",
-        }.get(how) or {
+        }
+        by_state: dict[str, str] = {
             StageState.ELSEWHERE: "elsewhere: another run is computing it (holds its lease)",
             StageState.NO_WORK: "no-work: nothing to pretrain",
-        }.get(state, str(state))
+        }
+        label = by_how.get(how or "") or by_state.get(state, str(state))
         self._print(f"{self.labels.get(st.stage_id, st.stage_id)}  {label}{extra}", now)
 
-    def _on_epoch(self, r: dict, now: float) -> None:
+    def _on_epoch(self, r: dict[str, Any], now: float) -> None:
         st = self.stages.setdefault(r["stage_id"], StageProgress(r["stage_id"], state=StageState.RUNNING))
         st.epoch, st.epochs = int(r["epoch"]), r.get("epochs") or st.epochs
         st.loss = r.get("loss")
@@ -166,17 +169,13 @@ class Progress:
             for s in self.stages.values()
             if s.started is not None
         )
-        total, cur_start, cur_end = 0.0, None, None
+        total, lo, hi = 0.0, 0.0, -math.inf  # the merged interval [lo, hi] being extended
         for start, end in spans:
-            if cur_end is None or start > cur_end:
-                if cur_end is not None:
-                    total += cur_end - cur_start
-                cur_start, cur_end = start, end
+            if start > hi:
+                total, lo, hi = total + max(0.0, hi - lo), start, end
             else:
-                cur_end = max(cur_end, end)
-        if cur_end is not None:
-            total += cur_end - cur_start
-        return total
+                hi = max(hi, end)
+        return total + max(0.0, hi - lo)
 
     def phases(self, wall_s: float, ray_start_s: float, now: float | None = None) -> dict[str, float]:
         stages_s = min(self.stage_seconds(now), max(0.0, wall_s - ray_start_s))
@@ -187,13 +186,13 @@ class Progress:
         }
 
     # ------------------------------------------------------------------------------------ summary
-    def print_summary(self, summary: dict) -> None:
+    def print_summary(self, summary: dict[str, Any]) -> None:
         if not self.enabled:
             return
         print(format_summary(summary), file=self.stream, flush=True)
 
 
-def format_summary(summary: dict) -> str:
+def format_summary(summary: dict[str, Any]) -> str:
     """The end-of-run table: one row per trial, then counts, failures and the wall-time split."""
     header = ("trial", "status", "pretrain", "pretrain how", "P", "finetune", "finetune how", "AP")
     rows = [header]

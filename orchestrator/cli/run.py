@@ -1,13 +1,8 @@
 """Run a study's plan (Ray-free bookkeeping around the runner): lock the study, say what changed since
-its last run, resolve what needs no trial, hand the rest to a runner, summarise from the store.
-
-`run_study` is idempotent: finished stages are never recomputed (their result.json is read before
-anything starts; a study whose stages are all finished does not even start Ray), a half-done stage
-resumes from its last epoch checkpoint, a killed driver is recovered by running it again. The runner
-is `orchestrator.ray.tune.RayRunner` (one Ray Tune trial per stage, handed out by the stage
-scheduler as stages become ready) unless a caller passes another (tests: an in-process fake).
-`simulate_study` runs the same scheduler on a local Ray with fake GPUs, each stage holding its real
-resource request for its estimated hours × a time scale (`hsjp-study run --simulate`).
+its last run, resolve what needs no trial, hand the rest to a runner (`orchestrator.ray.tune.RayRunner`,
+or a test's fake), summarise from the store. Idempotent: finished stages are never recomputed (all
+finished: Ray does not even start), a half-done stage resumes from its last epoch checkpoint.
+`simulate_study` is `hsjp-study run --simulate`: the same scheduler on a local Ray with fake GPUs.
 """
 
 from __future__ import annotations
@@ -30,6 +25,7 @@ import filelock
 
 from orchestrator.cli.progress import Progress
 from orchestrator.plan import Plan
+from orchestrator.schedule import failures
 from orchestrator.schedule.scheduler import (
     StageScheduler,
     describe_changes,
@@ -58,8 +54,7 @@ MAIN_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
 
 
 class Runner(Protocol):
-    """Runs the launched stages of a scheduler until every stage is settled; returns how ("fresh",
-    "restored", ...)."""
+    """Runs a scheduler's launched stages until every stage is settled; returns how ("fresh", "restored")."""
 
     def run(
         self,
@@ -67,9 +62,10 @@ class Runner(Protocol):
         store: Store,
         scheduler: StageScheduler,
         *,
-        workloads: dict | None,
+        workloads: dict[str, Any] | None,
         restore: bool,
         progress: Progress | None = None,
+        run_token: str = "",
     ) -> str: ...
 
 
@@ -82,14 +78,11 @@ def run_study(
     address: str | None = None,
     max_concurrent: int | None = None,
     progress: bool = True,
-    workloads: dict | None = None,
+    workloads: dict[str, Any] | None = None,
     runner: Runner | None = None,
-) -> dict:
-    """Run every stage of `plan` that is not finished in `store`; return the run's summary.
-
-    `workloads` overrides the stage-kind → workload registry of `orchestrator.schedule.stage` (tests).
-    Writes `studies/<name>/study.yaml`, `plan.json` and, at the end, `trials.csv`.
-    """
+) -> dict[str, Any]:
+    """Run every stage of `plan` not finished in `store`; return the run's summary. `workloads` overrides
+    the stage-kind → workload registry (tests). Writes studies/<name>/ study.yaml, plan.json, trials.csv."""
     with study_lock(store, plan.study):  # before anything is written or Ray starts
         t0 = time.time()
         run_token = uuid.uuid4().hex  # this run's attempts (a new run starts with a fresh failure budget)
@@ -146,7 +139,7 @@ def stage_labels(plan: Plan) -> dict[str, str]:
     return {sid: f"{sid} ({first[sid]})" if first.get(sid) else sid for sid in plan.stages}
 
 
-def _previous_plan(store: Store, study: str) -> dict | None:
+def _previous_plan(store: Store, study: str) -> dict[str, Any] | None:
     try:
         return store.read_json(store.study_path(study, PLAN_FILE))
     except StoreError as exc:
@@ -155,14 +148,16 @@ def _previous_plan(store: Store, study: str) -> dict | None:
 
 
 def judge_failure(
-    store: Store, plan: Plan, run_token: str, stage_id: str, error: str | None, decision: dict | None
-) -> dict:
-    """The scheduler's `judge`: the decision the stage's trial recorded (attempts.json, error.txt), or —
-    when the trial itself died (its node lost, an infrastructure error) — one recorded here from Tune's
-    error, under the same budget (`orchestrator.schedule.failures`). Returns the decision with its one-line
-    summary (`line`), which the run prints as it happens."""
-    from orchestrator.schedule import failures
-
+    store: Store,
+    plan: Plan,
+    run_token: str,
+    stage_id: str,
+    error: str | None,
+    decision: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The scheduler's `judge`: the decision the stage's trial recorded, or (the trial itself died: a node
+    lost, an infrastructure error) one recorded here from Tune's error under the same budget; with its
+    one-line summary (`line`), which the run prints."""
     if decision is None:
         attempt = failures.Attempt(
             exc_type="TrialError",
@@ -177,19 +172,14 @@ def judge_failure(
         decision = made.to_dict()
         line = failures.summary_line(stage_id, made)
     else:
-        line = failures.summary_line(
-            stage_id,
-            failures.Decision(
-                **{
-                    k: decision[k]
-                    for k in ("retry", "delay_s", "failures", "budget", "reason", "error", "node")
-                }
-            ),
-        )
+        keys = ("retry", "delay_s", "failures", "budget", "reason", "error", "node")
+        line = failures.summary_line(stage_id, failures.Decision(**{k: decision[k] for k in keys}))
     return {**decision, "line": line}
 
 
-def _publish_without_training(store: Store, plan: Plan, spec: Any, status: str, summary: dict) -> dict:
+def _publish_without_training(
+    store: Store, plan: Plan, spec: Any, status: str, summary: dict[str, Any]
+) -> dict[str, Any]:
     """What the scheduler publishes itself: no-work pretrains and skipped finetunes."""
     return publish(store, plan, spec, status=status, summary=summary)
 
@@ -200,10 +190,9 @@ class StudyBusy(StoreError):
 
 @contextlib.contextmanager
 def study_lock(store: Store, name: str) -> Iterator[None]:
-    """Hold `<store>/locks/study-<name>.lock` (local stores) for the whole run; fail fast when another
-    process holds it: two runs of one study would share and overwrite `studies/<name>/tune/`. Stages
-    are leased one by one (stages.stage_lease), so different studies may still run side by side.
-    Object stores have no file locks; there a second run is not detected."""
+    """Hold `<store>/locks/study-<name>.lock` for the whole run, failing fast when another process holds it
+    (two runs of one study would overwrite `studies/<name>/tune/`; stages are leased one by one, so
+    different studies may run side by side). Object stores have no file locks: not detected there."""
     if not store.is_local:
         yield
         return
@@ -263,10 +252,10 @@ def check_simulation(plan: Plan, sim: Simulation) -> None:
         )
 
 
-def simulate_study(plan: Plan, sim: Simulation, *, progress: bool = False) -> dict:
-    """Run the plan's scheduler on a local Ray with `sim.gpus` fake GPUs, each stage holding its
-    request for its estimated wall-clock hours × the time scale; nothing is written to any real store.
-    Returns the measured schedule and the line `run --simulate` prints."""
+def simulate_study(plan: Plan, sim: Simulation, *, progress: bool = False) -> dict[str, Any]:
+    """The plan's scheduler on a local Ray with `sim.gpus` fake GPUs, each stage holding its request for
+    its estimated wall-clock hours × the time scale (no real store written); the measured schedule and
+    the line `run --simulate` prints."""
     check_simulation(plan, sim)
     scale = sim.time_scale or sim.target_s / max(lower_bound(plan, sim.gpus), 1e-9)
     from orchestrator.ray.tune import RayRunner
@@ -317,9 +306,8 @@ def _fmt_request(request: dict[str, float]) -> str:
 
 # ------------------------------------------------------------------------------------------ summary
 def summarize(plan: Plan, store: Store, scheduler: StageScheduler | None = None) -> dict[str, Any]:
-    """Per-trial status from the store (the source of truth: `orchestrator.schedule.view`), with failures
-    and counts; how this run got each stage (found / computed / waited / no work / skipped / blocked)
-    from the scheduler."""
+    """Per-trial status from the store (`orchestrator.schedule.view`), failures and counts; how this run got
+    each stage (`StageHow`) from the scheduler."""
     trials, failures = [], []
     stages = scheduler.stages if scheduler is not None else {}
     views: dict[str, StageView] = {}
@@ -374,7 +362,7 @@ def summarize(plan: Plan, store: Store, scheduler: StageScheduler | None = None)
     return {"study": plan.study, "trials": trials, "counts": counts, "failures": failures}
 
 
-def write_trials_csv(plan: Any, store: Store, summary: dict) -> str:
+def write_trials_csv(plan: Any, store: Store, summary: dict[str, Any]) -> str:
     """studies/<name>/trials.csv: one row per trial (id, params, stage ids, status, main metrics)."""
     param_keys = sorted({k for t in summary["trials"] for k in t["params"]})
     fields = [

@@ -26,13 +26,7 @@ from orchestrator.plan import Plan, StageSpec, describe_stage, stage_request
 from orchestrator.schedule.lineage import stale_of, stale_summary, stale_text
 from orchestrator.schedule.scheduler import total_epochs
 from orchestrator.schedule.view import StageView, stage_view
-from orchestrator.store.format import (
-    FINISHED_STATES,
-    METRICS_FILE,
-    STAGE_STATES,
-    StageKind,
-    StageState,
-)
+from orchestrator.store.format import FINISHED_STATES, METRICS_FILE, STAGE_STATES, StageKind, StageState
 
 if TYPE_CHECKING:
     from orchestrator.store.store import Store
@@ -40,7 +34,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ETA_WINDOW = 5  # mean of the last epochs' durations
-METRIC_OF_KIND = {StageKind.PRETRAIN: "precision", StageKind.FINETUNE: "AP", StageKind.EVALUATE: "results"}
+METRIC_OF_KIND: dict[str, str] = {
+    StageKind.PRETRAIN: "precision",
+    StageKind.FINETUNE: "AP",
+    StageKind.EVALUATE: "results",
+}
 """The key metric a stage's row shows (an evaluate stage: the number of results it wrote)."""
 
 
@@ -103,7 +101,7 @@ def _stage_row(spec: StageSpec, plan: Plan, store: Store, view: StageView) -> di
     return row
 
 
-def _progress(row: dict, metrics_rows: list[dict], plan: Plan) -> None:
+def _progress(row: dict[str, Any], metrics_rows: list[dict[str, Any]], plan: Plan) -> None:
     """Epochs done, best metric so far, device-hours spent and ETA from the per-epoch rows."""
     if not metrics_rows:
         return
@@ -126,11 +124,11 @@ def _age_s(store: Store, path: str) -> float | None:
         return None
     if mtime is None:
         return None
-    return max(0.0, (dt.datetime.now(dt.UTC) - mtime.astimezone(dt.UTC)).total_seconds())
+    return max(0.0, float((dt.datetime.now(dt.UTC) - mtime.astimezone(dt.UTC)).total_seconds()))
 
 
 # ---------------------------------------------------------------------------------------- summary
-def status_totals(rows: list[dict], plan: Plan) -> dict[str, Any]:
+def status_totals(rows: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
     """Counts per state, device-hours spent and the estimate of what is left."""
     counts = {s: sum(1 for r in rows if r["state"] == s) for s in STAGE_STATES}
     est = plan.estimate()["stage_hours"]
@@ -154,7 +152,7 @@ def status_totals(rows: list[dict], plan: Plan) -> dict[str, Any]:
     }
 
 
-def render_status(rows: list[dict], plan: Plan) -> str:
+def render_status(rows: list[dict[str, Any]], plan: Plan) -> str:
     """A plain-text table: one line per stage, then totals."""
     s = status_totals(rows, plan)
     counts = ", ".join(f"{n} {state}" for state, n in s["counts"].items() if n)
@@ -196,7 +194,7 @@ def render_status(rows: list[dict], plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _stale_pairs(row_stale: dict) -> dict[str, tuple[str, str]]:
+def _stale_pairs(row_stale: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {w: (v["made_with"], v["current"]) for w, v in row_stale.items()}
 
 

@@ -1,22 +1,21 @@
 """Connecting to Ray: the version guard (Ray Train V2 or nothing), a local Ray that claims a fair share
 of a shared machine, joining a cluster, its capacity, and the dashboard URL for `hsjp-study status`.
 
-The version guard: the design relies on Train V2's same-name resume: a stage's trainer is named after
-the stage id, and a re-created trainer of that name in the same storage continues from its last
-registered checkpoint. V1's `TorchTrainer` has no such thing (it resumes only through
-`TorchTrainer.restore`), so under V1 every half-done stage would silently start over. V2 is the default
-from Ray 2.51.0 on (its release notes, 2025-10-29: "Ray Train v2 is now enabled by default"; PR
-ray-project/ray#57857); before that, and whenever `RAY_TRAIN_V2_ENABLED=0`, `ray.train.torch.TorchTrainer`
-is the V1 class. pyproject.toml's floor is that release.
+The version guard: a stage resumes because a re-created trainer of the stage's name in the same storage
+continues from its last registered checkpoint, which only Train V2 does (under V1 every half-done stage
+would silently start over). V2 is the default from Ray 2.51.0 on (release notes, 2025-10-29; PR
+ray-project/ray#57857), pyproject.toml's floor; `RAY_TRAIN_V2_ENABLED=0` selects V1 again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -91,10 +90,9 @@ def start_local_ray(
     (and `num_cpus` / `num_gpus`); the dead runs' orphaned Ray processes are ended first
     (`orchestrator.ray.host`). Without (`--simulate`: fake GPUs on a fake cluster) it takes exactly
     `num_cpus` / `num_gpus`, claiming nothing of the machine."""
-    # Ray 2.60 turns token authentication on for `ray start` clusters; a local Ray started here needs
-    # none. A user's explicit setting wins.
+    # Ray 2.60 turns token authentication on for `ray start` clusters; a local one needs none (unless set)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    options = dict(
+    options: dict[str, Any] = dict(
         address="local",
         resources={TRIAL_RESOURCE: 10_000, **resources},
         include_dashboard=False,
@@ -114,7 +112,7 @@ def start_local_ray(
 
 
 @contextlib.contextmanager
-def _local_node_env():
+def _local_node_env() -> Iterator[None]:
     """While the local Ray starts (its raylet, and so every worker, inherits the environment): one node
     that nobody drains, so Ray Train's per-stage PreemptionWatcher actor (one more process per stage)
     is off. A user's explicit setting wins. Set only for the start, so that a Ray cluster this process
@@ -146,11 +144,12 @@ def shutdown() -> None:
 
 
 def cluster_capacity() -> dict[str, float]:
-    return {k: float(v) for k, v in ray.cluster_resources().items()}
+    # untyped in Ray: its dict of resource name → amount, and of one dict per node
+    return {k: float(v) for k, v in ray.cluster_resources().items()}  # type: ignore[no-untyped-call]
 
 
-def cluster_nodes() -> list[dict]:
-    return ray.nodes()
+def cluster_nodes() -> list[dict[str, Any]]:
+    return list(ray.nodes())  # type: ignore[no-untyped-call]
 
 
 def trial_resources(cluster: dict[str, float]) -> dict[str, float]:
@@ -164,7 +163,7 @@ def trial_resources(cluster: dict[str, float]) -> dict[str, float]:
 def node_ip() -> str | None:
     """This node's IP address (a label in error records; None when Ray cannot say)."""
     try:
-        return str(ray.util.get_node_ip_address())
+        return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]  # untyped in Ray
     except Exception:  # noqa: BLE001 — a label only
         return None
 
@@ -198,7 +197,9 @@ def _joined_dashboard_url(address: str) -> str | None:
     """`ray.init(address=...)`'s `dashboard_url`, then disconnected (this process was not a driver)."""
     if ray.is_initialized():
         return None
-    context = ray.init(address=address, log_to_driver=False, configure_logging=False, logging_level="ERROR")
+    context = ray.init(
+        address=address, log_to_driver=False, configure_logging=False, logging_level=logging.ERROR
+    )
     try:
         return getattr(context, "dashboard_url", None) or None
     finally:

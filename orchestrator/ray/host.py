@@ -1,24 +1,12 @@
 """Fair claims on a shared machine and no leftovers, Ray-free.
 
-A local Ray (no `--address`) used to take `os.cpu_count()` CPUs and every GPU, so two `hsjp-study run`
-on one 8-GPU box both scheduled onto all 8, and a container's CPU limit or `CUDA_VISIBLE_DEVICES` were
-ignored. Here:
-
-* `usable_cpus()`: the CPUs this process may use: its affinity mask (`sched_getaffinity`), bounded by
-  the cgroup's CPU quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us / cpu.cfs_period_us`), floored, ≥ 1.
-* `box_gpu_ids()`: the GPUs this process may use: `CUDA_VISIBLE_DEVICES` when set (CUDA's rule: the
-  list ends at the first invalid entry), else the driver's GPU list (`/proc/driver/nvidia/gpus`).
-* Each local Ray started by us writes a record (`state_dir()/ray-*.json`: the driver's pid and start
-  time, the CPUs and GPU ids it claimed, its GCS address and session folder, and the pids + start times
-  of the Ray processes it started, refreshed while it runs). A second run takes only what the live
-  records leave free, and no more than its study can use (`Demand`); with nothing free it refuses,
-  naming the runs that hold the box and the address to join one of them instead.
-* A record whose driver is dead (SIGKILL, a lost terminal) marks orphans: the next local start ends
-  those processes, only those, each verified by pid *and* start time (a reused pid is left alone), and
-  says how many (`end_orphans`).
-
-A Ray started by `ray.init()` lives as long as the driver that started it, so a second run does not
-join it by default: the first run's end would take the second's stages down with it.
+A local Ray (no `--address`) takes only what this process may use (`usable_cpus`: affinity ∩ cgroup
+quota; `box_gpu_ids`: CUDA_VISIBLE_DEVICES, else the NVIDIA driver's list), less what the live records
+of other runs on this machine hold (`state_dir()/ray-*.json`: driver pid + start time, CPUs, GPU ids,
+GCS address, its Ray processes), at most what its study can use (`Demand`); with nothing free it
+refuses, naming the holders. The processes of a record whose driver died are ended by the next local
+start, each verified by pid *and* start time (`end_orphans`). A second run does not join another's
+local Ray by default: that Ray ends with the driver that started it.
 """
 
 from __future__ import annotations
@@ -36,10 +24,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import filelock
 
 from orchestrator.plan import stage_request
 from workloads.user_errors import UserError
@@ -95,8 +85,7 @@ def cgroup_cpu_quota(cgroup_text: str | None = None, cgroup_root: str = "/sys/fs
                 limits += _v2_limit(folder / "cpu.max")
         elif "cpu" in controllers.split(","):
             mount = next(
-                (root / name for name in (controllers, "cpu,cpuacct", "cpu") if (root / name).is_dir()),
-                None,
+                (root / name for name in (controllers, "cpu,cpuacct", "cpu") if (root / name).is_dir()), None
             )
             if mount is not None:
                 for folder in _up_to(mount / rel, mount):
@@ -238,7 +227,7 @@ class Record:
     address: str = ""
     """GCS address (`ray.init(address=...)` joins it while its driver lives)."""
     session_dir: str = ""
-    processes: list[dict] = field(default_factory=list)
+    processes: list[dict[str, Any]] = field(default_factory=list)
     """[{pid, start, name}] of the Ray processes the driver started (its descendants)."""
     host: str = field(default_factory=socket.gethostname)
     boot_id: str = field(default_factory=_boot_id)
@@ -259,7 +248,7 @@ class Record:
         """A live run's Ray: its resources are taken. A driver that shut its Ray down claims nothing."""
         return self.driver_alive() and (self.ray_alive() or not self.processes)
 
-    def live_processes(self) -> list[dict]:
+    def live_processes(self) -> list[dict[str, Any]]:
         return [p for p in self.processes if same_process(p["pid"], p.get("start"))]
 
     def describe(self) -> str:
@@ -312,7 +301,9 @@ def _cmdline(pid: int, proc_root: str = "/proc") -> str:
         return ""
 
 
-def snapshot_processes(driver_pid: int, session_dir: str = "", proc_root: str = "/proc") -> list[dict]:
+def snapshot_processes(
+    driver_pid: int, session_dir: str = "", proc_root: str = "/proc"
+) -> list[dict[str, Any]]:
     """[{pid, start, name}] of the Ray processes a driver started, the GCS server first: its
     descendants whose command line names the Ray session (gcs_server, raylet, log monitor, ...) and
     everything below those (agents, workers). Without a session folder: all its descendants. Other
@@ -331,11 +322,7 @@ def snapshot_processes(driver_pid: int, session_dir: str = "", proc_root: str = 
 def end_orphans(records: list[Record], term_wait_s: float = TERM_WAIT_S) -> int:
     """End the recorded Ray processes of runs whose driver is dead (only those, each verified by pid
     and start time); remove their records. Returns how many processes were ended."""
-    targets: list[dict] = []
-    for rec in records:
-        if rec.driver_alive():
-            continue
-        targets += rec.live_processes()
+    targets = [p for rec in records if not rec.driver_alive() for p in rec.live_processes()]
     for p in targets:
         _signal(p, signal.SIGTERM)
     deadline = time.time() + term_wait_s
@@ -350,7 +337,7 @@ def end_orphans(records: list[Record], term_wait_s: float = TERM_WAIT_S) -> int:
     return len(targets)
 
 
-def _signal(p: dict, sig: int) -> None:
+def _signal(p: dict[str, Any], sig: int) -> None:
     if not same_process(p["pid"], p.get("start")):
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -418,19 +405,17 @@ class LocalClaim:
         study: str = "",
         num_cpus: int | None = None,
         num_gpus: int | None = None,
-        report=None,
+        report: Callable[[str], None] | None = None,
     ):
         self.demand, self.study = demand, study
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
         self.report = report or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.claim: Claim | None = None
-        self.record: Record | None = None
+        self.claim: Claim  # set by __enter__
+        self.record: Record  # set by register
         self.orphans_ended = 0
         self._stop = threading.Event()
 
     def __enter__(self) -> LocalClaim:
-        import filelock
-
         folder = state_dir()
         self._lock = filelock.FileLock(str(folder / "registry.lock"))
         self._lock.acquire()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import ray
 
@@ -23,14 +24,15 @@ class ActorLease:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.holder, self.ttl_s = holder, ttl_s
-        self.table = (
+        self.table: Any = (  # an actor handle: Ray types its methods as LeaseTable's, without .remote
             ray.remote(num_cpus=0)(LeaseTable)
             .options(
                 name="hsjp-stage-leases",
                 namespace="hsjp-study",
                 lifetime="detached",
                 get_if_exists=True,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
+                # None: outside any placement group (Ray's annotation omits the None its docs use)
+                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),  # type: ignore[arg-type]
             )
             .remote()
         )

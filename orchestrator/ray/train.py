@@ -17,7 +17,9 @@ from typing import Any
 import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
+import torch
 from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.plan import Plan, StageSpec, stage_request
 from orchestrator.ray.connect import node_ip
@@ -34,6 +36,10 @@ from orchestrator.store.format import (
     finite_or_none,
 )
 from orchestrator.store.store import Store
+from workloads.config import to_dict
+from workloads.context import StageResult
+from workloads.engine import DDP_KWARGS
+from workloads.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +71,23 @@ def stage_trainer(
             name=spec.stage_id,
             storage_path=path,
             storage_filesystem=fs,
-            # a worker / node lost ends this fit; the stage's failure policy (budget, backoff, the same
-            # error twice) decides the retry, which resumes from the last registered checkpoint. So
-            # does a drained node (Train's PreemptionError; its default -1 retries it here, unbounded
-            # and unrecorded): the policy records it, restarts at once, bounds it by PREEMPTION_BUDGET
-            failure_config=ray.train.FailureConfig(max_failures=0, max_preemption_failures=0),
+            # a lost worker / node, or a drained one (Train's default -1 would retry that unbounded and
+            # unrecorded), ends this fit: the stage's failure policy decides the retry, which resumes
+            # from the last registered checkpoint (preemptions bounded by PREEMPTION_BUDGET)
+            failure_config=ray.train.FailureConfig(  # type: ignore[call-arg]  # Ray's stub lacks the kwarg
+                max_failures=0, max_preemption_failures=0
+            ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=_train_callbacks(),
         ),
     )
 
 
-def _train_callbacks() -> list:
+def _train_callbacks() -> list[Any]:
     """Forward each epoch report to Ray Tune (the trial's progress lines)."""
     try:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        return [TuneReportCallback()]
-    except (ImportError, RuntimeError):  # RuntimeError: not in a Tune session
+        return [TuneReportCallback()]  # type: ignore[no-untyped-call]  # untyped in Ray
+    except RuntimeError:  # not in a Tune session
         return []
 
 
@@ -94,9 +99,6 @@ class RayStageContext:
     def __init__(
         self, store: Store, stage_id: str, parent_id: str | None = None, parent_has_weights: bool = False
     ):
-        import ray.train
-        import ray.train.torch
-
         train_ctx = ray.train.get_context()
         self.rank: int = train_ctx.get_world_rank()
         self.world_size: int = train_ctx.get_world_size()
@@ -104,12 +106,12 @@ class RayStageContext:
         self.store = store
         self.stage_id = stage_id
         self._parent_id = parent_id if parent_has_weights else None
-        self._parent: dict | None = None
+        self._parent: dict[str, Any] | None = None
         self.resumed_from: int | None = None
         """Epoch of the checkpoint this attempt resumed from (None: started fresh)."""
-        self.last_report: dict = {}
+        self.last_report: dict[str, Any] = {}
 
-    def resume_state(self) -> dict | None:
+    def resume_state(self) -> dict[str, Any] | None:
         """The state of the newest readable epoch checkpoint of this stage's Train run.
 
         Ray Train hands back its latest checkpoint. If that one's `state.pt` cannot be loaded (a
@@ -118,8 +120,6 @@ class RayStageContext:
         logged as a warning naming the file; with none readable the stage starts from scratch (also
         warned). Retraining a few epochs is cheaper than a stage that can never resume.
         """
-        import ray.train
-
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
@@ -150,17 +150,15 @@ class RayStageContext:
         log.info("stage %s: resuming from %s (epoch %s)", self.stage_id, folder, self.resumed_from)
         return state
 
-    def parent_weights(self) -> dict | None:
+    def parent_weights(self) -> dict[str, Any] | None:
         if self._parent_id is None:
             return None
         if self._parent is None:
             self._parent = self.store.load_weights(self._parent_id)
         return self._parent
 
-    def save_epoch(self, state: dict, metrics: dict) -> None:
+    def save_epoch(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
         """Rank 0 writes `state.pt`; every rank reports (Ray Train's report is a barrier)."""
-        import ray.train
-
         row = {
             **_plain(metrics),
             "stage_id": self.stage_id,
@@ -191,28 +189,22 @@ class RayStageContext:
             checkpoint_upload_fn=upload,
         )
 
-    def report(self, metrics: dict) -> None:
+    def report(self, metrics: dict[str, Any]) -> None:
         """Within-epoch progress. Not forwarded through Ray Train: its report is a barrier that every
         rank must reach equally often, which a workload's free-form progress calls do not promise."""
         self.last_report = _plain(metrics)
         log.debug("stage %s rank %d: %s", self.stage_id, self.rank, self.last_report)
 
     def prepare_model(self, model: Any) -> Any:
-
-        from workloads.engine import DDP_KWARGS
-
         if self.world_size > 1:
             return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=dict(DDP_KWARGS))
         return model.to(self.device)
 
 
-def _write_state(storage: Any, state: dict, local: Any, checkpoint_dir_name: str) -> Any:
+def _write_state(storage: Any, state: dict[str, Any], local: Any, checkpoint_dir_name: str) -> Any:
     """Ray Train's `checkpoint_upload_fn` (run in its upload thread): `state.pt` serialised straight into
     the Train run's checkpoint folder on the store (`StorageContext`, a Ray Train DeveloperAPI, names
     it as Ray's own uploader would); `local` is the empty placeholder folder Ray then deletes."""
-    import ray.train
-    import torch
-
     dest = storage.build_checkpoint_path_from_name(checkpoint_dir_name)
     fs = storage.storage_filesystem
     buf = io.BytesIO()
@@ -223,14 +215,12 @@ def _write_state(storage: Any, state: dict, local: Any, checkpoint_dir_name: str
     return ray.train.Checkpoint(dest, filesystem=fs)
 
 
-def progress_metrics(row: dict) -> dict:
+def progress_metrics(row: dict[str, Any]) -> dict[str, Any]:
     """The scalar part of a metrics row (what travels to Ray Train / Tune: no nested values)."""
     return {k: v for k, v in row.items() if isinstance(v, (bool, int, float, str)) or v is None}
 
 
-def _plain(metrics: dict) -> dict:
-    import torch
-
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in metrics.items():
         if isinstance(value, torch.Tensor) and value.numel() == 1:
@@ -239,14 +229,8 @@ def _plain(metrics: dict) -> dict:
     return out
 
 
-def stage_worker_loop(config: dict) -> None:
-    """`train_loop_per_worker` of a working stage. `config` (built by `fit_stage`): store, stage_id,
-    kind, workload (callable), stage_config, data, parent_id, parent_config (finetune: the parent's
-    PretrainConfig), parent_has_weights."""
-    from workloads.config import to_dict
-    from workloads.context import StageResult
-    from workloads.provenance import provenance
-
+def stage_worker_loop(config: dict[str, Any]) -> None:
+    """`train_loop_per_worker` of a working stage; `config` is `stage_trainer`'s `train_loop_config`."""
     store = config["store"]
     if not isinstance(store, Store):
         store = Store(store)

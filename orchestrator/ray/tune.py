@@ -1,14 +1,8 @@
-"""Ray Tune for a study: the Tuner whose stage `Searcher` asks the Ray-free stage scheduler what to run,
-one trial per stage, and the Tune callbacks (the scheduler kept in step, progress lines, trackers).
-
-    RayRunner.run(plan, store, scheduler) a Tuner whose `StageSearcher` asks
-                                          `orchestrator.schedule.scheduler.StageScheduler` for the next
-                                          stage; it suggests only stages whose parent is finished and
-                                          whose resources are free, so nothing waits as a trial
-    stage_trial({"stage": id})            the trial: begin the stage's attempt, fit its trainer
-                                          (`orchestrator.ray.train`), publish or record the failure
-                                          (or, with --simulate, a placement group holding the stage's
-                                          request for its estimated hours × scale)
+"""Ray Tune for a study: `RayRunner.run` fits a Tuner whose `StageSearcher` asks the Ray-free
+`StageScheduler` for the next stage (only stages whose parent is finished and whose resources are free,
+so nothing waits as a trial); `stage_trial` runs one stage: its attempt begun, its trainer
+(`orchestrator.ray.train`) fitted, the result published or the failure recorded (--simulate: a placement
+group holding the stage's request for its estimated hours × scale).
 
 Trial drivers hold ~nothing (a custom resource, or 1 byte of memory), never a CPU: a whole-CPU driver
 deadlocks its own Train workers, and a fractional one makes 8 stages × 8 CPUs not fit a 64-CPU node.
@@ -78,10 +72,13 @@ class StageSearcher(Searcher):
     def __init__(self) -> None:
         super().__init__(metric=None, mode=None)
 
-    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
+    ) -> bool:
         return True
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    # Searcher.FINISHED is a str, which Ray's annotation (dict | None) leaves out
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         sched = ACTIVE.scheduler
         if sched is None:
             return None
@@ -90,7 +87,9 @@ class StageSearcher(Searcher):
         sid = sched.next_launch()
         return None if sid is None else {"stage": sid}
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
         return None  # completion is handled by StageCallback, which sees the trial's config and error
 
     def save(self, checkpoint_path: str) -> None:
@@ -108,41 +107,42 @@ class StageCallback(tune.Callback):
     stage the scheduler does not count as running is marked running; a stage the scheduler counts as
     running with no live trial any more has ended (the store says whether it finished)."""
 
-    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+    def __init__(self) -> None:
+        self._seen: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._seen = {}
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         sched = ACTIVE.scheduler
         if sched is None:
             return
-        live = {}
-        for trial in trials:
-            sid = (trial.config or {}).get("stage")
-            if sid and trial.status in ("PENDING", "RUNNING", "PAUSED"):
-                live[sid] = trial
+        live = {
+            sid: t
+            for t in trials
+            if (sid := (t.config or {}).get("stage")) and t.status in ("PENDING", "RUNNING", "PAUSED")
+        }
         for sid in live:
-            run = sched.stages.get(sid)
-            if run is not None and run.state != StageState.RUNNING:
+            if sid in sched.stages and sched.stages[sid].state != StageState.RUNNING:
                 sched.mark_running(sid)
         for sid, run in sched.stages.items():
             if run.state == StageState.RUNNING and sid not in live and sid in self._seen:
                 self._done(self._seen[sid], None)
-        self._seen.update({sid: t for sid, t in live.items()})
+        self._seen.update(live)
 
-    def __init__(self) -> None:
-        self._seen: dict[str, Any] = {}
-
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        self._seen = {}
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
         if ACTIVE.progress is not None:
             ACTIVE.progress.on_result(_label(trial), result)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._done(trial, None)
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         message = str(trial.get_error() or "trial error")
         if ACTIVE.progress is not None:
             ACTIVE.progress.on_trial_error(_label(trial), message)
@@ -150,6 +150,8 @@ class StageCallback(tune.Callback):
 
     def _done(self, trial: Any, error: str | None) -> None:
         sid = (trial.config or {}).get("stage")
+        if sid is None:
+            return
         self._seen.pop(sid, None)
         sched = ACTIVE.scheduler
         if sched is None or sid not in sched.stages or sched.stages[sid].state != StageState.RUNNING:
@@ -164,7 +166,7 @@ class StageCallback(tune.Callback):
         )
 
 
-def tracking_callbacks(cfg: Any, study: str) -> list:
+def tracking_callbacks(cfg: Any, study: str) -> list[Any]:
     """Ray Tune's own MLflow / W&B callbacks for the study's trackers (`orchestrator.spec.tracking` parses and
     checks the `tracking:` key; empty when none is configured)."""
     if isinstance(cfg, dict):
@@ -172,7 +174,7 @@ def tracking_callbacks(cfg: Any, study: str) -> list:
     if cfg is None or not cfg.trackers:
         return []
     check_available(cfg)
-    callbacks: list = []
+    callbacks: list[Any] = []
     if cfg.mlflow is not None:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -216,7 +218,7 @@ def tracking_callbacks(cfg: Any, study: str) -> list:
 def _label(trial: Any) -> str:
     sid = (trial.config or {}).get("stage", trial.trial_id)
     labels = getattr(ACTIVE.progress, "labels", None) or {}
-    return labels.get(sid, sid)
+    return str(labels.get(sid, sid))
 
 
 class RayRunner:
@@ -324,10 +326,7 @@ def _fresh_tuner(plan: Any, store: Store, trial_fn: Any) -> tune.Tuner:
             # retries are the stage's failure policy (orchestrator.schedule.failures, via the scheduler):
             # a dead trial is one failed attempt of its stage, not a Tune retry on top
             failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=[
-                StageCallback(),
-                *tracking_callbacks(getattr(plan, "tracking", None), plan.study),
-            ],
+            callbacks=[StageCallback(), *tracking_callbacks(getattr(plan, "tracking", None), plan.study)],
             verbose=0,
         ),
     )
@@ -374,7 +373,7 @@ def _can_restore(tune_dir: str, fs: pafs.FileSystem | None) -> bool:
 
 # ----------------------------------------------------------------------------------------- trials
 def stage_trial(
-    config: dict,
+    config: dict[str, Any],
     *,
     plan: Any,
     store: Store,
@@ -405,35 +404,23 @@ def stage_trial(
         if result is None:
             try:
                 workload = workload_of(spec.kind, workloads)
-                stage_trainer(
-                    plan, spec, store, workload, attempt.parent_has_weights
-                ).fit()  # → stage_worker_loop
+                trainer = stage_trainer(plan, spec, store, workload, attempt.parent_has_weights)
+                trainer.fit()  # → stage_worker_loop
             except Exception as exc:
                 raise attempt.failed(exc, run_token=run_token, node=node_ip()) from exc
             result = attempt.finish()
     except StageFailed as exc:  # recorded (attempts.json, error.txt): a result, not a trial error
         decision = exc.decision.to_dict() if exc.decision is not None else None
-        tune.report(
-            {
-                **base,
-                "state": (decision or {}).get("state", "failed"),
-                "error": (decision or {}).get("error") or str(exc)[:500],
-                "decision": decision,
-                "held_from": t0,
-                "held_to": time.time(),
-                "wall_seconds": time.time() - t0,
-            }
-        )
-        return
-    tune.report(
-        {
-            **base,
-            "state": result.get("status") or StageState.DONE,
-            "held_from": t0,
-            "held_to": time.time(),
-            "wall_seconds": time.time() - t0,
+        d = decision or {}
+        ended = {
+            "state": d.get("state", "failed"),
+            "error": d.get("error") or str(exc)[:500],
+            "decision": decision,
         }
-    )
+    else:
+        ended = {"state": result.get("status") or StageState.DONE}
+    now = time.time()
+    tune.report({**base, **ended, "held_from": t0, "held_to": now, "wall_seconds": now - t0})
 
 
 def hold_resources(plan: Any, spec: Any, scale: float) -> tuple[float, float]:
