@@ -9,7 +9,7 @@ from pathlib import Path
 from orchestrator.store.format import LAYOUT
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = (ROOT / "docs" / "architecture.md").read_text()
+DOC = (ROOT / "docs/architecture.md").read_text()
 
 
 def _section(title: str) -> str:

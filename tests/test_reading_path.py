@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = (ROOT / "docs" / "architecture.md").read_text()
+DOC = (ROOT / "docs/architecture.md").read_text()
 MAX_DIRECT_CALLS = 6
 
 

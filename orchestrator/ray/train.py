@@ -11,7 +11,6 @@ import logging
 import socket
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -39,13 +38,16 @@ from orchestrator.store.store import Store
 from workloads.config import to_dict
 from workloads.context import StageResult
 from workloads.engine import DDP_KWARGS
+from workloads.hsjp.train import run_pretrain
+from workloads.pose.testdev import run_evaluation
+from workloads.pose.train import run_finetune
 from workloads.provenance import provenance
 
 log = logging.getLogger(__name__)
 
 
 def stage_trainer(
-    plan: Plan, spec: StageSpec, store: Store, workload: Workload, parent_has_weights: bool
+    plan: Plan, spec: StageSpec, store: Store, stand_in: Workload | None, parent_has_weights: bool
 ) -> TorchTrainer:
     """The stage's Ray Train run, named after the stage id (same name + storage = automatic resume)."""
     request = stage_request(plan.compute, spec.kind)
@@ -57,7 +59,7 @@ def stage_trainer(
             "store": store,
             "stage_id": spec.stage_id,
             "kind": spec.kind,
-            "workload": workload,
+            "workload": stand_in,
             "stage_config": spec.config,
             "data": plan.data,
             "parent_id": spec.parent,
@@ -237,12 +239,26 @@ def stage_worker_loop(config: dict[str, Any]) -> None:
     ctx = RayStageContext(
         store, config["stage_id"], config.get("parent_id"), config.get("parent_has_weights", False)
     )
-    workload: Callable[..., StageResult] = config["workload"]
+    stand_in: Workload | None = config.get("workload")  # tests: a stand-in for the stage's workload
+    kind, cfg, data, init = (
+        config["kind"],
+        config["stage_config"],
+        config["data"],
+        config.get("parent_config"),
+    )
     try:
-        if config["kind"] == StageKind.FINETUNE:
-            result = workload(config["stage_config"], config["data"], ctx, init=config.get("parent_config"))
+        if stand_in is not None:
+            result = (
+                stand_in(cfg, data, ctx, init=init)
+                if kind == StageKind.FINETUNE
+                else stand_in(cfg, data, ctx)
+            )
+        elif kind == StageKind.PRETRAIN:
+            result = run_pretrain(cfg, data, ctx)
+        elif kind == StageKind.FINETUNE:
+            result = run_finetune(cfg, data, ctx, init=init)
         else:
-            result = workload(config["stage_config"], config["data"], ctx)
+            result = run_evaluation(cfg, data, ctx)
     except Exception:
         with contextlib.suppress(Exception):  # where it failed, for error.txt (best effort)
             store.write_json(
@@ -252,7 +268,7 @@ def stage_worker_loop(config: dict[str, Any]) -> None:
         raise
     if not isinstance(result, StageResult):
         raise TypeError(
-            f"stage {config['stage_id']}: workload {getattr(workload, '__name__', workload)} "
+            f"stage {config['stage_id']}: workload {getattr(stand_in, '__name__', kind)} "
             f"returned {type(result).__name__}, expected workloads.context.StageResult"
         )
     if ctx.rank != 0:

@@ -29,26 +29,6 @@ Workload = Callable[..., Any]
 """A stage kind's entry point: (config, data, ctx[, init=parent config]) → `workloads.context.StageResult`."""
 
 
-def workload_of(kind: str, overrides: Mapping[str, Workload] | None = None) -> Workload:
-    """The workload that computes a stage of `kind` (`overrides`: stand-ins, in tests). Imported here,
-    when a stage is about to run, so that planning and `--help` never import torch."""
-    if overrides and kind in overrides:
-        return overrides[kind]
-    if kind == StageKind.PRETRAIN:
-        from workloads.hsjp.train import run_pretrain
-
-        return run_pretrain
-    if kind == StageKind.FINETUNE:
-        from workloads.pose.train import run_finetune
-
-        return run_finetune
-    if kind == StageKind.EVALUATE:
-        from workloads.pose.testdev import run_evaluation
-
-        return run_evaluation
-    raise KeyError(f"no workload for stage kind {kind!r}; known kinds: {', '.join(StageKind)}")
-
-
 class StageFailed(RuntimeError):
     """A stage's training raised; its traceback is in the stage's error.txt, `decision` (an
     `orchestrator.schedule.failures.Decision`) says whether it is retried."""

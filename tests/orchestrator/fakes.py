@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.schedule.scheduler import StageScheduler
-from orchestrator.schedule.stage import StageFailed, begin_attempt, workload_of
+from orchestrator.schedule.stage import StageFailed, begin_attempt
 from orchestrator.store.format import STAGING_FILE
 from orchestrator.store.store import Store
 
@@ -105,7 +105,7 @@ class FakeRunner:
                 attempt = begin_attempt(plan, sid, store)
                 if attempt.done is None:
                     try:
-                        workload = workload_of(attempt.spec.kind, workloads)
+                        workload = (workloads or {}).get(attempt.spec.kind)
                         self.fit(plan, attempt.spec, store, workload, attempt.parent_has_weights)
                     except Exception as exc:
                         raise attempt.failed(exc, run_token=token, node="fake-node") from exc
