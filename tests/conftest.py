@@ -130,12 +130,52 @@ def s3_server():
 
 
 # ----------------------------------------------------------------------- the smoke study, run once
+SMOKE_TEST_SCALE = {
+    "data.synthetic.train": 48,  # 96 shipped
+    "data.synthetic.val": 6,  # 12
+    "defaults.pretrain.epochs": 8,  # 24 (evaluated every 8: at 8, 16, 24)
+    "defaults.pretrain.eval_every": 4,  # two evaluations, the last one at the end, as shipped
+    "defaults.finetune.epochs": 8,  # 16 (evaluated once, at the end)
+    "defaults.finetune.eval_every": 8,
+}
+"""The shipped smoke study at test scale: the same matrix, includes, model, input sizes, compute and
+trackers, so the same trials, stage kinds, shared pretrain and code paths; fewer synthetic images and
+epochs (a 3-minute run becomes a ~1-minute one). What it does not keep is the shipped study's toy
+learning signal (P ≈ 0.9 after 24 epochs), which no test asserts. The pretrain keeps 8 epochs so that
+tests/reliability/test_object_store.py can kill it after its second one; the finetunes keep 8 so that
+each W&B run lives a few seconds: the known W&B defect (orchestrator/spec/tracking.py: the last rows of a
+run lost when Ray ends its logging actor) emptied a 4-epoch run's history once, which
+tests/reports/test_smoke_report.py rightly fails."""
+
+
+def smoke_study_for_tests(folder: Path, **data: str) -> Path:
+    """studies/smoke.yaml with SMOKE_TEST_SCALE applied (`data`: more data keys, e.g. a coco_root
+    instead of the synthetic set), written to `folder`/smoke.yaml; returns its path."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())
+    for dotted, value in SMOKE_TEST_SCALE.items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        assert leaf in node, dotted  # the shipped study still has the field
+        node[leaf] = value
+    if data:
+        raw["data"].pop("synthetic")
+        raw["data"].update(data)
+    path = Path(folder) / "smoke.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
 @pytest.fixture(scope="session")
 def smoke_reference(tmp_path_factory):
-    """The shipped smoke study run once, uninterrupted, into a local store with the real workloads
-    (plan, store, summary): what the end-to-end tests check and what interrupted runs must equal. When
-    mlflow and wandb are installed (`make test` installs them) the run has every tracker on — an MLflow
-    file store and W&B offline under `tracking_dirs` — which changes no result."""
+    """The shipped smoke study (at test scale, `smoke_study_for_tests`) run once, uninterrupted, into a
+    local store with the real workloads (plan, store, summary): what the end-to-end tests check and
+    what interrupted runs must equal. When mlflow and wandb are installed (`make test` installs them)
+    the run has every tracker on — an MLflow file store and W&B offline under `tracking_dirs` — which
+    changes no result."""
     import dataclasses
     import importlib.util
     from types import SimpleNamespace
@@ -147,7 +187,7 @@ def smoke_reference(tmp_path_factory):
     from orchestrator.store.store import Store
 
     base = tmp_path_factory.mktemp("smoke-reference")
-    study = load_study(REPO / "studies" / "smoke.yaml")
+    study = load_study(smoke_study_for_tests(base))
     store = Store(base / "store")
     plan = make_plan(study, prepare_data(study, store))
     tracking_dirs = None

@@ -92,13 +92,14 @@ def driver_plan():
     return standins.make_plan("cluster-driver", [trial], salt="cluster-driver")
 
 
-def drive(root: str, calls: str, nodes: str) -> dict:
-    """The study driver of the driver-kill test (killed in a subprocess, then re-run in the test)."""
+def drive(root: str, calls: str, nodes: str, sleep_s: float = 1.0) -> dict:
+    """The study driver of the driver-kill test (killed in a subprocess, then re-run in the test,
+    unpaced: nothing kills the re-run)."""
     return run_study(
         driver_plan(),
         Store(root),
         study_text="name: cluster-driver\n",
-        workloads=standins.node_tagged_workloads(calls, nodes, 1.0),
+        workloads=standins.node_tagged_workloads(calls, nodes, sleep_s),
     )
 
 
@@ -127,14 +128,14 @@ def test_killed_driver_rerun_against_the_cluster_resumes(cluster, tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    time.sleep(5)  # orphaned Train workers outlive the driver by ~2 s (docs/ray.md §3c)
+    standins.wait_workers_gone(calls)  # orphaned Train workers outlive the driver by ~2 s (docs/ray.md §3c)
     before = standins.epochs_in_metrics(store, trial.finetune)
     assert (store.read_result(trial.pretrain) is not None) and not (
         store.read_result(trial.finetune) is not None
     )
 
     t0 = time.time()
-    summary = drive(root, calls, nodes)
+    summary = drive(root, calls, nodes, sleep_s=0.0)
     print(f"driver killed after epochs {before}; re-run took {time.time() - t0:.1f} s")
 
     assert summary["counts"] == {"done": 1}

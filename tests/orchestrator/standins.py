@@ -77,6 +77,16 @@ def _linear_stage(
     return run_epochs(ctx, task, spec)
 
 
+def _wait_for_gate(gate: str | None, timeout_s: float = 300.0) -> None:
+    """Hold the stage before its first epoch until the file `gate` exists (a test opens it once what
+    it needs to happen meanwhile has happened); a gate never opened fails the stage."""
+    deadline = time.time() + timeout_s
+    while gate and not os.path.exists(gate):
+        if time.time() > deadline:
+            raise RuntimeError(f"stand-in: the start gate {gate} was not opened within {timeout_s} s")
+        time.sleep(0.1)
+
+
 class _OneBatch:
     """The sampler of a one-batch loader: every epoch the same batch."""
 
@@ -107,6 +117,7 @@ def standin_pretrain(
     start_sleep_s: float = 0.0,
     end_sleep_s: float = 0.0,
     fail_always: bool = False,
+    start_gate: str | None = None,
 ) -> StageResult:
     _log_call(calls_file, "pretrain", ctx)
     if fail_always:  # a deterministic bug: every attempt raises the same error
@@ -115,6 +126,7 @@ def standin_pretrain(
         open(fail_flag, "w").close()
         raise RuntimeError("stand-in pretrain: injected failure")
     time.sleep(start_sleep_s)
+    _wait_for_gate(start_gate)
     out = _linear_stage(cfg, ctx, "precision", cfg.epochs, None, sleep_s)
     time.sleep(end_sleep_s)
     return StageResult(
@@ -137,12 +149,14 @@ def standin_finetune(
     fail_flag: str | None = None,
     start_sleep_s: float = 0.0,
     end_sleep_s: float = 0.0,
+    start_gate: str | None = None,
 ) -> StageResult:
     _log_call(calls_file, "finetune", ctx)
     if fail_flag and not os.path.exists(fail_flag):
         open(fail_flag, "w").close()
         raise RuntimeError("stand-in finetune: injected failure")
     time.sleep(start_sleep_s)
+    _wait_for_gate(start_gate)
     parent = ctx.parent_weights()
     out = _linear_stage(cfg, ctx, "AP", cfg.total_epochs, parent, sleep_s)
     time.sleep(end_sleep_s)
@@ -186,12 +200,16 @@ def workloads(
     end_sleep_s: float = 0.0,
     pause_kind: str = "finetune",
     fail_always: str | None = None,
+    start_gate: str | None = None,
 ) -> dict:
     """The stand-in registry; `fail_always`: that kind's stage raises the same error on every attempt; `fail_flag`: the `fail_kind` stage raises once (until the flag file exists);
     `start_sleep_s` / `end_sleep_s`: the `pause_kind` stage sleeps before its first epoch / after its
-    last one (a wide window for a kill between stages or at a stage's end)."""
+    last one (a wide window for a kill between stages or at a stage's end); `start_gate`: the
+    `pause_kind` stage then waits for that file to exist before its first epoch."""
     flags = {fail_kind: fail_flag}
-    pauses = {pause_kind: {"start_sleep_s": start_sleep_s, "end_sleep_s": end_sleep_s}}
+    pauses = {
+        pause_kind: {"start_sleep_s": start_sleep_s, "end_sleep_s": end_sleep_s, "start_gate": start_gate}
+    }
     return {
         "pretrain": functools.partial(
             standin_pretrain,
@@ -238,6 +256,28 @@ def read_calls(calls_file: str) -> list[dict]:
         return []
     with open(calls_file) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_workers_gone(calls_file: str, timeout_s: float = 120.0) -> None:
+    """After a driver's SIGKILL: wait until every stage process that logged a call (rank 0, its pid)
+    has exited. Orphaned Train workers outlive the driver by ~2 s (docs/ray.md §3c) and may still write
+    a metrics row or a checkpoint meanwhile; this waits for exactly that instead of a fixed sleep."""
+    pids = {c["pid"] for c in read_calls(calls_file)}
+    deadline = time.time() + timeout_s
+    while any(_pid_alive(p) for p in pids):
+        if time.time() > deadline:
+            raise TimeoutError(f"stage processes {sorted(pids)} still alive {timeout_s} s after the kill")
+        time.sleep(0.1)
 
 
 # ------------------------------------------------------------------------------------------- plans

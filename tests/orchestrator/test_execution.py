@@ -250,8 +250,9 @@ def test_unrestorable_tune_state_falls_back_to_a_fresh_tuner(local_ray, tmp_path
 
 @pytest.mark.slow
 def test_smoke_study_end_to_end_then_nothing_recomputed(local_ray, smoke_reference, tmp_path):
-    """The shipped smoke study with the real workloads: every stage published with real metrics; a
-    second run starts no stage and trains no epoch."""
+    """The shipped smoke study (at test scale: tests/conftest.py SMOKE_TEST_SCALE) with the real
+    workloads: every stage published with real metrics; a second run starts no stage and trains no
+    epoch."""
     plan, store, summary, study = (
         smoke_reference.plan,
         smoke_reference.store,

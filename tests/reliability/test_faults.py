@@ -60,8 +60,11 @@ def drive(
     end_sleep_s: float = 0.0,
     pause_kind: str = "finetune",
     max_failures: int = 0,
+    sleep_s: float = SLEEP_S,
 ) -> dict:
-    """What the killed drivers, their re-runs and the reference execute."""
+    """What the killed drivers, their re-runs and the reference execute. `sleep_s` paces the epochs of
+    runs that something kills (the drivers, the worker-kill run); a run that nothing interrupts (the
+    reference, the re-runs) needs no pacing and passes 0: the numbers do not depend on it."""
     import ray.cloudpickle
 
     from orchestrator.cli.run import run_study
@@ -75,7 +78,7 @@ def drive(
         progress=False,
         workloads=standins.workloads(
             calls_file=calls,
-            sleep_s=SLEEP_S,
+            sleep_s=sleep_s,
             start_sleep_s=start_sleep_s,
             end_sleep_s=end_sleep_s,
             pause_kind=pause_kind,
@@ -208,7 +211,7 @@ def reference(local_ray, tmp_path_factory) -> dict:
 
     base = tmp_path_factory.mktemp("faults-reference")
     root, calls = str(base / "store"), str(base / "calls.jsonl")
-    summary = drive(root, calls, "reference")
+    summary = drive(root, calls, "reference", sleep_s=0.0)
     assert summary["counts"] == {"done": 1}, summary
     store, trial = Store(root), plan_for("reference").trials[0]
     assert kinds(calls) == {"pretrain": 1, "finetune": 1}
@@ -272,7 +275,7 @@ def test_driver_killed_then_rerun_recomputes_nothing_finished(point, reference, 
     if point == "end-of-finetune":
         assert ft_before[-1] == FINETUNE_EPOCHS - 1
 
-    summary = drive(root, calls, salt)  # the re-run: no pauses
+    summary = drive(root, calls, salt, sleep_s=0.0)  # the re-run: no pauses
 
     assert summary["counts"] == {"done": 1}, summary
     calls_after = kinds(calls)
@@ -379,7 +382,7 @@ def test_driver_killed_mid_pretrain_with_truncated_checkpoint(reference, tmp_pat
         f.truncate(os.path.getsize(state) // 2)
     before = standins.epochs_in_metrics(store, trial.pretrain)
 
-    summary = drive(root, calls, salt)
+    summary = drive(root, calls, salt, sleep_s=0.0)  # the re-run
 
     assert summary["counts"] == {"done": 1}, summary
     assert kinds(calls) == {"pretrain": 2, "finetune": 1}

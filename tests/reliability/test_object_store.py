@@ -21,23 +21,27 @@ import pytest
 import yaml
 
 from orchestrator.store.store import Store
+from tests.conftest import SMOKE_TEST_SCALE, smoke_study_for_tests
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 600.0
 
 
 def _study_on_local_data(tmp_path: Path) -> Path:
-    """The smoke study with its synthetic set written to a folder first (same generator, same seed)."""
+    """The smoke study at the reference's test scale (tests/conftest.py `smoke_study_for_tests`) with its
+    synthetic set written to a folder first (same generator, same counts, same seed)."""
     from workloads.data.synthetic import DETECTION_FILE, generate
 
-    raw = yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())
-    syn = raw["data"].pop("synthetic")
+    scale = SMOKE_TEST_SCALE
+    seed = yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())["data"]["synthetic"]["seed"]
     data_dir = tmp_path / "data"
-    generate(str(data_dir), n_train=syn["train"], n_val=syn["val"], seed=syn["seed"])
-    raw["data"].update(coco_root=str(data_dir), detection_file=str(data_dir / DETECTION_FILE))
-    path = tmp_path / "smoke-s3.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    generate(
+        str(data_dir), n_train=scale["data.synthetic.train"], n_val=scale["data.synthetic.val"], seed=seed
+    )
+    path = smoke_study_for_tests(
+        tmp_path, coco_root=str(data_dir), detection_file=str(data_dir / DETECTION_FILE)
+    )
+    return path.rename(tmp_path / "smoke-s3.yaml")
 
 
 def _run_cli(study: Path, uri: str, log: Path) -> subprocess.Popen:

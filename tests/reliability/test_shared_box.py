@@ -46,7 +46,7 @@ ray.cloudpickle.register_pickle_by_value(standins)
 from orchestrator.cli.run import run_study
 from orchestrator.store.store import Store
 
-name, store, calls = sys.argv[1], sys.argv[2], sys.argv[3]
+name, store, calls, gate = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[5]
 plan = standins.make_plan(
     name,
     [("t-" + name, standins.pretrain_config(method="scratch"), standins.finetune_config(epochs=2))],
@@ -54,7 +54,7 @@ plan = standins.make_plan(
 )
 summary = run_study(
     plan, Store(store), study_text=f"name: {name}\\n", progress=False,
-    workloads=standins.workloads(calls, sleep_s=0.2, start_sleep_s=12.0),
+    workloads=standins.workloads(calls, sleep_s=0.2, start_gate=gate),
 )
 print(json.dumps(summary["counts"]), flush=True)
 """
@@ -108,17 +108,21 @@ def test_two_local_rays_split_cpus_and_gpus(tmp_path):
 @pytest.mark.slow
 def test_two_runs_of_different_studies_claim_no_more_than_the_box(tmp_path):
     """Two `run_study` of different studies at once, each in its own process with its own local Ray;
-    each stage records the resources of the Ray it runs on."""
+    each stage records the resources of the Ray it runs on. Each stage waits at a gate before its
+    first epoch, which the test opens once both runs hold their Rays: the first run's Ray lives while
+    the second claims its share."""
     env, folder = _env(tmp_path), tmp_path / "local-ray"
     here = str(REPO / "tests" / "orchestrator")
+    gate = tmp_path / "gate"
     procs, calls = [], []
     for name in ("study-a", "study-b"):
         calls.append(tmp_path / f"{name}.calls.jsonl")
-        args = [sys.executable, "-c", RUN, name, str(tmp_path / "store"), str(calls[-1]), here]
+        args = [sys.executable, "-c", RUN, name, str(tmp_path / "store"), str(calls[-1]), here, str(gate)]
         procs.append(
             subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
         _records_appear(folder, len(procs), procs[-1])  # the second starts while the first holds its Ray
+    gate.touch()
     outs = [p.communicate(timeout=400) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
