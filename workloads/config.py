@@ -485,8 +485,8 @@ class FinetuneConfig:
     """Batch size PER WORKER (GPU), also each BatchNorm's batch: official BATCH_SIZE_PER_GPU 32 of both
     backbones, on 4 GPUs in HRNet's config. The global batch is batch_size × compute.workers_per_stage."""
     freeze: int | None = None
-    """Paper Fig. 5: keep backbone stages 0..freeze fixed (weights and BN statistics); None = train all.
-    Stages: 0 stem, 1 layer1, 2 (transition1+)stage2 / layer2, 3 stage3 / layer3, 4 stage4 / layer4."""
+    """Paper Fig. 5: keep backbone block groups 0..freeze fixed (weights and BN statistics); None = train all.
+    Groups: 0 stem, 1 layer1, 2 (transition1+)stage2 / layer2, 3 stage3 / layer3, 4 stage4 / layer4."""
     label_fraction: float = 1.0
     """Paper Fig. 6: train on a seeded random subset of this share of the training persons, 0 < f ≤ 1."""
     eval_every: int = 10

@@ -433,7 +433,7 @@ def train_one_epoch(ctx: StageContext, task: Task, epoch: int) -> dict[str, Any]
     (tests/workloads/test_host_syncs.py). A non-finite running loss ends the epoch early; `run_epochs`
     then records the collapse."""
     task.sampler.set_epoch(epoch)
-    task.model.train()  # frozen stages keep their BN in eval mode (StagedModel.train)
+    task.model.train()  # frozen block groups keep their BN in eval mode (GroupedBackbone.train)
     total = torch.zeros((), dtype=torch.float64, device=ctx.device)
     seen, steps, wait = 0, len(task.loader), 0.0
     report_every = max(1, steps // REPORTS_PER_EPOCH)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from workloads.config import ModelConfig
-from workloads.models.freezing import StagedModel, freeze_stages, stage_names, stage_of_parameter
+from workloads.models.freezing import GroupedBackbone, block_group_names, block_group_of, freeze_block_groups
 from workloads.models.hrnet import PoseHRNet
 from workloads.models.loading import (
     HEAD_PREFIXES,
@@ -31,15 +31,15 @@ __all__ = [
     "LoadReport",
     "PoseHRNet",
     "PoseResNet",
-    "StagedModel",
+    "GroupedBackbone",
     "build_model",
     "eval_mode",
-    "freeze_stages",
+    "freeze_block_groups",
     "load_backbone",
     "load_imagenet",
     "load_state_file",
-    "stage_names",
-    "stage_of_parameter",
+    "block_group_names",
+    "block_group_of",
 ]
 
 
@@ -53,7 +53,7 @@ def build_simplebaseline(
     return PoseResNet(out_channels, tuple(cfg.resnet_layers), cfg.deconv_channels, generator)
 
 
-MODELS: dict[str, Callable[..., StagedModel]] = {
+MODELS: dict[str, Callable[..., GroupedBackbone]] = {
     "hrnet_w32": build_hrnet,
     "simplebaseline_r50": build_simplebaseline,
 }

@@ -1,9 +1,9 @@
-"""Named backbone stages and layer freezing (paper §4.3, Fig. 5: "freezing layers 0..k").
+"""Named backbone block groups and layer freezing (paper §4.3, Fig. 5: "freezing layers 0..k").
 
 The paper freezes "layers 0-k" of the pretrained backbone during finetuning without defining the
-layers. Both backbones are split into five stages, 0..4, from their official module names:
+layers. Both backbones are split into five block groups, 0..4, from their official module names:
 
-| stage | HRNet-W32 (official pose_hrnet names)  | SimpleBaseline-R50 (torchvision names) |
+| group | HRNet-W32 (official pose_hrnet names)  | SimpleBaseline-R50 (torchvision names) |
 |-------|----------------------------------------|----------------------------------------|
 | 0     | stem: conv1, bn1, conv2, bn2           | conv1, bn1                             |
 | 1     | layer1                                 | layer1                                 |
@@ -11,16 +11,16 @@ layers. Both backbones are split into five stages, 0..4, from their official mod
 | 3     | transition2 + stage3                   | layer3                                 |
 | 4     | transition3 + stage4                   | layer4                                 |
 
-`final_layer` (both) and SimpleBaseline's `deconv_layers` belong to no stage: they are never frozen,
+`final_layer` (both) and SimpleBaseline's `deconv_layers` belong to no block group: they are never frozen,
 so freezing 0..4 trains only the head (HRNet) or deconvolutions + head (SimpleBaseline).
 
-Here each HRNet transition sits with the stage it feeds. mmpose's `frozen_stages` groups the other
+Here each HRNet transition sits with the block group of the HRNet stage it feeds. mmpose's `frozen_stages` groups the other
 way: i = 1 freezes layer1 + transition1, 2 stage2 + transition2, 3 stage3 + transition3, 4 stage4.
 The two groupings differ only in where transition1..3 go; "0..4" freezes the same parameters under
 both (see docs/pose-reference.md §1).
 
-Frozen stages get `requires_grad = False` and their BatchNorm layers stay in eval mode (running
-statistics frozen, as mmpose does) even after `model.train()`: `StagedModel.train` re-applies it.
+Frozen block groups get `requires_grad = False` and their BatchNorm layers stay in eval mode (running
+statistics frozen, as mmpose does) even after `model.train()`: `GroupedBackbone.train` re-applies it.
 """
 
 from __future__ import annotations
@@ -33,36 +33,36 @@ from workloads.engine import unwrap
 
 log = logging.getLogger(__name__)
 
-NUM_STAGES = 5
-"""Stages 0..4 (paper Fig. 5: layers 0-k with k ≤ 4)."""
+NUM_BLOCK_GROUPS = 5
+"""Block groups 0..4 (paper Fig. 5: layers 0-k with k ≤ 4)."""
 
 
-class StagedModel(nn.Module):
-    """Base class of both pose backbones: named stages and freezing that survives `.train()`.
+class GroupedBackbone(nn.Module):
+    """Base class of both pose backbones: named block groups and freezing that survives `.train()`.
 
-    Subclasses set `STAGE_PREFIXES`: stage index → state-dict name prefixes (with the trailing dot).
+    Subclasses set `GROUP_PREFIXES`: block-group index → state-dict name prefixes (with the trailing dot).
     """
 
-    STAGE_PREFIXES: dict[int, tuple[str, ...]] = {}
+    GROUP_PREFIXES: dict[int, tuple[str, ...]] = {}
 
     def __init__(self) -> None:
         super().__init__()
         self.frozen_upto: int | None = None
-        """Highest frozen stage (stages 0..frozen_upto are frozen); None = nothing frozen."""
+        """Highest frozen block group (groups 0..frozen_upto are frozen); None = nothing frozen."""
 
-    def stage_of(self, name: str) -> int | None:
-        """Stage index of a parameter / buffer / module name, None for the head and deconvolutions."""
-        for stage, prefixes in self.STAGE_PREFIXES.items():
+    def group_of(self, name: str) -> int | None:
+        """Block-group index of a parameter / buffer / module name, None for the head and deconvolutions."""
+        for group, prefixes in self.GROUP_PREFIXES.items():
             if any(name.startswith(p) or name == p[:-1] for p in prefixes):
-                return stage
+                return group
         return None
 
-    def train(self, mode: bool = True) -> StagedModel:
+    def train(self, mode: bool = True) -> GroupedBackbone:
         super().train(mode)
         if mode and self.frozen_upto is not None:
             for name, module in self.named_modules():
-                stage = self.stage_of(name)
-                if stage is not None and stage <= self.frozen_upto and _is_batchnorm(module):
+                group = self.group_of(name)
+                if group is not None and group <= self.frozen_upto and _is_batchnorm(module):
                     module.eval()
         return self
 
@@ -71,46 +71,48 @@ def _is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
-def _staged(model: nn.Module) -> StagedModel:
+def _grouped(model: nn.Module) -> GroupedBackbone:
     inner = unwrap(model)
-    if not isinstance(inner, StagedModel):
+    if not isinstance(inner, GroupedBackbone):
         raise TypeError(
-            f"expected a model built by workloads.models.build_model (a StagedModel), got {type(inner).__name__}"
+            f"expected a model built by workloads.models.build_model (a GroupedBackbone), got {type(inner).__name__}"
         )
     return inner
 
 
-def stage_of_parameter(model: nn.Module, name: str) -> int | None:
-    """Stage (0..4) of the parameter `name` of `model` (plain name, no `module.` prefix); None = head."""
-    return _staged(model).stage_of(name)
+def block_group_of(model: nn.Module, name: str) -> int | None:
+    """Block group (0..4) of the parameter `name` of `model` (plain name, no `module.` prefix); None = head."""
+    return _grouped(model).group_of(name)
 
 
-def stage_names(model: nn.Module) -> dict[int, list[str]]:
-    """Parameter names of each stage 0..4, in `named_parameters` order."""
-    inner = _staged(model)
-    names: dict[int, list[str]] = {s: [] for s in range(NUM_STAGES)}
+def block_group_names(model: nn.Module) -> dict[int, list[str]]:
+    """Parameter names of each block group 0..4, in `named_parameters` order."""
+    inner = _grouped(model)
+    names: dict[int, list[str]] = {s: [] for s in range(NUM_BLOCK_GROUPS)}
     for name, _ in inner.named_parameters():
-        stage = inner.stage_of(name)
-        if stage is not None:
-            names[stage].append(name)
+        group = inner.group_of(name)
+        if group is not None:
+            names[group].append(name)
     return names
 
 
-def freeze_stages(model: nn.Module, k: int) -> list[str]:
-    """Freeze stages 0..k (paper Fig. 5): requires_grad False, BatchNorm kept in eval mode.
+def freeze_block_groups(model: nn.Module, k: int) -> list[str]:
+    """Freeze block groups 0..k (paper Fig. 5): requires_grad False, BatchNorm kept in eval mode.
 
     The BatchNorm part is re-applied by every later `model.train()`. Returns the frozen parameter names.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < NUM_STAGES:
-        raise ValueError(f"freeze_stages: k={k!r} is outside the stage range 0..{NUM_STAGES - 1}")
-    inner = _staged(model)
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < NUM_BLOCK_GROUPS:
+        raise ValueError(
+            f"freeze_block_groups: k={k!r} is outside the block-group range 0..{NUM_BLOCK_GROUPS - 1}"
+        )
+    inner = _grouped(model)
     frozen: list[str] = []
     for name, param in inner.named_parameters():
-        stage = inner.stage_of(name)
-        if stage is not None and stage <= k:
+        group = inner.group_of(name)
+        if group is not None and group <= k:
             param.requires_grad_(False)
             frozen.append(name)
     inner.frozen_upto = k if inner.frozen_upto is None else max(k, inner.frozen_upto)
     inner.train(inner.training)
-    log.info("froze stages 0..%d: %d parameter tensors", k, len(frozen))
+    log.info("froze block groups 0..%d: %d parameter tensors", k, len(frozen))
     return frozen

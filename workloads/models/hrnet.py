@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from workloads.config import HEATMAP_STRIDE, INPUT_MULTIPLE
-from workloads.models.freezing import StagedModel
+from workloads.models.freezing import GroupedBackbone
 
 BN_MOMENTUM = 0.1  # HRNet pose_hrnet.py: BN_MOMENTUM = 0.1
 STEM_CHANNELS = 64  # HRNet: conv1/conv2 3→64→64, layer1 Bottleneck planes 64 (→ 256)
@@ -165,10 +165,10 @@ def init_official(model: nn.Module, generator: torch.Generator | None = None) ->
             nn.init.zeros_(m.bias)
 
 
-class PoseHRNet(StagedModel):
+class PoseHRNet(GroupedBackbone):
     """HRNet pose network; W32 = width 32, num_blocks 4, num_modules (1, 4, 3)."""
 
-    STAGE_PREFIXES = {
+    GROUP_PREFIXES = {
         0: ("conv1.", "bn1.", "conv2.", "bn2."),
         1: ("layer1.",),
         2: ("transition1.", "stage2."),
@@ -196,17 +196,17 @@ class PoseHRNet(StagedModel):
         )
         ch = [width * 2**i for i in range(4)]  # HRNet: branch channels C, 2C, 4C, 8C
         self.transition1 = make_transition([layer1_out], ch[:2])
-        self.stage2 = self._make_stage(ch[:2], num_blocks, num_modules[0], multi_scale_output=True)
+        self.stage2 = self._make_hr_stage(ch[:2], num_blocks, num_modules[0], multi_scale_output=True)
         self.transition2 = make_transition(ch[:2], ch[:3])
-        self.stage3 = self._make_stage(ch[:3], num_blocks, num_modules[1], multi_scale_output=True)
+        self.stage3 = self._make_hr_stage(ch[:3], num_blocks, num_modules[1], multi_scale_output=True)
         self.transition3 = make_transition(ch[:3], ch[:4])
         # pose_hrnet: the last stage-4 module outputs only the highest-resolution branch
-        self.stage4 = self._make_stage(ch, num_blocks, num_modules[2], multi_scale_output=False)
+        self.stage4 = self._make_hr_stage(ch, num_blocks, num_modules[2], multi_scale_output=False)
         self.final_layer = nn.Conv2d(ch[0], out_channels, kernel_size=1, bias=True)
         init_official(self, generator)
 
     @staticmethod
-    def _make_stage(channels: list[int], num_blocks: int, num_modules: int, multi_scale_output: bool):
+    def _make_hr_stage(channels: list[int], num_blocks: int, num_modules: int, multi_scale_output: bool):
         return nn.Sequential(
             *[
                 HighResolutionModule(channels, num_blocks, multi_scale_output or m < num_modules - 1)

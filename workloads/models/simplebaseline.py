@@ -13,17 +13,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workloads.models.freezing import StagedModel
+from workloads.models.freezing import GroupedBackbone
 from workloads.models.hrnet import BN_MOMENTUM, check_input_hw, init_official
 
 NUM_DECONV = 3  # SimpleBaseline config: NUM_DECONV_LAYERS 3, kernels [4, 4, 4]
 DECONV_KERNEL, DECONV_PADDING, DECONV_OUTPUT_PADDING = 4, 1, 0  # pose_resnet: k4 → p1, op0
 
 
-class PoseResNet(StagedModel):
+class PoseResNet(GroupedBackbone):
     """ResNet trunk + 3 deconvolutions + 1×1 head; ResNet-50 = resnet_layers (3, 4, 6, 3)."""
 
-    STAGE_PREFIXES = {
+    GROUP_PREFIXES = {
         0: ("conv1.", "bn1."),
         1: ("layer1.",),
         2: ("layer2.",),

@@ -7,7 +7,7 @@ Initialisation (paper §4.2-§4.4; `init` is the parent pretrain's config):
   N²-channel `final_layer` is skipped and a fresh 17-channel head keeps its official init.
 A load that leaves any backbone tensor at its init (or, for HSJP, brings keys the model lacks) is an
 error; the LoadReport is logged and kept as `metrics["load_report"]`.
-`freeze: k` freezes stages 0..k (weights and BN statistics, paper Fig. 5) before the optimiser is
+`freeze: k` freezes block groups 0..k (weights and BN statistics, paper Fig. 5) before the optimiser is
 built, so Adam only sees the trainable parameters. `label_fraction` and `data.max_train_instances`
 select the training persons (`dataset.select_train_instances`).
 
@@ -67,7 +67,7 @@ from workloads.engine import (
     unwrap,
     wants_channels_last,
 )
-from workloads.models import build_model, freeze_stages, load_backbone, load_imagenet, stage_of_parameter
+from workloads.models import block_group_of, build_model, freeze_block_groups, load_backbone, load_imagenet
 from workloads.numerics import numerics_record
 from workloads.pose import evaluate as pose_evaluate
 from workloads.pose import inference
@@ -136,7 +136,7 @@ def initialise(
             )
     else:
         raise ValueError(f"init method {method!r} is unknown; valid: scratch, imagenet, hsjp")
-    left = [k for k in report.missing if stage_of_parameter(model, k) is not None]
+    left = [k for k in report.missing if block_group_of(model, k) is not None]
     if left:  # ImageNet: the head / deconvolutions may stay at init, no backbone tensor may
         raise ValueError(
             f"init method {method!r}: {len(left)} backbone tensor(s) were not in the checkpoint and "
@@ -450,10 +450,10 @@ def selection_metrics(best_eval: dict[str, Any]) -> dict[str, Any]:
 def build_finetune_model(
     cfg: FinetuneConfig, init: PretrainConfig | None, ctx: StageContext
 ) -> tuple[nn.Module, dict[str, Any] | None, list[str]]:
-    """(model with initial weights and frozen stages, load report, frozen parameter names), not yet wrapped."""
+    """(model with initial weights and frozen block groups, load report, frozen parameter names), not yet wrapped."""
     model = build_model(cfg.model, NUM_KEYPOINTS, generator=torch.Generator().manual_seed(cfg.seed))
     report = initialise(model, cfg, init, ctx)
-    frozen = freeze_stages(model, cfg.freeze) if cfg.freeze is not None else []
+    frozen = freeze_block_groups(model, cfg.freeze) if cfg.freeze is not None else []
     return model, report, frozen
 
 

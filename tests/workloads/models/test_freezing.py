@@ -1,4 +1,4 @@
-"""Named stages 0..4 (paper Fig. 5) and freezing that survives `.train()`."""
+"""Named block groups 0..4 (paper Fig. 5) and freezing that survives `.train()`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from workloads.config import BACKBONES, ModelConfig
-from workloads.models import build_model, freeze_stages, stage_names, stage_of_parameter
+from workloads.models import block_group_names, block_group_of, build_model, freeze_block_groups
 
 SMALL = {
     "hrnet_w32": ModelConfig(width=8, num_blocks=1, num_modules=(1, 1, 1)),
@@ -30,17 +30,15 @@ class Wrapper(nn.Module):
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_every_backbone_parameter_in_exactly_one_stage(backbone):
+def test_every_backbone_parameter_in_exactly_one_block_group(backbone):
     model = build_model(SMALL[backbone], 4)
-    stages = stage_names(model)
+    stages = block_group_names(model)
     assert sorted(stages) == [0, 1, 2, 3, 4] and all(stages.values())
     flat = [n for names in stages.values() for n in names]
     assert len(flat) == len(set(flat))
     backbone_params = {n for n, _ in model.named_parameters() if not n.startswith(HEADS)}
     assert set(flat) == backbone_params
-    assert all(
-        stage_of_parameter(model, n) is None for n, _ in model.named_parameters() if n.startswith(HEADS)
-    )
+    assert all(block_group_of(model, n) is None for n, _ in model.named_parameters() if n.startswith(HEADS))
 
 
 @pytest.mark.parametrize(
@@ -59,8 +57,8 @@ def test_every_backbone_parameter_in_exactly_one_stage(backbone):
         ("simplebaseline_r50", "deconv_layers.0.weight", None),
     ],
 )
-def test_stage_mapping(backbone, name, stage):
-    assert stage_of_parameter(build_model(SMALL[backbone], 4), name) == stage
+def test_block_group_mapping(backbone, name, stage):
+    assert block_group_of(build_model(SMALL[backbone], 4), name) == stage
 
 
 def _as_if_pretrained(model: nn.Module) -> None:
@@ -82,13 +80,13 @@ def _bn_stats(model: nn.Module) -> dict[str, torch.Tensor]:
 def test_frozen_params_and_bn_stats_unchanged_after_a_step(backbone):
     model = build_model(SMALL[backbone], 4, generator=torch.Generator().manual_seed(0))
     _as_if_pretrained(model)
-    frozen = freeze_stages(Wrapper(model), 2)
-    assert set(frozen) == {n for s in (0, 1, 2) for n in stage_names(model)[s]}
+    frozen = freeze_block_groups(Wrapper(model), 2)
+    assert set(frozen) == {n for s in (0, 1, 2) for n in block_group_names(model)[s]}
     model.train()  # must not wake the frozen BatchNorms
     bn_frozen = [
         m
         for n, m in model.named_modules()
-        if isinstance(m, nn.BatchNorm2d) and stage_of_parameter(model, n + ".weight") in (0, 1, 2)
+        if isinstance(m, nn.BatchNorm2d) and block_group_of(model, n + ".weight") in (0, 1, 2)
     ]
     assert bn_frozen and not any(m.training for m in bn_frozen)
     params_before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -97,13 +95,13 @@ def test_frozen_params_and_bn_stats_unchanged_after_a_step(backbone):
     model(torch.randn(2, 3, 64, 64)).square().mean().backward()
     opt.step()
     for name, p in model.named_parameters():
-        stage = stage_of_parameter(model, name)
+        stage = block_group_of(model, name)
         if name in frozen:
             assert torch.equal(p, params_before[name]), name
         elif name.endswith("weight") and stage is not None:
             assert not torch.equal(p, params_before[name]), name
     for key, value in _bn_stats(model).items():
-        stage = stage_of_parameter(model, key)
+        stage = block_group_of(model, key)
         if stage is not None and stage <= 2:
             assert torch.equal(value, stats_before[key]), key
         elif stage is not None:
@@ -113,7 +111,7 @@ def test_frozen_params_and_bn_stats_unchanged_after_a_step(backbone):
 def test_freeze_survives_train_through_a_wrapper_and_eval():
     model = build_model(SMALL["hrnet_w32"], 4)
     wrapped = Wrapper(model)
-    freeze_stages(wrapped, 0)
+    freeze_block_groups(wrapped, 0)
     wrapped.eval()
     wrapped.train()
     assert not model.bn1.training and not model.bn2.training
@@ -123,7 +121,7 @@ def test_freeze_survives_train_through_a_wrapper_and_eval():
 
 def test_freeze_all_four_leaves_only_head_trainable():
     model = build_model(SMALL["simplebaseline_r50"], 4)
-    freeze_stages(model, 4)
+    freeze_block_groups(model, 4)
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"deconv_layers", "final_layer"}
 
@@ -131,9 +129,9 @@ def test_freeze_all_four_leaves_only_head_trainable():
 @pytest.mark.parametrize("k", [-1, 5, True, 2.0])
 def test_freeze_out_of_range(k):
     with pytest.raises(ValueError, match=rf"k={k!r}.*0\.\.4"):
-        freeze_stages(build_model(SMALL["hrnet_w32"], 4), k)
+        freeze_block_groups(build_model(SMALL["hrnet_w32"], 4), k)
 
 
 def test_not_a_built_model():
     with pytest.raises(TypeError, match="build_model"):
-        freeze_stages(nn.Linear(2, 2), 0)
+        freeze_block_groups(nn.Linear(2, 2), 0)

@@ -12,7 +12,7 @@ import torch
 from workloads.config import DataConfig, FinetuneConfig, ModelConfig, PoseAugConfig, PretrainConfig
 from workloads.context import LocalContext
 from workloads.engine import make_optimizer
-from workloads.models import build_model, stage_of_parameter
+from workloads.models import block_group_of, build_model
 from workloads.pose.dataset import PoseTrainDataset, load_train_instances
 from workloads.pose.per_image import PER_IMAGE_FILE
 from workloads.pose.train import build_finetune_model, load_val_instances, pose_step, run_finetune
@@ -94,7 +94,7 @@ def test_freezing_keeps_frozen_weights_and_bn_statistics_bit_identical(tmp_path)
     batch = (torch.randn(2, 3, *HW, generator=g), torch.rand(2, 17, *HM, generator=g), torch.ones(2, 17))
     pose_step(model, batch, optimizer, cfg, torch.device("cpu"))
     after = model.state_dict()
-    stages = {k: stage_of_parameter(model, k) for k in after}
+    stages = {k: block_group_of(model, k) for k in after}
     frozen_keys = [k for k, s in stages.items() if s is not None and s <= 2]
     assert set(frozen) <= set(frozen_keys) and any("running_mean" in k for k in frozen_keys)
     assert all(torch.equal(before[k], after[k]) for k in frozen_keys)
