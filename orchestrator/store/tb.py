@@ -28,10 +28,6 @@ TRAIN_KEYS = ("loss", "lr", "img_per_s", "seconds", "data_wait_share", "images")
 NOT_SCALARS = ("epoch", "epochs", "time", "world_size", "resumed_from", "stage_id", "step", "steps")
 
 
-def tag_of(key: str) -> str:
-    return f"train/{key}" if key in TRAIN_KEYS else f"eval/{key}"
-
-
 def scalars(row: dict[str, Any]) -> dict[str, float]:
     """The row's numbers as {tag: value} (booleans, strings, nested values and bookkeeping left out)."""
     out: dict[str, float] = {}
@@ -39,7 +35,7 @@ def scalars(row: dict[str, Any]) -> dict[str, float]:
         if key in NOT_SCALARS or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if math.isfinite(float(value)):
-            out[tag_of(str(key))] = float(value)
+            out[f"train/{key}" if key in TRAIN_KEYS else f"eval/{key}"] = float(value)
     return out
 
 
