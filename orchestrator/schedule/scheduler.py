@@ -175,9 +175,8 @@ class StageScheduler:
             return
         parent = self.stages.get(run.spec.parent) if run.spec.parent else None
         if parent is not None and parent.state == StageState.COLLAPSED:
-            reason = (
-                SKIP_REASON if parent.spec.kind == StageKind.PRETRAIN else f"{parent.spec.kind} collapsed"
-            )
+            kind = parent.spec.kind
+            reason = SKIP_REASON if kind == StageKind.PRETRAIN else f"{kind} collapsed"
             self._publish_without_trial(run, StageState.SKIPPED, {"reason": reason}, now)
             return
         if parent is not None and parent.state in (StageState.FAILED, StageState.SKIPPED):
@@ -315,16 +314,15 @@ class StageScheduler:
             self._finish(sid, StageHow.COMPUTED, result, run.ended_at)
             return
         run.error = error or "the stage's trial ended without a result"
-        verdict = self.judge(sid, run.error, decision) if self.judge is not None else None
-        if verdict is not None and verdict.get("retry"):
+        verdict = (self.judge(sid, run.error, decision) if self.judge is not None else None) or {}
+        if verdict.get("retry"):
             run.state, run.ready_at = StageState.QUEUED, run.ended_at
             run.not_before = run.ended_at + float(verdict.get("delay_s") or 0.0)
             self._emit(run, StageState.RETRYING, error=verdict.get("line") or run.error)
             return
-        if verdict is not None:
-            run.error = verdict.get("error") or run.error
+        run.error = verdict.get("error") or run.error
         run.state = StageState.FAILED
-        self._emit(run, StageState.FAILED, error=(verdict or {}).get("line") or run.error)
+        self._emit(run, StageState.FAILED, error=verdict.get("line") or run.error)
         for child in self._descendants(sid):
             if self.stages[child].state == StageState.WAITING:
                 self._block(self.stages[child], f"its {run.spec.kind} {sid} failed")
@@ -439,13 +437,10 @@ def schedule_metrics(intervals: list[Interval], gpus: float, t0: float | None = 
     t1 = max(i.end for i in intervals)
     points = sorted({t0, t1, *(t for i in intervals for t in (i.ready, i.start, i.end))})
     idle = 0.0
-    for a, b in zip(points, points[1:]):
-        if b <= a:
-            continue
+    for a, b in zip(points, points[1:]):  # strictly increasing
         mid = (a + b) / 2
-        busy = sum(i.gpus for i in intervals if i.start <= mid < i.end)
-        waiting = any(i.ready <= mid < i.start for i in intervals)
-        if waiting:
+        if any(i.ready <= mid < i.start for i in intervals):
+            busy = sum(i.gpus for i in intervals if i.start <= mid < i.end)
             idle += max(0.0, gpus - busy) * (b - a)
     makespan = t1 - t0
     return {"makespan": makespan, "idle_while_ready": idle / (gpus * makespan) if makespan > 0 else 0.0}
@@ -467,19 +462,15 @@ def describe_changes(previous: dict[str, Any] | None, plan: Plan, finished: set[
     found = sum(1 for sid in plan.stages if sid in finished)
     if not previous:
         return f"first run of study {plan.study}: {len(plan.stages)} stages, {found} found in the store"
-    before = set((previous.get("stages") or {}).keys())
-    new = [sid for sid in plan.stages if sid not in before]
+    before, now = set(previous.get("stages") or {}), set(plan.stages)
+    finetunes = {t.finetune for t in plan.trials}
     old_trials = {t.get("trial_id"): t.get("finetune") for t in previous.get("trials") or []}
-    now_finetunes = {t.finetune for t in plan.trials}
-    removed = [tid for tid, ft in old_trials.items() if ft not in now_finetunes]
-    gone = before - set(plan.stages)
-    parts = [
-        f"{len(new)} new stage{'s' if len(new) != 1 else ''}",
-        f"{len(removed)} trial{'s' if len(removed) != 1 else ''} no longer in the study"
-        + (" (their results stay in the store)" if removed or gone else ""),
-        f"{found} found",
-    ]
-    return f"since the last run of study {plan.study}: " + ", ".join(parts)
+    new, removed = len(now - before), sum(ft not in finetunes for ft in old_trials.values())
+    kept = " (their results stay in the store)" if removed or before - now else ""
+    return (
+        f"since the last run of study {plan.study}: {new} new stage{'s' * (new != 1)}, "
+        f"{removed} trial{'s' * (removed != 1)} no longer in the study{kept}, {found} found"
+    )
 
 
 def render_prediction(plan: Plan, gpus: int) -> str:

@@ -35,37 +35,34 @@ ATTEMPTS_FILE, TB_DIR, TRAIN_DIR = "attempts.json", "tb", "train"
 CHECKPOINT_PREFIX, STATE_FILE = "checkpoint_", "state.pt"
 STUDY_FILE, PLAN_FILE, TRIALS_FILE, TUNE_DIR = "study.yaml", "plan.json", "trials.csv", "tune"
 
-LAYOUT: tuple[tuple[str, str], ...] = (
+_STAGE, _STUDY = f"{STAGES_DIR}/<stage id>/", f"{STUDIES_DIR}/<name>/"
+LAYOUT: tuple[tuple[str, str], ...] = (  # every path of the store, relative to its root, and what it holds
     (
-        f"{STAGES_DIR}/<stage id>/{CONFIG_FILE}",
+        _STAGE + CONFIG_FILE,
         "`StageRecord`: what identifies the stage (written when it starts or is published)",
     ),
-    (f"{STAGES_DIR}/<stage id>/{METRICS_FILE}", "one row per trained epoch (append-only)"),
-    (f"{STAGES_DIR}/<stage id>/{WEIGHTS_FILE}", "the stage's output weights (the best model)"),
+    (_STAGE + METRICS_FILE, "one row per trained epoch (append-only)"),
+    (_STAGE + WEIGHTS_FILE, "the stage's output weights (the best model)"),
     (
-        f"{STAGES_DIR}/<stage id>/{TRAIN_DIR}/<stage id>/{CHECKPOINT_PREFIX}*/{STATE_FILE}",
+        f"{_STAGE}{TRAIN_DIR}/<stage id>/{CHECKPOINT_PREFIX}*/{STATE_FILE}",
         "Ray Train's epoch checkpoints (pruned when the stage finishes)",
     ),
-    (f"{STAGES_DIR}/<stage id>/{TB_DIR}/", "TensorBoard event files, one scalar per epoch and metric"),
-    (f"{STAGES_DIR}/<stage id>/{STAGING_FILE}", "rank 0's summary, published as result.json, then removed"),
-    (f"{STAGES_DIR}/<stage id>/{FAILED_ON_FILE}", "the rank and node of a worker whose workload raised"),
-    (f"{STAGES_DIR}/<stage id>/{ATTEMPTS_FILE}", "the failed attempts the retry budget counts"),
-    (f"{STAGES_DIR}/<stage id>/{ERROR_FILE}", "the last failure's traceback (removed on success)"),
-    (
-        f"{STAGES_DIR}/<stage id>/{RESULT_FILE}",
-        "`ResultRecord`, written atomically and last: present = finished",
-    ),
+    (_STAGE + TB_DIR + "/", "TensorBoard event files, one scalar per epoch and metric"),
+    (_STAGE + STAGING_FILE, "rank 0's summary, published as result.json, then removed"),
+    (_STAGE + FAILED_ON_FILE, "the rank and node of a worker whose workload raised"),
+    (_STAGE + ATTEMPTS_FILE, "the failed attempts the retry budget counts"),
+    (_STAGE + ERROR_FILE, "the last failure's traceback (removed on success)"),
+    (_STAGE + RESULT_FILE, "`ResultRecord`, written atomically and last: present = finished"),
     (
         f"{STALE_DIR}/<stage id>-<UTC>/",
         "a stale stage's folder as it was, moved aside by `run --recompute-stale`",
     ),
-    (f"{STUDIES_DIR}/<name>/{STUDY_FILE}", "the study file as run"),
-    (f"{STUDIES_DIR}/<name>/{PLAN_FILE}", "its plan: every stage and trial"),
-    (f"{STUDIES_DIR}/<name>/{TRIALS_FILE}", "one row per trial of the last run"),
-    (f"{STUDIES_DIR}/<name>/{TUNE_DIR}/", "Ray Tune's experiment state (restored by the next run)"),
+    (_STUDY + STUDY_FILE, "the study file as run"),
+    (_STUDY + PLAN_FILE, "its plan: every stage and trial"),
+    (_STUDY + TRIALS_FILE, "one row per trial of the last run"),
+    (_STUDY + TUNE_DIR + "/", "Ray Tune's experiment state (restored by the next run)"),
     (f"{LOCKS_DIR}/", "file locks of local stores: one per study run and per stage being computed"),
 )
-"""Every path of the store, relative to its root, and what it holds."""
 
 
 class StageKind(StrEnum):
@@ -76,8 +73,7 @@ class StageKind(StrEnum):
     EVALUATE = "evaluate"
 
 
-STAGE_ID = re.compile(rf"^({'|'.join(StageKind)})-[0-9a-f]{{8,64}}$")
-"""`<kind>-<content hash>` (orchestrator.plan names stages by a hash of what changes their result)."""
+STAGE_ID = re.compile(rf"^({'|'.join(StageKind)})-[0-9a-f]{{8,64}}$")  # <kind>-<content hash>
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
