@@ -99,12 +99,9 @@ class Decision:
     error: str  # the latest attempt's last traceback line
     node: str | None = None
 
-    @property
-    def state(self) -> StageState:
-        return StageState.RETRYING if self.retry else StageState.FAILED
-
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "state": self.state, "status": status_text(self)}
+        state = StageState.RETRYING if self.retry else StageState.FAILED
+        return {**dataclasses.asdict(self), "state": state, "status": status_text(self)}
 
 
 def decide(history: list[Attempt], policy: FailurePolicy) -> Decision:
@@ -326,11 +323,9 @@ def run_active(store: Store, study: str) -> bool | None:
     except OSError:
         return False  # never locked there: no run of it is active
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # closing the descriptor releases it
     except OSError:
         return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
     finally:
         os.close(fd)
+    return False

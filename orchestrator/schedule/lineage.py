@@ -97,9 +97,8 @@ def archive_stale(store: Store, stage_ids: list[str]) -> list[str]:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     moved = []
     for sid in stage_ids:
-        src = store.path(STAGES_DIR, sid)
         dst = store.path(STALE_DIR, f"{sid}-{stamp}")
-        store.move_dir(src, dst)
+        store.move_dir(store.path(STAGES_DIR, sid), dst)
         log.info("stale stage %s moved to %s", sid, dst)
         moved.append(dst)
     return moved

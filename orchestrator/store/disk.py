@@ -62,12 +62,9 @@ def prune_stage(store: Store, stage_id: str, keep_last: bool = False) -> PruneRe
         store.remove(train)
         report.removed.append(train)
         return report
+    infos = store.fs.get_file_info(pafs.FileSelector(train, recursive=True))
     checkpoints = sorted(
-        (
-            i
-            for i in store.fs.get_file_info(pafs.FileSelector(train, recursive=True))
-            if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)
-        ),
+        (i for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)),
         key=lambda i: i.base_name,
     )
     if len(checkpoints) <= 1:

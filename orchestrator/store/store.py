@@ -65,20 +65,15 @@ def check_storage(storage: str, arg: str = "--storage") -> None:
         if scheme.lower() != "file":
             return
         storage = "/" + rest.lstrip("/")
-    path = os.path.abspath(os.path.expanduser(storage))
-    probe_in = path
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise StoreError(
-                f"{arg} {storage}: is a file, not a folder; give a folder (created when missing) or a "
-                "bucket URI"
-            )
-    else:
-        probe_in = os.path.dirname(path)
-        while not os.path.exists(probe_in):
-            probe_in = os.path.dirname(probe_in)
-        if not os.path.isdir(probe_in):
-            raise StoreError(f"{arg} {storage}: {probe_in} is a file, so the store folder cannot be created")
+    path = probe_in = os.path.abspath(os.path.expanduser(storage))
+    while not os.path.exists(probe_in):  # the nearest existing place at or above it
+        probe_in = os.path.dirname(probe_in)
+    if probe_in == path and not os.path.isdir(path):
+        raise StoreError(
+            f"{arg} {storage}: is a file, not a folder; give a folder (created when missing) or a bucket URI"
+        )
+    if not os.path.isdir(probe_in):
+        raise StoreError(f"{arg} {storage}: {probe_in} is a file, so the store folder cannot be created")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".hsjp-write-check-", dir=probe_in))
     except OSError as exc:
