@@ -401,11 +401,8 @@ def list_schedule(plan: Plan, capacity: dict[str, float]) -> list[Scheduled]:
 
 def unschedulable(plan: Plan, capacity: dict[str, float]) -> list[tuple[str, dict[str, float]]]:
     """(stage id, request) of the work stages whose request exceeds `capacity` as a whole."""
-    return [
-        (sid, stage_request(plan.compute, spec.kind, spec.work).total)
-        for sid, spec in plan.stages.items()
-        if spec.work and not fits(stage_request(plan.compute, spec.kind, spec.work).total, capacity)
-    ]
+    requests = {sid: stage_request(plan.compute, s.kind).total for sid, s in plan.stages.items() if s.work}
+    return [(sid, request) for sid, request in requests.items() if not fits(request, capacity)]
 
 
 def lower_bound(plan: Plan, gpus: float, scale: float = 1.0) -> float:
@@ -483,13 +480,12 @@ def render_prediction(plan: Plan, gpus: int) -> str:
     bad = unschedulable(plan, capacity)
     schedule = list_schedule(plan, capacity)
     makespan = max((s.end_h for s in schedule), default=0.0)
-    bound = lower_bound(plan, gpus)
     busy = sum((s.end_h - s.start_h) * s.gpus for s in schedule)
     lines = [
         f"on {gpus} GPU{'s' if gpus != 1 else ''} ({c.workers_per_stage} worker(s) × {c.gpus_per_worker:g} GPU "
         f"per stage): predicted wall-clock {makespan:.4g} h (list scheduling of {len(schedule)} stages on the "
-        f"estimates, longest remaining path first); lower bound {bound:.4g} h; GPUs busy "
-        f"{100 * busy / (gpus * makespan) if makespan else 0:.0f} %"
+        f"estimates, longest remaining path first); lower bound {lower_bound(plan, gpus):.4g} h; "
+        f"GPUs busy {100 * busy / (gpus * makespan) if makespan else 0:.0f} %"
     ]
     if bad:
         lines.append(

@@ -1,5 +1,5 @@
-"""Disk use of the store, Ray-free: pruning a finished stage's epoch checkpoints (called by the scheduler
-right after it is published) and measuring the store for `hsjp-study status`.
+"""Disk use of the store, Ray-free: pruning a finished stage's epoch checkpoints (right after it is
+published) and measuring the store for `hsjp-study status`.
 
 A finished stage keeps what later steps read (result.json, config.json, metrics.jsonl, weights.pt); its
 Ray Train folder `train/` holds epoch checkpoints (up to two of ~0.5 GB for HRNet-W32) that only a

@@ -217,9 +217,7 @@ def read_stage_record(config: Any, result: Any, where: str) -> StageRecord | Non
         config = {k: record.get(k) for k in STAGE_RECORD_KEYS}
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
         raise StoreError(f"{where}: expected a stage record {{{', '.join(STAGE_RECORD_KEYS)}}}")
-    out: StageRecord = {**config}  # type: ignore[typeddict-item]
-    out.setdefault("data", {})
-    out.setdefault("parent", None)
+    out: StageRecord = {"data": {}, "parent": None, **config}  # type: ignore[typeddict-item]
     return out
 
 
