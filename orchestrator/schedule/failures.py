@@ -4,14 +4,13 @@ A stage that raises is retried at most `compute.max_failures` times, after a gro
 at once when the same error (type and message) comes twice in a row, so a deterministic bug fails in
 seconds. A planned preemption (Ray Train's `PreemptionError`, or a worker that died with its drained
 node) never counts as a repeat and has its own budget (`PREEMPTION_BUDGET`), as Ray Train V2 keeps
-`max_preemption_failures` apart from `max_failures`. `record_failure` writes attempts.json (this run's
-history and the decision) and error.txt (the worker's traceback and node); `summary_line` is what the
-run prints, `status_text` what `status` shows.
+`max_preemption_failures` apart. `record_failure` writes attempts.json and error.txt.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -23,10 +22,8 @@ if TYPE_CHECKING:
     from orchestrator.spec.inputs import ComputeConfig
     from orchestrator.store.store import Store
 
-PREEMPTION_BUDGET = 100
-"""Planned preemptions tolerated per stage and run before it fails (they do not use max_failures)."""
-PREEMPTION_TYPES = frozenset({"PreemptionError"})
-"""Exception type names of a planned node drain (ray.train.PreemptionError in Ray 2.60)."""
+PREEMPTION_BUDGET = 100  # planned preemptions tolerated per stage and run (they do not use max_failures)
+PREEMPTION_TYPES = frozenset({"PreemptionError"})  # a planned node drain (ray.train, Ray 2.60)
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
 _MESSAGE_LIMIT = 500
 
@@ -47,12 +44,8 @@ class FailurePolicy:
 
     @classmethod
     def from_compute(cls, compute: ComputeConfig) -> FailurePolicy:
-        return cls(
-            max_failures=compute.max_failures,
-            backoff_s=compute.retry_backoff_s,
-            backoff_factor=compute.retry_backoff_factor,
-            backoff_max_s=compute.retry_backoff_max_s,
-        )
+        c = compute
+        return cls(c.max_failures, c.retry_backoff_s, c.retry_backoff_factor, c.retry_backoff_max_s)
 
     def delay_s(self, retry: int) -> float:
         """Wait before retry number `retry` (1 = the first retry)."""
@@ -61,23 +54,17 @@ class FailurePolicy:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One failed attempt of a stage."""
+    """One failed attempt of a stage. `drained`: a worker died with its node's drain (Ray's
+    `RayActorError.preempted`) before Ray Train saw the announcement: a preemption too."""
 
-    exc_type: str
-    """Name of the root exception (the worker's, not Ray's wrapper)."""
+    exc_type: str  # the root exception's (the worker's, not Ray's wrapper)
     message: str
-    last_line: str
-    """The traceback's last line (`ValueError: boom`): what the one-line summary and status show."""
-    node: str | None = None
-    """Where it ran (a node IP or id), when the caller knows."""
-    traceback: str = ""
-    """The worker's traceback as text (error.txt)."""
+    last_line: str  # the traceback's (`ValueError: boom`): what the summary and status show
+    node: str | None = None  # where it ran (a node IP or id), when the caller knows
+    traceback: str = ""  # the worker's (error.txt)
     time: float = field(default_factory=time.time)
-    run_token: str = ""
-    """The run that made the attempt: a new `hsjp-study run` starts with a fresh budget."""
+    run_token: str = ""  # the run that made it: a new `hsjp-study run` starts with a fresh budget
     drained: bool = False
-    """A worker died with its node's drain (Ray's `RayActorError.preempted`) before Ray Train saw the
-    announcement: a preemption too, whatever the error type."""
 
     @property
     def preempted(self) -> bool:
@@ -101,45 +88,32 @@ class Decision:
     """What to do after a failed attempt."""
 
     retry: bool
-    delay_s: float
-    """Backoff before the retry (0 when failing)."""
-    failures: int
-    """Failures that count against the budget in this run (preemptions excluded)."""
+    delay_s: float  # backoff before the retry (0 when failing)
+    failures: int  # that count against the budget in this run (preemptions excluded)
     budget: int
-    reason: str
-    """`retry`, `preempted`, `repeated` (same error twice in a row), `budget` or `preemptions`."""
-    error: str
-    """The latest attempt's last traceback line."""
+    reason: str  # `retry`, `preempted`, `repeated` (the same error twice in a row), `budget`, `preemptions`
+    error: str  # the latest attempt's last traceback line
     node: str | None = None
 
-    @property
-    def state(self) -> StageState:
-        return StageState.RETRYING if self.retry else StageState.FAILED
-
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "state": self.state, "status": status_text(self)}
+        state = StageState.RETRYING if self.retry else StageState.FAILED
+        return {**dataclasses.asdict(self), "state": state, "status": status_text(self)}
 
 
 def decide(history: list[Attempt], policy: FailurePolicy) -> Decision:
-    """The decision after the last of `history` (this run's failed attempts, oldest first): the same
-    error twice in a row (not a preemption) fails (`repeated`), so do more failures than `max_failures`
-    (`budget`) or preemptions than allowed; else retry after `policy.delay_s(failures so far)` (a
-    preemption at once: not the stage's fault, and the node is gone)."""
+    """The decision after the last of `history` (this run's failed attempts, oldest first). A preemption
+    is retried at once (not the stage's fault, and the node is gone)."""
     if not history:
         raise ValueError("decide() needs at least one failed attempt")
     last = history[-1]
     counted = [a for a in history if not a.preempted]
-    preemptions = len(history) - len(counted)
 
     def decision(retry: bool, reason: str, delay_s: float = 0.0) -> Decision:
         return Decision(retry, delay_s, len(counted), policy.max_failures, reason, last.last_line, last.node)
 
     if last.preempted:
-        return (
-            decision(False, "preemptions")
-            if preemptions > policy.max_preemptions
-            else decision(True, "preempted")
-        )
+        spent = len(history) - len(counted) > policy.max_preemptions
+        return decision(not spent, "preemptions" if spent else "preempted")
     previous = next((a for a in reversed(history[:-1]) if not a.preempted), None)
     if previous is not None and previous.signature() == last.signature():
         return decision(False, "repeated")
@@ -150,8 +124,7 @@ def decide(history: list[Attempt], policy: FailurePolicy) -> Decision:
 
 # ------------------------------------------------------------------------------------------- text
 def status_text(decision: Decision) -> str:
-    """`retrying 2/3: <error>` (retry 2 of a budget of 3), `retrying after a preemption: <error>` (not
-    counted) or `failed: <error>`."""
+    """`retrying 2/3: <error>`, `retrying after a preemption: <error>` or `failed: <error>`."""
     if decision.reason == "preempted":
         return f"retrying after a preemption: {decision.error}"
     if decision.retry:
@@ -179,8 +152,8 @@ def summary_line(stage_id: str, decision: Decision) -> str:
 
 
 def error_text(stage_id: str, attempt: Attempt, decision: Decision, number: int = 1) -> str:
-    """error.txt: which run / stage / attempt, the node, the decision, then the worker's traceback
-    (last, so the file's last line is the traceback's last line, as `status` shows it)."""
+    """error.txt: run, stage, attempt, node, decision, then the worker's traceback (last: `status` shows
+    the file's last line)."""
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(attempt.time))
     lines = [
         f"run {attempt.run_token}",
@@ -196,10 +169,8 @@ def error_text(stage_id: str, attempt: Attempt, decision: Decision, number: int 
 
 # --------------------------------------------------------------------------------- from exceptions
 def root_exception(exc: BaseException) -> BaseException:
-    """The error a stage's own code raised, under Ray's wrappers (duck-typed, no Ray import):
-    Train V2's WorkerGroupError (`worker_failures`, lowest rank first) and ControllerError
-    (`controller_failure`), Train's UserExceptionWithTraceback (`_base_exc`), Core's RayTaskError
-    (`cause`)."""
+    """The error a stage's own code raised, under Ray's wrappers (duck-typed): WorkerGroupError
+    (`worker_failures`, lowest rank), ControllerError, UserExceptionWithTraceback, RayTaskError."""
     seen: set[int] = set()
     while id(exc) not in seen:
         seen.add(id(exc))
@@ -220,9 +191,8 @@ def root_exception(exc: BaseException) -> BaseException:
 def attempt_from_exception(
     exc: BaseException, *, node: str | None = None, run_token: str = "", traceback_text: str | None = None
 ) -> Attempt:
-    """An Attempt from what `trainer.fit()` (or the stage runner) raised. The traceback is the text of
-    the outermost error when it carries the workers' tracebacks (Train's WorkerGroupError does),
-    else the formatted Python traceback."""
+    """An Attempt from what `trainer.fit()` raised; its traceback: the outermost error's text when it
+    carries the workers' tracebacks (WorkerGroupError does), else the Python one."""
     import traceback as tb
 
     root = root_exception(exc)
@@ -232,9 +202,8 @@ def attempt_from_exception(
     message = str(root).strip()
     exc_type = type(root).__name__
     if traceback_text is None:
-        outer = str(exc)
-        traceback_text = outer if "Traceback (most recent call last)" in outer else ""
-        if not traceback_text:
+        traceback_text = str(exc)
+        if "Traceback (most recent call last)" not in traceback_text:
             traceback_text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
     one = f"{exc_type}: {message.splitlines()[0] if message else ''}".rstrip(": ")
     last = last_line(traceback_text) or one
@@ -252,9 +221,8 @@ def attempt_from_exception(
 
 
 def _died_with_drain(exc: BaseException) -> bool:
-    """Whether a worker under Ray's wrappers died because its node was drained for a preemption
-    (`RayActorError.preempted`, under Train V2's WorkerGroupError / WorkerHealthCheckFailedError):
-    what Ray Train 2.60 itself charges to its preemption budget, not to `max_failures`."""
+    """Whether a worker under Ray's wrappers died with its node's drain (`RayActorError.preempted`): what
+    Ray Train 2.60 charges to its preemption budget, not to `max_failures`."""
     stack: list[object] = [exc]
     seen: set[int] = set()
     while stack:
@@ -281,7 +249,7 @@ def attempts_path(store: Store, stage_id: str) -> str:
 
 
 def read_attempts(store: Store, stage_id: str) -> dict[str, Any] | None:
-    """attempts.json ({run_token, attempts: [...], decision: {...}}), None when absent or unreadable."""
+    """attempts.json ({run_token, study, attempts, decision}), None when absent or unreadable."""
     path = attempts_path(store, stage_id)
     data = parse_json_or_warn(store.read_bytes(path), path, "its retry history is ignored")
     return data if isinstance(data, dict) else None
@@ -298,8 +266,8 @@ def history(store: Store, stage_id: str, run_token: str) -> list[Attempt]:
 def record_failure(
     store: Store, stage_id: str, attempt: Attempt, policy: FailurePolicy, study: str = ""
 ) -> Decision:
-    """Append `attempt` to the stage's history of this run, decide, write attempts.json and error.txt.
-    `study`: the study whose run makes the attempt (lets `status` tell a retry whose run has ended)."""
+    """Append `attempt` to this run's history, decide, write attempts.json and error.txt (`study`: lets
+    `status` tell a retry whose run has ended)."""
     past = history(store, stage_id, attempt.run_token)
     decision = decide([*past, attempt], policy)
     store.write_json(
@@ -321,9 +289,8 @@ def clear_attempts(store: Store, stage_id: str) -> None:
 
 
 def stage_failure_status(store: Store, stage_id: str) -> dict[str, Any] | None:
-    """For `status`: {state: retrying|failed, status: 'retrying 2/3: …', error, node, reason, study},
-    or None. A `retrying` whose study's run is known to have ended (its lock is free) is `failed`,
-    with `stopped while retrying 2/3: …`: nothing will retry it until the next run."""
+    """For `status`: {state, status, error, node, reason, study} or None; a `retrying` whose study's run
+    has ended (its lock is free) is `failed` ("stopped while retrying 2/3: …")."""
     data = read_attempts(store, stage_id) or {}
     decision = data.get("decision")
     if not isinstance(decision, dict) or decision.get("state") not in (
@@ -340,11 +307,9 @@ def stage_failure_status(store: Store, stage_id: str) -> dict[str, Any] | None:
 
 
 def run_active(store: Store, study: str) -> bool | None:
-    """Whether an `hsjp-study run` of `study` holds its lock now (`<store>/locks/study-<name>.lock`,
-    orchestrator.cli.run.study_lock); None when it cannot be told (object store, invalid name).
-    Probed with a non-blocking flock on a read-only descriptor: nothing is written."""
+    """Whether a run of `study` holds its lock now (`orchestrator.cli.run.study_lock`; a non-blocking
+    flock on a read-only descriptor); None when it cannot be told (object store, invalid name)."""
     import fcntl
-    import os
 
     if not store.is_local or not is_study_name(study):
         return None
@@ -354,11 +319,9 @@ def run_active(store: Store, study: str) -> bool | None:
     except OSError:
         return False  # never locked there: no run of it is active
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # closing the descriptor releases it
     except OSError:
         return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
     finally:
         os.close(fd)
+    return False

@@ -12,8 +12,7 @@ import filelock
 from orchestrator.store.format import LOCKS_DIR
 from orchestrator.store.store import Store
 
-LEASE_TTL_S = 120.0
-"""Object-store leases expire this long after the holder's last heartbeat (a dead driver's lease)."""
+LEASE_TTL_S = 120.0  # s after its holder's last heartbeat an object-store lease expires (a dead driver's)
 
 
 class FileLease:

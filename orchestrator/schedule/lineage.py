@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,14 +26,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Stale = dict[str, tuple[str, str]]
-"""{workload: (recorded version, current version)} of the workloads that differ."""
+Stale = dict[str, tuple[str, str]]  # {workload: (recorded version, current version)} of those that differ
 
 
 def made_with(spec: StageSpec, parent_result: Mapping[str, Any] | None) -> dict[str, str]:
-    """The `workload_versions` to record for a stage published now: the current version of its own
-    workload (a stage with work) and the recorded versions of its parent's result (a no-work or
-    unpublished parent adds nothing)."""
+    """The `workload_versions` to record for a stage published now: its own workload's current version
+    (a stage with work) and those recorded in its parent's result."""
     out = dict(recorded_versions(parent_result) or {}) if parent_result else {}
     if spec.work:
         workload = STAGE_WORKLOADS[spec.kind]
@@ -41,9 +40,9 @@ def made_with(spec: StageSpec, parent_result: Mapping[str, Any] | None) -> dict[
 
 
 def recorded_versions(result: Mapping[str, Any]) -> dict[str, str] | None:
-    """{workload: version} a result was made with: its `workload_versions`; for a result written before
-    they were recorded, `provenance.workload_version` for the workloads of its kind (a finetune:
-    pose and, from an HSJP pretrain, hsjp); None when neither is there."""
+    """{workload: version} a result was made with: its `workload_versions`, else (schema < 3)
+    `provenance.workload_version` for the workloads of its kind (a finetune from an HSJP pretrain: pose
+    and hsjp); None when neither is there."""
     versions = result.get("workload_versions")
     if isinstance(versions, dict):
         return {str(k): str(v) for k, v in versions.items()}
@@ -76,21 +75,14 @@ def stale_text(stale: Stale) -> str:
 
 def find_stale(plan: Plan, store: Store) -> dict[str, Stale]:
     """{stage id: what is stale} for the plan's stages whose stored result an older workload made."""
-    out: dict[str, Stale] = {}
-    for sid in plan.stages:
-        stale = stale_of(store.read_result(sid))
-        if stale:
-            out[sid] = stale
-    return out
+    return {sid: stale for sid in plan.stages if (stale := stale_of(store.read_result(sid)))}
 
 
 def stale_summary(stale: dict[str, Stale], recompute: bool = False) -> str:
     """One line per version pair: `12 stages from workload hsjp 1, current 2: kept (…)`."""
-    groups: dict[str, int] = {}
-    for what in stale.values():
-        for w, (old, new) in what.items():
-            key = f"workload {w} {old}, current {new}"
-            groups[key] = groups.get(key, 0) + 1
+    groups = Counter(
+        f"workload {w} {old}, current {new}" for what in stale.values() for w, (old, new) in what.items()
+    )
     tail = (
         "recomputed (the old results are moved under stale/ in the store)"
         if recompute
@@ -100,23 +92,21 @@ def stale_summary(stale: dict[str, Stale], recompute: bool = False) -> str:
 
 
 def archive_stale(store: Store, stage_ids: list[str]) -> list[str]:
-    """Move each stage's folder to `stale/<id>-<UTC time>/` (a copy and a delete on object stores), so
-    the scheduler computes it again and nothing computed is lost; returns the new places."""
+    """Move each stage's folder to `stale/<id>-<UTC time>/`, so the scheduler computes it again and
+    nothing computed is lost; returns the new places."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     moved = []
     for sid in stage_ids:
-        src = store.path(STAGES_DIR, sid)
         dst = store.path(STALE_DIR, f"{sid}-{stamp}")
-        store.move_dir(src, dst)
+        store.move_dir(store.path(STAGES_DIR, sid), dst)
         log.info("stale stage %s moved to %s", sid, dst)
         moved.append(dst)
     return moved
 
 
 def pre_identity_results(store: Store) -> int:
-    """Results with work in the store written before stage ids left out the workload version and the
-    execution switches (schema < 3: `provenance.workload_version`, no `workload_versions`): they sit
-    under the earlier recipe's ids, which no current plan finds."""
+    """Results with work written before schema 3 (`provenance.workload_version`, no `workload_versions`):
+    they sit under the earlier recipe's ids, which no current plan finds."""
     count = 0
     for sid in store.list_stages():
         result = store.read_result(sid, "it is not counted")

@@ -1,16 +1,12 @@
 """Stage-level scheduling, Ray-free: which stage of a plan runs next, and what a finished one unblocks.
 
-`StageScheduler` keeps every stage of the plan's DAG in a `StageState` (waiting for its parent; queued;
-elsewhere: another run holds its lease, re-checked every few s; running; or terminal for this run,
-TERMINAL_STATES) and records how this run got it (`StageHow`). Its events (`on_event`) carry the new
-state, and `how` where the scheduler itself decided it.
-
-A stage is launched only when it is ready *and* its request fits in what the running stages leave free,
-so nothing waits holding a GPU. Among ready stages the longest remaining path (its estimated hours plus
-the longest chain it unblocks) goes first, ties in plan order; a lower one that fits goes first when the
-top one does not (backfilling). `orchestrator.ray.tune` drives it from a Tune `Searcher`, tests from a
-fake runner; `list_schedule` replays the choice on the estimates (`plan --gpus G`), `schedule_metrics`
-measures a finished schedule (`run --simulate`).
+`StageScheduler` keeps each stage in a `StageState` and records how this run got it (`StageHow`); its
+events (`on_event`) carry the new state. A stage is launched only when it is queued *and* its request
+fits in what the running stages leave free, so nothing waits holding a GPU. The longest remaining path
+(estimated hours plus the longest chain it unblocks) goes first, ties in plan order; a lower one that
+fits goes first when the top one does not (backfilling). `orchestrator.ray.tune` drives it from a Tune
+`Searcher`, tests from a fake runner; `list_schedule` replays it on the estimates (`plan --gpus G`),
+`schedule_metrics` measures a finished schedule (`run --simulate`).
 """
 
 from __future__ import annotations
@@ -34,8 +30,7 @@ from orchestrator.store.format import (
 
 log = logging.getLogger(__name__)
 
-RECHECK_S = 5.0
-"""How often a stage held by another run is looked at again (its result.json, then its lease)."""
+RECHECK_S = 5.0  # s between looks at a stage another run holds (its result.json, then its lease)
 _EPS = 1e-9
 
 
@@ -110,18 +105,14 @@ class StageRun:
     request: dict[str, float]
     priority: float
     state: StageState = StageState.WAITING
-    how: StageHow | str = ""
-    """How this run got it ("" until decided)."""
+    how: StageHow | str = ""  # "" until decided
     ready_at: float | None = None
     started_at: float | None = None
-    launched_at: float | None = None
-    """When the scheduler handed it out (started_at: when its trial began holding its resources)."""
+    launched_at: float | None = None  # handed out (started_at: its trial began holding its resources)
     ended_at: float | None = None
     recheck_at: float = 0.0
-    waited: bool = False
-    """Another run held its lease at some point (the "elsewhere" line was printed)."""
-    not_before: float = 0.0
-    """A retry waits for its backoff: not launched before this time."""
+    waited: bool = False  # another run held its lease at some point ("elsewhere" was said)
+    not_before: float = 0.0  # a retry's backoff: not launched before this time
     error: str | None = None
     reason: str | None = None
 
@@ -130,10 +121,11 @@ class StageRun:
 class StageScheduler:
     """The stage states of one run of a plan; see the module docstring.
 
-    `resolve(stage_id)` → the stage's result.json (or None) from the store; `publish(spec, status,
-    summary)` writes one (no-work and skipped stages are published by the scheduler itself, without a
-    trial). `capacity` is the cluster's total resources (`CPU`, `GPU`, ...). `max_running` caps the
-    stages running at once (`--max-concurrent`).
+    `resolve(stage_id)` → the stage's result.json or None; `publish(spec, status, summary)` writes one
+    (for no-work and skipped stages, published without a trial). `capacity`: the cluster's total
+    resources; `max_running`: `--max-concurrent`. `judge(stage id, error, the trial's decision or None)`
+    → {retry, delay_s, line, error} after a failed attempt (`orchestrator.schedule.failures`); None:
+    every failure is final.
     """
 
     plan: Plan
@@ -146,8 +138,6 @@ class StageScheduler:
     max_running: int | None = None
     recheck_s: float = RECHECK_S
     judge: Callable[[str, str | None, dict[str, Any] | None], dict[str, Any]] | None = None
-    """After a failed attempt: (stage id, error, the trial's decision or None) → a decision dict
-    {retry, delay_s, line, status} (`orchestrator.schedule.failures`); None: every failure is final."""
     stages: dict[str, StageRun] = field(default_factory=dict)
     _too_big_warned: set[str] = field(default_factory=set)
 
@@ -185,21 +175,22 @@ class StageScheduler:
             return
         parent = self.stages.get(run.spec.parent) if run.spec.parent else None
         if parent is not None and parent.state == StageState.COLLAPSED:
-            reason = (
-                SKIP_REASON if parent.spec.kind == StageKind.PRETRAIN else f"{parent.spec.kind} collapsed"
-            )
+            kind = parent.spec.kind
+            reason = SKIP_REASON if kind == StageKind.PRETRAIN else f"{kind} collapsed"
             self._publish_without_trial(run, StageState.SKIPPED, {"reason": reason}, now)
             return
         if parent is not None and parent.state in (StageState.FAILED, StageState.SKIPPED):
-            run.state, run.how = StageState.BLOCKED, StageHow.BLOCKED
-            run.reason = f"its {parent.spec.kind} {parent.spec.stage_id} is {parent.state}"
-            self._emit(run, StageState.BLOCKED, reason=run.reason)
+            self._block(run, f"its {parent.spec.kind} {parent.spec.stage_id} is {parent.state}")
             return
         if not run.spec.work:
             self._publish_without_trial(run, StageState.NO_WORK, {}, now)
             return
         run.state, run.ready_at = StageState.QUEUED, now
         self._emit(run, StageState.QUEUED)
+
+    def _block(self, run: StageRun, reason: str) -> None:
+        run.state, run.how, run.reason = StageState.BLOCKED, StageHow.BLOCKED, reason
+        self._emit(run, StageState.BLOCKED, reason=reason)
 
     def _publish_without_trial(
         self, run: StageRun, state: StageState, summary: dict[str, Any], now: float
@@ -241,9 +232,6 @@ class StageScheduler:
         used = self.used()
         return {k: v - used.get(k, 0.0) for k, v in self.capacity.items()}
 
-    def never_fits(self, spec: StageSpec) -> bool:
-        return not fits(stage_request(self.plan.compute, spec.kind, spec.work).total, self.capacity)
-
     def next_launch(self) -> str | None:
         """The stage to launch now (its lease taken, marked running), or None."""
         now = self.clock()
@@ -256,7 +244,7 @@ class StageScheduler:
             if run.not_before > now:  # a retry in its backoff
                 continue
             if not fits(run.request, free):
-                if not (running == 0 and self.never_fits(run.spec)):
+                if running or fits(run.request, self.capacity):
                     continue
                 if run.spec.stage_id not in self._too_big_warned:  # would wait forever: let Ray queue it
                     self._too_big_warned.add(run.spec.stage_id)
@@ -326,25 +314,18 @@ class StageScheduler:
             self._finish(sid, StageHow.COMPUTED, result, run.ended_at)
             return
         run.error = error or "the stage's trial ended without a result"
-        verdict = self.judge(sid, run.error, decision) if self.judge is not None else None
-        if verdict is not None and verdict.get("retry"):
+        verdict = (self.judge(sid, run.error, decision) if self.judge is not None else None) or {}
+        if verdict.get("retry"):
             run.state, run.ready_at = StageState.QUEUED, run.ended_at
             run.not_before = run.ended_at + float(verdict.get("delay_s") or 0.0)
             self._emit(run, StageState.RETRYING, error=verdict.get("line") or run.error)
             return
-        if verdict is not None:
-            run.error = verdict.get("error") or run.error
+        run.error = verdict.get("error") or run.error
         run.state = StageState.FAILED
-        self._emit(run, StageState.FAILED, error=(verdict or {}).get("line") or run.error)
+        self._emit(run, StageState.FAILED, error=verdict.get("line") or run.error)
         for child in self._descendants(sid):
-            c = self.stages[child]
-            if c.state == StageState.WAITING:
-                c.state, c.how, c.reason = (
-                    StageState.BLOCKED,
-                    StageHow.BLOCKED,
-                    f"its {run.spec.kind} {sid} failed",
-                )
-                self._emit(c, StageState.BLOCKED, reason=c.reason)
+            if self.stages[child].state == StageState.WAITING:
+                self._block(self.stages[child], f"its {run.spec.kind} {sid} failed")
 
     def _descendants(self, sid: str) -> Iterable[str]:
         for child in self.children.get(sid, []):
@@ -388,9 +369,7 @@ def list_schedule(plan: Plan, capacity: dict[str, float]) -> list[Scheduled]:
     """The scheduler's choice replayed on the estimates with a virtual clock (hours): each stage lasts
     its estimated wall-clock hours. Stages that can never fit are left out (`unschedulable`)."""
     clock = [0.0]
-    done: dict[
-        str, dict[str, Any]
-    ] = {}  # the estimate's own store: finished stages are "published" in memory
+    done: dict[str, dict[str, Any]] = {}  # the estimate's own store: results "published" in memory
     sched = StageScheduler(
         plan,
         resolve=done.get,
@@ -405,7 +384,7 @@ def list_schedule(plan: Plan, capacity: dict[str, float]) -> list[Scheduled]:
     seq = 0
     while True:
         while (sid := sched.next_launch()) is not None:
-            if sched.never_fits(plan.stages[sid]):
+            if not fits(sched.stages[sid].request, capacity):
                 sched.stages[sid].state = StageState.FAILED
                 continue
             end = clock[0] + walls[sid]
@@ -422,11 +401,8 @@ def list_schedule(plan: Plan, capacity: dict[str, float]) -> list[Scheduled]:
 
 def unschedulable(plan: Plan, capacity: dict[str, float]) -> list[tuple[str, dict[str, float]]]:
     """(stage id, request) of the work stages whose request exceeds `capacity` as a whole."""
-    return [
-        (sid, stage_request(plan.compute, spec.kind, spec.work).total)
-        for sid, spec in plan.stages.items()
-        if spec.work and not fits(stage_request(plan.compute, spec.kind, spec.work).total, capacity)
-    ]
+    requests = {sid: stage_request(plan.compute, s.kind).total for sid, s in plan.stages.items() if s.work}
+    return [(sid, request) for sid, request in requests.items() if not fits(request, capacity)]
 
 
 def lower_bound(plan: Plan, gpus: float, scale: float = 1.0) -> float:
@@ -458,13 +434,10 @@ def schedule_metrics(intervals: list[Interval], gpus: float, t0: float | None = 
     t1 = max(i.end for i in intervals)
     points = sorted({t0, t1, *(t for i in intervals for t in (i.ready, i.start, i.end))})
     idle = 0.0
-    for a, b in zip(points, points[1:]):
-        if b <= a:
-            continue
+    for a, b in zip(points, points[1:]):  # strictly increasing
         mid = (a + b) / 2
-        busy = sum(i.gpus for i in intervals if i.start <= mid < i.end)
-        waiting = any(i.ready <= mid < i.start for i in intervals)
-        if waiting:
+        if any(i.ready <= mid < i.start for i in intervals):
+            busy = sum(i.gpus for i in intervals if i.start <= mid < i.end)
             idle += max(0.0, gpus - busy) * (b - a)
     makespan = t1 - t0
     return {"makespan": makespan, "idle_while_ready": idle / (gpus * makespan) if makespan > 0 else 0.0}
@@ -486,19 +459,15 @@ def describe_changes(previous: dict[str, Any] | None, plan: Plan, finished: set[
     found = sum(1 for sid in plan.stages if sid in finished)
     if not previous:
         return f"first run of study {plan.study}: {len(plan.stages)} stages, {found} found in the store"
-    before = set((previous.get("stages") or {}).keys())
-    new = [sid for sid in plan.stages if sid not in before]
+    before, now = set(previous.get("stages") or {}), set(plan.stages)
+    finetunes = {t.finetune for t in plan.trials}
     old_trials = {t.get("trial_id"): t.get("finetune") for t in previous.get("trials") or []}
-    now_finetunes = {t.finetune for t in plan.trials}
-    removed = [tid for tid, ft in old_trials.items() if ft not in now_finetunes]
-    gone = before - set(plan.stages)
-    parts = [
-        f"{len(new)} new stage{'s' if len(new) != 1 else ''}",
-        f"{len(removed)} trial{'s' if len(removed) != 1 else ''} no longer in the study"
-        + (" (their results stay in the store)" if removed or gone else ""),
-        f"{found} found",
-    ]
-    return f"since the last run of study {plan.study}: " + ", ".join(parts)
+    new, removed = len(now - before), sum(ft not in finetunes for ft in old_trials.values())
+    kept = " (their results stay in the store)" if removed or before - now else ""
+    return (
+        f"since the last run of study {plan.study}: {new} new stage{'s' * (new != 1)}, "
+        f"{removed} trial{'s' * (removed != 1)} no longer in the study{kept}, {found} found"
+    )
 
 
 def render_prediction(plan: Plan, gpus: int) -> str:
@@ -511,13 +480,12 @@ def render_prediction(plan: Plan, gpus: int) -> str:
     bad = unschedulable(plan, capacity)
     schedule = list_schedule(plan, capacity)
     makespan = max((s.end_h for s in schedule), default=0.0)
-    bound = lower_bound(plan, gpus)
     busy = sum((s.end_h - s.start_h) * s.gpus for s in schedule)
     lines = [
         f"on {gpus} GPU{'s' if gpus != 1 else ''} ({c.workers_per_stage} worker(s) × {c.gpus_per_worker:g} GPU "
         f"per stage): predicted wall-clock {makespan:.4g} h (list scheduling of {len(schedule)} stages on the "
-        f"estimates, longest remaining path first); lower bound {bound:.4g} h; GPUs busy "
-        f"{100 * busy / (gpus * makespan) if makespan else 0:.0f} %"
+        f"estimates, longest remaining path first); lower bound {lower_bound(plan, gpus):.4g} h; "
+        f"GPUs busy {100 * busy / (gpus * makespan) if makespan else 0:.0f} %"
     ]
     if bad:
         lines.append(

@@ -46,16 +46,13 @@ class StageAttempt:
     plan: Plan
     spec: StageSpec
     store: Store
-    done: Mapping[str, Any] | None
-    """The stage's result when it is already finished (a trial restored after its stage was published):
-    nothing to train."""
+    done: Mapping[str, Any] | None  # its result when finished (a trial restored after it was published)
     parent_has_weights: bool = False
     started: float = 0.0
 
     def failed(self, exc: BaseException, *, run_token: str = "", node: str | None = None) -> StageFailed:
-        """Record the failed attempt (`orchestrator.schedule.failures`: attempts.json, error.txt with the
-        worker's traceback and node); the returned StageFailed carries the decision (retry after a
-        backoff, or failed). A retry resumes from the last epoch checkpoint."""
+        """Record the failed attempt (`failures.record_failure`); the StageFailed returned carries the
+        decision. A retry resumes from the last epoch checkpoint."""
         store, stage_id = self.store, self.spec.stage_id
         on_path = store.stage_path(stage_id, FAILED_ON_FILE)  # corrupt: the failure is still recorded
         where = store.read_json_or_warn(on_path, "the failing worker's node is not named")
@@ -71,20 +68,15 @@ class StageAttempt:
         return StageFailed(f"stage {stage_id} {failures.status_text(decision)}", decision)
 
     def finish(self) -> dict[str, Any]:
-        """Publish the trained stage's result.json (returned) from rank 0's staging.json, clear its
-        failure record and prune its epoch checkpoints to what a later step can need
-        (`orchestrator.store.disk`). Raises StageFailed (recorded) when rank 0 wrote no summary."""
+        """Publish result.json (returned) from rank 0's staging.json, clear the failure record, prune the
+        epoch checkpoints (`disk.prune_stage`). StageFailed (recorded) when rank 0 wrote no summary."""
         store, plan, stage_id = self.store, self.plan, self.spec.stage_id
         summary = store.read_json(store.stage_path(stage_id, STAGING_FILE))
         if summary is None:
             missing = RuntimeError(f"training of {stage_id} ended without {STAGING_FILE} from rank 0")
             raise self.failed(missing) from missing
-        summary["epochs_trained"] = sorted(
-            {
-                *summary.get("epochs_trained", []),
-                *(r["epoch"] for r in store.read_metrics(stage_id) if "epoch" in r),
-            }
-        )
+        epochs = {r["epoch"] for r in store.read_metrics(stage_id) if "epoch" in r}
+        summary["epochs_trained"] = sorted(epochs.union(summary.get("epochs_trained", [])))
         status = StageState.COLLAPSED if summary.get("collapsed") else StageState.DONE
         wall = time.time() - self.started
         result = publish(store, plan, self.spec, status=status, summary=summary, wall_seconds=wall)
@@ -143,13 +135,10 @@ def publish(
     summary: dict[str, Any],
     wall_seconds: float = 0.0,
 ) -> dict[str, Any]:
-    """Write the stage's config.json (its `StageRecord`; a stage published without a trial has none
-    yet: `store_format.SCHEMA_VERSION` 2) and then result.json (`ResultRecord`, atomically, last)."""
-    compute = plan.compute
+    """Write the stage's config.json (a stage published without a trial has none yet), then result.json."""
     record = stage_record(plan, spec)
     store.write_stage_config(spec.stage_id, record)
-    request = stage_request(compute, spec.kind)
-    hours = wall_seconds / 3600.0 * request.workers
+    request = stage_request(plan.compute, spec.kind)
     result = {
         **record,
         "status": status,
@@ -160,14 +149,11 @@ def publish(
         "has_weights": bool(summary.get("has_weights", False)),
         "resumed_from": summary.get("resumed_from"),
         "wall_seconds": wall_seconds,
-        "device_hours": hours,
+        "device_hours": wall_seconds / 3600.0 * request.workers,
         "gpu_hours": wall_seconds / 3600.0 * request.total.get("GPU", 0.0),
         "provenance": summary.get("provenance") or _light_provenance(spec),
         "workload_versions": made_with(spec, store.read_result(spec.parent) if spec.parent else None),
-        "execution": {
-            **execution_dict(spec.config),
-            **execution_dict(plan.data, "data."),
-        },
+        "execution": {**execution_dict(spec.config), **execution_dict(plan.data, "data.")},
     }
     if "reason" in summary:
         result["reason"] = summary["reason"]

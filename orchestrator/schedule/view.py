@@ -13,8 +13,7 @@ from orchestrator.schedule.failures import last_line, stage_failure_status
 from orchestrator.store.format import StageState, stage_state, state_before_start
 from orchestrator.store.store import Store
 
-ERROR_CHARS = 200
-"""The longest error line a view keeps (a table cell, a status row)."""
+ERROR_CHARS = 200  # the longest error line a view keeps (a table cell, a status row)
 
 
 @dataclass(frozen=True)
@@ -22,12 +21,9 @@ class StageView:
     stage_id: str
     state: StageState
     result: Mapping[str, Any] | None = None
-    reason: str = ""
-    """Why the stage is in its state: the failure's error line, or a collapse / skip reason."""
-    detail: str | None = None
-    """The failure policy's words for a failed or retrying stage ("failed 2 times, retry in 30 s")."""
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-    """Its metrics rows with an integer epoch (progress of a stage not finished, or of a finished one)."""
+    reason: str = ""  # why it is in its state: the failure's error line, or a collapse / skip reason
+    detail: str | None = None  # a failed or retrying stage's `failures.status_text` ("retrying 2/3: …")
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # its metrics rows with an integer epoch
 
 
 def stage_view(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from orchestrator.store.format import STATE_FILE
+from orchestrator.store.format import CHECKPOINT_PREFIX, STATE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -18,15 +18,17 @@ log = logging.getLogger(__name__)
 def checkpoint_dirs(dirs: list[str], latest: str) -> list[str]:
     """The Train run's `checkpoint_*` folders not newer than `latest`, newest first (Ray names them
     `checkpoint_<timestamp>`, so name order is time order); `latest` is always the first."""
+
+    def name(d: str) -> str:
+        return d.rsplit("/", 1)[-1]
+
     latest = latest.rstrip("/")
-    name = latest.rsplit("/", 1)[-1]
     older = {
-        d.rstrip("/")
-        for d in dirs
-        if d.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_")
-        and d.rstrip("/").rsplit("/", 1)[-1] < name
+        d
+        for d in (d.rstrip("/") for d in dirs)
+        if name(d).startswith(CHECKPOINT_PREFIX) and name(d) < name(latest)
     }
-    return [latest, *sorted(older, key=lambda d: d.rsplit("/", 1)[-1], reverse=True)]
+    return [latest, *sorted(older, key=name, reverse=True)]
 
 
 def first_loadable_state(
@@ -38,23 +40,12 @@ def first_loadable_state(
         try:
             state = load(folder)
         except Exception as exc:  # truncated / missing / not a state dict: try the previous checkpoint
-            log.warning(
-                "%s/%s is unreadable (%s: %s); falling back to the previous checkpoint",
-                folder,
-                STATE_FILE,
-                type(exc).__name__,
-                str(exc)[:200],
-            )
-            continue
-        if not isinstance(state, dict):
-            log.warning(
-                "%s/%s holds %s, not a state dict; falling back to the previous checkpoint",
-                folder,
-                STATE_FILE,
-                type(state).__name__,
-            )
-            continue
-        return folder, state
+            why = f"is unreadable ({type(exc).__name__}: {str(exc)[:200]})"
+        else:
+            if isinstance(state, dict):
+                return folder, state
+            why = f"holds {type(state).__name__}, not a state dict"
+        log.warning("%s/%s %s; falling back to the previous checkpoint", folder, STATE_FILE, why)
     return None
 
 

@@ -1,5 +1,5 @@
-"""Disk use of the store, Ray-free: pruning a finished stage's epoch checkpoints (called by the scheduler
-right after it is published) and measuring the store for `hsjp-study status`.
+"""Disk use of the store, Ray-free: pruning a finished stage's epoch checkpoints (right after it is
+published) and measuring the store for `hsjp-study status`.
 
 A finished stage keeps what later steps read (result.json, config.json, metrics.jsonl, weights.pt); its
 Ray Train folder `train/` holds epoch checkpoints (up to two of ~0.5 GB for HRNet-W32) that only a
@@ -27,13 +27,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class PruneReport:
     stage_id: str
-    removed: list[str] = field(default_factory=list)
-    """Paths removed (folders)."""
-    kept: list[str] = field(default_factory=list)
-    """Checkpoint folders kept (keep_last)."""
+    removed: list[str] = field(default_factory=list)  # folders
+    kept: list[str] = field(default_factory=list)  # checkpoint folders kept (keep_last)
     freed_bytes: int = 0
-    skipped: str | None = None
-    """Why nothing was pruned (not finished, weights missing, nothing to prune)."""
+    skipped: str | None = None  # why nothing was pruned
 
     def line(self) -> str:
         if self.skipped:
@@ -61,16 +58,13 @@ def prune_stage(store: Store, stage_id: str, keep_last: bool = False) -> PruneRe
         report.skipped = "nothing to prune"
         return report
     if not keep_last:
-        report.freed_bytes = tree_size(store.fs, train)[0]
+        report.freed_bytes = tree_bytes(store.fs, train)
         store.remove(train)
         report.removed.append(train)
         return report
+    infos = store.fs.get_file_info(pafs.FileSelector(train, recursive=True))
     checkpoints = sorted(
-        (
-            i
-            for i in store.fs.get_file_info(pafs.FileSelector(train, recursive=True))
-            if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)
-        ),
+        (i for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)),
         key=lambda i: i.base_name,
     )
     if len(checkpoints) <= 1:
@@ -78,7 +72,7 @@ def prune_stage(store: Store, stage_id: str, keep_last: bool = False) -> PruneRe
         report.skipped = "only the last checkpoint is there"
         return report
     for info in checkpoints[:-1]:
-        report.freed_bytes += tree_size(store.fs, info.path)[0]
+        report.freed_bytes += tree_bytes(store.fs, info.path)
         store.remove(info.path)
         report.removed.append(info.path)
     report.kept = [checkpoints[-1].path]
@@ -86,27 +80,20 @@ def prune_stage(store: Store, stage_id: str, keep_last: bool = False) -> PruneRe
 
 
 # ----------------------------------------------------------------------------------------- sizes
-def tree_size(fs: pafs.FileSystem, path: str) -> tuple[int, int]:
-    """(bytes, files) under `path` (0, 0 when absent)."""
+def tree_bytes(fs: pafs.FileSystem, path: str) -> int:
+    """Bytes under `path` (0 when absent)."""
     info = fs.get_file_info(path)
-    if info.type == pafs.FileType.File:
-        return int(info.size or 0), 1
     if info.type != pafs.FileType.Directory:
-        return 0, 0
-    total = files = 0
-    for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        if i.type == pafs.FileType.File:
-            total += int(i.size or 0)
-            files += 1
-    return total, files
+        return int(info.size or 0) if info.type == pafs.FileType.File else 0
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return sum(int(i.size or 0) for i in infos if i.type == pafs.FileType.File)
 
 
 @dataclass(frozen=True)
 class StoreUsage:
     total_bytes: int
     files: int
-    checkpoint_bytes: int
-    """Under the stages' Ray Train folders (what pruning frees)."""
+    checkpoint_bytes: int  # under the stages' Ray Train folders (what pruning frees)
 
     def line(self, uri: str) -> str:
         return (

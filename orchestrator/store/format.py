@@ -1,13 +1,10 @@
-"""The result store's format (Ray-, torch- and pyarrow-free), read by the orchestrator, `status` and
-the reports: the layout (every path, in `LAYOUT`; docs/architecture.md's store table is tested
-against it), stage ids, study names, the stage
-states (`StageState`), how a run got a stage (`StageHow`), the config.json / result.json schemas and
-the corrupt-JSON policy. Store files are written atomically, so one that does not parse was damaged
-from outside: `parse_json` raises StoreError naming it (nothing can stand in); `parse_json_or_warn`
-warns with the consequence and reads it as absent (result.json: recomputed; plan.json: study left out
-of the report; attempts.json: retry history forgotten; failed_on.json: node unnamed);
-`parse_json_lines` skips a partial line of an append-only log with a warning. Files a user hands in
-are not store files: their readers raise a `UserError` naming the file.
+"""The result store's format (Ray-, torch- and pyarrow-free; docs/architecture.md, "The store"): the
+layout, stage ids, study names, the stage states, the config.json / result.json schemas and the
+corrupt-JSON policy. Store files are written atomically, so one that does not parse was damaged from
+outside: `parse_json` raises StoreError naming it (nothing can stand in); `parse_json_or_warn` warns
+with the consequence and reads it as absent (result.json: recomputed; plan.json: study left out of the
+report; attempts.json: retry history forgotten; failed_on.json: node unnamed); `parse_json_lines`
+skips a partial line of an append-only log with a warning.
 """
 
 from __future__ import annotations
@@ -31,48 +28,41 @@ class StoreError(UserError, RuntimeError):
 
 # ------------------------------------------------------------------------------------------ layout
 STAGES_DIR, STUDIES_DIR, STALE_DIR, LOCKS_DIR = "stages", "studies", "stale", "locks"
-CONFIG_FILE, METRICS_FILE, ERROR_FILE, RESULT_FILE = (
-    "config.json",
-    "metrics.jsonl",
-    "error.txt",
-    "result.json",
-)
-WEIGHTS_FILE, STAGING_FILE, FAILED_ON_FILE = "weights.pt", "staging.json", "failed_on.json"
+CONFIG_FILE, METRICS_FILE, ERROR_FILE = "config.json", "metrics.jsonl", "error.txt"
+RESULT_FILE, WEIGHTS_FILE, STAGING_FILE = "result.json", "weights.pt", "staging.json"
+FAILED_ON_FILE = "failed_on.json"
 ATTEMPTS_FILE, TB_DIR, TRAIN_DIR = "attempts.json", "tb", "train"
 CHECKPOINT_PREFIX, STATE_FILE = "checkpoint_", "state.pt"
 STUDY_FILE, PLAN_FILE, TRIALS_FILE, TUNE_DIR = "study.yaml", "plan.json", "trials.csv", "tune"
 
-LAYOUT: tuple[tuple[str, str], ...] = (
+_STAGE, _STUDY = f"{STAGES_DIR}/<stage id>/", f"{STUDIES_DIR}/<name>/"
+LAYOUT: tuple[tuple[str, str], ...] = (  # every path of the store, relative to its root, and what it holds
     (
-        f"{STAGES_DIR}/<stage id>/{CONFIG_FILE}",
+        _STAGE + CONFIG_FILE,
         "`StageRecord`: what identifies the stage (written when it starts or is published)",
     ),
-    (f"{STAGES_DIR}/<stage id>/{METRICS_FILE}", "one row per trained epoch (append-only)"),
-    (f"{STAGES_DIR}/<stage id>/{WEIGHTS_FILE}", "the stage's output weights (the best model)"),
+    (_STAGE + METRICS_FILE, "one row per trained epoch (append-only)"),
+    (_STAGE + WEIGHTS_FILE, "the stage's output weights (the best model)"),
     (
-        f"{STAGES_DIR}/<stage id>/{TRAIN_DIR}/<stage id>/{CHECKPOINT_PREFIX}*/{STATE_FILE}",
+        f"{_STAGE}{TRAIN_DIR}/<stage id>/{CHECKPOINT_PREFIX}*/{STATE_FILE}",
         "Ray Train's epoch checkpoints (pruned when the stage finishes)",
     ),
-    (f"{STAGES_DIR}/<stage id>/{TB_DIR}/", "TensorBoard event files, one scalar per epoch and metric"),
-    (f"{STAGES_DIR}/<stage id>/{STAGING_FILE}", "rank 0's summary, published as result.json, then removed"),
-    (f"{STAGES_DIR}/<stage id>/{FAILED_ON_FILE}", "the rank and node of a worker whose workload raised"),
-    (f"{STAGES_DIR}/<stage id>/{ATTEMPTS_FILE}", "the failed attempts the retry budget counts"),
-    (f"{STAGES_DIR}/<stage id>/{ERROR_FILE}", "the last failure's traceback (removed on success)"),
-    (
-        f"{STAGES_DIR}/<stage id>/{RESULT_FILE}",
-        "`ResultRecord`, written atomically and last: present = finished",
-    ),
+    (_STAGE + TB_DIR + "/", "TensorBoard event files, one scalar per epoch and metric"),
+    (_STAGE + STAGING_FILE, "rank 0's summary, published as result.json, then removed"),
+    (_STAGE + FAILED_ON_FILE, "the rank and node of a worker whose workload raised"),
+    (_STAGE + ATTEMPTS_FILE, "the failed attempts the retry budget counts"),
+    (_STAGE + ERROR_FILE, "the last failure's traceback (removed on success)"),
+    (_STAGE + RESULT_FILE, "`ResultRecord`, written atomically and last: present = finished"),
     (
         f"{STALE_DIR}/<stage id>-<UTC>/",
         "a stale stage's folder as it was, moved aside by `run --recompute-stale`",
     ),
-    (f"{STUDIES_DIR}/<name>/{STUDY_FILE}", "the study file as run"),
-    (f"{STUDIES_DIR}/<name>/{PLAN_FILE}", "its plan: every stage and trial"),
-    (f"{STUDIES_DIR}/<name>/{TRIALS_FILE}", "one row per trial of the last run"),
-    (f"{STUDIES_DIR}/<name>/{TUNE_DIR}/", "Ray Tune's experiment state (restored by the next run)"),
+    (_STUDY + STUDY_FILE, "the study file as run"),
+    (_STUDY + PLAN_FILE, "its plan: every stage and trial"),
+    (_STUDY + TRIALS_FILE, "one row per trial of the last run"),
+    (_STUDY + TUNE_DIR + "/", "Ray Tune's experiment state (restored by the next run)"),
     (f"{LOCKS_DIR}/", "file locks of local stores: one per study run and per stage being computed"),
 )
-"""Every path of the store, relative to its root, and what it holds."""
 
 
 class StageKind(StrEnum):
@@ -83,9 +73,7 @@ class StageKind(StrEnum):
     EVALUATE = "evaluate"
 
 
-STAGE_KINDS = tuple(StageKind)
-STAGE_ID = re.compile(rf"^({'|'.join(StageKind)})-[0-9a-f]{{8,64}}$")
-"""`<kind>-<content hash>` (orchestrator.plan names stages by a hash of what changes their result)."""
+STAGE_ID = re.compile(rf"^({'|'.join(StageKind)})-[0-9a-f]{{8,64}}$")  # <kind>-<content hash>
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -123,57 +111,35 @@ def study_parts(name: str, *parts: str) -> tuple[str, ...]:
 
 # ------------------------------------------------------------------------------------------ states
 class StageState(StrEnum):
-    """Where a stage stands: the one set of names the scheduler, the progress lines of `hsjp-study run`,
-    `hsjp-study status` and the reports use (a str: it compares equal to, and prints as, its value).
+    """Where a stage stands: the one set of names the scheduler, `run`'s progress lines, `status` and the
+    reports use. The first four have a result.json; the next run retries failed and blocked stages."""
 
-    Each state is what a user sees for it everywhere; a state the store cannot show (who holds a
-    stage's lease lives in the running schedulers only) is still one of these, read as noted.
-    """
-
-    DONE = "done"
-    """Trained to the end (result.json)."""
-    NO_WORK = "no-work"
-    """A scratch / ImageNet pretrain: nothing to train (result.json with `work` false)."""
-    COLLAPSED = "collapsed"
-    """Ended by a collapse (result.json): a collapsed pretrain hands over no weights."""
-    SKIPPED = "skipped"
-    """Not trained because its pretrain collapsed (result.json, with its `reason`)."""
-    RUNNING = "running"
-    """Launched: training (its lease held), or, in `status`, epochs in metrics.jsonl and no result."""
-    RETRYING = "retrying"
-    """Its last attempt failed and it is retried after a backoff (`orchestrator.schedule.failures`)."""
-    FAILED = "failed"
-    """Its last attempt failed for good (error.txt, attempts.json); the next run retries it."""
-    BLOCKED = "blocked"
-    """It will not run now: its pretrain failed (or is blocked itself); the next run retries that."""
-    ELSEWHERE = "elsewhere"
-    """Another run sharing the store holds its lease and computes it; this run looks again every few
-    seconds. Runtime only: `status` reads the store, where the other run's stage is `running` (or
-    `queued` before its first epoch)."""
-    WAITING = "waiting"
-    """Its pretrain is not finished yet. It holds nothing (no slot, no process)."""
-    QUEUED = "queued"
-    """It can start (its pretrain is finished or has no work); it waits for free resources."""
+    DONE = "done"  # trained to the end
+    NO_WORK = "no-work"  # a scratch / ImageNet pretrain: published "done" with `work` false
+    COLLAPSED = "collapsed"  # ended by a collapse: a collapsed pretrain hands over no weights
+    SKIPPED = "skipped"  # not trained: its pretrain collapsed (result.json with its `reason`)
+    RUNNING = "running"  # its lease held; in `status`: epochs in metrics.jsonl and no result
+    RETRYING = "retrying"  # its last attempt failed; retried after a backoff
+    FAILED = "failed"  # its last attempt failed for good (error.txt, attempts.json)
+    BLOCKED = "blocked"  # its pretrain failed (or is blocked itself)
+    ELSEWHERE = "elsewhere"  # another run holds its lease (runtime only: `status` shows it running)
+    WAITING = "waiting"  # its pretrain is unfinished; it holds nothing (no slot, no process)
+    QUEUED = "queued"  # it can start; it waits for free resources
 
 
-RESULT_STATUSES = (StageState.DONE, StageState.COLLAPSED, StageState.SKIPPED)
-"""`status` of a result.json: trained to the end / ended by a collapse / not trained (its pretrain
-collapsed). A no-work pretrain (scratch, ImageNet) is published as "done" with `work` false."""
-STAGE_STATES = tuple(StageState)
-"""Every state, finished ones first (the order `status` counts them in)."""
-SKIP_REASON = "pretrain collapsed"
-"""The `reason` of a skipped finetune's result.json."""
+RESULT_STATUSES = (StageState.DONE, StageState.COLLAPSED, StageState.SKIPPED)  # a result.json's `status`
+STAGE_STATES = tuple(StageState)  # finished ones first (the order `status` counts them in)
+SKIP_REASON = "pretrain collapsed"  # the `reason` of a skipped finetune's result.json
 FINISHED_STATES = frozenset({StageState.DONE, StageState.NO_WORK, StageState.COLLAPSED, StageState.SKIPPED})
-"""States with a result.json: the stage is not computed again."""
-TERMINAL_STATES = FINISHED_STATES | {StageState.FAILED, StageState.BLOCKED}
-"""States a stage ends a run in (a failed or blocked one is retried by the next run)."""
+TERMINAL_STATES = FINISHED_STATES | {
+    StageState.FAILED,
+    StageState.BLOCKED,
+}  # a run ends with each stage in one
 
 
 def state_before_start(parent: StageState | None) -> StageState:
-    """The state of a stage nothing has happened to yet (no result, no attempt, no epoch) by its
-    pretrain's state (`parent`; None: it has no pretrain): `queued` when it may start (no pretrain,
-    or one that is done or has no work), `blocked` when its pretrain failed or is blocked itself,
-    else `waiting` (the pretrain is unfinished, or collapsed and its skip not yet published)."""
+    """The state of a stage nothing has happened to yet, by its pretrain's state (None: no pretrain):
+    `waiting` when the pretrain is unfinished, or collapsed and its skip not yet published."""
     if parent is None or parent in (StageState.DONE, StageState.NO_WORK):
         return StageState.QUEUED
     if parent in (StageState.FAILED, StageState.BLOCKED):
@@ -182,42 +148,28 @@ def state_before_start(parent: StageState | None) -> StageState:
 
 
 class StageHow(StrEnum):
-    """How a run got a stage (`hsjp-study run`'s summary table; trials.csv's `pretrain_how` /
-    `finetune_how`). Not a state: a `found` stage is one of the FINISHED_STATES."""
+    """How a run got a stage (`run`'s summary table; trials.csv's `pretrain_how` / `finetune_how`). Not a
+    state: a `found` stage is one of the FINISHED_STATES."""
 
-    FOUND = "found"
-    """Its result.json was in the store when the run started."""
-    COMPUTED = "computed"
-    """This run trained it."""
-    WAITED = "waited"
-    """Another run computed it while this one waited (it was `elsewhere`)."""
-    NO_WORK = "no-work"
-    """Published by the scheduler itself: nothing to train."""
-    SKIPPED = "skipped"
-    """Published by the scheduler itself: its pretrain collapsed."""
-    BLOCKED = "blocked"
-    """Not run: its pretrain failed."""
+    FOUND = "found"  # its result.json was in the store when the run started
+    COMPUTED = "computed"  # this run trained it
+    WAITED = "waited"  # another run computed it while this one waited (it was `elsewhere`)
+    NO_WORK = "no-work"  # published by the scheduler itself: nothing to train
+    SKIPPED = "skipped"  # published by the scheduler itself: its pretrain collapsed
+    BLOCKED = "blocked"  # not run: its pretrain failed
 
 
 # ------------------------------------------------------------------------------------- result.json
 SCHEMA_VERSION = 3
-"""Version of the stage files (`StageRecord` in config.json, `ResultRecord` in result.json), written
-into result.json. 1: `schema_version` added. 3: `workload_versions` (the numerics versions of the
-workloads the stage was made from: orchestrator.schedule.lineage) and `execution` (the execution switches it ran
-with) recorded; from 3 on, stage ids hash neither the workload version nor the execution switches, so a
-result of an older version sits under an id of the earlier recipe. 2: config.json is written for every stage that
-has a result (before, a stage published without a trial, i.e. a no-work pretrain, a skipped finetune or
-a simulated stage, had none: `read_stage_record` reads such a stage's record from its result.json). A
-result.json without the field was written before 1 and reads as version 0: the same fields, `status`
-possibly absent (= "done")."""
+"""Version of the stage files, written into result.json (their history: docs/architecture.md)."""
 
 
 class StageRecord(TypedDict):
-    """What identifies a stage (`orchestrator.schedule.stage.stage_record`): config.json holds it, written when
-    the stage starts or is published, whichever comes first; result.json repeats it at its head."""
+    """What identifies a stage (`orchestrator.schedule.stage.stage_record`): config.json, written when it
+    starts or is published; result.json repeats it at its head."""
 
     stage_id: str
-    kind: str  # one of STAGE_KINDS
+    kind: str  # a StageKind
     config: dict[str, Any]  # the stage's config as plain data (a finetune's carries `init`: its pretrain's)
     data: dict[str, Any]  # the data config
     parent: str | None  # the pretrain of a finetune, the finetune of an evaluate stage
@@ -228,8 +180,7 @@ STAGE_RECORD_KEYS = tuple(StageRecord.__annotations__)
 
 
 class ResultRecord(StageRecord, total=False):
-    """What `result.json` holds: the stage's `StageRecord`, then its outcome (`orchestrator.schedule.stage.publish`
-    writes it, `Store.write_result` adds the id, the time and the version)."""
+    """result.json: the `StageRecord`, then the outcome (`orchestrator.schedule.stage.publish`)."""
 
     schema_version: int
     status: str  # one of RESULT_STATUSES
@@ -250,14 +201,9 @@ class ResultRecord(StageRecord, total=False):
 
 
 def read_stage_record(config: Any, result: Any, where: str) -> StageRecord | None:
-    """A stage's record from its one source, config.json (`config`: the parsed file, None when absent;
-    `where`: its path). None when the stage has no config.json and no result: it was never started,
-    and its study's plan is all there is of it.
-
-    The one exception is the schema's past: a stage published without a trial by code before version 2
-    has no config.json; then `result` (that stage's parsed result.json, which has carried the same
-    record at its head since version 0) stands for it. A version-2 result without config.json is a
-    store changed by hand: StoreError naming the file."""
+    """A stage's record from its parsed config.json (`config`, at `where`; None: absent), None when the
+    stage never started. Before schema version 2 a stage published without a trial had no config.json:
+    its parsed result.json (`result`) stands in; a later result without one is a StoreError."""
     if config is None:
         if result is None:
             return None
@@ -271,16 +217,13 @@ def read_stage_record(config: Any, result: Any, where: str) -> StageRecord | Non
         config = {k: record.get(k) for k in STAGE_RECORD_KEYS}
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
         raise StoreError(f"{where}: expected a stage record {{{', '.join(STAGE_RECORD_KEYS)}}}")
-    out: StageRecord = {**config}  # type: ignore[typeddict-item]
-    out.setdefault("data", {})
-    out.setdefault("parent", None)
+    out: StageRecord = {"data": {}, "parent": None, **config}  # type: ignore[typeddict-item]
     return out
 
 
 def read_result_record(obj: Any, where: str) -> ResultRecord:
-    """A parsed result.json as the current schema: version 0 (no `schema_version`) is upgraded (a
-    missing `status` is "done"); a newer version than this code reads, or a `status` outside
-    RESULT_STATUSES, is refused, naming the file."""
+    """A parsed result.json as the current schema (version 0: a missing `status` is "done"); a newer
+    version, or a `status` outside RESULT_STATUSES, is a StoreError naming the file."""
     if not isinstance(obj, dict):
         raise StoreError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     version = obj.get("schema_version", 0)
@@ -299,9 +242,7 @@ def read_result_record(obj: Any, where: str) -> ResultRecord:
 
 
 def stage_state(result: Mapping[str, Any]) -> StageState:
-    """The state of a finished stage from its result: its status; "collapsed" for a run that ended by
-    a collapse (older results say status "done" with `collapsed` true), "no-work" for a pretrain with
-    nothing to train (published as "done" with `work` false)."""
+    """The state of a finished stage from its result (older results say "done" with `collapsed` true)."""
     status = StageState(result.get("status") or StageState.DONE)
     if status == StageState.DONE and result.get("collapsed"):
         return StageState.COLLAPSED
@@ -311,8 +252,7 @@ def stage_state(result: Mapping[str, Any]) -> StageState:
 
 
 def parse_json(data: bytes | str | None, where: str) -> Any | None:
-    """The parsed JSON of a store file's content, None when the file is absent (`data` None).
-    StoreError naming `where` when it does not parse."""
+    """The parsed content of a store file (None: absent); StoreError naming `where` when corrupt."""
     if data is None:
         return None
     try:
@@ -322,8 +262,7 @@ def parse_json(data: bytes | str | None, where: str) -> Any | None:
 
 
 def parse_json_or_warn(data: bytes | str | None, where: str, consequence: str) -> Any | None:
-    """`parse_json`, but a corrupt file reads as absent, with one warning naming the file and
-    `consequence` (what the reader does instead, e.g. "the stage will be recomputed")."""
+    """`parse_json`, but a corrupt file reads as absent, with a warning naming it and `consequence`."""
     try:
         return parse_json(data, where)
     except StoreError as exc:
@@ -332,8 +271,8 @@ def parse_json_or_warn(data: bytes | str | None, where: str, consequence: str) -
 
 
 def parse_json_lines(data: bytes | str | None, where: str) -> list[Any]:
-    """The rows of a JSON-lines log; an unreadable line (a crash mid-append) is skipped with a warning
-    naming `where` and the line number. An absent file is no rows."""
+    """The rows of a JSON-lines log (none when absent); an unreadable line (a crash mid-append) is
+    skipped with a warning naming `where` and the line number."""
     text = data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
     rows = []
     for i, line in enumerate(text.splitlines()):

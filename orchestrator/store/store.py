@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import tempfile
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -47,8 +48,7 @@ if TYPE_CHECKING:  # torch is imported where weights are read/written: `plan`/`s
 log = logging.getLogger(__name__)
 
 
-URI_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
-"""Schemes `pyarrow.fs.FileSystem.from_uri` resolves (pyarrow's filesystem docs), as Ray's storage does."""
+URI_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")  # as pyarrow.fs resolves them
 
 
 def check_storage(storage: str, arg: str = "--storage") -> None:
@@ -65,23 +65,16 @@ def check_storage(storage: str, arg: str = "--storage") -> None:
         if scheme.lower() != "file":
             return
         storage = "/" + rest.lstrip("/")
-    path = os.path.abspath(os.path.expanduser(storage))
-    probe_in = path
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise StoreError(
-                f"{arg} {storage}: is a file, not a folder; give a folder (created when missing) or a "
-                "bucket URI"
-            )
-    else:
-        probe_in = os.path.dirname(path)
-        while not os.path.exists(probe_in):
-            probe_in = os.path.dirname(probe_in)
-        if not os.path.isdir(probe_in):
-            raise StoreError(f"{arg} {storage}: {probe_in} is a file, so the store folder cannot be created")
+    path = probe_in = os.path.abspath(os.path.expanduser(storage))
+    while not os.path.exists(probe_in):  # the nearest existing place at or above it
+        probe_in = os.path.dirname(probe_in)
+    if probe_in == path and not os.path.isdir(path):
+        raise StoreError(
+            f"{arg} {storage}: is a file, not a folder; give a folder (created when missing) or a bucket URI"
+        )
+    if not os.path.isdir(probe_in):
+        raise StoreError(f"{arg} {storage}: {probe_in} is a file, so the store folder cannot be created")
     try:
-        import tempfile
-
         os.rmdir(tempfile.mkdtemp(prefix=".hsjp-write-check-", dir=probe_in))
     except OSError as exc:
         what = "write into" if probe_in == path else f"create the store folder under {probe_in}"
@@ -100,34 +93,29 @@ class Store:
     ):
         root = str(root)
         self.query = ""
-        self.filesystem = filesystem
-        """The filesystem given by the caller (None: derived from `root`)."""
+        self.filesystem = filesystem  # the caller's (None: derived from `root`)
         if filesystem is not None:
             if "://" in root:
                 raise StoreError(
                     f"store {root!r}: give a path inside the filesystem, not a URI, with filesystem="
                 )
-            self.fs, self.base = filesystem, root
-            self.uri = root.rstrip("/")
+            self.fs, self.base, self.uri = filesystem, root, root.rstrip("/")
         elif "://" in root:
             prefix, _, self.query = root.partition("?")
             try:
                 self.fs, self.base = pafs.FileSystem.from_uri(root)
             except (pa_lib.ArrowInvalid, pa_lib.ArrowNotImplementedError, ValueError) as exc:
-                raise StoreError(
-                    f"store {_redact(root)}: cannot be opened ({str(exc).splitlines()[0]})"
-                ) from exc
+                raise _cannot_open(root, exc) from exc
             self.uri = prefix.rstrip("/")
         else:
             self.fs, self.base = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(root))
             self.uri = self.base
         self.base = self.base.rstrip("/")
-        if not create:
-            return
         try:
-            self.fs.create_dir(self.base, recursive=True)
+            if create:
+                self.fs.create_dir(self.base, recursive=True)
         except (OSError, ValueError, NotImplementedError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            raise StoreError(f"store {_redact(root)}: cannot be opened ({str(exc).splitlines()[0]})") from exc
+            raise _cannot_open(root, exc) from exc
 
     @property
     def is_local(self) -> bool:
@@ -137,24 +125,21 @@ class Store:
         return f"Store({self.display})"
 
     @property
-    def display(self) -> str:
-        """The store as shown to a person: its URI or path, without the query string (it may hold keys)."""
+    def display(self) -> str:  # as shown to a person: without the query string (it may hold keys)
         return self.uri
 
     # ----------------------------------------------------------------------------------- paths
-    def path(self, *parts: str) -> str:
-        """Path inside the filesystem (no scheme)."""
+    def path(self, *parts: str) -> str:  # inside the filesystem (no scheme)
         return "/".join([self.base, *parts])
 
     def uri_of(self, *parts: str) -> str:
-        """URI (or local path) of a location: the parts are joined before the query string, which is
-        kept, so pyarrow / Ray open the same filesystem with the same options."""
+        """URI (or local path) of a location, the query string kept: pyarrow / Ray open the same
+        filesystem with the same options."""
         joined = "/".join([self.uri, *parts])
         return f"{joined}?{self.query}" if self.query else joined
 
     def ray_storage(self, *parts: str) -> tuple[str, pafs.FileSystem | None]:
-        """(storage_path, storage_filesystem) for Ray's `RunConfig` of a location in this store. With a
-        given filesystem Ray gets it and a path inside it; otherwise the URI (query kept) or local path."""
+        """(storage_path, storage_filesystem) of a location for Ray's `RunConfig`."""
         if self.filesystem is not None:
             return self.path(*parts), self.filesystem
         return self.uri_of(*parts), None
@@ -171,8 +156,7 @@ class Store:
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Atomic write: temp file in the same folder, then rename."""
-        parent = path.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         with self.fs.open_output_stream(tmp) as f:
             f.write(data)
@@ -192,12 +176,10 @@ class Store:
         data = self.read_bytes(path)
         return data.decode(errors="replace") if data is not None else None
 
-    def read_json(self, path: str) -> Any | None:
-        """The parsed file, None when absent. A corrupt file raises StoreError naming it."""
+    def read_json(self, path: str) -> Any | None:  # `format.parse_json` of the file
         return parse_json(self.read_bytes(path), path)
 
-    def read_json_or_warn(self, path: str, consequence: str) -> Any | None:
-        """The parsed file, None when absent or corrupt (one warning naming it and `consequence`)."""
+    def read_json_or_warn(self, path: str, consequence: str) -> Any | None:  # `format.parse_json_or_warn`
         return parse_json_or_warn(self.read_bytes(path), path, consequence)
 
     def list_dirs(self, *parts: str) -> list[str]:
@@ -240,16 +222,13 @@ class Store:
         self.write_json(self.stage_path(stage_id, CONFIG_FILE), config)
 
     def read_stage_record(self, stage_id: str) -> StageRecord | None:
-        """What identifies a stage, from its config.json (`store_format.read_stage_record`: a stage an
-        older version published without a trial reads it from its result.json); None when the stage
-        was never started. A corrupt config.json raises StoreError naming it (nothing stands in)."""
+        """`format.read_stage_record` of the stage's files; a corrupt config.json is a StoreError."""
         path = self.stage_path(stage_id, CONFIG_FILE)
         config = self.read_json(path)
         legacy = None
         if config is None:  # only an older store's no-work / skipped stage has a result and no config
-            result_path = self.stage_path(stage_id, RESULT_FILE)
-            legacy = parse_json_or_warn(
-                self.read_bytes(result_path), result_path, "the stage counts as not started"
+            legacy = self.read_json_or_warn(
+                self.stage_path(stage_id, RESULT_FILE), "the stage counts as not started"
             )
         return read_stage_record(config, legacy, path)
 
@@ -285,8 +264,7 @@ class Store:
             raise StoreError(f"{path}: unreadable weights ({exc})") from exc
 
     def write_result(self, stage_id: str, result: dict[str, Any]) -> None:
-        """Publish a finished stage: result.json (`store_format.ResultRecord`), written last and
-        atomically."""
+        """Publish a finished stage: result.json (`ResultRecord`) with its id, time and version."""
         result = {
             "schema_version": SCHEMA_VERSION,
             **result,
@@ -298,11 +276,10 @@ class Store:
     def read_result(
         self, stage_id: str, consequence: str = "the stage will be recomputed"
     ) -> ResultRecord | None:
-        """result.json of a stage in the current schema (older versions upgraded); None when not
-        finished. A corrupt result counts as not finished (with a warning naming the file and
-        `consequence`), so the stage is redone rather than trusted."""
+        """result.json in the current schema; None when not finished or corrupt (a warning naming it and
+        `consequence`: the stage is redone rather than trusted)."""
         path = self.stage_path(stage_id, RESULT_FILE)
-        obj = parse_json_or_warn(self.read_bytes(path), path, consequence)
+        obj = self.read_json_or_warn(path, consequence)
         return None if obj is None else read_result_record(obj, path)
 
     def record_error(self, stage_id: str, text: str) -> None:
@@ -328,22 +305,19 @@ class Store:
         self.write_json(self.study_path(name, PLAN_FILE), plan)
 
 
-def _redact(uri: str) -> str:
-    """A URI without its query string (which may carry access keys)."""
-    return uri.partition("?")[0] + ("?..." if "?" in uri else "")
+def _cannot_open(root: str, exc: Exception) -> StoreError:
+    redacted = root.partition("?")[0] + ("?..." if "?" in root else "")  # the query may carry access keys
+    return StoreError(f"store {redacted}: cannot be opened ({str(exc).splitlines()[0]})")
 
 
-SHARED_STORAGE_ENV = "HSJP_SHARED_STORAGE"
-"""Set to 1 to declare a local --storage path a filesystem shared by every node (skips the check)."""
-SHARED_FS_TYPES = frozenset(
+SHARED_STORAGE_ENV = "HSJP_SHARED_STORAGE"  # 1: a local --storage path is shared by every node
+SHARED_FS_TYPES = frozenset(  # /proc/mounts types taken as shared between hosts
     {"nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "fuse.glusterfs"}
 )
-"""Filesystem types (/proc/mounts) taken as shared between hosts."""
 
 
 def mount_fs_type(path: str, mounts_text: str | None = None) -> str | None:
-    """Filesystem type of the mount holding `path` (longest mount-point prefix in /proc/mounts);
-    None when unknown (no /proc/mounts)."""
+    """Filesystem type of the mount holding `path` (longest mount-point prefix in /proc/mounts)."""
     if mounts_text is None:
         try:
             with open("/proc/mounts") as f:
@@ -366,13 +340,9 @@ def mount_fs_type(path: str, mounts_text: str | None = None) -> str | None:
 def check_storage_for_cluster(
     store: Store, nodes: list[dict[str, Any]], *, shared: bool | None = None, mounts_text: str | None = None
 ) -> None:
-    """Refuse a node-local store on a cluster that spans several hosts (docs/ray.md §6: every node reads
-    and writes the store directly; a path on one host's disk breaks checkpoints, results and resume).
-
-    `nodes` is `ray.nodes()`. A URI store, a single host (however many Ray nodes run on it), a path on
-    a shared filesystem type (SHARED_FS_TYPES) or `shared` / $HSJP_SHARED_STORAGE=1 pass; anything else
-    raises StoreError naming the path and the hosts.
-    """
+    """Refuse a node-local store on a cluster of several hosts (`nodes`: `ray.nodes()`; docs/ray.md §6:
+    every node reads and writes the store). A URI store, a single host, a shared filesystem type or
+    `shared` / $HSJP_SHARED_STORAGE=1 pass."""
     if not store.is_local:
         return
     hosts = sorted({str(n.get("NodeManagerAddress") or n.get("NodeID")) for n in nodes if n.get("Alive")})

@@ -2,9 +2,10 @@
 
 One scalar per epoch and metric into `<store>/stages/<id>/tb/` (`tensorboard --logdir <store>/stages`
 names each run by its stage id); tags `train/<key>` for TRAIN_KEYS, `eval/<metric>` for the rest; the
-step is the 0-based epoch. tensorboardX's synchronous EventsWriter (it comes with ray[tune]); a URI
-store is written to a local temporary folder and its event file copied whole into `tb/` after every
-epoch (no TensorBoard filesystem plugin needed). A resumed stage adds an event file; TensorBoard merges
+step is the 0-based epoch. tensorboardX's synchronous EventsWriter (it comes with ray[tune]; not its
+queue-and-thread SummaryWriter): every epoch is on disk when `write` returns, even if the process is
+killed right after. A URI store is written to a local temporary folder and its event file copied whole
+into `tb/` after every epoch (no TensorBoard filesystem plugin needed). A resumed stage adds an event file; TensorBoard merges
 them. A failure to write is logged once per stage and never fails it.
 """
 
@@ -28,10 +29,6 @@ TRAIN_KEYS = ("loss", "lr", "img_per_s", "seconds", "data_wait_share", "images")
 NOT_SCALARS = ("epoch", "epochs", "time", "world_size", "resumed_from", "stage_id", "step", "steps")
 
 
-def tag_of(key: str) -> str:
-    return f"train/{key}" if key in TRAIN_KEYS else f"eval/{key}"
-
-
 def scalars(row: dict[str, Any]) -> dict[str, float]:
     """The row's numbers as {tag: value} (booleans, strings, nested values and bookkeeping left out)."""
     out: dict[str, float] = {}
@@ -39,14 +36,12 @@ def scalars(row: dict[str, Any]) -> dict[str, float]:
         if key in NOT_SCALARS or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if math.isfinite(float(value)):
-            out[tag_of(str(key))] = float(value)
+            out[f"train/{key}" if key in TRAIN_KEYS else f"eval/{key}"] = float(value)
     return out
 
 
 class StageWriter:
-    """The event file of one stage in this process (see the module docstring). Synchronous
-    (tensorboardX's EventsWriter, not its queue-and-thread SummaryWriter): every epoch is on disk
-    when `write` returns, even if the process is killed right after."""
+    """The event file of one stage in this process (see the module docstring)."""
 
     def __init__(self, store: Store, stage_id: str):
         from tensorboardX.event_file_writer import EventsWriter  # type: ignore[import-untyped]  # no stubs
