@@ -15,7 +15,6 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -111,20 +110,12 @@ def start_local_ray(
         local.register(address=info.get("gcs_address", ""), session_dir=info.get("session_dir", ""))
 
 
-@contextlib.contextmanager
-def _local_node_env() -> Iterator[None]:
+def _local_node_env() -> contextlib.AbstractContextManager[None]:
     """While the local Ray starts (its raylet, and so every worker, inherits the environment): one node
     that nobody drains, so Ray Train's per-stage PreemptionWatcher actor (one more process per stage)
     is off. A user's explicit setting wins. Set only for the start, so that a Ray cluster this process
     joins or starts later (tests) keeps the watcher that drains need."""
-    name = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
-    before = os.environ.get(name)
-    os.environ.setdefault(name, "0")
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
+    return host.env_set("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0", keep_given=True)
 
 
 def connect(address: str | None, demand: Any = None, study: str = "") -> tuple[bool, float]:
