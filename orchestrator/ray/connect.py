@@ -130,17 +130,9 @@ def connect(address: str | None, demand: Any = None, study: str = "") -> tuple[b
     return True, time.time() - t0
 
 
-def shutdown() -> None:
-    ray.shutdown()
-
-
 def cluster_capacity() -> dict[str, float]:
     # untyped in Ray: its dict of resource name → amount, and of one dict per node
     return {k: float(v) for k, v in ray.cluster_resources().items()}  # type: ignore[no-untyped-call]
-
-
-def cluster_nodes() -> list[dict[str, Any]]:
-    return list(ray.nodes())  # type: ignore[no-untyped-call]
 
 
 def trial_resources(cluster: dict[str, float]) -> dict[str, float]:
