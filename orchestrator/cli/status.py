@@ -169,13 +169,12 @@ def render_status(rows: list[dict[str, Any]], plan: Plan) -> str:
     lines.append(header)
     for r in rows:
         epoch = f"{r['epoch'] or 0}/{r['epochs']}" if r["epochs"] else "-"
-        value = r["value"]
-        if not isinstance(value, (int, float)):
+        if not isinstance(value := r["value"], (int, float)):
             metric = "-"
-        else:  # an evaluate stage's value is a count of results
-            metric = (
-                f"{r['metric']} {value}" if r["kind"] == StageKind.EVALUATE else f"{r['metric']} {value:.3f}"
-            )
+        elif r["kind"] == StageKind.EVALUATE:  # a count of results
+            metric = f"{r['metric']} {value}"
+        else:
+            metric = f"{r['metric']} {value:.3f}"
         what = f"{r['description']} ({', '.join(t.split('-')[0] for t in r['trials'])})"
         if r.get("detail"):
             what += f" — {r['detail']}"

@@ -180,7 +180,7 @@ class RayStageContext:
         # of state.pt to the store leave the training step; the checkpoint is registered (and a resume can
         # see it) only once the write is complete, so a crash mid-write leaves no registered half file
         ray.train.report(
-            progress_metrics(row),
+            {k: v for k, v in row.items() if isinstance(v, (bool, int, float, str)) or v is None},  # scalars
             checkpoint=checkpoint,
             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
             delete_local_checkpoint_after_upload=True,
@@ -211,11 +211,6 @@ def _write_state(storage: Any, state: dict[str, Any], local: Any, checkpoint_dir
     with fs.open_output_stream(f"{dest}/{STATE_FILE}") as f:
         f.write(buf.getbuffer())
     return ray.train.Checkpoint(dest, filesystem=fs)
-
-
-def progress_metrics(row: dict[str, Any]) -> dict[str, Any]:
-    """The scalar part of a metrics row (what travels to Ray Train / Tune: no nested values)."""
-    return {k: v for k, v in row.items() if isinstance(v, (bool, int, float, str)) or v is None}
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
