@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import threading
-import time
 from typing import Any
 
 import ray
@@ -80,20 +79,16 @@ def start_local_ray(
     demand: Any = None,
     study: str = "",
     claim: bool = True,
-    **resources: float,
 ) -> None:
-    """A local Ray for this process (no dashboard, worker logs kept out of the driver's output).
-
-    With `claim` (real runs) its CPUs / GPUs are what this process may use (cgroup / affinity,
-    CUDA_VISIBLE_DEVICES), less what other live hsjp-study runs on this machine hold, at most `demand`
-    (and `num_cpus` / `num_gpus`); the dead runs' orphaned Ray processes are ended first
-    (`orchestrator.ray.host`). Without (`--simulate`: fake GPUs on a fake cluster) it takes exactly
-    `num_cpus` / `num_gpus`, claiming nothing of the machine."""
+    """A local Ray for this process (no dashboard, worker logs kept out of the driver's output). With
+    `claim` (real runs) it takes this machine's fair share (`orchestrator.ray.host.LocalClaim`), at most
+    `demand` / `num_cpus` / `num_gpus`; without (`--simulate`'s fake cluster) exactly `num_cpus` /
+    `num_gpus`, claiming nothing."""
     # Ray 2.60 turns token authentication on for `ray start` clusters; a local one needs none (unless set)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     options: dict[str, Any] = dict(
         address="local",
-        resources={TRIAL_RESOURCE: 10_000, **resources},
+        resources={TRIAL_RESOURCE: 10_000},
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
@@ -118,16 +113,15 @@ def _local_node_env() -> contextlib.AbstractContextManager[None]:
     return host.env_set("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0", keep_given=True)
 
 
-def connect(address: str | None, demand: Any = None, study: str = "") -> tuple[bool, float]:
-    """(whether this call started/joined Ray, seconds it took). Reuses an initialised Ray."""
+def connect(address: str | None, demand: Any = None, study: str = "") -> bool:
+    """Whether this call started / joined Ray (an initialised Ray is reused)."""
     if ray.is_initialized():
-        return False, 0.0
-    t0 = time.time()
+        return False
     if address is None:
         start_local_ray(demand=demand, study=study)
     else:  # a real cluster: its auth token (RAY_AUTH_TOKEN / ~/.ray/auth_token) is used as is
         ray.init(address=address, log_to_driver=False, configure_logging=False)
-    return True, time.time() - t0
+    return True
 
 
 def cluster_capacity() -> dict[str, float]:

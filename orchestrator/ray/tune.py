@@ -294,7 +294,7 @@ class RayRunner:
             check_ray()  # Train V1 (RAY_TRAIN_V2_ENABLED=0) or a Ray below the floor: refused
             pending = sum(1 for r in scheduler.stages.values() if r.state not in TERMINAL_STATES)
             demand = host.study_demand(plan.compute, pending, scheduler.max_running)  # a fair share
-            started, _ = connect(self.address, demand, plan.study)
+            started = connect(self.address, demand, plan.study)
         lease = None
         try:
             if self.simulate_scale is None:
