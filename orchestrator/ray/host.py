@@ -253,10 +253,9 @@ def read_records(folder: Path | None = None) -> list[Record]:
     return out
 
 
-def write_record(rec: Record, folder: Path | None = None) -> None:
-    folder = folder or state_dir()
+def write_record(rec: Record) -> None:
     if not rec.path:
-        rec.path = str(folder / f"ray-{rec.driver_pid}-{uuid.uuid4().hex[:8]}.json")
+        rec.path = str(state_dir() / f"ray-{rec.driver_pid}-{uuid.uuid4().hex[:8]}.json")
     tmp = f"{rec.path}.tmp"
     Path(tmp).write_text(
         json.dumps({k: v for k, v in dataclasses.asdict(rec).items() if k != "path"}, indent=2)
