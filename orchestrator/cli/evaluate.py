@@ -28,12 +28,12 @@ def format_summary(summary: dict[str, Any], backbone: str) -> str:
         f"-> {summary['results_file']}",
     ]
     zoo_file, zoo_ap = summary["zoo"]
+    ap = 100 * summary["metrics"]["AP"] if summary["metrics"] is not None else 0.0
     if summary["metrics"] is None:
         lines.append(
             f"no keypoint annotations for this split: submit {summary['zip_file']} to the evaluation server"
         )
     elif summary.get("gt_boxes"):
-        ap = 100 * summary["metrics"]["AP"]
         lines.append(
             f"AP {ap:.1f} with GT boxes  -> {summary['metrics_file']}\n"
             f"no comparison with the model zoo: its {zoo_file} value ({zoo_ap:.1f}) is with the AP-56 "
@@ -41,13 +41,11 @@ def format_summary(summary: dict[str, Any], backbone: str) -> str:
             "COCO_val2017_detections_AP_H_56_person.json to compare"
         )
     elif summary.get("split", "val2017") != "val2017":
-        ap = 100 * summary["metrics"]["AP"]
         lines.append(
             f"AP {ap:.1f} with {summary['boxes']}  -> {summary['metrics_file']}\n"
             f"no comparison with the model zoo: its {zoo_file} value ({zoo_ap:.1f}) is on val2017"
         )
     else:
-        ap = 100 * summary["metrics"]["AP"]
         lines.append(
             f"AP {ap:.1f}  (model zoo {zoo_file}: {zoo_ap:.1f} on val2017, 256x192, AP-56 detections; "
             f"difference {ap - zoo_ap:+.1f})  -> {summary['metrics_file']}"

@@ -1,13 +1,9 @@
-"""Live progress of a study run: one concise line per event, a summary table at the end (Ray-free).
+"""Live progress of a study run: one line per event, a summary table at the end (Ray-free).
 
-Events reach it from the stage scheduler in the driver (`{"event": "stage", "state": <a
-`store_format.StageState`>, "how": <a `StageHow`>}`: queued, running (launched), elsewhere, a stage
-found in the store or computed by another run, no-work, skipped, retrying, failed, blocked) and as Ray
-Tune results of each stage's trial: its own state changes (`running`, `done`, `collapsed`, `retrying`,
-`failed`; no `how`) and the epoch reports of its Ray Train workers (`{"stage_id", "epoch", "epochs",
-"loss", "precision" | "AP", ...}`). A line names the stage's state with the word `status` shows.
-`Progress` turns them into lines with epoch/total, the current metric, elapsed time and an ETA, and
-keeps the stage intervals that split the wall time by phase.
+Events come from the stage scheduler (`{"event": "stage", "state": <StageState>, "how": <StageHow>}`)
+and as Ray Tune results of each stage's trial: its own state changes (no `how`) and its Train workers'
+epoch reports (`{"stage_id", "epoch", "epochs", "loss", "precision" | "AP", ...}`). Lines name states with
+the words `status` shows; the stage intervals kept split the wall time by phase.
 """
 
 from __future__ import annotations
@@ -31,7 +27,6 @@ METRIC_LABELS = (("AP", "AP"), ("precision", "P"))
 @dataclass
 class StageProgress:
     stage_id: str
-    kind: str = ""
     state: StageState | str = StageState.QUEUED
     epoch: int | None = None
     epochs: int | None = None
@@ -80,7 +75,7 @@ class Progress:
     def on_stage_event(self, ev: dict[str, Any], now: float | None = None) -> None:
         now = time.time() if now is None else now
         st = self.stages.setdefault(ev["stage_id"], StageProgress(ev["stage_id"]))
-        st.kind, st.epochs = ev.get("kind", st.kind), ev.get("epochs") or st.epochs
+        st.epochs = ev.get("epochs") or st.epochs
         state, how = _state(ev["state"]), ev.get("how")
         found = how in (StageHow.FOUND, StageHow.WAITED)
         if state == StageState.QUEUED or (state == StageState.RUNNING and how == StageHow.COMPUTED):
@@ -195,20 +190,10 @@ class Progress:
 def format_summary(summary: dict[str, Any]) -> str:
     """The end-of-run table: one row per trial, then counts, failures and the wall-time split."""
     header = ("trial", "status", "pretrain", "pretrain how", "P", "finetune", "finetune how", "AP")
-    rows = [header]
+    rows: list[tuple[Any, ...]] = [header]
     for t in summary["trials"]:
-        rows.append(
-            (
-                t["trial_id"],
-                t["status"],
-                t["pretrain"],
-                t.get("pretrain_how", ""),
-                _fmt(t.get("precision")),
-                t["finetune"],
-                t.get("finetune_how", ""),
-                _fmt(t.get("AP")),
-            )
-        )
+        pre = (t["trial_id"], t["status"], t["pretrain"], t.get("pretrain_how", ""), _fmt(t.get("precision")))
+        rows.append((*pre, t["finetune"], t.get("finetune_how", ""), _fmt(t.get("AP"))))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items()))

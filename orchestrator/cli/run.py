@@ -178,9 +178,11 @@ def judge_failure(
 
 
 def _publish_without_training(
-    store: Store, plan: Plan, spec: Any, status: str, summary: dict[str, Any]
+    store: Store, plan: Plan, spec: Any, status: str, summary: dict[str, Any], simulated: bool = False
 ) -> dict[str, Any]:
     """What the scheduler publishes itself: no-work pretrains and skipped finetunes."""
+    if simulated:
+        summary = {**summary, "provenance": {"simulated": True}}
     return publish(store, plan, spec, status=status, summary=summary)
 
 
@@ -266,9 +268,7 @@ def simulate_study(plan: Plan, sim: Simulation, *, progress: bool = False) -> di
         sched = StageScheduler(
             plan,
             resolve=store.read_result,
-            publish=lambda spec, status, summary: publish(
-                store, plan, spec, status=status, summary={**summary, "provenance": {"simulated": True}}
-            ),
+            publish=functools.partial(_publish_without_training, store, plan, simulated=True),
             capacity={},
             on_event=tracker.on_stage_event,
         )
@@ -276,6 +276,7 @@ def simulate_study(plan: Plan, sim: Simulation, *, progress: bool = False) -> di
         runner = RayRunner(local_gpus=sim.gpus, local_cpus=sim.cpus_for(plan), simulate_scale=scale)
         runner.run(plan, store, sched, workloads=None, restore=False, progress=tracker)
         metrics = schedule_metrics(intervals_of(sched), sim.gpus)
+    computed = [r for r in sched.stages.values() if r.how == StageHow.COMPUTED]
     bound = lower_bound(plan, sim.gpus, scale)
     ratio = metrics["makespan"] / bound if bound > 0 else float("nan")
     line = (
@@ -289,11 +290,11 @@ def simulate_study(plan: Plan, sim: Simulation, *, progress: bool = False) -> di
         "time_scale": scale,
         "gpus": sim.gpus,
         "cpus": sim.cpus_for(plan),
-        "stages": sum(1 for r in sched.stages.values() if r.how == StageHow.COMPUTED),
+        "stages": len(computed),
         "launch_latency_s": [
             r.started_at - r.launched_at
-            for r in sched.stages.values()
-            if r.how == StageHow.COMPUTED and r.started_at is not None and r.launched_at is not None
+            for r in computed
+            if r.started_at is not None and r.launched_at is not None
         ],
         "failed": sched.failed(),
         "line": line,
@@ -365,18 +366,8 @@ def summarize(plan: Plan, store: Store, scheduler: StageScheduler | None = None)
 def write_trials_csv(plan: Any, store: Store, summary: dict[str, Any]) -> str:
     """studies/<name>/trials.csv: one row per trial (id, params, stage ids, status, main metrics)."""
     param_keys = sorted({k for t in summary["trials"] for k in t["params"]})
-    fields = [
-        "trial_id",
-        *param_keys,
-        "pretrain",
-        "finetune",
-        "status",
-        "pretrain_status",
-        "finetune_status",
-        "precision",
-        *MAIN_METRICS,
-        "error",
-    ]
+    fields = ["trial_id", *param_keys, "pretrain", "finetune", "status", "pretrain_status", "finetune_status"]
+    fields += ["precision", *MAIN_METRICS, "error"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()

@@ -1,16 +1,13 @@
 """Where a study stands (`hsjp-study status`, docs/design.md §4–5), read from the result store only.
 
-States are `store_format.StageState`, the words the progress lines of `hsjp-study run` use. A stage
-is `done` / `collapsed` / `skipped` when its result.json says so (`skipped`: a finetune whose
-pretrain collapsed), `no-work` for a scratch / imagenet pretrain (nothing to compute), `retrying` /
-`failed` (shown as `retrying 2/3: <error>` / `failed: <error>`) when the stage's attempts.json
-(`orchestrator.schedule.failures`) says so, `failed` when error.txt is there without a result, `running` when
-metrics.jsonl has epochs but there is no result yet, `blocked` when it is a finetune whose pretrain
-failed, `waiting` when its pretrain is not done otherwise, else `queued`. (`elsewhere`, another run
-holding the stage's lease, is known to the running schedulers only: here that stage is `running`.)
-Progress, the key metric (HSJP precision P / AP), device-hours spent and an ETA come from result.json
-and the per-epoch rows of metrics.jsonl. A finished stage an older workload version made is marked
-`stale` (orchestrator.schedule.lineage), with the versions, in its row and in the summary.
+A stage's state (`StageState`, the words of `hsjp-study run`'s progress lines; `orchestrator.schedule.view`)
+comes from its result.json (`done` / `collapsed` / `skipped`: a finetune whose pretrain collapsed), its
+attempts.json (`retrying 2/3: <error>` / `failed: <error>`), error.txt without a result (`failed`),
+metrics.jsonl epochs without a result (`running`), its pretrain (`blocked`: failed, `waiting`: not done),
+else `queued`; `no-work` for a scratch / imagenet pretrain. (`elsewhere`, another run holding the stage's
+lease, is known to running schedulers only: here it is `running`.) Progress, the key metric (precision P
+/ AP), device-hours and an ETA come from result.json and metrics.jsonl's epoch rows; a finished stage an
+older workload version made is marked `stale` (orchestrator.schedule.lineage), with the versions.
 """
 
 from __future__ import annotations
@@ -169,13 +166,12 @@ def render_status(rows: list[dict[str, Any]], plan: Plan) -> str:
     lines.append(header)
     for r in rows:
         epoch = f"{r['epoch'] or 0}/{r['epochs']}" if r["epochs"] else "-"
-        value = r["value"]
-        if not isinstance(value, (int, float)):
+        if not isinstance(value := r["value"], (int, float)):
             metric = "-"
-        else:  # an evaluate stage's value is a count of results
-            metric = (
-                f"{r['metric']} {value}" if r["kind"] == StageKind.EVALUATE else f"{r['metric']} {value:.3f}"
-            )
+        elif r["kind"] == StageKind.EVALUATE:  # a count of results
+            metric = f"{r['metric']} {value}"
+        else:
+            metric = f"{r['metric']} {value:.3f}"
         what = f"{r['description']} ({', '.join(t.split('-')[0] for t in r['trials'])})"
         if r.get("detail"):
             what += f" — {r['detail']}"

@@ -14,8 +14,6 @@ import logging
 import os
 import re
 import threading
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -81,20 +79,16 @@ def start_local_ray(
     demand: Any = None,
     study: str = "",
     claim: bool = True,
-    **resources: float,
 ) -> None:
-    """A local Ray for this process (no dashboard, worker logs kept out of the driver's output).
-
-    With `claim` (real runs) its CPUs / GPUs are what this process may use (cgroup / affinity,
-    CUDA_VISIBLE_DEVICES), less what other live hsjp-study runs on this machine hold, at most `demand`
-    (and `num_cpus` / `num_gpus`); the dead runs' orphaned Ray processes are ended first
-    (`orchestrator.ray.host`). Without (`--simulate`: fake GPUs on a fake cluster) it takes exactly
-    `num_cpus` / `num_gpus`, claiming nothing of the machine."""
+    """A local Ray for this process (no dashboard, worker logs kept out of the driver's output). With
+    `claim` (real runs) it takes this machine's fair share (`orchestrator.ray.host.LocalClaim`), at most
+    `demand` / `num_cpus` / `num_gpus`; without (`--simulate`'s fake cluster) exactly `num_cpus` /
+    `num_gpus`, claiming nothing."""
     # Ray 2.60 turns token authentication on for `ray start` clusters; a local one needs none (unless set)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     options: dict[str, Any] = dict(
         address="local",
-        resources={TRIAL_RESOURCE: 10_000, **resources},
+        resources={TRIAL_RESOURCE: 10_000},
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
@@ -111,45 +105,28 @@ def start_local_ray(
         local.register(address=info.get("gcs_address", ""), session_dir=info.get("session_dir", ""))
 
 
-@contextlib.contextmanager
-def _local_node_env() -> Iterator[None]:
+def _local_node_env() -> contextlib.AbstractContextManager[None]:
     """While the local Ray starts (its raylet, and so every worker, inherits the environment): one node
     that nobody drains, so Ray Train's per-stage PreemptionWatcher actor (one more process per stage)
     is off. A user's explicit setting wins. Set only for the start, so that a Ray cluster this process
     joins or starts later (tests) keeps the watcher that drains need."""
-    name = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
-    before = os.environ.get(name)
-    os.environ.setdefault(name, "0")
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
+    return host.env_set("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0", keep_given=True)
 
 
-def connect(address: str | None, demand: Any = None, study: str = "") -> tuple[bool, float]:
-    """(whether this call started/joined Ray, seconds it took). Reuses an initialised Ray."""
+def connect(address: str | None, demand: Any = None, study: str = "") -> bool:
+    """Whether this call started / joined Ray (an initialised Ray is reused)."""
     if ray.is_initialized():
-        return False, 0.0
-    t0 = time.time()
+        return False
     if address is None:
         start_local_ray(demand=demand, study=study)
     else:  # a real cluster: its auth token (RAY_AUTH_TOKEN / ~/.ray/auth_token) is used as is
         ray.init(address=address, log_to_driver=False, configure_logging=False)
-    return True, time.time() - t0
-
-
-def shutdown() -> None:
-    ray.shutdown()
+    return True
 
 
 def cluster_capacity() -> dict[str, float]:
     # untyped in Ray: its dict of resource name → amount, and of one dict per node
     return {k: float(v) for k, v in ray.cluster_resources().items()}  # type: ignore[no-untyped-call]
-
-
-def cluster_nodes() -> list[dict[str, Any]]:
-    return list(ray.nodes())  # type: ignore[no-untyped-call]
 
 
 def trial_resources(cluster: dict[str, float]) -> dict[str, float]:

@@ -67,66 +67,46 @@ def usable_cpus(
 def cgroup_cpu_quota(cgroup_text: str | None = None, cgroup_root: str = "/sys/fs/cgroup") -> float | None:
     """The tightest CPU quota (in CPUs) on this process's cgroup path, None when unlimited / unknown.
     `cgroup_text` is /proc/self/cgroup (read when None)."""
-    if cgroup_text is None:
-        try:
-            cgroup_text = Path("/proc/self/cgroup").read_text()
-        except OSError:
-            return None
     root = Path(cgroup_root)
     limits: list[float] = []
-    for line in cgroup_text.splitlines():
+    for line in (_read(Path("/proc/self/cgroup")) if cgroup_text is None else cgroup_text).splitlines():
         parts = line.strip().split(":", 2)
         if len(parts) != 3:
             continue
         _, controllers, rel = parts
-        rel = rel.lstrip("/")
-        if controllers == "":  # v2 unified hierarchy: cpu.max at every level up to the root
-            for folder in _up_to(root / rel, root):
-                limits += _v2_limit(folder / "cpu.max")
-        elif "cpu" in controllers.split(","):
-            mount = next(
-                (root / name for name in (controllers, "cpu,cpuacct", "cpu") if (root / name).is_dir()), None
-            )
-            if mount is not None:
-                for folder in _up_to(mount / rel, mount):
-                    limits += _v1_limit(folder)
+        if controllers == "":  # v2 unified hierarchy: "<quota|max> <period>" in cpu.max at every level
+            mount: Path | None = root
+        elif "cpu" in controllers.split(","):  # v1: cpu.cfs_quota_us / cpu.cfs_period_us
+            mount = next((root / n for n in (controllers, "cpu,cpuacct", "cpu") if (root / n).is_dir()), None)
+        else:
+            continue
+        if mount is None:
+            continue
+        folder = mount / rel.lstrip("/")
+        for level in (folder, *(p for p in folder.parents if p == mount or mount in p.parents)):
+            if controllers == "":
+                quota, period = ([*_read(level / "cpu.max").split(), "", ""])[:2]
+            else:
+                quota, period = _read(level / "cpu.cfs_quota_us"), _read(level / "cpu.cfs_period_us")
+            with contextlib.suppress(ValueError):  # "max" (v2) / -1 (v1): unlimited
+                if float(quota) > 0 and float(period) > 0:
+                    limits.append(float(quota) / float(period))
     return min(limits) if limits else None
 
 
-def _up_to(folder: Path, root: Path) -> list[Path]:
-    out = []
-    while True:
-        out.append(folder)
-        if folder == root or root not in folder.parents:
-            return out
-        folder = folder.parent
-
-
-def _v2_limit(path: Path) -> list[float]:
+def _read(path: Path | str) -> str:
+    """A /proc, /sys or record file's text, "" when it cannot be read (gone, no permission)."""
     try:
-        quota, period = path.read_text().split()[:2]
-    except (OSError, ValueError):
-        return []
-    if quota == "max" or float(period) <= 0:
-        return []
-    return [float(quota) / float(period)]
-
-
-def _v1_limit(folder: Path) -> list[float]:
-    try:
-        quota = float((folder / "cpu.cfs_quota_us").read_text())
-        period = float((folder / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
-        return []
-    return [quota / period] if quota > 0 and period > 0 else []
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 # ------------------------------------------------------------------------------------------- GPUs
 def visible_gpu_ids(env: Mapping[str, str] | None = None) -> list[str] | None:
     """GPU ids in CUDA_VISIBLE_DEVICES, None when unset. CUDA stops at the first invalid entry
     (`0,1,-1,2` is `0,1`); `""`, `-1` or `NoDevFiles` mean none. Indices, `GPU-<uuid>`, `MIG-<uuid>`."""
-    env = os.environ if env is None else env
-    text = env.get("CUDA_VISIBLE_DEVICES")
+    text = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
     if text is None:
         return None
     ids: list[str] = []
@@ -153,57 +133,60 @@ def box_gpu_ids(
 
 
 # ------------------------------------------------------------------------------------- processes
-def proc_start(pid: int, proc_root: str = "/proc") -> int | None:
+def _stat(pid: int | str) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name: [state, ppid, ...] ([] when gone)."""
+    text = _read(f"/proc/{pid}/stat")
+    return text[text.rfind(")") + 2 :].split()
+
+
+def proc_start(pid: int) -> int | None:
     """The process's start time (clock ticks after boot, /proc/<pid>/stat field 22), None when there is no
     such live process (gone, or a zombie)."""
-    try:
-        text = Path(proc_root, str(pid), "stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rfind(")") + 2 :].split()
-    if len(fields) < 20 or fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
+    fields = _stat(pid)
+    return int(fields[19]) if len(fields) >= 20 and fields[0] not in ("Z", "X") else None
 
 
-def same_process(pid: int, start: int | None, proc_root: str = "/proc") -> bool:
+def same_process(pid: int, start: int | None) -> bool:
     """Whether `pid` is still the process that started at `start` (not a reused pid)."""
-    return start is not None and proc_start(pid, proc_root) == start
+    return start is not None and proc_start(pid) == start
 
 
-def descendants(pid: int, proc_root: str = "/proc") -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every live descendant of `pid` (from the parent pids in /proc/*/stat)."""
     children: dict[int, list[int]] = {}
-    for entry in os.scandir(proc_root):
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        fields = text[text.rfind(")") + 2 :].split()
-        if len(fields) > 1:
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and len(fields := _stat(entry.name)) > 1:
             children.setdefault(int(fields[1]), []).append(int(entry.name))
     out, todo = [], list(children.get(pid, []))
     while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
+        out.append(todo.pop())
+        todo += children.get(out[-1], [])
     return sorted(out)
 
 
-def _comm(pid: int, proc_root: str = "/proc") -> str:
-    try:
-        return Path(proc_root, str(pid), "comm").read_text().strip()
-    except OSError:
-        return "?"
+def _alive(p: dict[str, Any]) -> bool:
+    """Whether a recorded process ({pid, start, name}) still runs (the same one, not a reused pid)."""
+    return same_process(p["pid"], p.get("start"))
 
 
 def _boot_id() -> str:
+    return _read("/proc/sys/kernel/random/boot_id").strip()
+
+
+@contextlib.contextmanager
+def env_set(name: str, value: str, keep_given: bool = False) -> Iterator[None]:
+    """Environment variable `name` = `value` within (with `keep_given`: unless it is set already), as it
+    was afterwards."""
+    old = os.environ.get(name)
+    if old is None or not keep_given:
+        os.environ[name] = value
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 # --------------------------------------------------------------------------------------- records
@@ -240,26 +223,16 @@ class Record:
 
     def ray_alive(self) -> bool:
         """Whether its Ray still runs (the first recorded process, the GCS server, is alive)."""
-        return bool(self.processes) and any(
-            same_process(p["pid"], p.get("start")) for p in self.processes if p.get("name") == "gcs_server"
-        )
+        return any(_alive(p) for p in self.processes if p.get("name") == "gcs_server")
 
     def claims(self) -> bool:
         """A live run's Ray: its resources are taken. A driver that shut its Ray down claims nothing."""
         return self.driver_alive() and (self.ray_alive() or not self.processes)
 
-    def live_processes(self) -> list[dict[str, Any]]:
-        return [p for p in self.processes if same_process(p["pid"], p.get("start"))]
-
     def describe(self) -> str:
         gpus = f", GPUs {','.join(self.gpu_ids)}" if self.gpu_ids else ""
         study = f"study {self.study}: " if self.study else ""
         return f"pid {self.driver_pid} ({study}{self.cpus} CPUs{gpus}; Ray at {self.address or '?'})"
-
-    def to_json(self) -> str:
-        data = dataclasses.asdict(self)
-        data.pop("path")
-        return json.dumps(data, indent=2)
 
 
 def read_records(folder: Path | None = None) -> list[Record]:
@@ -280,12 +253,13 @@ def read_records(folder: Path | None = None) -> list[Record]:
     return out
 
 
-def write_record(rec: Record, folder: Path | None = None) -> None:
-    folder = folder or state_dir()
+def write_record(rec: Record) -> None:
     if not rec.path:
-        rec.path = str(folder / f"ray-{rec.driver_pid}-{uuid.uuid4().hex[:8]}.json")
+        rec.path = str(state_dir() / f"ray-{rec.driver_pid}-{uuid.uuid4().hex[:8]}.json")
     tmp = f"{rec.path}.tmp"
-    Path(tmp).write_text(rec.to_json())
+    Path(tmp).write_text(
+        json.dumps({k: v for k, v in dataclasses.asdict(rec).items() if k != "path"}, indent=2)
+    )
     os.replace(tmp, rec.path)
 
 
@@ -294,26 +268,19 @@ def remove_record(rec: Record) -> None:
         os.remove(rec.path)
 
 
-def _cmdline(pid: int, proc_root: str = "/proc") -> str:
-    try:
-        return Path(proc_root, str(pid), "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def snapshot_processes(
-    driver_pid: int, session_dir: str = "", proc_root: str = "/proc"
-) -> list[dict[str, Any]]:
+def snapshot_processes(driver_pid: int, session_dir: str = "") -> list[dict[str, Any]]:
     """[{pid, start, name}] of the Ray processes a driver started, the GCS server first: its
     descendants whose command line names the Ray session (gcs_server, raylet, log monitor, ...) and
     everything below those (agents, workers). Without a session folder: all its descendants. Other
     children of the driver (a test's subprocesses, their own Rays) are not its Ray."""
-    pids = descendants(driver_pid, proc_root)
+    pids = descendants(driver_pid)
     session = os.path.basename(session_dir.rstrip("/"))
     if session:
-        roots = [p for p in pids if session in _cmdline(p, proc_root)]
-        pids = sorted({*roots, *(d for r in roots for d in descendants(r, proc_root))})
-    procs = [{"pid": p, "start": proc_start(p, proc_root), "name": _comm(p, proc_root)} for p in pids]
+        roots = [p for p in pids if session in _read(f"/proc/{p}/cmdline")]
+        pids = sorted({*roots, *(d for r in roots for d in descendants(r))})
+    procs = [
+        {"pid": p, "start": proc_start(p), "name": _read(f"/proc/{p}/comm").strip() or "?"} for p in pids
+    ]
     procs = [p for p in procs if p["start"] is not None]
     return sorted(procs, key=lambda p: (p["name"] != "gcs_server", p["pid"]))
 
@@ -322,23 +289,22 @@ def snapshot_processes(
 def end_orphans(records: list[Record], term_wait_s: float = TERM_WAIT_S) -> int:
     """End the recorded Ray processes of runs whose driver is dead (only those, each verified by pid
     and start time); remove their records. Returns how many processes were ended."""
-    targets = [p for rec in records if not rec.driver_alive() for p in rec.live_processes()]
+    dead = [rec for rec in records if not rec.driver_alive()]
+    targets = [p for rec in dead for p in rec.processes if _alive(p)]
     for p in targets:
         _signal(p, signal.SIGTERM)
     deadline = time.time() + term_wait_s
-    while time.time() < deadline and any(same_process(p["pid"], p.get("start")) for p in targets):
+    while time.time() < deadline and any(_alive(p) for p in targets):
         time.sleep(0.05)
     for p in targets:
-        if same_process(p["pid"], p.get("start")):
-            _signal(p, signal.SIGKILL)
-    for rec in records:
-        if not rec.driver_alive():
-            remove_record(rec)
+        _signal(p, signal.SIGKILL)
+    for rec in dead:
+        remove_record(rec)
     return len(targets)
 
 
 def _signal(p: dict[str, Any], sig: int) -> None:
-    if not same_process(p["pid"], p.get("start")):
+    if not _alive(p):
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(p["pid"], sig)
@@ -429,10 +395,7 @@ class LocalClaim:
                 )
             others = [r for r in read_records(folder) if r.claims()]
             cpus = self.num_cpus or usable_cpus()  # an explicit num_cpus is the size of the box
-            gpus = box_gpu_ids()
-            if self.num_gpus is not None:
-                gpus = gpus[: self.num_gpus]
-            self.claim = plan_claim(cpus, gpus, others, self.demand)
+            self.claim = plan_claim(cpus, box_gpu_ids()[: self.num_gpus], others, self.demand)
             if others:
                 self.report(
                     f"sharing this machine with {len(others)} other hsjp-study run(s) "
@@ -444,19 +407,10 @@ class LocalClaim:
             raise
         return self
 
-    @contextlib.contextmanager
-    def visible_gpus(self) -> Iterator[None]:
+    def visible_gpus(self) -> contextlib.AbstractContextManager[None]:
         """CUDA_VISIBLE_DEVICES = the claimed GPUs while Ray starts (its raylet inherits it and hands
         out only those ids); the driver's own setting is restored afterwards."""
-        old = os.environ.get("CUDA_VISIBLE_DEVICES")
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(self.claim.gpu_ids)
-        try:
-            yield
-        finally:
-            if old is None:
-                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-            else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = old
+        return env_set("CUDA_VISIBLE_DEVICES", ",".join(self.claim.gpu_ids))
 
     def register(self, address: str = "", session_dir: str = "") -> Record:
         """Record the started Ray (call right after ray.init, inside the `with`); refreshed every

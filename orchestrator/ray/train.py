@@ -114,14 +114,10 @@ class RayStageContext:
         self.last_report: dict[str, Any] = {}
 
     def resume_state(self) -> dict[str, Any] | None:
-        """The state of the newest readable epoch checkpoint of this stage's Train run.
-
-        Ray Train hands back its latest checkpoint. If that one's `state.pt` cannot be loaded (a
-        truncated upload, a node lost mid-write), the earlier `checkpoint_*` folders of the same Train
-        run (`<store>/stages/<id>/train/<id>/`, names sort by time) are tried newest first, each failure
-        logged as a warning naming the file; with none readable the stage starts from scratch (also
-        warned). Retraining a few epochs is cheaper than a stage that can never resume.
-        """
+        """The state of the newest readable epoch checkpoint of this stage's Train run: Ray's latest, else
+        (a truncated upload, a node lost mid-write) the earlier `checkpoint_*` folders of the same run
+        newest first, each failure warned; none readable: from scratch (retraining a few epochs is cheaper
+        than a stage that can never resume)."""
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
@@ -184,7 +180,7 @@ class RayStageContext:
         # of state.pt to the store leave the training step; the checkpoint is registered (and a resume can
         # see it) only once the write is complete, so a crash mid-write leaves no registered half file
         ray.train.report(
-            progress_metrics(row),
+            {k: v for k, v in row.items() if isinstance(v, (bool, int, float, str)) or v is None},  # scalars
             checkpoint=checkpoint,
             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
             delete_local_checkpoint_after_upload=True,
@@ -217,42 +213,26 @@ def _write_state(storage: Any, state: dict[str, Any], local: Any, checkpoint_dir
     return ray.train.Checkpoint(dest, filesystem=fs)
 
 
-def progress_metrics(row: dict[str, Any]) -> dict[str, Any]:
-    """The scalar part of a metrics row (what travels to Ray Train / Tune: no nested values)."""
-    return {k: v for k, v in row.items() if isinstance(v, (bool, int, float, str)) or v is None}
-
-
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        out[str(key)] = value
-    return out
+    return {
+        str(k): v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v for k, v in metrics.items()
+    }
 
 
 def stage_worker_loop(config: dict[str, Any]) -> None:
     """`train_loop_per_worker` of a working stage; `config` is `stage_trainer`'s `train_loop_config`."""
+    sid, kind, cfg, data = config["stage_id"], config["kind"], config["stage_config"], config["data"]
+    init = config.get("parent_config")
     store = config["store"]
     if not isinstance(store, Store):
         store = Store(store)
-    ctx = RayStageContext(
-        store, config["stage_id"], config.get("parent_id"), config.get("parent_has_weights", False)
-    )
+    ctx = RayStageContext(store, sid, config.get("parent_id"), config.get("parent_has_weights", False))
     stand_in: Workload | None = config.get("workload")  # tests: a stand-in for the stage's workload
-    kind, cfg, data, init = (
-        config["kind"],
-        config["stage_config"],
-        config["data"],
-        config.get("parent_config"),
-    )
     try:
-        if stand_in is not None:
-            result = (
-                stand_in(cfg, data, ctx, init=init)
-                if kind == StageKind.FINETUNE
-                else stand_in(cfg, data, ctx)
-            )
+        if stand_in is not None and kind == StageKind.FINETUNE:
+            result = stand_in(cfg, data, ctx, init=init)
+        elif stand_in is not None:
+            result = stand_in(cfg, data, ctx)
         elif kind == StageKind.PRETRAIN:
             result = run_pretrain(cfg, data, ctx)
         elif kind == StageKind.FINETUNE:
@@ -262,27 +242,27 @@ def stage_worker_loop(config: dict[str, Any]) -> None:
     except Exception:
         with contextlib.suppress(Exception):  # where it failed, for error.txt (best effort)
             store.write_json(
-                store.stage_path(config["stage_id"], FAILED_ON_FILE),
+                store.stage_path(sid, FAILED_ON_FILE),
                 {"rank": ctx.rank, "node": f"{node_ip()} ({socket.gethostname()})"},
             )
         raise
     if not isinstance(result, StageResult):
         raise TypeError(
-            f"stage {config['stage_id']}: workload {getattr(stand_in, '__name__', kind)} "
+            f"stage {sid}: workload {getattr(stand_in, '__name__', kind)} "
             f"returned {type(result).__name__}, expected workloads.context.StageResult"
         )
     if ctx.rank != 0:
         return
     if result.weights is not None:
-        store.save_weights(config["stage_id"], result.weights)
+        store.save_weights(sid, result.weights)
     for name, data in result.artifacts.items():  # e.g. the test-dev results file + zip (pose/testdev.py)
-        store.write_bytes(store.stage_path(config["stage_id"], name), data)
+        store.write_bytes(store.stage_path(sid, name), data)
     summary = result.summary()
     summary["metrics"] = finite_or_none(summary["metrics"])
     summary["has_weights"] = result.weights is not None
     summary["resumed_from"] = ctx.resumed_from
     summary["provenance"] = {
-        **provenance(to_dict(config["stage_config"]), ctx.device, ctx.world_size),
+        **provenance(to_dict(cfg), ctx.device, ctx.world_size),
         **(result.provenance or {}),
     }
-    store.write_json(store.stage_path(config["stage_id"], STAGING_FILE), summary)
+    store.write_json(store.stage_path(sid, STAGING_FILE), summary)

@@ -32,10 +32,8 @@ from orchestrator.ray import host
 from orchestrator.ray.connect import (
     check_ray,
     cluster_capacity,
-    cluster_nodes,
     connect,
     node_ip,
-    shutdown,
     start_local_ray,
     trial_resources,
 )
@@ -296,11 +294,12 @@ class RayRunner:
             check_ray()  # Train V1 (RAY_TRAIN_V2_ENABLED=0) or a Ray below the floor: refused
             pending = sum(1 for r in scheduler.stages.values() if r.state not in TERMINAL_STATES)
             demand = host.study_demand(plan.compute, pending, scheduler.max_running)  # a fair share
-            started, _ = connect(self.address, demand, plan.study)
+            started = connect(self.address, demand, plan.study)
         lease = None
         try:
             if self.simulate_scale is None:
-                check_storage_for_cluster(store, cluster_nodes())  # a node-local store on many hosts: refuse
+                # a node-local store on many hosts: refused (ray.nodes is untyped)
+                check_storage_for_cluster(store, ray.nodes())  # type: ignore[no-untyped-call]
             scheduler.capacity = {k: v for k, v in cluster_capacity().items() if k in ("CPU", "GPU")}
             lease = FileLease(store) if store.is_local else ActorLease(holder=f"study:{plan.study}")
             scheduler.lease = lease
@@ -310,7 +309,7 @@ class RayRunner:
             if lease is not None:
                 lease.release_all()
             if started:
-                shutdown()
+                ray.shutdown()
 
 
 def _fresh_tuner(plan: Any, store: Store, trial_fn: Any) -> tune.Tuner:
@@ -338,7 +337,7 @@ def _fit_restored(plan: Any, store: Store, scheduler: StageScheduler, trial_fn: 
     left (a fresh experiment then runs them)."""
     tune_path, tune_fs = store.ray_storage(STUDIES_DIR, plan.study)
     tune_dir = store.uri_of(STUDIES_DIR, plan.study, TUNE_DIR)
-    if not _can_restore(tune_dir, tune_fs):
+    if not _can_restore(tune_dir, tune_fs):  # Tuner.can_restore takes a URI: a given filesystem starts fresh
         return False
     try:
         log.info("restoring the Tune experiment %s", tune_dir)
@@ -364,9 +363,7 @@ def _fit_restored(plan: Any, store: Store, scheduler: StageScheduler, trial_fn: 
 
 def _can_restore(tune_dir: str, fs: pafs.FileSystem | None) -> bool:
     try:
-        if fs is not None:
-            return False  # Tuner.can_restore takes a URI; a given filesystem starts fresh (still correct)
-        return bool(tune.Tuner.can_restore(tune_dir))
+        return fs is None and bool(tune.Tuner.can_restore(tune_dir))
     except Exception:  # noqa: BLE001
         return False
 
@@ -387,13 +384,8 @@ def stage_trial(
     base = {"event": "stage", "stage_id": sid, "kind": spec.kind}
     if simulate_scale is not None:
         held_from, held_to = hold_resources(plan, spec, simulate_scale)
-        publish(
-            store,
-            plan,
-            spec,
-            status=StageState.DONE,
-            summary={"metrics": {}, "provenance": {"simulated": True}},
-        )
+        summary = {"metrics": {}, "provenance": {"simulated": True}}
+        publish(store, plan, spec, status=StageState.DONE, summary=summary)
         tune.report({**base, "state": StageState.DONE, "held_from": held_from, "held_to": held_to})
         return
     t0 = time.time()
