@@ -160,10 +160,8 @@ def load_data(raw: Any, path: Path) -> DataSpec:
     """`data:` of a study file → DataSpec (ConfigError naming file / key / value)."""
     where = f"{path}: data"
     if not isinstance(raw, dict):
-        raise ConfigError(
-            f"{where} = {short(raw)}: expected a mapping, either {{synthetic: {{train, val, seed}}}} "
-            "or {coco_root: PATH, detection_file: PATH|null, max_train_instances, ...}"
-        )
+        coco = "{coco_root: PATH, detection_file: PATH|null, max_train_instances, ...}"
+        raise expected(where, raw, "a mapping, either {synthetic: {train, val, seed}} or " + coco)
     raw = dict(raw)
     synthetic_raw = raw.pop("synthetic", None)
     if synthetic_raw is not None and ("coco_root" in raw or "detection_file" in raw):
@@ -192,7 +190,7 @@ def load_compute(raw: Any, path: Path) -> ComputeConfig:
     given = raw.pop("throughput", None) if isinstance(raw, dict) else None
     cfg: ComputeConfig = from_dict(ComputeConfig, raw, where)
     if given is not None and not isinstance(given, dict):
-        raise ConfigError(f"{where}.throughput = {short(given)}: expected a mapping backbone → images/s")
+        raise expected(f"{where}.throughput", given, "a mapping backbone → images/s")
     throughput = dict(GPU_THROUGHPUT if cfg.use_gpu else CPU_THROUGHPUT)
     for backbone, value in (given or {}).items():
         key = f"{where}.throughput.{backbone}"
@@ -267,20 +265,21 @@ def short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def expected(where: str, value: Any, what: str) -> ConfigError:
+    """The error for a study key whose value has the wrong shape."""
+    return ConfigError(f"{where} = {short(value)}: expected {what}")
+
+
 # ------------------------------------------------------------------------------ checks, preparation
-def synthetic_dir(spec: SyntheticSpec, storage_root: str) -> str:
-    """`<store>/data/synthetic-<hash of the spec>` (where prepare_data puts the generated set)."""
-    digest = hashlib.sha1(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
-    return f"{storage_root.rstrip('/')}/data/synthetic-{digest}"
-
-
 def data_config(spec: DataSpec, storage_root: str) -> DataConfig:
-    """The DataConfig the stages get (no I/O): COCO as given; synthetic pointing into the store."""
+    """The DataConfig the stages get (no I/O): COCO as given; a synthetic set at
+    `<store>/data/synthetic-<hash of its spec>` (where prepare_data generates it)."""
     if spec.synthetic is None:
         return spec.config
     from workloads.data.synthetic import DETECTION_FILE
 
-    root = synthetic_dir(spec.synthetic, storage_root)
+    spec_json = json.dumps(dataclasses.asdict(spec.synthetic), sort_keys=True)
+    root = f"{storage_root.rstrip('/')}/data/synthetic-{hashlib.sha1(spec_json.encode()).hexdigest()[:12]}"
     return dataclasses.replace(spec.config, coco_root=root, detection_file=f"{root}/{DETECTION_FILE}")
 
 
