@@ -146,9 +146,7 @@ def _load_single(path: Path, raw: dict[str, Any], text: str) -> Study:
         _make_trial(base, overrides, seed, origin, name, path) for origin, overrides in rows for seed in seeds
     )
     tracking = parse_tracking(raw.get("tracking"), str(path))
-    return Study(
-        name=name, path=path, text=text, data=data, compute=compute, trials=trials, tracking=tracking
-    )
+    return Study(name, path, text, data, compute, trials, tracking=tracking)
 
 
 def _load_merged(path: Path, raw: dict[str, Any], text: str) -> Study:
@@ -181,14 +179,7 @@ def _load_merged(path: Path, raw: dict[str, Any], text: str) -> Study:
             f"{compute.trial_limit:,}; raise compute.trial_limit in {path.name} if you mean it"
         )
     return Study(
-        name=name,
-        path=path,
-        text=full_text,
-        data=data,
-        compute=compute,
-        trials=trials,
-        parts=tuple(p.name for p in parts),
-        tracking=tracking,
+        name, path, full_text, data, compute, trials, tuple(p.name for p in parts), tracking=tracking
     )
 
 
@@ -364,16 +355,13 @@ def _field_type(cls: type, name: str, where: str) -> Any:
 
 
 def _assign(base: dict[str, Any], key: str, value: Any) -> None:
-    """Set a dotted key in the plain trial data; `model.*` sets both stages' model."""
-    parts = key.split(".")
-    targets = ["pretrain", "finetune"] if parts[0] == "model" else [parts[0]]
-    rest = parts[1:] if parts[0] != "model" else ["model", *parts[1:]]
-    for section in targets:
-        node = base[section]
-        for name in rest[:-1]:
-            node = node.setdefault(name, {})
-        old = node.get(rest[-1])
-        node[rest[-1]] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    """Set a dotted key in the plain trial data (a mapping is merged into the one there); `model.*` sets
+    both stages' model."""
+    section, *rest = key.split(".")
+    for name in reversed(rest):
+        value = {name: value}
+    for target in ("pretrain", "finetune") if section == "model" else (section,):
+        base[target] = _merge(base[target], {"model": value} if section == "model" else value)
 
 
 def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -405,14 +393,7 @@ def _make_trial(
             f"{where}: the two stages' models differ ({diff}); the finetune loads the pretrain's backbone, "
             "so set the model once (defaults.model, matrix/include model.*)"
         )
-    return Trial(
-        params={**overrides, "seed": ft.seed},
-        pretrain=pre,
-        finetune=ft,
-        study=study,
-        origin=origin,
-        file=str(path),
-    )
+    return Trial({**overrides, "seed": ft.seed}, pre, ft, study, origin, file=str(path))
 
 
 def check_shapes(pre: PretrainConfig, ft: FinetuneConfig, where: str) -> None:
@@ -424,11 +405,11 @@ def check_shapes(pre: PretrainConfig, ft: FinetuneConfig, where: str) -> None:
                 f"{where}: pretrain.input_size = {pre.input_size}: must be a multiple of "
                 f"{INPUT_MULTIPLE} (e.g. 64, 96, 224)"
             )
-        expected, _ = heatmap_hw_of_input(pre.input_size, pre.input_size)
-        if pre.heatmap_size != expected:
+        side, _ = heatmap_hw_of_input(pre.input_size, pre.input_size)
+        if pre.heatmap_size != side:
             raise ConfigError(
                 f"{where}: pretrain.heatmap_size = {pre.heatmap_size}: must be input_size / {HEATMAP_STRIDE} = "
-                f"{expected}"
+                f"{side}"
             )
     h, w = ft.input_hw
     if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
