@@ -212,22 +212,20 @@ def make_plan(study: Study, data: DataConfig) -> Plan:
         ]
         for spec in (pre, fin, *evals):
             stages.setdefault(spec.stage_id, spec)
+        evaluations = tuple(dict.fromkeys(e.stage_id for e in evals))
         if fin.stage_id in by_finetune:
             i = by_finetune[fin.stage_id]
             alias = {"study": trial.study, "origin": trial.origin, "params": trial.params}
-            more = tuple(e.stage_id for e in evals if e.stage_id not in trials[i].evaluations)
+            evaluations = tuple(dict.fromkeys((*trials[i].evaluations, *evaluations)))
             trials[i] = dataclasses.replace(
-                trials[i], aliases=(*trials[i].aliases, alias), evaluations=(*trials[i].evaluations, *more)
+                trials[i], aliases=(*trials[i].aliases, alias), evaluations=evaluations
             )
             log.info("%s %s is the same trial as %s", trial.study, trial.origin, trials[i].trial_id)
             continue
         by_finetune[fin.stage_id] = len(trials)
         tid = trial_id(len(trials), trial, study.parts != (), vary_seed)
-        ids, evaluations = (
-            (pre.stage_id, fin.stage_id, trial.study, trial.origin),
-            [e.stage_id for e in evals],
-        )
-        trials.append(TrialSpec(tid, dict(trial.params), *ids, evaluations=tuple(dict.fromkeys(evaluations))))
+        ids = (pre.stage_id, fin.stage_id, trial.study, trial.origin)
+        trials.append(TrialSpec(tid, dict(trial.params), *ids, evaluations=evaluations))
     tracking = study.tracking.to_dict()
     return Plan(study.name, data, study.compute, stages, trials, study.data, study.parts, tracking)
 
