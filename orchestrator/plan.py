@@ -134,10 +134,6 @@ class Plan:
     parts: tuple[str, ...] = ()  # a merged study: the names of its parts
     tracking: dict[str, Any] = dataclasses.field(default_factory=dict)  # the study's; in no stage id
 
-    def backbones(self) -> list[str]:
-        """The backbones the plan's work stages train."""
-        return sorted({s.config.model.backbone for s in self.stages.values() if s.work})
-
     def sharing(self) -> dict[str, list[str]]:
         """Pretrain stage id → ids of the trials whose finetune starts from it."""
         out: dict[str, list[str]] = {}
@@ -177,11 +173,12 @@ class Plan:
         saved = unshared - pre - fin - evl
         saved = saved if saved > 1e-9 * unshared else 0.0  # float noise when nothing is shared
         gpu = self.compute.use_gpu
+        backbones = sorted({s.config.model.backbone for s in self.stages.values() if s.work})
         return {
             "device": "GPU" if gpu else "CPU worker",
             "unit": "GPU-hours" if gpu else "CPU-worker-hours",
             "throughput_img_per_s": dict(self.compute.throughput),
-            "throughput_source": {b: throughput_source(self.compute, b) for b in self.backbones()},
+            "throughput_source": {b: throughput_source(self.compute, b) for b in backbones},
             "stage_hours": {sid: _sig(h) for sid, h in hours.items()},
             "pretrain_hours": _sig(pre),
             "finetune_hours": _sig(fin),

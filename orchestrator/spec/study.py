@@ -15,7 +15,6 @@ import contextlib
 import copy
 import dataclasses
 import itertools
-import logging
 import math
 import os
 import typing
@@ -53,8 +52,6 @@ from workloads.config import (
     to_dict,
     types_only,
 )
-
-log = logging.getLogger(__name__)
 
 _STUDY_KEYS = ("name", "description", "data", "compute", "defaults", "matrix", "include", "seeds", "tracking")
 _MERGED_KEYS = ("name", "description", "studies", "data", "compute", "tracking")
@@ -240,9 +237,8 @@ def _load_defaults(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
             if "model" in sections[name]:
                 raise ConfigError(f"{where}.{name}.model: give the model once, under defaults.model")
             sections[name]["model"] = model
-    if isinstance(sections["pretrain"].get("checkpoint"), str):
-        key = f"{where}.pretrain.checkpoint"
-        sections["pretrain"]["checkpoint"] = resolve_path(sections["pretrain"]["checkpoint"], key, path)
+    if isinstance(ckpt := sections["pretrain"].get("checkpoint"), str):
+        sections["pretrain"]["checkpoint"] = resolve_path(ckpt, f"{where}.pretrain.checkpoint", path)
     # Type-checked here but kept as given (not filled with defaults), so that a setting left out takes
     # the default of each trial's own backbone once the trial is built (BACKBONE_RECIPES).
     with _float_hint(), types_only():
