@@ -175,12 +175,10 @@ def load_data(raw: Any, path: Path) -> DataSpec:
         if isinstance(raw.get(key), str):
             raw[key] = resolve_path(raw[key], f"{where}.{key}", path)
     cfg = from_dict(DataConfig, raw, where)
-    if synthetic_raw is None:
-        if not cfg.coco_root:
-            raise ConfigError(f"{where}.coco_root = {cfg.coco_root!r}: must be a non-empty path")
-        return DataSpec(config=cfg)
-    syn = from_dict(SyntheticSpec, synthetic_raw, f"{where}.synthetic")
-    return DataSpec(config=cfg, synthetic=syn)
+    if synthetic_raw is None and not cfg.coco_root:
+        raise ConfigError(f"{where}.coco_root = {cfg.coco_root!r}: must be a non-empty path")
+    syn = None if synthetic_raw is None else from_dict(SyntheticSpec, synthetic_raw, f"{where}.synthetic")
+    return DataSpec(cfg, syn)
 
 
 def load_compute(raw: Any, path: Path) -> ComputeConfig:

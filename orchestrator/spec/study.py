@@ -331,7 +331,13 @@ def _check_value(key: Any, value: Any, where: str, path: Path) -> Any:
         )
     cls = _SECTIONS[parts[0]]
     for i, name in enumerate(parts[1:-1], start=1):
-        cls = _field_type(cls, name, f"{where}.{'.'.join(parts[:i])}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        if name not in names:
+            raise ConfigError(
+                f"{where}.{'.'.join(parts[: i + 1])}: unknown key{suggest(name, names)}; valid keys: "
+                f"{', '.join(sorted(names))}"
+            )
+        cls = typing.get_type_hints(cls)[name]
         if not dataclasses.is_dataclass(cls):
             raise ConfigError(f"{where}.{key}: {'.'.join(parts[: i + 1])} is a value, not a section")
     if parts[-1] == "checkpoint" and isinstance(value, str):
@@ -339,15 +345,6 @@ def _check_value(key: Any, value: Any, where: str, path: Path) -> Any:
     with _float_hint(), types_only():  # the whole trial is value-checked when it is built
         from_dict(cls, {parts[-1]: value}, f"{where}.{'.'.join(parts[:-1])}")
     return value
-
-
-def _field_type(cls: type, name: str, where: str) -> Any:
-    names = [f.name for f in dataclasses.fields(cls)]
-    if name not in names:
-        raise ConfigError(
-            f"{where}.{name}: unknown key{suggest(name, names)}; valid keys: {', '.join(sorted(names))}"
-        )
-    return typing.get_type_hints(cls)[name]
 
 
 def _assign(base: dict[str, Any], key: str, value: Any) -> None:
