@@ -2,14 +2,11 @@
 
 Every trial is a `pretrain` and a `finetune` stage, plus one `evaluate` stage per `finetune.test_splits`
 entry (the finetune's best weights predict the split's detections; nothing is trained). A stage id is
-`<kind>-<sha1[:16]>` of what changes its result only: its config less the execution switches
-(`identity_dict`; recorded with the result instead), the data identity (never the store path) and its
-parent's id. Workload versions are not hashed: recorded with each result, an older one makes the stage
-stale (orchestrator.schedule.lineage). So identical pretrains are one stage within and across studies.
-`scratch` / `imagenet` pretrains have no work; their identity is (method, model, checkpoint). Trials
-with the same finetune stage are merged (aliases kept). An evaluate stage hashes its finetune's id, the
-split, the detection file and EVALUATION_SETTINGS; a finetune's id covers neither `test_splits` nor
-`data.test_detection_file`, so opting into test-dev retrains nothing.
+`<kind>-<sha1[:16]>` of what changes its result only (docs/design.md, "Stage identity"), so identical
+pretrains are one stage within and across studies, and trials with the same finetune stage are merged
+(aliases kept). `scratch` / `imagenet` pretrains have no work; their identity is (method, model,
+checkpoint). An evaluate stage hashes its finetune's id, the split, the detection file and
+EVALUATION_SETTINGS; opting into test-dev retrains nothing.
 """
 
 from __future__ import annotations
@@ -70,25 +67,15 @@ _ASSUMPTIONS = (
 
 @dataclass(frozen=True)
 class StageSpec:
-    stage_id: str
-    """`<kind>-<sha1[:16]>` of {kind, config less execution switches, data identity, parent id} (an
-    evaluate stage: see `evaluation_stage`)."""
-    kind: str
-    """`pretrain`, `finetune` or `evaluate`."""
+    stage_id: str  # `<kind>-<sha1[:16]>` (pretrain_stage, finetune_stage, evaluation_stage)
+    kind: str  # `pretrain`, `finetune` or `evaluate`
     config: PretrainConfig | FinetuneConfig | EvaluationConfig
-    parent: str | None
-    """Finetunes: the pretrain stage id; evaluate stages: the finetune stage id."""
-    work: bool
-    """False for scratch / imagenet pretrains (nothing to compute)."""
+    parent: str | None  # a finetune's pretrain, an evaluate stage's finetune
+    work: bool  # False for scratch / imagenet pretrains (nothing to compute)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
-            "stage_id": self.stage_id,
-            "kind": self.kind,
-            "config": to_dict(self.config),
-            "parent": self.parent,
-            "work": self.work,
-        }
+        out = {"stage_id": self.stage_id, "kind": self.kind, "config": to_dict(self.config)}
+        out |= {"parent": self.parent, "work": self.work}
         if self.work and not isinstance(self.config, EvaluationConfig):  # an evaluate stage trains nothing
             out["lr_schedule"] = lr_schedule(self.config)
         return out
@@ -109,20 +96,17 @@ def lr_schedule(cfg: PretrainConfig | FinetuneConfig) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TrialSpec:
-    trial_id: str
-    """`t<index>-[<study>-]<params>`, e.g. `t003-n4-concat_original`: stable and readable."""
+    """A trial of the plan: `params`, `study` and `origin` as its `spec.study.Trial` has them, the ids of
+    its stages, and `aliases`: the other definitions ({study, origin, params}) that came out as it."""
+
+    trial_id: str  # `t<index>-[<study>-]<params>`, e.g. `t003-n4-concat_original`: stable and readable
     params: dict[str, Any]
-    """The matrix / include values that define the trial (dotted keys), and `seed`."""
     pretrain: str
     finetune: str
     study: str = ""
-    """The study that defined it (a part's name in a merged study)."""
     origin: str = ""
-    """Where in that study's file (`matrix[...]`, `include[i]`)."""
     aliases: tuple[dict[str, Any], ...] = ()
-    """Other definitions that came out as the same trial ({study, origin, params})."""
-    evaluations: tuple[str, ...] = ()
-    """The finetune's evaluate stages (one per `finetune.test_splits` entry)."""
+    evaluations: tuple[str, ...] = ()  # one evaluate stage per `finetune.test_splits` entry
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,16 +130,9 @@ class Plan:
     compute: ComputeConfig
     stages: dict[str, StageSpec]
     trials: list[TrialSpec]
-    data_spec: DataSpec | None = None
-    """The study's data spec (what the stage ids hash; the image counts of the estimate)."""
-    parts: tuple[str, ...] = ()
-    """Merged study: the names of its parts."""
-    tracking: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """The study's `tracking:` (MLflow / W&B; orchestrator.spec.tracking); not part of any stage id."""
-
-    def backbones(self) -> list[str]:
-        """The backbones the plan's work stages train."""
-        return sorted({s.config.model.backbone for s in self.stages.values() if s.work})
+    data_spec: DataSpec | None = None  # what the stage ids hash; the image counts of the estimate
+    parts: tuple[str, ...] = ()  # a merged study: the names of its parts
+    tracking: dict[str, Any] = dataclasses.field(default_factory=dict)  # the study's; in no stage id
 
     def sharing(self) -> dict[str, list[str]]:
         """Pretrain stage id → ids of the trials whose finetune starts from it."""
@@ -183,9 +160,10 @@ class Plan:
         """Device-hours (GPU-hours when use_gpu): training images × epochs / throughput, plus evaluation,
         for the distinct work stages ('shared') and for every trial computing its own pretrain."""
         hours = {sid: stage_hours(s, self.data_spec, self.compute) for sid, s in self.stages.items()}
-        pre = sum(h for sid, h in hours.items() if self.stages[sid].kind == StageKind.PRETRAIN)
-        fin = sum(h for sid, h in hours.items() if self.stages[sid].kind == StageKind.FINETUNE)
-        evl = sum(h for sid, h in hours.items() if self.stages[sid].kind == StageKind.EVALUATE)
+        pre, fin, evl = (
+            sum(h for sid, h in hours.items() if self.stages[sid].kind == kind)
+            for kind in (StageKind.PRETRAIN, StageKind.FINETUNE, StageKind.EVALUATE)
+        )
         requested = sum(1 + len(t.aliases) for t in self.trials)
         unshared = sum(
             (1 + len(t.aliases))
@@ -195,11 +173,12 @@ class Plan:
         saved = unshared - pre - fin - evl
         saved = saved if saved > 1e-9 * unshared else 0.0  # float noise when nothing is shared
         gpu = self.compute.use_gpu
+        backbones = sorted({s.config.model.backbone for s in self.stages.values() if s.work})
         return {
             "device": "GPU" if gpu else "CPU worker",
             "unit": "GPU-hours" if gpu else "CPU-worker-hours",
             "throughput_img_per_s": dict(self.compute.throughput),
-            "throughput_source": {b: throughput_source(self.compute, b) for b in self.backbones()},
+            "throughput_source": {b: throughput_source(self.compute, b) for b in backbones},
             "stage_hours": {sid: _sig(h) for sid, h in hours.items()},
             "pretrain_hours": _sig(pre),
             "finetune_hours": _sig(fin),
@@ -228,70 +207,44 @@ def make_plan(study: Study, data: DataConfig) -> Plan:
             evaluation_stage(fin, split, study.data, trial.pretrain.method)
             for split in trial.finetune.test_splits
         ]
-        stages.setdefault(pre.stage_id, pre)
-        stages.setdefault(fin.stage_id, fin)
-        for ev in evals:
-            stages.setdefault(ev.stage_id, ev)
+        for spec in (pre, fin, *evals):
+            stages.setdefault(spec.stage_id, spec)
+        evaluations = tuple(dict.fromkeys(e.stage_id for e in evals))
         if fin.stage_id in by_finetune:
             i = by_finetune[fin.stage_id]
             alias = {"study": trial.study, "origin": trial.origin, "params": trial.params}
-            more = tuple(e.stage_id for e in evals if e.stage_id not in trials[i].evaluations)
+            evaluations = tuple(dict.fromkeys((*trials[i].evaluations, *evaluations)))
             trials[i] = dataclasses.replace(
-                trials[i], aliases=(*trials[i].aliases, alias), evaluations=(*trials[i].evaluations, *more)
+                trials[i], aliases=(*trials[i].aliases, alias), evaluations=evaluations
             )
             log.info("%s %s is the same trial as %s", trial.study, trial.origin, trials[i].trial_id)
             continue
         by_finetune[fin.stage_id] = len(trials)
-        trials.append(
-            TrialSpec(
-                trial_id=trial_id(len(trials), trial, study.parts != (), vary_seed),
-                params=dict(trial.params),
-                pretrain=pre.stage_id,
-                finetune=fin.stage_id,
-                study=trial.study,
-                origin=trial.origin,
-                evaluations=tuple(dict.fromkeys(e.stage_id for e in evals)),
-            )
-        )
-    return Plan(
-        study=study.name,
-        data=data,
-        compute=study.compute,
-        stages=stages,
-        trials=trials,
-        data_spec=study.data,
-        parts=study.parts,
-        tracking=study.tracking.to_dict(),
-    )
+        tid = trial_id(len(trials), trial, study.parts != (), vary_seed)
+        ids = (pre.stage_id, fin.stage_id, trial.study, trial.origin)
+        trials.append(TrialSpec(tid, dict(trial.params), *ids, evaluations=evaluations))
+    tracking = study.tracking.to_dict()
+    return Plan(study.name, data, study.compute, stages, trials, study.data, study.parts, tracking)
 
 
 def pretrain_stage(cfg: PretrainConfig, data: DataSpec) -> StageSpec:
     """A pretrain stage. No-work methods keep only (method, model, checkpoint): their config is
     normalised so every scratch / imagenet trial of a backbone shares one stage."""
     work = cfg.method == "hsjp"
-    key: dict[str, Any]
+    key: dict[str, Any] = {"kind": StageKind.PRETRAIN}
     if work:
-        key = {"kind": StageKind.PRETRAIN, "config": identity_dict(cfg), "data": data.identity("pretrain")}
-        key["parent"] = None
+        key |= {"config": identity_dict(cfg), "data": data.identity("pretrain"), "parent": None}
     else:
         cfg = PretrainConfig(method=cfg.method, checkpoint=cfg.checkpoint, model=cfg.model)
-        key = {"kind": StageKind.PRETRAIN, "method": cfg.method, "model": identity_dict(cfg.model)}
-        key["checkpoint"] = cfg.checkpoint
+        key |= {"method": cfg.method, "model": identity_dict(cfg.model), "checkpoint": cfg.checkpoint}
     return StageSpec(f"pretrain-{_digest(key)}", StageKind.PRETRAIN, cfg, parent=None, work=work)
 
 
 def finetune_stage(cfg: FinetuneConfig, data: DataSpec, parent: str) -> StageSpec:
     # test_splits are the evaluate stages' (evaluation_stage): not part of the finetune's id or config
     cfg = dataclasses.replace(cfg, test_splits=())
-    key = {
-        "kind": StageKind.FINETUNE,
-        "config": identity_dict(cfg),
-        "data": data.identity("finetune"),
-        "parent": parent,
-    }
-    return StageSpec(
-        stage_id=f"finetune-{_digest(key)}", kind=StageKind.FINETUNE, config=cfg, parent=parent, work=True
-    )
+    key = {"kind": StageKind.FINETUNE, "config": identity_dict(cfg), "data": data.identity("finetune")}
+    return StageSpec(f"finetune-{_digest({**key, 'parent': parent})}", StageKind.FINETUNE, cfg, parent, True)
 
 
 EVALUATION_SETTINGS = ("flip_test", "shift_heatmap", "image_thre", "in_vis_thre", "oks_thre", "input_hw",
@@ -315,13 +268,7 @@ def evaluation_stage(finetune: StageSpec, split: str, data: DataSpec, init: str)
     backbone = cfg.model.backbone.replace("_", "")
     alg = f"{backbone}-{init}-{finetune.stage_id.split('-', 1)[1][:8]}"  # no underscores: the server's separator
     config = EvaluationConfig(finetune=cfg, split=split, detection_file=det, alg=alg)
-    return StageSpec(
-        stage_id=f"evaluate-{_digest(key)}",
-        kind=StageKind.EVALUATE,
-        config=config,
-        parent=finetune.stage_id,
-        work=True,
-    )
+    return StageSpec(f"evaluate-{_digest(key)}", StageKind.EVALUATE, config, finetune.stage_id, work=True)
 
 
 @dataclass(frozen=True)
@@ -395,12 +342,8 @@ def describe_stage(spec: StageSpec) -> str:
         return (
             f"hsjp {c.model.backbone} N={c.n}{concat} {c.input_size}px lr={c.lr:g} {c.epochs}ep seed={c.seed}"
         )
-    extra = "".join(
-        [
-            f" freeze0..{c.freeze}" if c.freeze is not None else "",
-            f" labels={c.label_fraction:g}" if c.label_fraction < 1 else "",
-        ]
-    )
+    extra = f" freeze0..{c.freeze}" if c.freeze is not None else ""
+    extra += f" labels={c.label_fraction:g}" if c.label_fraction < 1 else ""
     return (
         f"finetune {c.model.backbone} {c.input_hw[0]}x{c.input_hw[1]} lr={c.lr:g} {c.total_epochs}ep"
         f"{extra} seed={c.seed}"
@@ -414,27 +357,26 @@ def stage_hours(spec: StageSpec, data: DataSpec | None, compute: ComputeConfig) 
         return 0.0
     counts = instance_counts(data)
     c = spec.config
+    train, flip = 0.0, False
     if isinstance(c, EvaluationConfig):  # one prediction of the split's detections, no training
-        f = c.finetune
-        boxes: float = COCO_TESTDEV_DETECTIONS * (2 if f.flip_test else 1)
-        pixels = f.input_hw[0] * f.input_hw[1] / REFERENCE_PIXELS
-        return (boxes / EVAL_SPEEDUP * pixels / compute.throughput[c.model.backbone] + STAGE_START_S) / 3600.0
-    if isinstance(c, PretrainConfig):
+        pixels, flip = c.finetune.input_hw[0] * c.finetune.input_hw[1], c.finetune.flip_test
+        boxes: float = COCO_TESTDEV_DETECTIONS
+    elif isinstance(c, PretrainConfig):
         pixels = c.input_size * c.input_size * (2 if c.concat_original else 1)  # side by side (Fig. 7)
         train = counts["pretrain_train"] * c.epochs
-        evals = counts["pretrain_val"] * _evaluations(c.epochs, c.eval_every)
+        boxes = counts["pretrain_val"] * _evaluations(c.epochs, c.eval_every)
     else:
-        pixels = c.input_hw[0] * c.input_hw[1]
+        pixels, flip = c.input_hw[0] * c.input_hw[1], c.flip_test
         train = counts["finetune_train"] * c.label_fraction * c.total_epochs
         count = {"gt": counts["val_persons"], "detections": counts["val_boxes"]}
-        detections = _has_detections(data)  # as pose.train.selection_boxes / final_boxes choose
+        # as pose.train.selection_boxes / final_boxes choose
+        detections = data is None or data.synthetic is not None or data.config.detection_file is not None
         select = "detections" if detections and c.select_boxes == "detections" else "gt"
         final = "detections" if detections and not c.use_gt_boxes else "gt"
         boxes = count[select] * _evaluations(c.total_epochs, c.eval_every)
         if final != select:  # the selected weights once more, on the reported boxes
             boxes += count[final] * FINAL_EVALUATIONS
-        evals = boxes * (2 if c.flip_test else 1)
-    images = train + evals / EVAL_SPEEDUP
+    images = train + boxes * (2 if flip else 1) / EVAL_SPEEDUP
     seconds = images * (pixels / REFERENCE_PIXELS) / compute.throughput[c.model.backbone] + STAGE_START_S
     return seconds / 3600.0
 
@@ -448,17 +390,9 @@ def instance_counts(data: DataSpec | None) -> dict[str, float]:
     else:
         values = (COCO_TRAIN_PERSONS, COCO_TRAIN_KEYPOINT_PERSONS, COCO_VAL_PERSONS)
         values += (COCO_VAL_KEYPOINT_PERSONS, COCO_VAL_DETECTIONS)
-    counts = dict(zip(keys, values))
     cfg = data.config if data is not None else DataConfig()
-    for key in counts:
-        cap = cfg.max_train_instances if key.endswith("_train") else cfg.max_val_instances
-        if cap is not None:
-            counts[key] = min(counts[key], cap)
-    return counts
-
-
-def _has_detections(data: DataSpec | None) -> bool:
-    return data is None or data.synthetic is not None or data.config.detection_file is not None
+    caps = (cfg.max_train_instances,) * 2 + (cfg.max_val_instances,) * 3
+    return {k: v if cap is None else min(v, cap) for k, v, cap in zip(keys, values, caps)}
 
 
 def _sig(hours: float) -> float:

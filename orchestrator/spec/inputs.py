@@ -37,16 +37,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Training images/s per device for the plan's estimate, at the finetune reference input 256×192 (other
-# input sizes scale by pixel count). GPU: fp32 targets for one H100 (runtime.amp off, the studies'
-# default: convolutions in TF32, channels_last), ASSUMED, not measured: the bf16 + channels_last targets
-# (HRNet-W32 2,000, SimpleBaseline-R50 3,000 img/s, BF16_GPU_TARGETS) divided by the TF32 → mixed
-# precision training speed-up of 2.63× that NVIDIA/DeepLearningExamples reports for ResNet-50 v1.5 in
-# PyTorch on one A100-80GB (938 vs 2,470 img/s, PyTorch/Classification/ConvNets/resnet50v1.5/README.md).
-# benchmarks/throughput.py on a GPU measures the real figure; a study's compute.throughput replaces it.
-# CPU: one fp32 worker, an order of magnitude.
+# Training images/s per device for the plan's estimate at the finetune input 256×192 (other sizes scale
+# by pixel count). GPU: fp32 on one H100 (runtime.amp off, the studies' default: TF32 convolutions,
+# channels_last), ASSUMED: the bf16 targets / the TF32 → mixed precision training speed-up that
+# NVIDIA/DeepLearningExamples reports for ResNet-50 v1.5 in PyTorch on one A100-80GB (938 vs 2,470 img/s,
+# PyTorch/Classification/ConvNets/resnet50v1.5/README.md); benchmarks/throughput.py on a GPU measures the
+# real figure, for a study's compute.throughput. CPU: one fp32 worker, an order of magnitude.
 BF16_GPU_TARGETS = {"hrnet_w32": 2000.0, "simplebaseline_r50": 3000.0}
-TF32_TO_BF16_SPEEDUP = 2470.0 / 938.0  # NVIDIA DeepLearningExamples ResNet-50 v1.5, 1× A100-80GB
+TF32_TO_BF16_SPEEDUP = 2470.0 / 938.0
 GPU_THROUGHPUT = {b: float(round(v / TF32_TO_BF16_SPEEDUP, -1)) for b, v in BF16_GPU_TARGETS.items()}
 CPU_THROUGHPUT = {"hrnet_w32": 12.0, "simplebaseline_r50": 16.0}
 _ENV = re.compile(r"\$\{([^}]*)\}")
@@ -56,64 +54,42 @@ _ENV = re.compile(r"\$\{([^}]*)\}")
 class ComputeConfig:
     """Resources of every stage (a Ray Train run) and of the study (Ray Tune), docs/design.md §3."""
 
-    workers_per_stage: int = 1
-    """Ray Train workers (DDP processes) per stage; the global batch is split between them."""
-    use_gpu: bool = False
-    """Train on GPUs (NCCL) instead of CPUs (gloo)."""
-    gpus_per_worker: float = 1.0
-    """GPUs per worker; a fraction (0.25) packs several small stages on one GPU."""
-    cpus_per_worker: float = 1.0
-    """CPUs reserved per worker (its DataLoader processes run on them)."""
-    max_concurrent_trials: int | None = None
-    """Trials Ray Tune runs at once; None → derived by the executor from the cluster's resources."""
+    workers_per_stage: int = 1  # Ray Train workers (DDP processes); the global batch is split between them
+    use_gpu: bool = False  # train on GPUs (NCCL) instead of CPUs (gloo)
+    gpus_per_worker: float = 1.0  # a fraction (0.25) packs several small stages on one GPU
+    cpus_per_worker: float = 1.0  # reserved per worker (its DataLoader processes run on them)
+    max_concurrent_trials: int | None = None  # trials Ray Tune runs at once; None: from the cluster
+    # Retries of a failed stage (a raised error, a lost worker or node) before it is recorded as failed
+    # (orchestrator.schedule.failures); the same error twice in a row fails it at once. The waits before
+    # a retry: retry_backoff_s, then each retry_backoff_factor (≥ 1) times longer, at most retry_backoff_max_s.
     max_failures: int = 3
-    """Retries of a failed stage (a raised error, a lost worker or node) before it is recorded as
-    failed (≥ 0; `orchestrator.schedule.failures`). The same error twice in a row fails it at once."""
     retry_backoff_s: float = 10.0
-    """Wait before the first retry of a failed stage, in seconds."""
     retry_backoff_factor: float = 2.0
-    """Each further retry waits this many times longer than the one before (≥ 1)."""
     retry_backoff_max_s: float = 300.0
-    """Longest wait before a retry, in seconds."""
-    keep_last_checkpoint: bool = False
-    """Keep a finished stage's last epoch checkpoint (else only its output weights and results are kept)."""
-    trial_limit: int = 10_000
-    """A study making more trials than this is refused before it is expanded (a matrix typo guard)."""
+    keep_last_checkpoint: bool = False  # keep a finished stage's last epoch checkpoint, not only its outputs
+    trial_limit: int = 10_000  # a study making more trials is refused before it is expanded (a typo guard)
+    # Backbone → training images/s per device (a GPU, or a CPU worker) at 256×192, for the plan's estimate
+    # only: GPU_THROUGHPUT / CPU_THROUGHPUT, overridden by the study's entries (named in throughput_given).
     throughput: dict[str, float] = field(default_factory=dict, hash=False)
-    """Backbone → training images/s per device (a GPU, or a CPU worker when use_gpu is false) at 256×192,
-    for the plan's estimate only. Defaults GPU_THROUGHPUT / CPU_THROUGHPUT; a study's entries override."""
     throughput_given: tuple[str, ...] = field(default=(), hash=False)
-    """The backbones whose throughput the study gives (the others use the assumed defaults)."""
 
     def __post_init__(self) -> None:
         check_on_init(self, "compute")
 
     def validate(self, where: str = "compute") -> None:
-        if self.workers_per_stage < 1:
-            raise ConfigError(f"{where}.workers_per_stage = {self.workers_per_stage!r}: must be ≥ 1")
-        g = self.gpus_per_worker
+        g, workers, trials = self.gpus_per_worker, self.workers_per_stage, self.max_concurrent_trials
+        if workers < 1:
+            raise ConfigError(f"{where}.workers_per_stage = {workers!r}: must be ≥ 1")
         if not (g > 0 and (g <= 1 or float(g).is_integer())):
             raise ConfigError(
                 f"{where}.gpus_per_worker = {g!r}: must be a fraction in (0, 1] or a whole number"
             )
         if self.cpus_per_worker <= 0:
             raise ConfigError(f"{where}.cpus_per_worker = {self.cpus_per_worker!r}: must be > 0")
-        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+        if trials is not None and trials < 1:
             raise ConfigError(
-                f"{where}.max_concurrent_trials = {self.max_concurrent_trials!r}: must be ≥ 1 "
-                "or null (derived from the cluster)"
+                f"{where}.max_concurrent_trials = {trials!r}: must be ≥ 1 or null (derived from the cluster)"
             )
-        self._validate_retries(where)
-        if self.use_gpu and self.gpus_per_worker < 1 and self.workers_per_stage > 1:
-            raise ConfigError(
-                f"{where}.gpus_per_worker = {g!r} with {where}.workers_per_stage = {self.workers_per_stage}: "
-                "a fraction of a GPU per worker lets two ranks of one stage share a GPU, which NCCL "
-                "refuses ('Duplicate GPU detected'); use whole GPUs (gpus_per_worker: 1) or one worker"
-            )
-        if self.trial_limit < 1:
-            raise ConfigError(f"{where}.trial_limit = {self.trial_limit!r}: must be ≥ 1")
-
-    def _validate_retries(self, where: str) -> None:
         backoff = (
             f"{where}.retry_backoff_s = {self.retry_backoff_s:g}, retry_backoff_factor = "
             f"{self.retry_backoff_factor:g}, retry_backoff_max_s = {self.retry_backoff_max_s:g}"
@@ -130,18 +106,24 @@ class ComputeConfig:
             raise ConfigError(f"{backoff}: waits must be ≥ 0 seconds")
         if self.retry_backoff_factor < 1:
             raise ConfigError(f"{where}.retry_backoff_factor = {self.retry_backoff_factor:g}: must be ≥ 1")
+        if self.use_gpu and g < 1 and workers > 1:
+            raise ConfigError(
+                f"{where}.gpus_per_worker = {g!r} with {where}.workers_per_stage = {workers}: a fraction "
+                "of a GPU per worker lets two ranks of one stage share a GPU, which NCCL refuses ('Duplicate "
+                "GPU detected'); use whole GPUs (gpus_per_worker: 1) or one worker"
+            )
+        if self.trial_limit < 1:
+            raise ConfigError(f"{where}.trial_limit = {self.trial_limit!r}: must be ≥ 1")
 
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """A synthetic COCO-format set made by `workloads.data.synthetic.generate` (1–3 persons per image)."""
+    """A synthetic COCO-format set made by `workloads.data.synthetic.generate` (1–3 persons per image):
+    `train` / `val` images, generated from `seed` (same seed → byte-identical files)."""
 
     train: int = 48
-    """Training images."""
     val: int = 12
-    """Validation images."""
     seed: int = 0
-    """Generator seed (same seed → byte-identical files)."""
 
     def __post_init__(self) -> None:
         check_on_init(self, "synthetic")
@@ -154,18 +136,16 @@ class SyntheticSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """The study's data: a COCO root (paths expanded) or a synthetic set still to be generated."""
+    """The study's data: a COCO root (paths expanded) or a synthetic set still to be generated (its
+    `config.coco_root` is filled by `data_config`)."""
 
     config: DataConfig
-    """Splits, caps and loader workers; for synthetic data `coco_root` is filled by `data_config`."""
     synthetic: SyntheticSpec | None = None
 
     def identity(self, kind: str) -> dict[str, Any]:
-        """What of the data changes a stage's result (part of its content hash): `identity_dict` of the
-        data config (no execution switch: loader workers, where images are decoded), less what the stage
-        never reads: the store path of a synthetic set (its generator spec stands in), the val detection
-        file for a pretrain (HSJP precision uses GT persons). The test-split detections are a child-stage
-        field: the evaluate stages hash them (plan.evaluation_stage)."""
+        """What of the data a stage's id hashes: `identity_dict` of the config, less what the stage never
+        reads: a synthetic set's store path (its generator spec stands in), the val detection file for a
+        pretrain (HSJP precision uses GT persons). Test-split detections: the evaluate stages hash them."""
         ident: dict[str, Any] = identity_dict(self.config)
         if kind == StageKind.PRETRAIN:
             ident.pop("detection_file", None)
@@ -180,10 +160,8 @@ def load_data(raw: Any, path: Path) -> DataSpec:
     """`data:` of a study file → DataSpec (ConfigError naming file / key / value)."""
     where = f"{path}: data"
     if not isinstance(raw, dict):
-        raise ConfigError(
-            f"{where} = {short(raw)}: expected a mapping, either {{synthetic: {{train, val, seed}}}} "
-            "or {coco_root: PATH, detection_file: PATH|null, max_train_instances, ...}"
-        )
+        coco = "{coco_root: PATH, detection_file: PATH|null, max_train_instances, ...}"
+        raise expected(where, raw, "a mapping, either {synthetic: {train, val, seed}} or " + coco)
     raw = dict(raw)
     synthetic_raw = raw.pop("synthetic", None)
     if synthetic_raw is not None and ("coco_root" in raw or "detection_file" in raw):
@@ -197,12 +175,10 @@ def load_data(raw: Any, path: Path) -> DataSpec:
         if isinstance(raw.get(key), str):
             raw[key] = resolve_path(raw[key], f"{where}.{key}", path)
     cfg = from_dict(DataConfig, raw, where)
-    if synthetic_raw is None:
-        if not cfg.coco_root:
-            raise ConfigError(f"{where}.coco_root = {cfg.coco_root!r}: must be a non-empty path")
-        return DataSpec(config=cfg)
-    syn = from_dict(SyntheticSpec, synthetic_raw, f"{where}.synthetic")
-    return DataSpec(config=cfg, synthetic=syn)
+    if synthetic_raw is None and not cfg.coco_root:
+        raise ConfigError(f"{where}.coco_root = {cfg.coco_root!r}: must be a non-empty path")
+    syn = None if synthetic_raw is None else from_dict(SyntheticSpec, synthetic_raw, f"{where}.synthetic")
+    return DataSpec(cfg, syn)
 
 
 def load_compute(raw: Any, path: Path) -> ComputeConfig:
@@ -212,7 +188,7 @@ def load_compute(raw: Any, path: Path) -> ComputeConfig:
     given = raw.pop("throughput", None) if isinstance(raw, dict) else None
     cfg: ComputeConfig = from_dict(ComputeConfig, raw, where)
     if given is not None and not isinstance(given, dict):
-        raise ConfigError(f"{where}.throughput = {short(given)}: expected a mapping backbone → images/s")
+        raise expected(f"{where}.throughput", given, "a mapping backbone → images/s")
     throughput = dict(GPU_THROUGHPUT if cfg.use_gpu else CPU_THROUGHPUT)
     for backbone, value in (given or {}).items():
         key = f"{where}.throughput.{backbone}"
@@ -226,19 +202,18 @@ def load_compute(raw: Any, path: Path) -> ComputeConfig:
     return dataclasses.replace(cfg, throughput=throughput, throughput_given=tuple(sorted(given or {})))
 
 
-THROUGHPUT_SOURCES = {
-    True: "assumed: an fp32 (TF32 convolutions, runtime.amp off) target for one H100 = the bf16 target / "
-    f"{TF32_TO_BF16_SPEEDUP:.2f} (ResNet-50 TF32 → AMP speed-up, NVIDIA DeepLearningExamples), not measured "
-    "— benchmarks/throughput.py on a GPU measures it; put the figure in the study's compute.throughput",
-    False: "assumed: one fp32 CPU worker of a few cores, an order of magnitude",
-}
-
-
 def throughput_source(compute: ComputeConfig, backbone: str) -> str:
     """Where a throughput figure of the estimate comes from: given by the study, or assumed (default)."""
     if backbone in compute.throughput_given:
         return "given by the study (compute.throughput; measure it with benchmarks/throughput.py)"
-    return THROUGHPUT_SOURCES[bool(compute.use_gpu)]
+    if not compute.use_gpu:
+        return "assumed: one fp32 CPU worker of a few cores, an order of magnitude"
+    return (
+        "assumed: an fp32 (TF32 convolutions, runtime.amp off) target for one H100 = the bf16 target / "
+        f"{TF32_TO_BF16_SPEEDUP:.2f} (ResNet-50 TF32 → AMP speed-up, NVIDIA DeepLearningExamples), not "
+        "measured — benchmarks/throughput.py on a GPU measures it; put the figure in the study's "
+        "compute.throughput"
+    )
 
 
 def resolve_path(value: str, where: str, path: Path) -> str:
@@ -288,26 +263,26 @@ def short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def expected(where: str, value: Any, what: str) -> ConfigError:
+    """The error for a study key whose value has the wrong shape."""
+    return ConfigError(f"{where} = {short(value)}: expected {what}")
+
+
 # ------------------------------------------------------------------------------ checks, preparation
-def synthetic_dir(spec: SyntheticSpec, storage_root: str) -> str:
-    """`<store>/data/synthetic-<hash of the spec>` (where prepare_data puts the generated set)."""
-    digest = hashlib.sha1(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
-    return f"{storage_root.rstrip('/')}/data/synthetic-{digest}"
-
-
 def data_config(spec: DataSpec, storage_root: str) -> DataConfig:
-    """The DataConfig the stages get (no I/O): COCO as given; synthetic pointing into the store."""
+    """The DataConfig the stages get (no I/O): COCO as given; a synthetic set at
+    `<store>/data/synthetic-<hash of its spec>` (where prepare_data generates it)."""
     if spec.synthetic is None:
         return spec.config
     from workloads.data.synthetic import DETECTION_FILE
 
-    root = synthetic_dir(spec.synthetic, storage_root)
+    spec_json = json.dumps(dataclasses.asdict(spec.synthetic), sort_keys=True)
+    root = f"{storage_root.rstrip('/')}/data/synthetic-{hashlib.sha1(spec_json.encode()).hexdigest()[:12]}"
     return dataclasses.replace(spec.config, coco_root=root, detection_file=f"{root}/{DETECTION_FILE}")
 
 
 class StudyInputs(Protocol):
-    """What the input checks read of a study (`orchestrator.spec.study.Study` is one). A protocol, so that
-    this module does not import the study loader, which builds its `DataSpec` / `ComputeConfig` here."""
+    """What the input checks read of a study (a `spec.study.Study`, which this module cannot import)."""
 
     @property
     def path(self) -> Path: ...
@@ -320,51 +295,51 @@ class StudyInputs(Protocol):
 
 
 def check_inputs(study: StudyInputs) -> None:
-    """Cheap up-front checks before anything is written: the COCO layout (CocoDataError naming the
-    missing path) and every ImageNet checkpoint file (ConfigError naming the study key)."""
-    if study.data.synthetic is None:
-        from workloads.data.coco import CocoDataError
-
-        try:
-            check_coco_layout(study.data.config)
-        except CocoDataError as exc:
-            raise CocoDataError(f"{study.path}: {exc}") from None
-    check_test_splits(study)
-    for t in study.trials:
-        ckpt = t.pretrain.checkpoint
-        if t.pretrain.method == "imagenet" and ckpt and "://" not in ckpt and not os.path.isfile(ckpt):
-            raise ConfigError(
-                f"{t.file}: {t.origin}: pretrain.checkpoint = {ckpt!r}: file not found "
-                "(an ImageNet checkpoint: hrnet_w32-36af842e.pth / torchvision resnet50)"
-            )
+    """Cheap up-front checks before anything is written: the COCO layout and the test splits
+    (CocoDataError naming the missing path) and every ImageNet checkpoint file (ConfigError naming the
+    study key): the first of `_missing`."""
+    for error, _ in _missing(study):
+        raise error
 
 
 def missing_inputs(study: StudyInputs) -> list[str]:
-    """What a real run of `study` needs that is not here (one line each, nothing raised): unset
-    environment variables, the COCO folder, ImageNet checkpoints, test-split files. Empty when `run`
-    would find everything. Used by dry runs (`plan`), which need none of it."""
-    out: list[str] = []
+    """What a real run of `study` needs that is not here, one line each, nothing raised (for dry runs:
+    `plan` needs none of it): unset environment variables, then `_missing`. Empty when `run` would
+    find everything."""
     users: dict[str, list[str]] = {}
     for name, where in study.unset_env:
         users.setdefault(name, []).append(where)
-    for name, wheres in users.items():
-        out.append(f"${{{name}}} is not set (used by {', '.join(dict.fromkeys(wheres))})")
-    if study.data.synthetic is None and not _ENV.search(study.data.config.coco_root):
-        from workloads.data.coco import CocoDataError
+    unset = [f"${{{name}}} is not set (used by {', '.join(dict.fromkeys(w))})" for name, w in users.items()]
+    return unset + [line for _, line in _missing(study)]
 
+
+def _missing(study: StudyInputs) -> Iterator[tuple[Exception, str]]:
+    """Each missing input as (the error `check_inputs` raises, the line `missing_inputs` gives); what
+    an unset `${VAR}` of a dry run hides is not checked."""
+    from workloads.data.coco import CocoDataError
+
+    cfg = study.data.config
+    if study.data.synthetic is None and not _ENV.search(cfg.coco_root):
         try:
-            check_coco_layout(study.data.config)
+            check_coco_layout(cfg)
         except CocoDataError as exc:
-            out.append(str(exc))
-    for ckpt in dict.fromkeys(t.pretrain.checkpoint for t in study.trials if t.pretrain.method == "imagenet"):
-        if ckpt and not _ENV.search(ckpt) and "://" not in ckpt and not os.path.isfile(ckpt):
-            out.append(f"ImageNet checkpoint {ckpt} not found")
-    if not _ENV.search(study.data.config.coco_root + (study.data.config.test_detection_file or "")):
+            yield CocoDataError(f"{study.path}: {exc}"), str(exc)
+    if not _ENV.search(cfg.coco_root + (cfg.test_detection_file or "")):
         try:
             check_test_splits(study)
         except (ConfigError, RuntimeError) as exc:
-            out.append(str(exc))
-    return out
+            yield exc, str(exc)
+    first: dict[str, Any] = {}  # checkpoint → the first trial naming it
+    for t in study.trials:
+        if t.pretrain.method == "imagenet" and t.pretrain.checkpoint:
+            first.setdefault(t.pretrain.checkpoint, t)
+    for ckpt, t in first.items():
+        if not _ENV.search(ckpt) and "://" not in ckpt and not os.path.isfile(ckpt):
+            error = ConfigError(
+                f"{t.file}: {t.origin}: pretrain.checkpoint = {ckpt!r}: file not found "
+                "(an ImageNet checkpoint: hrnet_w32-36af842e.pth / torchvision resnet50)"
+            )
+            yield error, f"ImageNet checkpoint {ckpt} not found"
 
 
 def check_test_splits(study: StudyInputs) -> None:

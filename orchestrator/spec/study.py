@@ -15,7 +15,6 @@ import contextlib
 import copy
 import dataclasses
 import itertools
-import logging
 import math
 import os
 import typing
@@ -32,6 +31,7 @@ from orchestrator.spec.inputs import (
     DataSpec,
     dry_run_inputs,
     expand_env,
+    expected,
     load_compute,
     load_data,
     resolve_path,
@@ -53,8 +53,6 @@ from workloads.config import (
     types_only,
 )
 
-log = logging.getLogger(__name__)
-
 _STUDY_KEYS = ("name", "description", "data", "compute", "defaults", "matrix", "include", "seeds", "tracking")
 _MERGED_KEYS = ("name", "description", "studies", "data", "compute", "tracking")
 _SECTIONS: dict[str, type] = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "model": ModelConfig}
@@ -64,33 +62,25 @@ _SECTIONS: dict[str, type] = {"pretrain": PretrainConfig, "finetune": FinetuneCo
 class Trial:
     """One finetune and the pretrain it starts from, as the study defines them."""
 
-    params: dict[str, Any]
-    """The matrix / include values that define it (dotted keys), and `seed`."""
+    params: dict[str, Any]  # the matrix / include values that define it (dotted keys), and `seed`
     pretrain: PretrainConfig
     finetune: FinetuneConfig
-    study: str
-    """Name of the study that defined it (differs from the study's own in a merged study)."""
-    origin: str
-    """Where in that study's file: `defaults`, `matrix[...]` or `include[i]` (+ `[seed=s]`)."""
+    study: str  # the study that defined it (in a merged study: a part's name)
+    origin: str  # where in that study's `file`: `defaults`, `matrix[...]` or `include[i]` (+ `[seed=s]`)
     file: str = ""
-    """That study's file."""
 
 
 @dataclass(frozen=True)
 class Study:
     name: str
     path: Path
-    text: str
-    """The YAML as read (a merged study: its own text, then each listed file as a further document)."""
+    text: str  # the YAML as read (a merged study: its own text, then each listed file as a further document)
     data: DataSpec
     compute: ComputeConfig
     trials: tuple[Trial, ...]
-    parts: tuple[str, ...] = ()
-    """Names of the merged studies, in order; empty for a plain study."""
-    unset_env: tuple[tuple[str, str], ...] = ()
-    """Dry runs only (`load_study(dry_run=True)`): (VAR, key) of each `${VAR}` left unexpanded."""
-    tracking: TrackingConfig = TrackingConfig()
-    """MLflow / W&B through Ray Tune's callbacks (`orchestrator.spec.tracking`); none by default."""
+    parts: tuple[str, ...] = ()  # a merged study: the names of its parts, in order
+    unset_env: tuple[tuple[str, str], ...] = ()  # dry runs: (VAR, key) of each `${VAR}` left as written
+    tracking: TrackingConfig = TrackingConfig()  # MLflow / W&B (orchestrator.spec.tracking); none by default
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -149,14 +139,11 @@ def _load_single(path: Path, raw: dict[str, Any], text: str) -> Study:
     clash = [f"{o}: {k}" for o, ov in rows for k in ov if k.endswith(".seed")] if raw.get("seeds") else []
     if clash:
         raise ConfigError(f"{path}: {clash[0]}: the `seeds` axis sets both stages' seed; drop one of them")
-    trials = []
-    for origin, overrides in rows:
-        for seed in seeds:
-            trials.append(_make_trial(base, overrides, seed, origin, name, path))
-    tracking = parse_tracking(raw.get("tracking"), str(path))
-    return Study(
-        name=name, path=path, text=text, data=data, compute=compute, trials=tuple(trials), tracking=tracking
+    trials = tuple(
+        _make_trial(base, overrides, seed, origin, name, path) for origin, overrides in rows for seed in seeds
     )
+    tracking = parse_tracking(raw.get("tracking"), str(path))
+    return Study(name, path, text, data, compute, trials, tracking=tracking)
 
 
 def _load_merged(path: Path, raw: dict[str, Any], text: str) -> Study:
@@ -164,9 +151,8 @@ def _load_merged(path: Path, raw: dict[str, Any], text: str) -> Study:
     name = _study_name(raw, path)
     files = raw["studies"]
     if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
-        raise ConfigError(
-            f"{path}: studies = {short(files)}: expected a non-empty list of study file paths "
-            "(relative to this file)"
+        raise expected(
+            f"{path}: studies", files, "a non-empty list of study file paths (relative to this file)"
         )
     parts = []
     for i, rel in enumerate(files):
@@ -190,14 +176,7 @@ def _load_merged(path: Path, raw: dict[str, Any], text: str) -> Study:
             f"{compute.trial_limit:,}; raise compute.trial_limit in {path.name} if you mean it"
         )
     return Study(
-        name=name,
-        path=path,
-        text=full_text,
-        data=data,
-        compute=compute,
-        trials=trials,
-        parts=tuple(p.name for p in parts),
-        tracking=tracking,
+        name, path, full_text, data, compute, trials, tuple(p.name for p in parts), tracking=tracking
     )
 
 
@@ -213,25 +192,20 @@ def _agreed(parts: list[Study], key: str, path: Path) -> Any:
 
 
 def _agreed_data(parts: list[Study], path: Path) -> DataSpec:
-    """The listed studies' common `data`. `test_detection_file` is read by the evaluation stages
-    only (finetune.test_splits), never by a pretrain or a finetune: a part that gives it (Table 1's
-    test-dev rows) agrees with parts that do not, and the merged study takes it; two different ones
-    disagree."""
+    """The listed studies' common `data`. Only the evaluate stages read `test_detection_file`: a part
+    giving it (Table 1's test-dev rows) agrees with parts that do not; two different ones disagree."""
     given = {d for p in parts if (d := p.data.config.test_detection_file) is not None}
     if len(given) > 1:
         raise ConfigError(
             f"{path}: the listed studies disagree on `data.test_detection_file` ({', '.join(sorted(given))}); "
             f"give `data` in {path.name} to use one for all"
         )
-    bare = [dataclasses.replace(p, data=_without_test_detections(p.data)) for p in parts]
-    data: DataSpec = _agreed(bare, "data", path)
-    return dataclasses.replace(
-        data, config=dataclasses.replace(data.config, test_detection_file=next(iter(given), None))
-    )
 
+    def with_detections(spec: DataSpec, file: str | None) -> DataSpec:
+        return dataclasses.replace(spec, config=dataclasses.replace(spec.config, test_detection_file=file))
 
-def _without_test_detections(spec: DataSpec) -> DataSpec:
-    return dataclasses.replace(spec, config=dataclasses.replace(spec.config, test_detection_file=None))
+    bare = [dataclasses.replace(p, data=with_detections(p.data, None)) for p in parts]
+    return with_detections(_agreed(bare, "data", path), next(iter(given), None))
 
 
 def _study_name(raw: dict[str, Any], path: Path) -> str:
@@ -246,18 +220,15 @@ def _study_name(raw: dict[str, Any], path: Path) -> str:
 def _load_defaults(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
     """The defaults as plain data {pretrain: {...}, finetune: {...}} as given (type-checked, paths expanded)."""
     where = f"{path}: defaults"
-    if raw is None:
-        raw = {}
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where} = {short(raw)}: expected a mapping with keys model, pretrain, finetune")
+        raise expected(where, raw, "a mapping with keys model, pretrain, finetune")
     _check_keys(raw, ("model", "pretrain", "finetune"), where)
     sections = {}
     for name in ("pretrain", "finetune"):
         sec = raw.get(name) or {}
         if not isinstance(sec, dict):
-            raise ConfigError(
-                f"{where}.{name} = {short(sec)}: expected a mapping of {_SECTIONS[name].__name__} fields"
-            )
+            raise expected(f"{where}.{name}", sec, f"a mapping of {_SECTIONS[name].__name__} fields")
         sections[name] = dict(sec)
     if raw.get("model") is not None:
         with _float_hint():
@@ -266,9 +237,8 @@ def _load_defaults(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
             if "model" in sections[name]:
                 raise ConfigError(f"{where}.{name}.model: give the model once, under defaults.model")
             sections[name]["model"] = model
-    if isinstance(sections["pretrain"].get("checkpoint"), str):
-        key = f"{where}.pretrain.checkpoint"
-        sections["pretrain"]["checkpoint"] = resolve_path(sections["pretrain"]["checkpoint"], key, path)
+    if isinstance(ckpt := sections["pretrain"].get("checkpoint"), str):
+        sections["pretrain"]["checkpoint"] = resolve_path(ckpt, f"{where}.pretrain.checkpoint", path)
     # Type-checked here but kept as given (not filled with defaults), so that a setting left out takes
     # the default of each trial's own backbone once the trial is built (BACKBONE_RECIPES).
     with _float_hint(), types_only():
@@ -282,7 +252,7 @@ def _load_seeds(raw: Any, path: Path) -> list[int | None]:
         return [None]
     ok = isinstance(raw, list) and raw and all(isinstance(s, int) and not isinstance(s, bool) for s in raw)
     if not ok or len(set(raw)) != len(raw):
-        raise ConfigError(f"{path}: seeds = {short(raw)}: expected a non-empty list of distinct integers")
+        raise expected(f"{path}: seeds", raw, "a non-empty list of distinct integers")
     return list(raw)
 
 
@@ -317,38 +287,29 @@ def _expand_matrix(raw: Any, path: Path) -> list[tuple[str, dict[str, Any]]]:
     if raw is None:
         return [("defaults", {})]
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(
-            f"{path}: matrix = {short(raw)}: expected a mapping of dotted keys to lists, "
-            "e.g. {pretrain.n: [2, 3, 4]}"
+        raise expected(
+            f"{path}: matrix", raw, "a mapping of dotted keys to lists, e.g. {pretrain.n: [2, 3, 4]}"
         )
     axes = []
     for key, values in raw.items():
-        where = f"{path}: matrix.{key}"
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where} = {short(values)}: expected a non-empty list of values")
+            raise expected(f"{path}: matrix.{key}", values, "a non-empty list of values")
         axes.append([(key, _check_value(key, v, f"{path}: matrix", path)) for v in values])
-    rows = []
-    for combo in itertools.product(*axes):
-        overrides = dict(combo)
-        rows.append((f"matrix[{_label(overrides)}]", overrides))
-    return rows
+    combos = [dict(combo) for combo in itertools.product(*axes)]
+    return [(f"matrix[{', '.join(f'{k}={v}' for k, v in c.items())}]", c) for c in combos]
 
 
 def _load_include(raw: Any, path: Path) -> list[tuple[str, dict[str, Any]]]:
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise ConfigError(
-            f"{path}: include = {short(raw)}: expected a list of mappings {{dotted key: value}}"
-        )
+        raise expected(f"{path}: include", raw, "a list of mappings {dotted key: value}")
     rows = []
     for i, entry in enumerate(raw):
         where = f"{path}: include[{i}]"
         if not isinstance(entry, dict) or not entry:
-            raise ConfigError(
-                f"{where} = {short(entry)}: expected a non-empty mapping {{dotted key: value}}, "
-                "e.g. {pretrain.method: scratch}"
-            )
+            what = "a non-empty mapping {dotted key: value}, e.g. {pretrain.method: scratch}"
+            raise expected(where, entry, what)
         rows.append((f"include[{i}]", {k: _check_value(k, v, where, path) for k, v in entry.items()}))
     return rows
 
@@ -370,7 +331,13 @@ def _check_value(key: Any, value: Any, where: str, path: Path) -> Any:
         )
     cls = _SECTIONS[parts[0]]
     for i, name in enumerate(parts[1:-1], start=1):
-        cls = _field_type(cls, name, f"{where}.{'.'.join(parts[:i])}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        if name not in names:
+            raise ConfigError(
+                f"{where}.{'.'.join(parts[: i + 1])}: unknown key{suggest(name, names)}; valid keys: "
+                f"{', '.join(sorted(names))}"
+            )
+        cls = typing.get_type_hints(cls)[name]
         if not dataclasses.is_dataclass(cls):
             raise ConfigError(f"{where}.{key}: {'.'.join(parts[: i + 1])} is a value, not a section")
     if parts[-1] == "checkpoint" and isinstance(value, str):
@@ -380,26 +347,14 @@ def _check_value(key: Any, value: Any, where: str, path: Path) -> Any:
     return value
 
 
-def _field_type(cls: type, name: str, where: str) -> Any:
-    names = [f.name for f in dataclasses.fields(cls)]
-    if name not in names:
-        raise ConfigError(
-            f"{where}.{name}: unknown key{suggest(name, names)}; valid keys: {', '.join(sorted(names))}"
-        )
-    return typing.get_type_hints(cls)[name]
-
-
 def _assign(base: dict[str, Any], key: str, value: Any) -> None:
-    """Set a dotted key in the plain trial data; `model.*` sets both stages' model."""
-    parts = key.split(".")
-    targets = ["pretrain", "finetune"] if parts[0] == "model" else [parts[0]]
-    rest = parts[1:] if parts[0] != "model" else ["model", *parts[1:]]
-    for section in targets:
-        node = base[section]
-        for name in rest[:-1]:
-            node = node.setdefault(name, {})
-        old = node.get(rest[-1])
-        node[rest[-1]] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    """Set a dotted key in the plain trial data (a mapping is merged into the one there); `model.*` sets
+    both stages' model."""
+    section, *rest = key.split(".")
+    for name in reversed(rest):
+        value = {name: value}
+    for target in ("pretrain", "finetune") if section == "model" else (section,):
+        base[target] = _merge(base[target], {"model": value} if section == "model" else value)
 
 
 def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -431,14 +386,7 @@ def _make_trial(
             f"{where}: the two stages' models differ ({diff}); the finetune loads the pretrain's backbone, "
             "so set the model once (defaults.model, matrix/include model.*)"
         )
-    return Trial(
-        params={**overrides, "seed": ft.seed},
-        pretrain=pre,
-        finetune=ft,
-        study=study,
-        origin=origin,
-        file=str(path),
-    )
+    return Trial({**overrides, "seed": ft.seed}, pre, ft, study, origin, file=str(path))
 
 
 def check_shapes(pre: PretrainConfig, ft: FinetuneConfig, where: str) -> None:
@@ -450,11 +398,11 @@ def check_shapes(pre: PretrainConfig, ft: FinetuneConfig, where: str) -> None:
                 f"{where}: pretrain.input_size = {pre.input_size}: must be a multiple of "
                 f"{INPUT_MULTIPLE} (e.g. 64, 96, 224)"
             )
-        expected, _ = heatmap_hw_of_input(pre.input_size, pre.input_size)
-        if pre.heatmap_size != expected:
+        side, _ = heatmap_hw_of_input(pre.input_size, pre.input_size)
+        if pre.heatmap_size != side:
             raise ConfigError(
                 f"{where}: pretrain.heatmap_size = {pre.heatmap_size}: must be input_size / {HEATMAP_STRIDE} = "
-                f"{expected}"
+                f"{side}"
             )
     h, w = ft.input_hw
     if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
@@ -488,7 +436,3 @@ def _check_keys(raw: dict[str, Any], allowed: tuple[str, ...], where: str) -> No
             raise ConfigError(
                 f"{prefix}{key}: unknown key{suggest(str(key), allowed)}; allowed: {', '.join(allowed)}"
             )
-
-
-def _label(overrides: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in overrides.items())

@@ -11,7 +11,7 @@ MLflow. It happens inside Ray's callback.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from workloads.config import ConfigError
@@ -19,10 +19,10 @@ from workloads.config import ConfigError
 MLFLOW_KEYS = ("tracking_uri", "experiment_name", "tags", "save_artifact")
 WANDB_KEYS = ("project", "mode", "dir", "group", "entity", "tags", "api_key_file", "log_config")
 WANDB_MODES = ("online", "offline", "disabled")
+# tracker → (module Ray's callback imports, the pip extra that installs it)
 EXTRAS = {"mlflow": ("mlflow", "hsjp-study[mlflow]"), "wandb": ("wandb", "hsjp-study[wandb]")}
-"""tracker → (module Ray's callback imports, the pip extra that installs it)."""
+# result fields W&B should not log as metrics (Tune bookkeeping)
 EXCLUDED = ("config", "time_this_iter_s", "pid", "hostname", "node_ip", "date", "timestamp")
-"""Result fields W&B should not log as metrics (Tune bookkeeping)."""
 
 
 class TrackingError(ConfigError):
@@ -33,7 +33,7 @@ class TrackingError(ConfigError):
 class TrackingConfig:
     mlflow: dict[str, Any] | None = None
     wandb: dict[str, Any] | None = None
-    trackers: tuple[str, ...] = field(default=())
+    trackers: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in (("mlflow", self.mlflow), ("wandb", self.wandb)) if v is not None}
@@ -48,8 +48,8 @@ def parse_tracking(raw: Any, where: str) -> TrackingConfig:
     unknown = [k for k in raw if k not in EXTRAS]
     if unknown:
         raise ConfigError(f"{where}: tracking.{unknown[0]}: unknown tracker; allowed: mlflow, wandb")
-    out: dict[str, dict[str, Any] | None] = {"mlflow": None, "wandb": None}
-    for name, allowed in (("mlflow", MLFLOW_KEYS), ("wandb", WANDB_KEYS)):
+    out: dict[str, dict[str, Any]] = {}
+    for name, allowed, tags in (("mlflow", MLFLOW_KEYS, dict), ("wandb", WANDB_KEYS, list)):
         if name not in raw:
             continue
         section = raw[name] if raw[name] is not None else {}
@@ -62,17 +62,16 @@ def parse_tracking(raw: Any, where: str) -> TrackingConfig:
             raise ConfigError(
                 f"{where}: tracking.{name}.{bad[0]}: unknown key; allowed: {', '.join(allowed)}"
             )
-        if "tags" in section and not isinstance(section["tags"], (dict if name == "mlflow" else list)):
-            kind = "a mapping" if name == "mlflow" else "a list"
+        if "tags" in section and not isinstance(section["tags"], tags):
+            kind = "a mapping" if tags is dict else "a list"
             raise ConfigError(f"{where}: tracking.{name}.tags = {section['tags']!r}: expected {kind}")
         out[name] = dict(section)
-    wandb = out["wandb"]
+    wandb = out.get("wandb")
     if wandb is not None and wandb.get("mode", "online") not in WANDB_MODES:
         raise ConfigError(
             f"{where}: tracking.wandb.mode = {wandb['mode']!r}: expected one of {', '.join(WANDB_MODES)}"
         )
-    trackers = tuple(k for k, v in out.items() if v is not None)
-    return TrackingConfig(mlflow=out["mlflow"], wandb=wandb, trackers=trackers)
+    return TrackingConfig(mlflow=out.get("mlflow"), wandb=wandb, trackers=tuple(out))
 
 
 def check_available(cfg: TrackingConfig, where: str = "tracking") -> None:
