@@ -84,10 +84,9 @@ class StageSpec:
 def lr_schedule(cfg: PretrainConfig | FinetuneConfig) -> dict[str, Any]:
     """The lr drops a stage trains with: `lr_steps` scaled to its epochs (`config.scale_milestones`) and
     the 0-based epochs from which each drop applies (the official placement, `config.lr_drop_epochs`)."""
-    epochs = cfg.epochs if isinstance(cfg, PretrainConfig) else cfg.total_epochs
     steps = list(cfg.milestones)
     return {
-        "epochs": epochs,
+        "epochs": cfg.total_epochs,
         "lr_steps_used": steps,
         "drop_from_epoch": lr_drop_epochs(steps),
         "lrs": [cfg.lr * cfg.lr_factor**i for i in range(len(steps) + 1)],

@@ -350,6 +350,11 @@ class PretrainConfig:
         return self.eps_px if self.eps_px is not None else self.patch_px / 2
 
     @property
+    def total_epochs(self) -> int:
+        """The epochs the stage trains: `epochs` (a finetune's own `total_epochs` fills a None from its recipe)."""
+        return self.epochs
+
+    @property
     def milestones(self) -> list[int]:
         return scale_milestones(self.lr_steps, 240, self.epochs)
 

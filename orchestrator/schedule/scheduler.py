@@ -57,8 +57,8 @@ def fits(request: dict[str, float], free: dict[str, float]) -> bool:
 
 
 def total_epochs(spec: StageSpec) -> int | None:
-    """The epochs a stage trains (a finetune's total, a pretrain's epochs; None for no-work stages)."""
-    return getattr(spec.config, "total_epochs", None) or getattr(spec.config, "epochs", None)
+    """The epochs a stage trains (its config's `total_epochs`); None for an evaluate stage, which trains nothing."""
+    return getattr(spec.config, "total_epochs", None)
 
 
 def children_of(plan: Plan) -> dict[str, list[str]]:
