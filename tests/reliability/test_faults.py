@@ -107,23 +107,6 @@ def wait_until(cond, what: str, proc: subprocess.Popen | None = None, log_path: 
     pytest.fail(f"timed out after {WAIT_S} s waiting for {what}")
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def wait_workers_gone(calls: str) -> None:
-    """Orphaned Train workers outlive a SIGKILLed driver by a few seconds (docs/ray.md §3c) and may still
-    write checkpoints / metrics: wait until every worker that logged a call is gone."""
-    pids = {c["pid"] for c in standins.read_calls(calls)}
-    wait_until(lambda: not any(pid_alive(p) for p in pids), f"workers {sorted(pids)} to exit")
-
-
 def snapshot_path(root: str, stage_id: str) -> str:
     return os.path.join(root, "stages", stage_id, "train", stage_id, "checkpoint_manager_snapshot.json")
 
@@ -256,7 +239,7 @@ def test_driver_killed_then_rerun_recomputes_nothing_finished(point, reference, 
         wait_until(lambda: reached(store, trial), f"kill point {point}", proc, log_path)
     finally:
         kill(proc)
-    wait_workers_gone(calls)
+    standins.wait_workers_gone(calls)
 
     done_before = {
         "pretrain": store.read_result(trial.pretrain) is not None,
@@ -366,7 +349,7 @@ def test_driver_killed_mid_pretrain_with_truncated_checkpoint(reference, tmp_pat
         )
     finally:
         kill(proc)
-    wait_workers_gone(calls)
+    standins.wait_workers_gone(calls)
     wait_until(_stable(lambda: read_snapshot(root, trial.pretrain)), "a settled checkpoint snapshot")
     assert store.read_result(trial.pretrain) is None
     assert kinds(calls) == {"pretrain": 1, "finetune": 0}
