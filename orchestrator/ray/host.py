@@ -74,24 +74,39 @@ def cgroup_cpu_quota(cgroup_text: str | None = None, cgroup_root: str = "/sys/fs
         if len(parts) != 3:
             continue
         _, controllers, rel = parts
-        if controllers == "":  # v2 unified hierarchy: "<quota|max> <period>" in cpu.max at every level
+        if controllers == "":  # v2 unified hierarchy: cpu.max at every level up to the root
             mount: Path | None = root
-        elif "cpu" in controllers.split(","):  # v1: cpu.cfs_quota_us / cpu.cfs_period_us
+            level_quota = _v2_quota
+        elif "cpu" in controllers.split(","):  # v1: the cpu controller's own mount
             mount = next((root / n for n in (controllers, "cpu,cpuacct", "cpu") if (root / n).is_dir()), None)
+            level_quota = _v1_quota
         else:
             continue
         if mount is None:
             continue
         folder = mount / rel.lstrip("/")
         for level in (folder, *(p for p in folder.parents if p == mount or mount in p.parents)):
-            if controllers == "":
-                quota, period = ([*_read(level / "cpu.max").split(), "", ""])[:2]
-            else:
-                quota, period = _read(level / "cpu.cfs_quota_us"), _read(level / "cpu.cfs_period_us")
-            with contextlib.suppress(ValueError):  # "max" (v2) / -1 (v1): unlimited
-                if float(quota) > 0 and float(period) > 0:
-                    limits.append(float(quota) / float(period))
+            limits += level_quota(level)
     return min(limits) if limits else None
+
+
+def _v2_quota(level: Path) -> list[float]:
+    """cpu.max: "<quota|max> <period>"."""
+    fields = _read(level / "cpu.max").split()
+    return _quota(fields[0], fields[1]) if len(fields) >= 2 else []
+
+
+def _v1_quota(level: Path) -> list[float]:
+    return _quota(_read(level / "cpu.cfs_quota_us"), _read(level / "cpu.cfs_period_us"))
+
+
+def _quota(quota: str, period: str) -> list[float]:
+    """[quota / period] in CPUs; [] when unlimited ("max" in v2, -1 in v1) or unreadable."""
+    try:
+        q, t = float(quota), float(period)
+    except ValueError:
+        return []
+    return [q / t] if q > 0 and t > 0 else []
 
 
 def _read(path: Path | str) -> str:
