@@ -74,8 +74,13 @@ class StageSpec:
     work: bool  # False for scratch / imagenet pretrains (nothing to compute)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"stage_id": self.stage_id, "kind": self.kind, "config": to_dict(self.config)}
-        out |= {"parent": self.parent, "work": self.work}
+        out = {
+            "stage_id": self.stage_id,
+            "kind": self.kind,
+            "config": to_dict(self.config),
+            "parent": self.parent,
+            "work": self.work,
+        }
         if self.work and not isinstance(self.config, EvaluationConfig):  # an evaluate stage trains nothing
             out["lr_schedule"] = lr_schedule(self.config)
         return out
@@ -219,11 +224,27 @@ def make_plan(study: Study, data: DataConfig) -> Plan:
             log.info("%s %s is the same trial as %s", trial.study, trial.origin, trials[i].trial_id)
             continue
         by_finetune[fin.stage_id] = len(trials)
-        tid = trial_id(len(trials), trial, study.parts != (), vary_seed)
-        ids = (pre.stage_id, fin.stage_id, trial.study, trial.origin)
-        trials.append(TrialSpec(tid, dict(trial.params), *ids, evaluations=evaluations))
-    tracking = study.tracking.to_dict()
-    return Plan(study.name, data, study.compute, stages, trials, study.data, study.parts, tracking)
+        trials.append(
+            TrialSpec(
+                trial_id=trial_id(len(trials), trial, study.parts != (), vary_seed),
+                params=dict(trial.params),
+                pretrain=pre.stage_id,
+                finetune=fin.stage_id,
+                study=trial.study,
+                origin=trial.origin,
+                evaluations=evaluations,
+            )
+        )
+    return Plan(
+        study=study.name,
+        data=data,
+        compute=study.compute,
+        stages=stages,
+        trials=trials,
+        data_spec=study.data,
+        parts=study.parts,
+        tracking=study.tracking.to_dict(),
+    )
 
 
 def pretrain_stage(cfg: PretrainConfig, data: DataSpec) -> StageSpec:

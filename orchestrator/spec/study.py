@@ -143,7 +143,9 @@ def _load_single(path: Path, raw: dict[str, Any], text: str) -> Study:
         _make_trial(base, overrides, seed, origin, name, path) for origin, overrides in rows for seed in seeds
     )
     tracking = parse_tracking(raw.get("tracking"), str(path))
-    return Study(name, path, text, data, compute, trials, tracking=tracking)
+    return Study(
+        name=name, path=path, text=text, data=data, compute=compute, trials=trials, tracking=tracking
+    )
 
 
 def _load_merged(path: Path, raw: dict[str, Any], text: str) -> Study:
@@ -176,7 +178,14 @@ def _load_merged(path: Path, raw: dict[str, Any], text: str) -> Study:
             f"{compute.trial_limit:,}; raise compute.trial_limit in {path.name} if you mean it"
         )
     return Study(
-        name, path, full_text, data, compute, trials, tuple(p.name for p in parts), tracking=tracking
+        name=name,
+        path=path,
+        text=full_text,
+        data=data,
+        compute=compute,
+        trials=trials,
+        parts=tuple(p.name for p in parts),
+        tracking=tracking,
     )
 
 
@@ -386,7 +395,8 @@ def _make_trial(
             f"{where}: the two stages' models differ ({diff}); the finetune loads the pretrain's backbone, "
             "so set the model once (defaults.model, matrix/include model.*)"
         )
-    return Trial({**overrides, "seed": ft.seed}, pre, ft, study, origin, file=str(path))
+    params = {**overrides, "seed": ft.seed}
+    return Trial(params=params, pretrain=pre, finetune=ft, study=study, origin=origin, file=str(path))
 
 
 def check_shapes(pre: PretrainConfig, ft: FinetuneConfig, where: str) -> None:
