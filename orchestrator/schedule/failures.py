@@ -44,8 +44,12 @@ class FailurePolicy:
 
     @classmethod
     def from_compute(cls, compute: ComputeConfig) -> FailurePolicy:
-        c = compute
-        return cls(c.max_failures, c.retry_backoff_s, c.retry_backoff_factor, c.retry_backoff_max_s)
+        return cls(
+            max_failures=compute.max_failures,
+            backoff_s=compute.retry_backoff_s,
+            backoff_factor=compute.retry_backoff_factor,
+            backoff_max_s=compute.retry_backoff_max_s,
+        )
 
     def delay_s(self, retry: int) -> float:
         """Wait before retry number `retry` (1 = the first retry)."""
