@@ -263,8 +263,13 @@ def pretrain_stage(cfg: PretrainConfig, data: DataSpec) -> StageSpec:
 def finetune_stage(cfg: FinetuneConfig, data: DataSpec, parent: str) -> StageSpec:
     # test_splits are the evaluate stages' (evaluation_stage): not part of the finetune's id or config
     cfg = dataclasses.replace(cfg, test_splits=())
-    key = {"kind": StageKind.FINETUNE, "config": identity_dict(cfg), "data": data.identity("finetune")}
-    return StageSpec(f"finetune-{_digest({**key, 'parent': parent})}", StageKind.FINETUNE, cfg, parent, True)
+    key = {
+        "kind": StageKind.FINETUNE,
+        "config": identity_dict(cfg),
+        "data": data.identity("finetune"),
+        "parent": parent,
+    }
+    return StageSpec(f"finetune-{_digest(key)}", StageKind.FINETUNE, cfg, parent=parent, work=True)
 
 
 EVALUATION_SETTINGS = ("flip_test", "shift_heatmap", "image_thre", "in_vis_thre", "oks_thre", "input_hw",
@@ -288,7 +293,9 @@ def evaluation_stage(finetune: StageSpec, split: str, data: DataSpec, init: str)
     backbone = cfg.model.backbone.replace("_", "")
     alg = f"{backbone}-{init}-{finetune.stage_id.split('-', 1)[1][:8]}"  # no underscores: the server's separator
     config = EvaluationConfig(finetune=cfg, split=split, detection_file=det, alg=alg)
-    return StageSpec(f"evaluate-{_digest(key)}", StageKind.EVALUATE, config, finetune.stage_id, work=True)
+    return StageSpec(
+        f"evaluate-{_digest(key)}", StageKind.EVALUATE, config, parent=finetune.stage_id, work=True
+    )
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,7 @@ def load_data(raw: Any, path: Path) -> DataSpec:
     if synthetic_raw is None and not cfg.coco_root:
         raise ConfigError(f"{where}.coco_root = {cfg.coco_root!r}: must be a non-empty path")
     syn = None if synthetic_raw is None else from_dict(SyntheticSpec, synthetic_raw, f"{where}.synthetic")
-    return DataSpec(cfg, syn)
+    return DataSpec(config=cfg, synthetic=syn)
 
 
 def load_compute(raw: Any, path: Path) -> ComputeConfig:
